@@ -1,0 +1,87 @@
+"""Every field xydiff reads, with its default; the other configs override it.
+
+Fields are checked when a run starts (xydiff/config_check.py), so a bad value
+fails in the first second with a message naming it.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+
+  # ------------------------------------------------------------------ model
+  config.model = model = ml_collections.ConfigDict()
+  model.name = 'xydeblur'  # 'xydeblur' (deterministic) or 'dvsr' (predict-and-refine).
+  # Activation dtype; parameters and the optimizer stay float32. 'bfloat16' on TPU/GPU.
+  model.dtype = 'float32'
+  model.xydeblur = ml_collections.ConfigDict(dict(width=32, num_res=6))  # 4,918,627 params.
+  # DvSR's initial predictor g(y): 'unet' (DvSR) or 'xydeblur'. `xy` makes the
+  # U-Net's decoder XY-decoupled (xydiff). For arch='xydeblur', base is its width.
+  model.predictor = ml_collections.ConfigDict(dict(
+      arch='unet', base=64, multipliers=(1, 2, 3, 4), num_res=3, xy=False))
+  # DvSR's denoiser f(z, level, y); `film_scale` adds a FiLM scale to the shift.
+  model.denoiser = ml_collections.ConfigDict(dict(
+      base=32, multipliers=(1, 2, 3, 4), num_res=3, xy=False, film_scale=False))
+  model.noise_embedding_scale = 5000.0  # WaveGrad's scale of the level before the sinusoid.
+
+  # -------------------------------------------------------------- diffusion
+  config.diffusion = diffusion = ml_collections.ConfigDict()
+  # Training schedule (SR3): beta linear from beta_start to beta_end over num_steps.
+  diffusion.num_steps = 2000
+  diffusion.beta_start = 1e-6
+  diffusion.beta_end = 1e-2
+  diffusion.residual_scale = 2.0  # Residuals of [0, 1] images on the [-1, 1] scale.
+  diffusion.predictor_loss_weight = 0.0  # Optional L1 on g(y); 0 in the paper.
+  # Inference presets: same weights, different schedules. 'perceptual' is the
+  # paper's "Ours" (many steps), 'sa' its "Ours-SA" (few steps, mean of N samples).
+  diffusion.presets = ml_collections.ConfigDict(dict(
+      perceptual=dict(num_steps=500, beta_start=1e-6, beta_end=4e-2, num_samples=1),
+      sa=dict(num_steps=10, beta_start=1e-4, beta_end=0.8, num_samples=8),
+  ))
+
+  # ------------------------------------------------------------------- data
+  config.data = data = ml_collections.ConfigDict()
+  # 'folder': paired blur/sharp PNGs, GoPro layout <root>/<split>/<seq>/{blur,sharp}/
+  # or flat <root>/<split>/{blur,sharp}/. 'synthetic': sharp photos blurred with
+  # random camera shake (root = a folder of sharp images, or '' for the
+  # photographs scikit-image ships).
+  data.name = 'folder'
+  data.root = ''
+  data.train_split = 'train'
+  data.eval_split = 'test'
+  data.crop = 256  # Training crop side; evaluation uses whole images.
+  data.flip = True  # Random horizontal flips.
+  data.rot90 = False  # Random 90-degree rotations (swap x and y blur).
+  data.eval_max_images = 0  # 0: every image of the evaluation split.
+  data.cache_pairs = 64  # Decoded training pairs kept in memory per process.
+  data.synthetic = ml_collections.ConfigDict(dict(
+      kernel='random',  # 'random' (Boracchi & Foi trajectories), 'x' or 'y' (straight lines).
+      kernel_size=31,
+      kernel_length=(5.0, 25.0),  # Length range of 'x'/'y' line kernels, in pixels.
+      noise_std=0.0,
+      photo_crop=0,  # Centre-crop each photo to at most this side; 0 keeps it whole.
+      num_eval=2,  # The last photos (by name) are held out for evaluation.
+  ))
+
+  # ------------------------------------------------------------------ train
+  config.train = train = ml_collections.ConfigDict()
+  train.batch_size = 4  # Global batch, over all devices and hosts.
+  train.num_steps = 1_578_000  # 3000 epochs of GoPro's 2103 pairs at batch 4.
+  train.lr = 1e-4
+  train.lr_halve_steps = (263_000, 526_000, 789_000, 1_052_000, 1_315_000)
+  train.warmup_steps = 0
+  train.ema_rate = 0.0  # 0 turns the EMA off; evaluation uses the EMA when on.
+  train.grad_clip = 0.0  # Global-norm clipping; 0 turns it off.
+  train.log_every = 100
+  train.checkpoint_every = 5000
+  train.keep_checkpoints = 3
+  train.eval_every = 50_000
+
+  # ------------------------------------------------------------------- eval
+  config.eval = ev = ml_collections.ConfigDict()
+  ev.checkpoint_step = -1  # --mode=eval: -1 is the latest checkpoint.
+  ev.num_image_summaries = 3  # Input/restored/sharp triples written to TensorBoard and PNG.
+  ev.presets = ('perceptual', 'sa')  # Diffusion presets evaluated beside the predictor.
+  return config

@@ -1,0 +1,25 @@
+"""Plain DvSR on GoPro (Whang et al., CVPR 2022): U-Net predictor and denoiser.
+
+Predictor g: U-Net, base 64, multipliers (1, 2, 3, 4); denoiser f: base 32,
+same multipliers; 3 residual blocks per level; one L1 epsilon-loss trains both.
+"""
+
+from configs import default
+
+
+def get_config():
+  config = default.get_config()
+  config.model.name = 'dvsr'
+  config.model.predictor.update(dict(arch='unet', base=64, xy=False))
+  config.model.denoiser.update(dict(base=32, xy=False))
+  config.data.name = 'folder'
+  config.data.crop = 128
+  config.train.batch_size = 32
+  config.train.num_steps = 1_000_000
+  config.train.lr = 1e-4
+  config.train.lr_halve_steps = ()
+  config.train.warmup_steps = 10_000
+  config.train.ema_rate = 0.9999
+  config.train.checkpoint_every = 5_000
+  config.train.eval_every = 50_000
+  return config

@@ -1,0 +1,19 @@
+"""xydiff on GoPro: DvSR's predict-and-refine diffusion with an XY-decoupled predictor.
+
+The predictor's U-Net decoder runs twice, the second time with its kernels
+turned 90 degrees (XYDeblur's decoupling, no extra parameters). Set
+`--config.model.denoiser.xy=True` for an XY denoiser too. bfloat16 activations
+for accelerators; parameters and optimizer state stay float32.
+
+  python launch.py --config=configs/gopro.py --workdir=DIR \
+      --config.data.root=/path/to/GOPRO_Large
+"""
+
+from configs import dvsr_gopro
+
+
+def get_config():
+  config = dvsr_gopro.get_config()
+  config.model.predictor.xy = True
+  config.model.dtype = 'bfloat16'
+  return config

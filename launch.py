@@ -1,0 +1,78 @@
+"""xydiff's one entry point: parses flags and dispatches.
+
+  python launch.py --config=configs/gopro.py --workdir=DIR [--mode=train|eval]
+                   [--config.train.batch_size=8 ...]
+"""
+
+import os
+import sys
+
+# TensorFlow (tfds, clu's summary writer) must never take an accelerator from JAX.
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'Config file, e.g. configs/gopro.py or configs/demo.py:diffusion.',
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Where checkpoints, logs and evaluations go.')
+_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'eval'],
+                          'train: train (resuming) and evaluate; eval: score a checkpoint.')
+
+
+def _fail(message: str) -> None:
+  print(f'error: {message}', file=sys.stderr)
+  sys.exit(1)
+
+
+def _one_line(error: Exception) -> str:
+  text = str(error)
+  if len(text) > 1 and text[0] == text[-1] and text[0] in '"\'':  # KeyError's repr quotes.
+    text = text[1:-1]
+  text = text.replace('\\n', ' ').replace('\\"', '"').replace("\\'", "'")
+  return ' '.join(text.split())
+
+
+def _parse_flags(argv):
+  """absl's parser, with a one-line error for a bad flag or config override."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    _fail(_one_line(e))
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    # ml_collections raises these for an override naming a field that does not exist.
+    overrides = [a for a in argv[1:] if a.startswith('--config.')]
+    _fail(f'bad config override ({" ".join(overrides)}): {_one_line(e)}')
+
+
+class _QuietLibraries:
+  """Drops INFO chatter of orbax and friends (a dozen lines per checkpoint)."""
+
+  _NOISY = ('/orbax/', '/jax/_src/')
+
+  def filter(self, record) -> bool:
+    return record.levelno >= logging.WARNING or not any(
+        part in record.pathname for part in self._NOISY)
+
+
+def main(argv):
+  logging.get_absl_handler().addFilter(_QuietLibraries())
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  config = _CONFIG.value
+
+  from xydiff import USER_ERRORS, evaluate, train
+  logging.info('xydiff %s, workdir %s', _MODE.value, _WORKDIR.value)
+  try:
+    if _MODE.value == 'train':
+      train.train_and_evaluate(config, _WORKDIR.value)
+    elif _MODE.value == 'eval':
+      evaluate.evaluate_checkpoint(config, _WORKDIR.value)
+  except USER_ERRORS as e:
+    _fail(_one_line(e))
+
+
+if __name__ == '__main__':
+  flags.mark_flags_as_required(['config', 'workdir'])
+  app.run(main, flags_parser=_parse_flags)

@@ -1,0 +1,42 @@
+"""Shared fixtures: tiny configs and the real GoPro sample frames."""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+GOPRO_SAMPLE = REPO.parent / 'shared' / 'data' / 'gopro_sample'
+
+sys.path.insert(0, str(REPO))  # `configs` is imported as a package from the repo root.
+
+
+def tiny(config, *, steps=4):
+  """Shrinks any config to seconds on a CPU, keeping its model family."""
+  config.model.xydeblur.update(dict(width=4, num_res=1))
+  config.model.predictor.update(dict(base=4, multipliers=(1, 2), num_res=1))
+  config.model.denoiser.update(dict(base=4, multipliers=(1, 2), num_res=1))
+  config.model.dtype = 'float32'
+  config.diffusion.presets.perceptual.num_steps = 3
+  config.diffusion.presets.sa.update(dict(num_steps=2, num_samples=2))
+  config.data.crop = 32
+  config.data.synthetic.update(dict(photo_crop=64, kernel_size=7, kernel_length=(3.0, 7.0)))
+  config.train.update(dict(batch_size=2, num_steps=steps, log_every=1, checkpoint_every=2,
+                           eval_every=steps, warmup_steps=0, lr_halve_steps=()))
+  config.eval.num_image_summaries = 1
+  return config
+
+
+@pytest.fixture
+def demo_config():
+  from configs import demo
+  return tiny(demo.get_config())
+
+
+def run_launch(*args, timeout=600, env=None):
+  """Runs launch.py in a fresh process, as a user would."""
+  full_env = dict(os.environ, **(env or {}))
+  return subprocess.run([sys.executable, str(REPO / 'launch.py'), *args], cwd=REPO,
+                        capture_output=True, text=True, timeout=timeout, env=full_env)

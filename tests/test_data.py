@@ -1,0 +1,137 @@
+"""Paired folders and training batches: layouts, errors that name files, determinism."""
+
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import GOPRO_SAMPLE
+from xydiff import images
+from xydiff.data import DataError, FolderPairs, TrainBatches, eval_pairs
+
+
+def _write(path, array):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  Image.fromarray(array).save(path)
+
+
+def _fake_pair(rng, h=24, w=40):
+  sharp = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+  return np.clip(sharp.astype(int) + 10, 0, 255).astype(np.uint8), sharp
+
+
+@pytest.fixture
+def gopro_tree(tmp_path):
+  rng = np.random.default_rng(0)
+  for seq, frames in (('GOPR0001_00_00', ('000001', '000002')), ('GOPR0002_00_00', ('000007',))):
+    for frame in frames:
+      blur, sharp = _fake_pair(rng)
+      _write(str(tmp_path / 'train' / seq / 'blur' / f'{frame}.png'), blur)
+      _write(str(tmp_path / 'train' / seq / 'sharp' / f'{frame}.png'), sharp)
+  return tmp_path
+
+
+def test_gopro_layout_pairs_by_name(gopro_tree):
+  source = FolderPairs(str(gopro_tree), 'train')
+  assert source.names == ['GOPR0001_00_00/000001', 'GOPR0001_00_00/000002',
+                          'GOPR0002_00_00/000007']
+  blur, sharp = source.load(2)
+  assert blur.dtype == np.uint8 and blur.shape == sharp.shape == (24, 40, 3)
+  assert (blur.astype(int) >= sharp).all()
+
+
+def test_flat_layout(tmp_path):
+  rng = np.random.default_rng(0)
+  for name in ('b', 'a'):
+    blur, sharp = _fake_pair(rng)
+    _write(str(tmp_path / 'test' / 'blur' / f'{name}.png'), blur)
+    _write(str(tmp_path / 'test' / 'sharp' / f'{name}.png'), sharp)
+  assert FolderPairs(str(tmp_path), 'test').names == ['a', 'b']
+
+
+def test_real_gopro_sample_frames():
+  source = FolderPairs(str(GOPRO_SAMPLE), 'train')
+  assert len(source) == 4
+  blur, sharp = source.load(0)
+  assert blur.shape == (720, 1280, 3)
+  assert len(FolderPairs(str(GOPRO_SAMPLE), 'test')) == 2
+
+
+def test_missing_partner_names_the_file(gopro_tree):
+  os.remove(gopro_tree / 'train' / 'GOPR0002_00_00' / 'sharp' / '000007.png')
+  with pytest.raises(DataError, match=r'GOPR0002_00_00/blur/000007\.png has no partner'):
+    FolderPairs(str(gopro_tree), 'train')
+
+
+def test_missing_split_names_the_folder(gopro_tree):
+  with pytest.raises(DataError, match='test does not exist'):
+    FolderPairs(str(gopro_tree), 'test')
+
+
+def test_unreadable_and_truncated_files_are_named(gopro_tree):
+  path = gopro_tree / 'train' / 'GOPR0001_00_00' / 'sharp' / '000002.png'
+  data = path.read_bytes()
+  path.write_bytes(data[:len(data) // 2])
+  source = FolderPairs(str(gopro_tree), 'train')
+  with pytest.raises(images.ImageReadError, match='000002.png'):
+    source.load(1)
+  path.write_bytes(b'not a png at all')
+  with pytest.raises(images.ImageReadError, match='000002.png'):
+    source.load(1)
+
+
+def test_size_mismatch_names_both_files(gopro_tree):
+  rng = np.random.default_rng(1)
+  _write(str(gopro_tree / 'train' / 'GOPR0001_00_00' / 'sharp' / '000001.png'),
+         rng.integers(0, 256, (20, 40, 3), dtype=np.uint8))
+  source = FolderPairs(str(gopro_tree), 'train')
+  with pytest.raises(DataError, match=r'000001\.png is 40x24 but its partner .*000001\.png is 40x20'):
+    source.load(0)
+
+
+def test_batches_are_a_function_of_seed_and_step(gopro_tree):
+  source = FolderPairs(str(gopro_tree), 'train')
+  make = lambda seed: TrainBatches(source, global_batch=4, crop=16, seed=seed)
+  a, b = make(0), make(0)
+  np.testing.assert_array_equal(a.batch(5)['blur'], b.batch(5)['blur'])
+  assert not np.array_equal(a.batch(5)['blur'], a.batch(6)['blur'])
+  assert not np.array_equal(a.batch(5)['blur'], make(1).batch(5)['blur'])
+  # The prefetching iterator yields exactly batch(step) from any start step.
+  it = a.iterate(3)
+  for step in (3, 4, 5):
+    np.testing.assert_array_equal(next(it)['sharp'], a.batch(step)['sharp'])
+
+
+def test_processes_split_the_global_batch(gopro_tree):
+  source = FolderPairs(str(gopro_tree), 'train')
+  whole = TrainBatches(source, global_batch=4, crop=16, seed=3).batch(2)
+  parts = [TrainBatches(source, global_batch=4, crop=16, seed=3, process_index=p,
+                        process_count=2).batch(2) for p in range(2)]
+  np.testing.assert_array_equal(np.concatenate([p['blur'] for p in parts]), whole['blur'])
+  with pytest.raises(ValueError, match='batch_size=3 is not divisible by the 2 processes'):
+    TrainBatches(source, global_batch=3, crop=16, seed=0, process_count=2)
+
+
+def test_crops_stay_paired_and_in_range(gopro_tree):
+  source = FolderPairs(str(gopro_tree), 'train')
+  batches = TrainBatches(source, global_batch=8, crop=16, seed=0, flip=True, rot90=True)
+  batch = batches.batch(0)
+  assert batch['blur'].shape == (8, 16, 16, 3) and batch['blur'].dtype == np.float32
+  assert 0.0 <= batch['blur'].min() and batch['blur'].max() <= 1.0
+  # The fake blur is sharp + 10 levels (clipped), so pairing survives crop/flip/turn.
+  diff = np.round((batch['blur'] - batch['sharp']) * 255)
+  assert ((diff == 10) | (batch['blur'] == 1.0)).all()
+
+
+def test_crop_larger_than_the_image_names_it(gopro_tree):
+  source = FolderPairs(str(gopro_tree), 'train')
+  with pytest.raises(DataError, match='smaller than config.data.crop=32'):
+    TrainBatches(source, global_batch=2, crop=32, seed=0).batch(0)
+
+
+def test_eval_pairs_are_whole_images(gopro_tree):
+  source = FolderPairs(str(gopro_tree), 'train')
+  pairs = list(eval_pairs(source, max_images=2))
+  assert [p[0] for p in pairs] == source.names[:2]
+  assert pairs[0][1].shape == (24, 40, 3) and pairs[0][1].dtype == np.float32

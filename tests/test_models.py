@@ -1,0 +1,133 @@
+"""XYDeblur and the DvSR U-Net: sizes, the rot90 weight sharing, gradients, padding."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from xydiff.models.layers import sinusoidal_embedding
+from xydiff.models.unet import UNet
+from xydiff.models.xydeblur import XYDeblur
+
+
+def _num_params(module) -> int:
+  return sum(x.size for x in jax.tree.leaves(nnx.state(module, nnx.Param)))
+
+
+def _rot(t):
+  return jnp.rot90(t, 1, axes=(1, 2))
+
+
+def _unrot(t):
+  return jnp.rot90(t, -1, axes=(1, 2))
+
+
+def test_xydeblur_has_the_official_parameter_count():
+  model = nnx.eval_shape(lambda: XYDeblur(rngs=nnx.Rngs(0)))
+  assert _num_params(model) == 4_918_627
+  # Per-block counts from the official network (METHOD.md §2).
+  assert _num_params(model.encoder.stem) + _num_params(model.encoder.res1) == 111_872
+  assert _num_params(model.decoder.res1) + _num_params(model.decoder.up1) == 1_902_144
+  assert _num_params(model.decoder.out) == 867
+
+
+def test_vertical_decoder_equals_official_feature_rotation():
+  model = XYDeblur(width=8, num_res=2, rngs=nnx.Rngs(0))
+  x = jax.random.uniform(jax.random.key(1), (2, 12, 20, 3))  # Non-square on purpose.
+  out = model(x)
+  z, e2, e1 = model.encoder(x)
+  # The official code: run the same decoder on features rotated 90° CCW, rotate back.
+  official = _unrot(model.decoder(_rot(z), _rot(e2), _rot(e1)))
+  np.testing.assert_allclose(out['vertical'], official, atol=1e-5)
+  np.testing.assert_allclose(out['horizontal'], model.decoder(z, e2, e1), atol=1e-6)
+  np.testing.assert_allclose(out['restored'], x + out['horizontal'] + out['vertical'], atol=1e-6)
+  # The two decoders really differ (the rotation is not a no-op).
+  assert np.abs(out['vertical'] - out['horizontal']).max() > 1e-3
+
+
+def test_xy_unet_decoder_equals_feature_rotation():
+  net = UNet(in_channels=6, base=4, multipliers=(1, 2, 2), num_res=1, xy=True,
+             noise_conditioned=True, rngs=nnx.Rngs(0))
+  # Give the zero-initialised output conv weights so the check is not 0 == 0.
+  net.decoder.out.kernel[...] = jax.random.normal(jax.random.key(3), net.decoder.out.kernel.shape)
+  x = jax.random.normal(jax.random.key(1), (2, 16, 24, 6))
+  level = jnp.array([0.3, 0.9])
+  out = net(x, level)
+  # Recompute the encoder's features, then run the plain decoder on rotated ones.
+  emb = sinusoidal_embedding(level, net.base, net.noise_embedding_scale)
+  emb = net.noise_mlp[1](jax.nn.swish(net.noise_mlp[0](emb)))
+  feat = net.stem(x)
+  skips = []
+  for i, stage in enumerate(net.stages):
+    for block in stage:
+      feat = block(feat, emb)
+    skips.append(feat)
+    if i < len(net.downs):
+      feat = net.downs[i](feat)
+  feat = net.middle(feat, emb)
+  official = _unrot(net.decoder(_rot(feat), [_rot(s) for s in skips], emb))
+  np.testing.assert_allclose(out['vertical'], official, atol=1e-5)
+  assert np.abs(out['vertical']).max() > 1e-2
+
+
+def test_gradient_reaches_every_parameter():
+  model = XYDeblur(width=4, num_res=1, rngs=nnx.Rngs(0))
+  graphdef, params = nnx.split(model, nnx.Param)
+  x = jax.random.uniform(jax.random.key(1), (1, 16, 16, 3))
+  y = jax.random.uniform(jax.random.key(2), (1, 16, 16, 3))
+
+  def loss(p):
+    return jnp.mean(jnp.abs(nnx.merge(graphdef, p)(x)['restored'] - y))
+
+  grads = jax.grad(loss)(params)
+  for path, g in jax.tree.leaves_with_path(grads):
+    assert np.abs(np.asarray(g)).max() > 0, f'no gradient reaches {jax.tree_util.keystr(path)}'
+
+
+@pytest.mark.parametrize('shape', [(13, 18), (7, 9), (3, 5)])
+def test_any_size_is_padded_and_cropped_back(shape):
+  model = XYDeblur(width=4, num_res=1, rngs=nnx.Rngs(0))
+  x = jax.random.uniform(jax.random.key(1), (1, *shape, 3))
+  out = model(x)['restored']
+  assert out.shape == x.shape
+  assert np.isfinite(np.asarray(out)).all()
+
+
+def test_padding_is_invisible_away_from_the_padded_border():
+  model = XYDeblur(width=4, num_res=1, rngs=nnx.Rngs(0))
+  x = jax.random.uniform(jax.random.key(1), (1, 40, 40, 3))
+  full = model(x)['restored']
+  cropped = model(x[:, :38, :37])['restored']  # Padded back to 40x40 internally.
+  # The receptive field of the padded pixels is limited: the top-left stays equal.
+  np.testing.assert_allclose(cropped[:, :16, :16], full[:, :16, :16], atol=1e-5)
+
+
+def test_too_small_an_image_is_refused_with_the_minimum():
+  model = XYDeblur(width=4, num_res=1, rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match='too small.*at least 3x3'):
+    model(jnp.zeros((1, 2, 8, 3)))
+
+
+def test_noise_conditioned_unet_requires_the_level():
+  net = UNet(base=4, multipliers=(1, 2), num_res=1, noise_conditioned=True, rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match='noise_level'):
+    net(jnp.zeros((1, 8, 8, 3)))
+
+
+def test_zero_initialised_unet_predictor_starts_as_identity():
+  from xydiff.models.dvsr import DvSR
+  g = UNet(base=4, multipliers=(1, 2), num_res=1, xy=True, rngs=nnx.Rngs(0))
+  f = UNet(in_channels=6, base=4, multipliers=(1, 2), num_res=1, noise_conditioned=True,
+           rngs=nnx.Rngs(1))
+  model = DvSR(g, f)
+  y = jax.random.uniform(jax.random.key(1), (1, 16, 16, 3))
+  np.testing.assert_array_equal(model.predict(y)['restored'], y)
+  assert set(model.predict(y)) == {'restored', 'horizontal', 'vertical'}
+
+
+def test_bfloat16_activations_keep_float32_parameters():
+  model = XYDeblur(width=4, num_res=1, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+  out = model(jnp.ones((1, 8, 8, 3)))
+  assert out['restored'].dtype == jnp.float32
+  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(nnx.state(model, nnx.Param)))

@@ -1,0 +1,13 @@
+"""xydiff: XYDeblur and DvSR deblurring, and both at once, in JAX/Flax."""
+
+from xydiff.checkpoint import CheckpointMismatchError
+from xydiff.config_check import ConfigError
+from xydiff.data.folders import DataError
+from xydiff.images import ImageReadError
+
+__version__ = '0.1.0'
+
+# Errors caused by the user's input (flags, files, workdir): launch.py prints
+# their one-line message instead of a traceback.
+USER_ERRORS = (ConfigError, DataError, ImageReadError, CheckpointMismatchError,
+               FileNotFoundError, PermissionError, FloatingPointError)

@@ -1,0 +1,101 @@
+"""Checks every config field a user may override, before any work starts.
+
+A wrong value fails here with a ConfigError naming the field, not an hour
+into training as a shape error.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax.numpy as jnp
+
+from xydiff import data, models
+
+
+class ConfigError(ValueError):
+  pass
+
+
+def _require(ok: bool, field: str, message: str, value) -> None:
+  if not ok:
+    raise ConfigError(f'config.{field}={value!r}: {message}')
+
+
+def _positive_int(config, field: str) -> None:
+  value = config
+  for part in field.split('.'):
+    value = value[part]
+  _require(isinstance(value, int) and value > 0, field, 'must be a positive integer', value)
+
+
+def validate(config, device_count: int = 1) -> None:
+  m, d, t, diff = config.model, config.data, config.train, config.diffusion
+  _require(m.name in models.MODEL_NAMES, 'model.name', f'must be one of {models.MODEL_NAMES}',
+           m.name)
+  try:
+    dtype_ok = jnp.dtype(m.dtype) in (jnp.float32, jnp.bfloat16, jnp.float16)
+  except TypeError:
+    dtype_ok = False
+  _require(dtype_ok, 'model.dtype', "must be 'float32', 'bfloat16' or 'float16'", m.dtype)
+  multiple = 4
+  if m.name == 'xydeblur':
+    for f in ('width', 'num_res'):
+      _positive_int(config, f'model.xydeblur.{f}')
+  else:
+    _require(m.predictor.arch in models.PREDICTOR_ARCHS, 'model.predictor.arch',
+             f'must be one of {models.PREDICTOR_ARCHS}', m.predictor.arch)
+    for net in ('predictor', 'denoiser'):
+      for f in ('base', 'num_res'):
+        _positive_int(config, f'model.{net}.{f}')
+      mults = m[net].multipliers
+      _require(len(mults) >= 1 and all(isinstance(x, int) and x > 0 for x in mults),
+               f'model.{net}.multipliers', 'must be positive integers', mults)
+      multiple = max(multiple, 2 ** (len(mults) - 1))
+    _require(m.noise_embedding_scale > 0, 'model.noise_embedding_scale', 'must be positive',
+             m.noise_embedding_scale)
+    _positive_int(config, 'diffusion.num_steps')
+    _require(0 < diff.beta_start <= diff.beta_end < 1, 'diffusion.beta_start/beta_end',
+             'need 0 < beta_start <= beta_end < 1', (diff.beta_start, diff.beta_end))
+    _require(diff.residual_scale > 0, 'diffusion.residual_scale', 'must be positive',
+             diff.residual_scale)
+    for name in config.eval.presets:
+      _require(name in diff.presets, 'eval.presets', f'{name!r} is not in config.diffusion.presets',
+               tuple(config.eval.presets))
+    for name, preset in diff.presets.items():
+      for f in ('num_steps', 'num_samples'):
+        _positive_int(config, f'diffusion.presets.{name}.{f}')
+      _require(0 < preset.beta_start <= preset.beta_end < 1,
+               f'diffusion.presets.{name}.beta_start/beta_end',
+               'need 0 < beta_start <= beta_end < 1', (preset.beta_start, preset.beta_end))
+
+  _require(d.name in data.DATA_NAMES, 'data.name', f'must be one of {data.DATA_NAMES}', d.name)
+  if d.name == 'folder':
+    _require(bool(d.root), 'data.root', 'set it to the folder that holds your '
+             f'{d.train_split}/ and {d.eval_split}/ splits', d.root)
+  if d.root:
+    _require(os.path.isdir(d.root), 'data.root', 'no such folder', d.root)
+  _positive_int(config, 'data.crop')
+  _require(d.crop % multiple == 0, 'data.crop', f'must be a multiple of {multiple} for this model',
+           d.crop)
+  _require(d.synthetic.kernel in ('random', 'x', 'y'), 'data.synthetic.kernel',
+           "must be 'random', 'x' or 'y'", d.synthetic.kernel)
+  _require(d.eval_max_images >= 0, 'data.eval_max_images', 'must be >= 0 (0: all)',
+           d.eval_max_images)
+  _positive_int(config, 'data.cache_pairs')
+
+  for f in ('batch_size', 'num_steps', 'log_every', 'checkpoint_every', 'keep_checkpoints',
+            'eval_every'):
+    _positive_int(config, f'train.{f}')
+  _require(t.batch_size % device_count == 0, 'train.batch_size',
+           f'must be divisible by the {device_count} devices of the data-parallel mesh',
+           t.batch_size)
+  _require(t.lr > 0, 'train.lr', 'must be positive', t.lr)
+  _require(0 <= t.ema_rate < 1, 'train.ema_rate', 'must be in [0, 1); 0 turns the EMA off',
+           t.ema_rate)
+  _require(t.warmup_steps >= 0, 'train.warmup_steps', 'must be >= 0', t.warmup_steps)
+  _require(t.grad_clip >= 0, 'train.grad_clip', 'must be >= 0; 0 turns clipping off', t.grad_clip)
+  _require(all(int(s) > 0 for s in t.lr_halve_steps), 'train.lr_halve_steps',
+           'must be positive steps', tuple(t.lr_halve_steps))
+  _require(config.eval.num_image_summaries >= 0, 'eval.num_image_summaries', 'must be >= 0',
+           config.eval.num_image_summaries)

@@ -1,0 +1,41 @@
+"""Where paired images come from: one function maps config.data to sources.
+
+A source has `names`, `len()` and `load(i) -> (blur, sharp)` as HxWx3 uint8;
+pipeline.py turns a source into training batches or evaluation pairs.
+"""
+
+from __future__ import annotations
+
+from xydiff.data.folders import DataError, FolderPairs
+from xydiff.data.pipeline import TrainBatches, eval_pairs
+
+DATA_NAMES = ('folder', 'synthetic')
+
+
+def get_source(data_config, split: str):
+  """The source of `split` ('train' or 'eval' select the config's split names)."""
+  if data_config.name == 'folder':
+    if not data_config.root:
+      raise DataError('config.data.root is empty: set it to the folder holding '
+                      f'{data_config.train_split}/ and {data_config.eval_split}/')
+    name = data_config.train_split if split == 'train' else data_config.eval_split
+    return FolderPairs(data_config.root, name)
+  if data_config.name == 'synthetic':
+    from xydiff.data import synthetic  # scipy and scikit-image only when used.
+    cfg = data_config.synthetic
+    photos = (synthetic.load_sharp_folder(data_config.root) if data_config.root
+              else synthetic.skimage_photos())
+    photos = sorted(photos, key=lambda item: item[0])
+    if len(photos) <= cfg.num_eval:
+      raise DataError(f'{len(photos)} photos cannot leave config.data.synthetic.num_eval='
+                      f'{cfg.num_eval} for evaluation and still train')
+    chosen = photos[:-cfg.num_eval] if split == 'train' else photos[-cfg.num_eval:]
+    # Different seeds for the two splits: evaluation never sees a training kernel.
+    return synthetic.SyntheticPairs(
+        chosen, kernel=cfg.kernel, kernel_size=cfg.kernel_size,
+        kernel_length=tuple(cfg.kernel_length), noise_std=cfg.noise_std,
+        seed=(0 if split == 'train' else 1), crop=cfg.photo_crop or None)
+  raise DataError(f'config.data.name must be one of {DATA_NAMES}, got {data_config.name!r}')
+
+
+__all__ = ['DataError', 'FolderPairs', 'TrainBatches', 'eval_pairs', 'get_source']

@@ -1,0 +1,132 @@
+"""Building blocks shared by every xydiff network.
+
+The one idea that sets XYDeblur apart lives here: a convolution can be called
+with its kernel turned by 90 degrees (`rotated=True`). A decoder called once
+plainly and once rotated is XYDeblur's pair of weight-sharing decoders, with no
+second copy of the weights and no transposed feature maps. For 'same'-padded
+odd convolutions and for the 4x4 stride-2 transposed convolution below,
+running on unrotated features with `rot90(W, -1)` equals the official code's
+rotate-features / run / rotate-back formulation (tests/test_models.py).
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+# PyTorch's default initialisation (kaiming_uniform with a=sqrt(5)) is
+# U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for both weights and biases; the official
+# XYDeblur recipe was tuned with it.
+_KERNEL_INIT = nnx.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform')
+
+
+def rotate_kernel(kernel: jax.Array) -> jax.Array:
+  """Turns an HWIO (or HW-OI) kernel by 90 degrees in its spatial axes."""
+  return jnp.rot90(kernel, -1, axes=(0, 1))
+
+
+def _bias_init(key, shape, fan_in, dtype=jnp.float32):
+  bound = 1.0 / math.sqrt(fan_in)
+  return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+class Conv(nnx.Module):
+  """2-D convolution, NHWC, with bias; the codebase's only convolution.
+
+  `padding` defaults to symmetric 'same' padding (k // 2 on each side), which
+  for odd kernels and any stride matches PyTorch's `padding=k // 2`; that
+  symmetry is also what lets a rotated kernel stand in for rotated features.
+  """
+
+  def __init__(self, in_features: int, out_features: int, kernel_size: int = 3,
+               *, stride: int = 1, use_bias: bool = True,
+               dtype=jnp.float32, zero_init: bool = False, rngs: nnx.Rngs):
+    shape = (kernel_size, kernel_size, in_features, out_features)
+    fan_in = in_features * kernel_size * kernel_size
+    init = nnx.initializers.zeros_init() if zero_init else _KERNEL_INIT
+    self.kernel = nnx.Param(init(rngs.params(), shape, jnp.float32))
+    if use_bias:
+      self.bias = nnx.Param(jnp.zeros((out_features,)) if zero_init else
+                            _bias_init(rngs.params(), (out_features,), fan_in))
+    else:
+      self.bias = None
+    self.stride = stride
+    self.pad = kernel_size // 2
+    self.dtype = dtype
+
+  def __call__(self, x: jax.Array, rotated: bool = False) -> jax.Array:
+    kernel = self.kernel[...]
+    if rotated:
+      kernel = rotate_kernel(kernel)
+    y = jax.lax.conv_general_dilated(
+        x.astype(self.dtype), kernel.astype(self.dtype),
+        window_strides=(self.stride, self.stride),
+        padding=((self.pad, self.pad), (self.pad, self.pad)),
+        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    if self.bias is not None:
+      y = y + self.bias[...].astype(self.dtype)
+    return y
+
+
+class ConvTranspose(nnx.Module):
+  """4x4 stride-2 transposed convolution that doubles H and W.
+
+  Matches PyTorch's `ConvTranspose2d(k=4, s=2, p=1)`: `lax.conv_transpose` with
+  padding (2, 2) and `transpose_kernel=True`. The kernel is stored HWOI
+  (PyTorch's [in, out, kh, kw] permuted (2, 3, 1, 0)), which is the layout
+  `transpose_kernel=True` expects.
+  """
+
+  def __init__(self, in_features: int, out_features: int, *,
+               dtype=jnp.float32, rngs: nnx.Rngs):
+    k = 4
+    # PyTorch computes fan_in of a transposed conv from weight.size(1) * k * k.
+    fan_in = out_features * k * k
+    bound = 1.0 / math.sqrt(fan_in)
+    self.kernel = nnx.Param(jax.random.uniform(
+        rngs.params(), (k, k, out_features, in_features), jnp.float32, -bound, bound))
+    self.bias = nnx.Param(_bias_init(rngs.params(), (out_features,), fan_in))
+    self.dtype = dtype
+
+  def __call__(self, x: jax.Array, rotated: bool = False) -> jax.Array:
+    kernel = self.kernel[...]
+    if rotated:
+      kernel = rotate_kernel(kernel)
+    y = jax.lax.conv_transpose(
+        x.astype(self.dtype), kernel.astype(self.dtype), strides=(2, 2),
+        padding=((2, 2), (2, 2)), dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+        transpose_kernel=True)
+    return y + self.bias[...].astype(self.dtype)
+
+
+def pad_to_multiple(x: jax.Array, multiple: int) -> tuple[jax.Array, tuple[int, int]]:
+  """Reflect-pads H and W of an NHWC batch up to a multiple; returns the original size.
+
+  Reflection (not zeros) keeps image statistics at the border, so the cropped
+  result is unaffected by the padding except within a few pixels of the edge.
+  """
+  h, w = x.shape[1], x.shape[2]
+  ph, pw = (-h) % multiple, (-w) % multiple
+  if ph or pw:
+    if ph >= h or pw >= w:
+      raise ValueError(
+          f'image of {h}x{w} pixels is too small: the network needs at least '
+          f'{multiple // 2 + 1}x{multiple // 2 + 1}')
+    x = jnp.pad(x, ((0, 0), (0, ph), (0, pw), (0, 0)), mode='reflect')
+  return x, (h, w)
+
+
+def sinusoidal_embedding(level: jax.Array, dim: int, scale: float) -> jax.Array:
+  """Transformer-style sinusoids of a continuous noise level (WaveGrad/SR3).
+
+  `scale` stretches levels in [0, 1] before the sinusoids; WaveGrad uses 5000.
+  With scale 1 every frequency sees only a tiny phase range and the embedding
+  is nearly linear, which is why the scale is a config field.
+  """
+  half = dim // 2
+  freqs = jnp.exp(-math.log(10000.0) * jnp.arange(half, dtype=jnp.float32) / half)
+  args = scale * level.astype(jnp.float32)[:, None] * freqs[None, :]
+  return jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)

@@ -1,0 +1,240 @@
+"""Training: `train_and_evaluate(config, workdir)`, one readable loop.
+
+The hot path is `train_step`, a pure function of (state, batch) compiled once
+with `jax.jit`: the model is rebuilt inside it with `nnx.merge` from a plain
+parameter pytree, and the state is donated so its buffers are reused. Data
+parallelism is a 1-D device mesh: the batch is sharded over the 'data' axis,
+everything else is replicated, and XLA inserts the gradient all-reduce.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import signal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+from clu import metric_writers, periodic_actions
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from xydiff import checkpoint, config_check, data, diffusion, models
+from xydiff.evaluate import Evaluator
+
+
+class NonFiniteLossError(FloatingPointError):
+  pass
+
+
+# ------------------------------------------------------------------ losses
+
+def xydeblur_loss(model, batch, key):
+  """The official recipe: L1 on the restored image only."""
+  del key
+  restored = model(batch['blur'])['restored']
+  l1 = jnp.mean(jnp.abs(restored - batch['sharp']))
+  return l1, {'l1': l1}
+
+
+def make_loss_fn(config):
+  if models.is_diffusion(config.model):
+    d = config.diffusion
+    return functools.partial(
+        diffusion.loss, schedule=diffusion.linear_schedule(d.num_steps, d.beta_start, d.beta_end),
+        residual_scale=d.residual_scale, predictor_weight=d.predictor_loss_weight)
+  return xydeblur_loss
+
+
+# ------------------------------------------------------------------ state
+
+def make_lr_schedule(train_config):
+  """Linear warm-up, then the base rate halved at each of `lr_halve_steps`."""
+  halving = optax.piecewise_constant_schedule(
+      train_config.lr, {int(s): 0.5 for s in train_config.lr_halve_steps})
+  warmup = max(int(train_config.warmup_steps), 1)
+  return lambda step: halving(step) * jnp.minimum(1.0, (step + 1) / warmup)
+
+
+def make_optimizer(train_config) -> optax.GradientTransformation:
+  adam = optax.adam(make_lr_schedule(train_config))
+  if train_config.grad_clip > 0:
+    return optax.chain(optax.clip_by_global_norm(train_config.grad_clip), adam)
+  return adam
+
+
+def init_state(config):
+  """(graphdef, state): the module structure, and the pytree that training updates."""
+  model = models.build_model(config.model, seed=config.seed)
+  graphdef, params = nnx.split(model, nnx.Param)
+  params = nnx.to_pure_dict(params)
+  state = {'step': jnp.zeros((), jnp.int32), 'params': params,
+           'opt_state': make_optimizer(config.train).init(params)}
+  if config.train.ema_rate > 0:
+    state['ema_params'] = params
+  return graphdef, state
+
+
+def eval_params(state):
+  """The weights evaluation uses: the EMA when training keeps one."""
+  return state.get('ema_params', state['params'])
+
+
+def train_step(graphdef, state, batch, *, tx, loss_fn, ema_rate: float, base_key):
+  """One optimizer step; the RNG is fold_in(seed, step), so it needs no state."""
+  key = jax.random.fold_in(base_key, state['step'])
+
+  def loss_of(params):
+    return loss_fn(nnx.merge(graphdef, params), batch, key)
+
+  (loss, aux), grads = jax.value_and_grad(loss_of, has_aux=True)(state['params'])
+  updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
+  params = optax.apply_updates(state['params'], updates)
+  new_state = {'step': state['step'] + 1, 'params': params, 'opt_state': opt_state}
+  if 'ema_params' in state:
+    new_state['ema_params'] = jax.tree.map(
+        lambda e, p: ema_rate * e + (1.0 - ema_rate) * p, state['ema_params'], params)
+  metrics = {'loss': loss, 'grad_norm': optax.tree.norm(grads), **aux}
+  return new_state, metrics
+
+
+# ------------------------------------------------------------------ mesh
+
+def make_mesh() -> Mesh:
+  return jax.make_mesh((jax.device_count(),), ('data',))
+
+
+def shard_batch(batch, sharding):
+  """Assembles the global batch from every process's local slice."""
+  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+
+
+def check_workdir_writable(workdir: str) -> None:
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, f'.write_probe_{jax.process_index()}')
+    with open(probe, 'w') as f:
+      f.write('ok')
+    os.remove(probe)
+  except OSError as e:
+    raise PermissionError(f'--workdir {workdir} is not writable: {e.strerror}') from None
+
+
+class _StopRequested:
+  """SIGTERM (preemption) asks the loop to checkpoint and return at the next step."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    def handler(signum, frame):
+      del signum, frame
+      self.requested = True
+    try:
+      self._previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # Not the main thread: no signal handling there.
+      self._previous = None
+    return self
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+# ------------------------------------------------------------------ loop
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Trains `config` in `workdir`, resuming from its latest checkpoint if any.
+
+  Returns the last evaluation summary.
+  """
+  config_check.validate(config, jax.device_count())
+  check_workdir_writable(workdir)
+  is_chief = jax.process_index() == 0
+
+  train_source = data.get_source(config.data, 'train')
+  eval_source = data.get_source(config.data, 'eval')
+
+  mesh = make_mesh()
+  replicated = NamedSharding(mesh, PartitionSpec())
+  batch_sharding = NamedSharding(mesh, PartitionSpec('data'))
+
+  graphdef, state = init_state(config)
+  ckpt = checkpoint.Checkpointer(workdir, config.model, keep=config.train.keep_checkpoints)
+  if ckpt.latest_step() is not None:
+    state = ckpt.restore(state)
+    logging.info('Resumed from %s at step %d.', ckpt.directory, int(state['step']))
+  state = jax.device_put(state, replicated)
+  start_step = int(state['step'])
+
+  writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
+  if start_step == 0:
+    writer.write_hparams({k: v for k, v in _flatten(config.to_dict()).items()})
+  evaluator = Evaluator(config, workdir, eval_source, writer=writer)
+  num_steps = config.train.num_steps
+  report = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)
+
+  step_fn = jax.jit(
+      functools.partial(train_step, graphdef, tx=make_optimizer(config.train),
+                        loss_fn=make_loss_fn(config), ema_rate=config.train.ema_rate,
+                        base_key=jax.random.key(config.seed)),
+      in_shardings=(replicated, batch_sharding), out_shardings=(replicated, replicated),
+      donate_argnums=0)
+  lr_schedule = make_lr_schedule(config.train)
+
+  batches = data.TrainBatches(
+      train_source, global_batch=config.train.batch_size, crop=config.data.crop,
+      seed=config.seed, flip=config.data.flip, rot90=config.data.rot90,
+      process_index=jax.process_index(), process_count=jax.process_count(),
+      cache_pairs=config.data.cache_pairs).iterate(start_step)
+
+  summary = {}
+  with _StopRequested() as stop:
+    step = start_step
+    while step < num_steps:
+      with jax.profiler.StepTraceAnnotation('train', step_num=step):
+        state, metrics = step_fn(state, shard_batch(next(batches), batch_sharding))
+      step += 1
+      report(step)
+      is_last = step == num_steps
+      if step % config.train.log_every == 0 or is_last:
+        values = jax.device_get(metrics)
+        _check_finite(values, step, ckpt)
+        writer.write_scalars(step, {**{k: float(v) for k, v in values.items()},
+                                    'lr': float(lr_schedule(step - 1))})
+      if step % config.train.checkpoint_every == 0 or is_last or stop.requested:
+        _check_finite(jax.device_get(metrics), step, ckpt)
+        ckpt.save(step, state)
+      if stop.requested:
+        logging.warning('SIGTERM: saved step %d in %s; re-run the same command to resume.',
+                        step, ckpt.directory)
+        break
+      if step % config.train.eval_every == 0 or is_last:
+        with report.timed('eval'):
+          summary = evaluator.run(graphdef, eval_params(state), step)
+  writer.flush()
+  ckpt.close()
+  return summary
+
+
+def _check_finite(metrics, step: int, ckpt) -> None:
+  loss = float(metrics['loss'])
+  if not np.isfinite(loss):
+    raise NonFiniteLossError(
+        f'training loss is {loss} at step {step}; stopped without saving it. The last good '
+        f'checkpoint is step {ckpt.latest_step()} in {ckpt.directory}')
+
+
+def _flatten(tree, prefix=''):
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(_flatten(value, f'{prefix}{key}.'))
+    else:
+      flat[f'{prefix}{key}'] = str(value) if isinstance(value, (tuple, list)) else value
+  return flat
+
