@@ -17,8 +17,15 @@ _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Config file, e.g. configs/gopro.py or configs/demo.py:diffusion.',
     lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Where checkpoints, logs and evaluations go.')
-_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'eval'],
-                          'train: train (resuming) and evaluate; eval: score a checkpoint.')
+_MODE = flags.DEFINE_enum(
+    'mode', 'train', ['train', 'eval', 'sweep', 'deblur'],
+    'train: train (resuming) and evaluate; eval: score a checkpoint; sweep: grid of diffusion '
+    'sampling schedules on the eval split; deblur: restore your own photos.')
+_INPUT = flags.DEFINE_string('input', None, '--mode=deblur: an image file, a folder or a glob.')
+_OUTPUT = flags.DEFINE_string('output', None, '--mode=deblur: folder for the restored PNGs.')
+_CHECKPOINT = flags.DEFINE_string(
+    'checkpoint', None, '--mode=deblur: a checkpoint folder (<workdir>/checkpoints/<step>) '
+    'instead of the workdir\'s latest.')
 
 
 def _fail(message: str) -> None:
@@ -69,6 +76,15 @@ def main(argv):
       train.train_and_evaluate(config, _WORKDIR.value)
     elif _MODE.value == 'eval':
       evaluate.evaluate_checkpoint(config, _WORKDIR.value)
+    elif _MODE.value == 'sweep':
+      from xydiff import sweep
+      sweep.run_sweep(config, _WORKDIR.value)
+    elif _MODE.value == 'deblur':
+      from xydiff import deblur
+      if not _INPUT.value or not _OUTPUT.value:
+        _fail('--mode=deblur needs --input (a file, folder or glob) and --output (a folder)')
+      sys.exit(deblur.run(config, _WORKDIR.value, _INPUT.value, _OUTPUT.value,
+                          checkpoint=_CHECKPOINT.value))
   except USER_ERRORS as e:
     _fail(_one_line(e))
 

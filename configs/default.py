@@ -84,4 +84,11 @@ def get_config() -> ml_collections.ConfigDict:
   ev.checkpoint_step = -1  # --mode=eval: -1 is the latest checkpoint.
   ev.num_image_summaries = 3  # Input/restored/sharp triples written to TensorBoard and PNG.
   ev.presets = ('perceptual', 'sa')  # Diffusion presets evaluated beside the predictor.
+
+  # ----------------------------------------------------------------- deblur
+  config.deblur = db = ml_collections.ConfigDict()
+  db.tile = 1024  # Images larger than this (either side) are restored in tiles; 0: never.
+  db.tile_overlap = 64  # Pixels shared by neighbouring tiles, blended smoothly.
+  db.preset = 'sa'  # Diffusion models: which config.diffusion.presets entry to sample.
+  db.num_samples = 0  # Diffusion models: samples averaged; 0 takes the preset's.
   return config

@@ -43,12 +43,13 @@ def make_restore_fns(config, graphdef):
   fns = {'predictor': predictor}
   for name in config.eval.presets:
     preset = config.diffusion.presets[name]
-    fns[name] = _sampler(graphdef, preset_schedule(preset), preset.num_samples,
+    fns[name] = make_sampler(graphdef, preset_schedule(preset), preset.num_samples,
                          config.diffusion.residual_scale)
   return fns
 
 
-def _sampler(graphdef, schedule, num_samples, residual_scale):
+def make_sampler(graphdef, schedule, num_samples, residual_scale):
+  """jitted fn(params, blur, key) -> {image: mean of N samples, std, sample: the first}."""
   @jax.jit
   def run(params, blur, key):
     model = nnx.merge(graphdef, params)

@@ -1,0 +1,71 @@
+"""Every shipped config loads, passes the start-up checks and builds its model."""
+
+import jax
+import pytest
+from flax import nnx
+
+from conftest import GOPRO_SAMPLE
+from xydiff import config_check, models
+from xydiff.config_check import ConfigError
+
+
+def _load(name, arg=None):
+  import importlib
+  module = importlib.import_module(f'configs.{name}')
+  return module.get_config(arg) if arg is not None else module.get_config()
+
+
+def _num_params(config):
+  model = nnx.eval_shape(lambda: models.build_model(config.model))
+  return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+@pytest.mark.parametrize('name, arg', [('xydeblur_gopro', None), ('dvsr_gopro', None),
+                                       ('gopro', None), ('demo', ''), ('demo', 'diffusion')])
+def test_config_validates(name, arg):
+  config = _load(name, arg)
+  if config.data.name == 'folder':
+    config.data.root = str(GOPRO_SAMPLE)
+  config_check.validate(config)
+
+
+def test_paper_models_have_the_papers_sizes():
+  assert _num_params(_load('xydeblur_gopro')) == 4_918_627
+  dvsr, xydiff = _load('dvsr_gopro'), _load('gopro')
+  # The XY predictor shares its decoder weights: exactly DvSR's parameter count.
+  assert _num_params(dvsr) == _num_params(xydiff)
+  assert xydiff.model.predictor.xy and not dvsr.model.predictor.xy
+  assert xydiff.model.dtype == 'bfloat16'
+
+
+@pytest.mark.parametrize('field, value, message', [
+    ('model.name', 'resnet', 'config.model.name'),
+    ('model.dtype', 'int8', 'config.model.dtype'),
+    ('data.crop', 30, 'config.data.crop=30: must be a multiple of 4'),
+    ('train.ema_rate', 1.0, 'config.train.ema_rate'),
+    ('data.synthetic.kernel', 'z', 'config.data.synthetic.kernel'),
+])
+def test_bad_values_are_named(field, value, message):
+  config = _load('demo')
+  section, _, key = field.rpartition('.')
+  node = config
+  for part in section.split('.'):
+    node = node[part]
+  with node.ignore_type():
+    node[key] = value
+  with pytest.raises(ConfigError, match=message.replace('.', r'\.')):
+    config_check.validate(config)
+
+
+def test_batch_must_divide_over_devices():
+  config = _load('demo')
+  config.train.batch_size = 6
+  with pytest.raises(ConfigError, match='divisible by the 4 devices'):
+    config_check.validate(config, device_count=4)
+
+
+def test_unknown_eval_preset_is_named():
+  config = _load('demo', 'diffusion')
+  config.eval.presets = ('sa', 'fast')
+  with pytest.raises(ConfigError, match="'fast' is not in config.diffusion.presets"):
+    config_check.validate(config)

@@ -1,0 +1,193 @@
+"""Whole runs on mock and real data: train step, checkpoints, resume, evaluation, guard rails."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from conftest import GOPRO_SAMPLE, REPO, run_launch, tiny
+from xydiff import checkpoint, train
+from xydiff.checkpoint import CheckpointMismatchError
+
+
+def _mock_batch(n=2, size=16):
+  blur = jax.random.uniform(jax.random.key(0), (n, size, size, 3))
+  return {'blur': blur, 'sharp': jnp.clip(blur + 0.05, 0, 1)}
+
+
+@pytest.mark.parametrize('variant', ['', 'diffusion'])
+def test_one_train_step_on_a_mock_batch(variant):
+  from configs import demo
+  config = tiny(demo.get_config(variant))
+  config.train.ema_rate = 0.5
+  graphdef, state = train.init_state(config)
+  step = jax.jit(lambda s, b: train.train_step(
+      graphdef, s, b, tx=train.make_optimizer(config.train), loss_fn=train.make_loss_fn(config),
+      ema_rate=config.train.ema_rate, base_key=jax.random.key(0)))
+  new_state, metrics = step(state, _mock_batch())
+  assert int(new_state['step']) == 1
+  assert np.isfinite(float(metrics['loss'])) and float(metrics['grad_norm']) > 0
+  before, after = jax.tree.leaves(state['params']), jax.tree.leaves(new_state['params'])
+  assert any(not np.array_equal(a, b) for a, b in zip(before, after))
+  # EMA at rate 0.5 sits halfway between the old and the new parameters.
+  for p0, p1, e in zip(before, after, jax.tree.leaves(new_state['ema_params'])):
+    np.testing.assert_allclose(e, 0.5 * p0 + 0.5 * p1, atol=1e-6)
+
+
+def test_lr_is_halved_at_the_configured_steps_after_warmup():
+  from configs import default
+  cfg = default.get_config().train
+  cfg.lr, cfg.warmup_steps, cfg.lr_halve_steps = 1e-4, 10, (100, 200)
+  lr = train.make_lr_schedule(cfg)
+  np.testing.assert_allclose([lr(0), lr(9), lr(99), lr(100), lr(250)],
+                             [1e-5, 1e-4, 1e-4, 5e-5, 2.5e-5], rtol=1e-5)
+
+
+def test_train_checkpoint_and_evaluate_the_demo(demo_config, tmp_path):
+  workdir = str(tmp_path / 'run')
+  summary = train.train_and_evaluate(demo_config, workdir)
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['2', '4']
+  with open(os.path.join(workdir, 'eval', 'step_4.json')) as f:
+    report = json.load(f)
+  assert report == summary
+  assert report['step'] == 4 and report['split'] == 'test' and report['num_images'] == 2
+  assert set(report['input']) == {'psnr', 'ssim'}
+  assert set(report['outputs']['restored']) == {'psnr', 'ssim'}
+  assert {'name', 'input_psnr', 'psnr', 'ssim'} <= set(report['images'][0])
+  assert 10 < report['input']['psnr'] < 50 and 0 < report['outputs']['restored']['ssim'] <= 1
+  name = report['images'][0]['name']
+  pictures = sorted(os.listdir(os.path.join(workdir, 'eval', 'step_4')))
+  assert pictures == [f'{name}_{k}.png' for k in ('input', 'restored', 'sharp')]
+  assert any(f.startswith('events.out.tfevents') for f in os.listdir(workdir))
+
+
+def _final_params(workdir, config):
+  graphdef, state = train.init_state(config)
+  return checkpoint.Checkpointer(workdir, config.model).restore(state)
+
+
+def test_resumed_run_ends_where_an_uninterrupted_one_does(demo_config, tmp_path):
+  demo_config.train.num_steps = 6
+  demo_config.train.eval_every = 100
+  train.train_and_evaluate(demo_config, str(tmp_path / 'straight'))
+  # Interrupted after step 4's checkpoint, then the same call again.
+  demo_config.train.num_steps = 4
+  train.train_and_evaluate(demo_config, str(tmp_path / 'resumed'))
+  demo_config.train.num_steps = 6
+  train.train_and_evaluate(demo_config, str(tmp_path / 'resumed'))
+  a = _final_params(str(tmp_path / 'straight'), demo_config)
+  b = _final_params(str(tmp_path / 'resumed'), demo_config)
+  assert int(a['step']) == int(b['step']) == 6
+  # Same data order (a function of seed and step), same RNG (folded from the step),
+  # same optimizer state: bitwise equal on CPU.
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(x, y)
+
+
+def test_a_killed_run_resumes_from_its_last_checkpoint(tmp_path):
+  workdir = tmp_path / 'killed'
+  args = ['--config=configs/demo.py', f'--workdir={workdir}', '--config.train.num_steps=400',
+          '--config.train.checkpoint_every=3', '--config.model.xydeblur.width=4',
+          '--config.model.xydeblur.num_res=1', '--config.data.crop=32',
+          '--config.train.batch_size=2', '--config.data.synthetic.photo_crop=64',
+          '--config.data.synthetic.kernel_size=7', '--config.data.synthetic.kernel_length=(3.0,7.0)']
+  proc = subprocess.Popen([sys.executable, 'launch.py', *args], cwd=REPO,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  ckpt_dir = workdir / 'checkpoints'
+  deadline = time.time() + 300
+  while time.time() < deadline and not (ckpt_dir.exists() and
+                                         any(d.isdigit() for d in os.listdir(ckpt_dir))):
+    time.sleep(0.2)
+  time.sleep(0.5)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  steps = sorted(int(d) for d in os.listdir(ckpt_dir) if d.isdigit())
+  assert steps, 'the run wrote no checkpoint before it was killed'
+  # Run to a point just past the last finalised step: it must resume, not restart.
+  target = steps[-1] + 1
+  result = run_launch(*args[:2], f'--config.train.num_steps={target}', *args[3:])
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert f'Resumed from {ckpt_dir} at step {steps[-1]}' in result.stderr
+  assert os.path.exists(workdir / 'eval' / f'step_{target}.json')
+
+
+def test_gopro_sample_trains_checkpoints_and_evaluates(tmp_path):
+  workdir = tmp_path / 'gopro'
+  result = run_launch(
+      '--config=configs/xydeblur_gopro.py', f'--workdir={workdir}',
+      f'--config.data.root={GOPRO_SAMPLE}', '--config.model.xydeblur.width=4',
+      '--config.model.xydeblur.num_res=1', '--config.data.crop=64', '--config.train.batch_size=2',
+      '--config.train.num_steps=2', '--config.train.checkpoint_every=2',
+      '--config.train.eval_every=2', '--config.eval.num_image_summaries=1')
+  assert result.returncode == 0, result.stderr[-3000:]
+  report = json.loads((workdir / 'eval' / 'step_2.json').read_text())
+  assert report['num_images'] == 2
+  assert [im['name'] for im in report['images']] == ['GOPR0869_11_00/000020',
+                                                     'GOPR0881_11_01/000295']
+  # The documented blur-vs-sharp PSNR of the sample frames (their README).
+  np.testing.assert_allclose([im['input_psnr'] for im in report['images']], [26.97, 27.75],
+                             atol=0.01)
+  assert (workdir / 'checkpoints' / '2').is_dir()
+  # --mode=eval scores the same checkpoint again, with the same numbers.
+  again = run_launch('--config=configs/xydeblur_gopro.py', f'--workdir={workdir}', '--mode=eval',
+                     f'--config.data.root={GOPRO_SAMPLE}', '--config.model.xydeblur.width=4',
+                     '--config.model.xydeblur.num_res=1', '--config.eval.num_image_summaries=0')
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert json.loads((workdir / 'eval' / 'step_2.json').read_text())['outputs'] == report['outputs']
+
+
+@pytest.mark.parametrize('override, message', [
+    ('--config.train.batch_sise=8', 'batch_sise'),
+    ('--config.train.lr=abc', '--config.train.lr=abc'),
+    ('--config.data.root=/no/such/folder', 'config.data.root'),
+    ('--config.train.batch_size=0', 'config.train.batch_size=0'),
+])
+def test_bad_overrides_stop_with_one_line_naming_the_field(tmp_path, override, message):
+  result = run_launch('--config=configs/xydeblur_gopro.py', f'--workdir={tmp_path}',
+                      f'--config.data.root={GOPRO_SAMPLE}', override, timeout=120)
+  assert result.returncode != 0
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith('error: ') and message in last, result.stderr[-2000:]
+  assert 'Traceback' not in result.stderr
+  assert not (tmp_path / 'checkpoints').exists()
+
+
+def test_missing_data_root_is_named(tmp_path):
+  result = run_launch('--config=configs/xydeblur_gopro.py', f'--workdir={tmp_path}', timeout=120)
+  assert result.returncode != 0
+  assert result.stderr.strip().splitlines()[-1].startswith("error: config.data.root=''")
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(demo_config, tmp_path):
+  workdir = str(tmp_path / 'nan')
+  demo_config.train.num_steps = 2
+  train.train_and_evaluate(demo_config, workdir)
+  demo_config.train.num_steps = 6
+  demo_config.train.lr = 1e30  # Blows up at once.
+  with pytest.raises(train.NonFiniteLossError, match=r'at step 4;.*last good checkpoint is step 2'):
+    train.train_and_evaluate(demo_config, workdir)
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['2']
+
+
+def test_checkpoint_of_another_model_is_refused_by_name(demo_config, tmp_path):
+  workdir = str(tmp_path / 'shape')
+  demo_config.train.num_steps = 2
+  train.train_and_evaluate(demo_config, workdir)
+  demo_config.model.xydeblur.width = 8
+  with pytest.raises(CheckpointMismatchError, match='xydeblur'):
+    train.train_and_evaluate(demo_config, workdir)
+
+
+def test_unwritable_workdir_fails_before_training(demo_config, tmp_path):
+  blocker = tmp_path / 'file'
+  blocker.write_text('x')
+  with pytest.raises(PermissionError, match='--workdir .*file/run is not writable'):
+    train.train_and_evaluate(demo_config, str(blocker / 'run'))
