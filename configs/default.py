@@ -85,6 +85,14 @@ def get_config() -> ml_collections.ConfigDict:
   ev.num_image_summaries = 3  # Input/restored/sharp triples written to TensorBoard and PNG.
   ev.presets = ('perceptual', 'sa')  # Diffusion presets evaluated beside the predictor.
 
+  # ------------------------------------------------------------------ sweep
+  # --mode=sweep: each (num_steps, beta_start, beta_end) schedule x each number
+  # of averaged samples, scored on the eval split: the perception-distortion curve.
+  config.sweep = sw = ml_collections.ConfigDict()
+  sw.schedules = ((10, 1e-4, 0.8), (20, 1e-5, 0.5), (50, 1e-6, 0.2), (100, 1e-6, 0.1),
+                  (500, 1e-6, 0.04))
+  sw.num_samples = (1, 2, 4, 8)
+
   # ----------------------------------------------------------------- deblur
   config.deblur = db = ml_collections.ConfigDict()
   db.tile = 1024  # Images larger than this (either side) are restored in tiles; 0: never.

@@ -62,6 +62,13 @@ def validate(config, device_count: int = 1) -> None:
     for name in config.eval.presets:
       _require(name in diff.presets, 'eval.presets', f'{name!r} is not in config.diffusion.presets',
                tuple(config.eval.presets))
+    for i, schedule in enumerate(config.sweep.schedules):
+      ok = (len(schedule) == 3 and int(schedule[0]) > 0 and 0 < schedule[1] <= schedule[2] < 1)
+      _require(ok, f'sweep.schedules[{i}]', 'must be (num_steps, beta_start, beta_end) with '
+               '0 < beta_start <= beta_end < 1', tuple(schedule))
+    _require(len(config.sweep.num_samples) > 0 and
+             all(isinstance(n, int) and n > 0 for n in config.sweep.num_samples),
+             'sweep.num_samples', 'must be positive integers', tuple(config.sweep.num_samples))
     for name, preset in diff.presets.items():
       for f in ('num_steps', 'num_samples'):
         _positive_int(config, f'diffusion.presets.{name}.{f}')

@@ -50,37 +50,110 @@ def quantize(image):
   return jnp.round(jnp.clip(image, 0.0, 1.0) * UINT8_PEAK) / UINT8_PEAK
 
 
-def read_image(path: str) -> np.ndarray:
+def read_image(path: str, *, keep_channels: bool = False) -> np.ndarray:
   """Reads a PNG or JPEG as an HxWx3 uint8 or uint16 RGB array.
 
   Grayscale is repeated to three channels and alpha is dropped, so every image
-  a user hands xydiff is RGB. A file that cannot be decoded raises
+  a user hands xydiff is RGB. 16-bit PNGs, grey or colour, come back as uint16
+  at full precision: Pillow would silently decode 16-bit colour as 8-bit, so
+  they go through TensorFlow's PNG decoder instead.
+
+  With `keep_channels` the channels are returned as stored, HxWx1 grey, HxWx2
+  grey + alpha, HxWx3 RGB or HxWx4 RGBA (palette images become RGB, or RGBA
+  when they carry transparency), so that a tool can write its result back in
+  the format it was given. A file that cannot be decoded raises
   ImageReadError naming it.
   """
-  from PIL import Image  # Pillow decodes 8-bit; 16-bit PNG goes through PIL's I;16 modes.
+  from PIL import Image  # Local: this module is imported by code that reads no images.
   try:
-    with Image.open(path) as img:
-      img.load()
-      mode = img.mode
-      if mode in ('I;16', 'I;16B', 'I;16L', 'I'):
-        array = np.asarray(img, dtype=np.uint16) if mode != 'I' else np.asarray(img).astype(np.uint16)
-        return np.repeat(array[..., None], 3, axis=-1)
-      if mode == 'RGB':
-        array = np.asarray(img)
-      else:
-        array = np.asarray(img.convert('RGB'))
+    with open(path, 'rb') as f:
+      header = f.read(26)
+    # PNG signature, then the IHDR chunk whose 17th byte is the bit depth.
+    is_png16 = (header[:8] == b'\x89PNG\r\n\x1a\n' and header[12:16] == b'IHDR'
+                and header[24] == 16)
+    if is_png16:
+      import tensorflow as tf  # Local and lazy: slow to import, needed for 16-bit only.
+      try:
+        tf.config.set_visible_devices([], 'GPU')  # TF must never take an accelerator from JAX.
+      except RuntimeError:  # TF already initialised its devices; it keeps what it has.
+        pass
+      with open(path, 'rb') as f:
+        contents = f.read()
+      try:
+        array = tf.io.decode_png(contents, channels=0, dtype=tf.uint16).numpy()
+      except tf.errors.OpError as e:
+        # Drop TF's '{{function_node ...}}' prefix and ' [Op:DecodePng]' suffix.
+        reason = e.message.split('}}')[-1].split(' [Op:')[0].strip()
+        raise ImageReadError(f'cannot read image {path}: {reason}') from None
+    else:
+      with Image.open(path) as img:
+        img.load()
+        mode = img.mode
+        if mode in ('I;16', 'I;16B', 'I;16L', 'I'):
+          array = (np.asarray(img, dtype=np.uint16) if mode != 'I' else
+                   np.asarray(img).astype(np.uint16))[..., None]
+        elif mode in ('1', 'L', 'LA', 'RGB', 'RGBA'):
+          array = np.asarray(img.convert('L') if mode == '1' else img)
+        elif mode in ('La', 'PA') or (mode == 'P' and 'transparency' in img.info):
+          array = np.asarray(img.convert('LA' if mode == 'La' else 'RGBA'))
+        else:  # Palette, CMYK, YCbCr, premultiplied RGBa, ...
+          array = np.asarray(img.convert('RGBA' if mode == 'RGBa' else 'RGB'))
+  except ImageReadError:
+    raise
   except (OSError, SyntaxError, ValueError) as e:  # PIL reports truncation as OSError.
     raise ImageReadError(f'cannot read image {path}: {e}') from None
-  if array.ndim != 3 or array.shape[-1] != 3:
+  if array.ndim == 2:
+    array = array[..., None]
+  if array.ndim != 3 or array.shape[-1] not in (1, 2, 3, 4):
     raise ImageReadError(f'cannot read image {path}: unexpected shape {array.shape}')
-  return array
+  if keep_channels:
+    return array
+  if array.shape[-1] <= 2:
+    return np.repeat(array[..., :1], 3, axis=-1)
+  return np.ascontiguousarray(array[..., :3])
 
 
 def write_png(path: str, image: np.ndarray) -> None:
-  """Writes an HxWx3 uint8 (or float in [0, 1], saved as uint8) image atomically."""
+  """Writes a PNG atomically: uint8 as 8-bit, uint16 as 16-bit, float in [0, 1] as 8-bit.
+
+  HxW and HxWx1 are grey, HxWx2 grey + alpha, HxWx3 RGB, HxWx4 RGBA. The file
+  appears under its name only once complete (written to a temporary name, then
+  renamed), so an interrupted run never leaves a truncated PNG behind. Pillow
+  cannot encode 16-bit colour, so 16-bit images go through TensorFlow.
+  """
   from PIL import Image
-  if image.dtype != np.uint8:
+  image = np.asarray(image)
+  if image.dtype not in (np.uint8, np.uint16):
     image = to_uint8(image)
+  if image.ndim == 2:
+    image = image[..., None]
+  if image.ndim != 3 or image.shape[-1] not in (1, 2, 3, 4):
+    raise ValueError(f'cannot write an image of shape {image.shape} to {path}')
   tmp = f'{path}.tmp-{os.getpid()}'
-  Image.fromarray(image).save(tmp, format='PNG')
-  os.replace(tmp, path)
+  try:
+    if image.dtype == np.uint16:
+      import tensorflow as tf  # Local and lazy, as in read_image.
+      try:
+        tf.config.set_visible_devices([], 'GPU')
+      except RuntimeError:
+        pass
+      with open(tmp, 'wb') as f:
+        f.write(tf.io.encode_png(image).numpy())
+    else:
+      Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(tmp, format='PNG')
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+def write_image(path: str, image, *, bit_depth: int = 8) -> None:
+  """Writes a float image in [0, 1] as an 8- or 16-bit PNG (clipped, rounded).
+
+  Tools that restore a user's photo save it at the depth it was read with, so
+  a 16-bit input keeps its precision.
+  """
+  if bit_depth not in (8, 16):
+    raise ValueError(f'bit_depth must be 8 or 16, got {bit_depth}')
+  write_png(path, to_uint16(image) if bit_depth == 16 else to_uint8(image))

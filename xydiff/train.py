@@ -74,7 +74,7 @@ def init_state(config):
   state = {'step': jnp.zeros((), jnp.int32), 'params': params,
            'opt_state': make_optimizer(config.train).init(params)}
   if config.train.ema_rate > 0:
-    state['ema_params'] = params
+    state['ema_params'] = jax.tree.map(jnp.copy, params)  # Own buffers: the state is donated.
   return graphdef, state
 
 

@@ -1,0 +1,1 @@
+"""Command-line tools beside launch.py, each run as `python -m xydiff.tools.<name>`."""
