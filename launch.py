@@ -27,6 +27,12 @@ _CHECKPOINT = flags.DEFINE_string(
     'checkpoint', None, '--mode=deblur: a checkpoint folder (<workdir>/checkpoints/<step>) '
     'instead of the workdir\'s latest.')
 
+_COORDINATOR = flags.DEFINE_string(
+    'coordinator_address', None, 'Multi-process runs: host:port of process 0. On TPU pods and '
+    'under SLURM leave it out: the platform supplies it.')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Multi-process runs: process count.')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'Multi-process runs: this process.')
+
 
 def _fail(message: str) -> None:
   print(f'error: {message}', file=sys.stderr)
@@ -59,17 +65,23 @@ class _QuietLibraries:
   _NOISY = ('/orbax/', '/jax/_src/')
 
   def filter(self, record) -> bool:
-    return record.levelno >= logging.WARNING or not any(
+    return record.levelno >= logging.converter.STANDARD_WARNING or not any(
         part in record.pathname for part in self._NOISY)
 
 
 def main(argv):
-  logging.get_absl_handler().addFilter(_QuietLibraries())
+  handler = logging.get_absl_handler()
+  for h in (handler, handler.python_handler):  # ABSLHandler delegates to its python_handler.
+    h.addFilter(_QuietLibraries())
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   config = _CONFIG.value
 
-  from xydiff import USER_ERRORS, evaluate, train
+  from xydiff import USER_ERRORS, distributed, evaluate, train
+  try:
+    distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  except ValueError as e:
+    _fail(_one_line(e))
   logging.info('xydiff %s, workdir %s', _MODE.value, _WORKDIR.value)
   try:
     if _MODE.value == 'train':

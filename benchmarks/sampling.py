@@ -22,7 +22,6 @@ def main():
   args = parser.parse_args()
 
   import jax
-  import jax.numpy as jnp
   from flax import nnx
   from xydiff import diffusion, models
 

@@ -95,7 +95,9 @@ def get_config() -> ml_collections.ConfigDict:
 
   # ----------------------------------------------------------------- deblur
   config.deblur = db = ml_collections.ConfigDict()
-  db.tile = 1024  # Images larger than this (either side) are restored in tiles; 0: never.
+  # Images larger than this (either side) are restored in tiles; 0: never. 1536
+  # keeps a 1280x720 GoPro frame whole.
+  db.tile = 1536
   db.tile_overlap = 64  # Pixels shared by neighbouring tiles, blended smoothly.
   db.preset = 'sa'  # Diffusion models: which config.diffusion.presets entry to sample.
   db.num_samples = 0  # Diffusion models: samples averaged; 0 takes the preset's.

@@ -15,16 +15,11 @@ import os
 import jax
 import orbax.checkpoint as ocp
 
+from xydiff import models
+
 
 class CheckpointMismatchError(ValueError):
   """The checkpoint on disk was written for a different model."""
-
-
-def _model_signature(model_config) -> dict:
-  # Fields that change parameter shapes; dtype only changes activations.
-  sig = json.loads(model_config.to_json())
-  sig.pop('dtype', None)
-  return sig
 
 
 class Checkpointer:
@@ -32,7 +27,8 @@ class Checkpointer:
 
   def __init__(self, workdir: str, model_config, *, keep: int = 3):
     self.directory = os.path.abspath(os.path.join(workdir, 'checkpoints'))
-    self.signature = _model_signature(model_config)
+    # Tuples become lists in JSON: compare the JSON round trip of both sides.
+    self.signature = json.loads(json.dumps(models.shape_signature(model_config)))
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, create=True,
         enable_async_checkpointing=False)
@@ -53,7 +49,8 @@ class Checkpointer:
     self.manager.wait_until_finished()
 
   def restore(self, target, step: int | None = None):
-    """Restores into the structure, shapes and shardings of `target`."""
+    """Restores into the structure, shapes and shardings of `target` (arrays or
+    ShapeDtypeStructs, e.g. from train.abstract_state)."""
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f'no checkpoint in {self.directory}')

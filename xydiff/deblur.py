@@ -26,7 +26,8 @@ Diffusion models (config.model.name == 'dvsr') sample with the preset
 `config.deblur.preset`, average `config.deblur.num_samples` samples (0: the
 preset's own count) and also write `<stem>_std.png`, the per-pixel standard
 deviation over the samples (mean over RGB), scaled to its own maximum so the
-uncertain regions are visible; the maximum is logged for each image.
+uncertain regions are visible; the maximum is logged for each image. A tiled
+image draws independent noise in each tile, so its overlaps blend two samples.
 
 A file that cannot be read or written is reported on stderr and the others go
 on; `run` then returns 1, so scripts can tell that something was skipped.
@@ -259,7 +260,10 @@ def _aligned_tiling(tile: int, overlap: int, align: int) -> tuple[int, int]:
 def _load(config, workdir: str, checkpoint: str | None):
   """(graphdef, eval params, step) of the checkpoint to restore from."""
   ckpt_workdir, step = resolve_checkpoint(workdir, checkpoint)
-  graphdef, state = train.init_state(config)
+  # The restore target is init_state's, evaluated abstractly: the structure,
+  # shapes and dtypes are all orbax needs, and skipping the initialisers saves
+  # compiling one per parameter shape.
+  graphdef, state = train.abstract_state(config)
   ckpt = checkpoint_lib.Checkpointer(ckpt_workdir, config.model)
   try:
     state = ckpt.restore(state, step)

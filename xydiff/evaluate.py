@@ -170,7 +170,7 @@ def evaluate_checkpoint(config, workdir: str) -> dict:
   from clu import metric_writers
   from xydiff import checkpoint, config_check, train
   config_check.validate(config, jax.device_count())
-  graphdef, state = train.init_state(config)
+  graphdef, state = train.abstract_state(config)
   ckpt = checkpoint.Checkpointer(workdir, config.model)
   step = None if config.eval.checkpoint_step < 0 else config.eval.checkpoint_step
   state = ckpt.restore(state, step)

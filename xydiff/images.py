@@ -68,7 +68,8 @@ def read_image(path: str, *, keep_channels: bool = False) -> np.ndarray:
   try:
     with open(path, 'rb') as f:
       header = f.read(26)
-    # PNG signature, then the IHDR chunk whose 17th byte is the bit depth.
+    # Byte 24 of a PNG is the bit depth: after the signature (8 bytes), IHDR's
+    # length and type (8) and the width and height (8).
     is_png16 = (header[:8] == b'\x89PNG\r\n\x1a\n' and header[12:16] == b'IHDR'
                 and header[24] == 16)
     if is_png16:

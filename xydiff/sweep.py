@@ -51,7 +51,7 @@ def run_sweep(config, workdir: str) -> list[dict]:
   if not models.is_diffusion(config.model):
     raise config_check.ConfigError(
         f"config.model.name={config.model.name!r}: --mode=sweep needs a diffusion model ('dvsr')")
-  graphdef, state = train.init_state(config)
+  graphdef, state = train.abstract_state(config)
   ckpt = checkpoint.Checkpointer(workdir, config.model)
   step = None if config.eval.checkpoint_step < 0 else config.eval.checkpoint_step
   state = ckpt.restore(state, step)

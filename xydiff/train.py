@@ -78,6 +78,18 @@ def init_state(config):
   return graphdef, state
 
 
+def abstract_state(config, sharding=None):
+  """(graphdef, state of ShapeDtypeStructs): a restore target without initialising.
+
+  Compiling every parameter initialiser costs seconds; restoring needs only shapes.
+  """
+  graphdef, state = jax.eval_shape(lambda: init_state(config))
+  if sharding is not None:
+    state = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
+                         state)
+  return graphdef, state
+
+
 def eval_params(state):
   """The weights evaluation uses: the EMA when training keeps one."""
   return state.get('ema_params', state['params'])
@@ -163,12 +175,15 @@ def train_and_evaluate(config, workdir: str) -> dict:
   replicated = NamedSharding(mesh, PartitionSpec())
   batch_sharding = NamedSharding(mesh, PartitionSpec('data'))
 
-  graphdef, state = init_state(config)
   ckpt = checkpoint.Checkpointer(workdir, config.model, keep=config.train.keep_checkpoints)
   if ckpt.latest_step() is not None:
-    state = ckpt.restore(state)
+    # Restored straight into the replicated sharding of the mesh.
+    graphdef, target = abstract_state(config, replicated)
+    state = ckpt.restore(target)
     logging.info('Resumed from %s at step %d.', ckpt.directory, int(state['step']))
-  state = jax.device_put(state, replicated)
+  else:
+    graphdef, state = init_state(config)
+    state = jax.device_put(state, replicated)
   start_step = int(state['step'])
 
   writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import jax.numpy as jnp
 from flax import nnx
 
@@ -39,6 +41,18 @@ def build_model(model_config, *, seed: int = 0) -> nnx.Module:
                      dtype=dtype, rngs=rngs)
     return DvSR(predictor, denoiser)
   raise ValueError(f'config.model.name must be one of {MODEL_NAMES}, got {model_config.name!r}')
+
+
+def shape_signature(model_config) -> dict:
+  """The config.model fields that decide parameter shapes, as plain JSON values.
+
+  Fields of the other model family and the activation dtype are left out, so
+  changing them never makes a checkpoint incompatible.
+  """
+  keys = {'xydeblur': ('name', 'xydeblur'),
+          'dvsr': ('name', 'predictor', 'denoiser', 'noise_embedding_scale')}[model_config.name]
+  return {k: json.loads(model_config[k].to_json()) if hasattr(model_config[k], 'to_json')
+          else model_config[k] for k in keys}
 
 
 def is_diffusion(model_config) -> bool:

@@ -22,6 +22,7 @@ import os
 import pickle
 import sys
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
@@ -173,9 +174,11 @@ def import_checkpoint(path: str, workdir: str, config) -> str:
         f'{path} is not an XYDeblur checkpoint: none of its {len(state_dict)} tensors belongs '
         f'to Encoder1..3, Decoder1_1..1_4 or Convs1_1..1_2 (first keys: '
         f'{", ".join(list(state_dict)[:5])})')
-  _, state = train.init_state(config)
+  # init_state evaluated abstractly: its structure, shapes and dtypes without
+  # compiling an initialiser per parameter shape (seconds even for small models).
+  _, abstract = jax.eval_shape(lambda: train.init_state(config))
   try:
-    params = convert(state_dict, state['params'], xy.num_res)
+    params = convert(state_dict, abstract['params'], xy.num_res)
   except CheckpointImportError as e:
     guess = _guess_architecture(state_dict)
     hint = (f' (the checkpoint looks like {guess}; set --config.model.xydeblur.width and '
@@ -183,9 +186,14 @@ def import_checkpoint(path: str, workdir: str, config) -> str:
     raise CheckpointImportError(
         f'{path} does not fit config.model.xydeblur (width={xy.width}, '
         f'num_res={xy.num_res}){hint}: {e}') from None
-  state['params'] = params
-  if 'ema_params' in state:  # Evaluation reads the EMA: it must hold the imported weights too.
+  # init_state's state with the imported weights: step 0 and the optimizer's
+  # fresh state for them (Adam starts from zeros whatever the weights).
+  state = {'step': jnp.zeros((), jnp.int32), 'params': params,
+           'opt_state': train.make_optimizer(config.train).init(params)}
+  if 'ema_params' in abstract:  # Evaluation reads the EMA: it must hold the imported weights too.
     state['ema_params'] = params
+  if jax.tree.structure(state) != jax.tree.structure(abstract):
+    raise AssertionError('train.init_state changed its state layout; update import_checkpoint')
   # Only now, with the weights known to fit, does the workdir get a checkpoints folder.
   ckpt = checkpoint.Checkpointer(workdir, config.model)
   try:

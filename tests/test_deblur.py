@@ -1,0 +1,207 @@
+"""--mode=deblur on a user's own photos: formats, sizes, tiles, failures, diffusion std maps."""
+
+import contextlib
+import io
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import GOPRO_SAMPLE, run_launch, tiny
+from xydiff import checkpoint, deblur, evaluate, images, train
+from xydiff.data.folders import DataError
+
+FRAME = GOPRO_SAMPLE / 'test' / 'GOPR0869_11_00' / 'blur' / '000020.png'
+
+
+@pytest.fixture(scope='module')
+def frame():
+  return images.read_image(str(FRAME))  # 720x1280 uint8.
+
+
+def _save_checkpoint(config, workdir):
+  """A step-0 checkpoint of freshly initialised weights: what a user's workdir holds."""
+  graphdef, state = train.init_state(config)
+  ckpt = checkpoint.Checkpointer(str(workdir), config.model)
+  ckpt.save(0, state)
+  ckpt.close()
+  return graphdef, state['params']
+
+
+@pytest.fixture(scope='module')
+def xydeblur_run(tmp_path_factory, frame):
+  """One deblur run over a folder holding every format and failure a user may hand it."""
+  from configs import demo
+  config = tiny(demo.get_config())
+  root = tmp_path_factory.mktemp('deblur')
+  graphdef, params = _save_checkpoint(config, root / 'workdir')
+  inputs = root / 'photos'
+  inputs.mkdir()
+  crop = frame[300:380, 500:600]
+  gray = np.round(crop.mean(axis=-1)).astype(np.uint8)
+  alpha = np.tile(np.linspace(0, 255, 44).astype(np.uint8), (36, 1))
+  deep = (crop[:32, :40].astype(np.uint16) * 257 + np.arange(40, dtype=np.uint16)[:, None])
+  images.write_png(str(inputs / 'odd.png'), crop[:37, :53])
+  images.write_png(str(inputs / 'gray.png'), gray[:40, :48])
+  images.write_png(str(inputs / 'rgba.png'), np.dstack([crop[:36, :44], alpha]))
+  images.write_png(str(inputs / 'deep.png'), deep)
+  images.write_png(str(inputs / 'deep_gray.png'), deep[..., :1])
+  Image.fromarray(crop[:40, :40]).save(inputs / 'photo.jpg', quality=95)
+  images.write_png(str(inputs / 'tiny.png'), crop[:2, :2])
+  data = (inputs / 'odd.png').read_bytes()
+  (inputs / 'broken.png').write_bytes(data[:len(data) // 2])
+  (inputs / 'notes.txt').write_text('not an image: skipped by the folder listing')
+  stderr = io.StringIO()
+  with contextlib.redirect_stderr(stderr):
+    status = deblur.run(config, str(root / 'workdir'), str(inputs), str(root / 'out'))
+  fn = evaluate.make_restore_fns(config, graphdef)['restored']
+  model = lambda image: np.asarray(fn(params, jnp.asarray(image)[None], None)['image'][0])
+  return dict(status=status, stderr=stderr.getvalue(), inputs=inputs, out=root / 'out',
+              model=model, config=config, workdir=root / 'workdir')
+
+
+def _read(path):
+  return images.read_image(str(path), keep_channels=True)
+
+
+def test_a_corrupt_and_a_too_small_file_fail_alone(xydeblur_run):
+  assert xydeblur_run['status'] == 1
+  written = sorted(os.listdir(xydeblur_run['out']))
+  assert written == ['deep.png', 'deep_gray.png', 'gray.png', 'odd.png', 'photo.png', 'rgba.png']
+  lines = xydeblur_run['stderr'].splitlines()
+  assert any(line.startswith('error: cannot read image') and 'broken.png' in line
+             for line in lines)
+  assert any('tiny.png: image of 2x2 pixels is too small' in line for line in lines)
+  assert len(lines) == 2  # The folder's notes.txt is not an image: not listed, not an error.
+
+
+def test_odd_sizes_restore_exactly_as_the_network_on_the_whole_image(xydeblur_run):
+  source = images.to_float(_read(xydeblur_run['inputs'] / 'odd.png'))
+  restored = _read(xydeblur_run['out'] / 'odd.png')
+  assert restored.shape == (37, 53, 3) and restored.dtype == np.uint8
+  np.testing.assert_array_equal(restored, images.to_uint8(xydeblur_run['model'](source)))
+  assert _read(xydeblur_run['out'] / 'photo.png').shape == (40, 40, 3)  # JPEG in, PNG out.
+
+
+def test_grayscale_is_restored_as_rgb_and_saved_grey(xydeblur_run):
+  source = _read(xydeblur_run['inputs'] / 'gray.png')
+  restored = _read(xydeblur_run['out'] / 'gray.png')
+  assert restored.shape == (40, 48, 1) and restored.dtype == np.uint8
+  as_rgb = xydeblur_run['model'](images.to_float(np.repeat(source, 3, axis=-1)))
+  np.testing.assert_array_equal(restored[..., 0], images.to_uint8(as_rgb.mean(axis=-1)))
+
+
+def test_rgba_keeps_its_alpha_unchanged(xydeblur_run):
+  source = _read(xydeblur_run['inputs'] / 'rgba.png')
+  restored = _read(xydeblur_run['out'] / 'rgba.png')
+  assert restored.shape == (36, 44, 4)
+  np.testing.assert_array_equal(restored[..., 3], source[..., 3])
+  np.testing.assert_array_equal(
+      restored[..., :3], images.to_uint8(xydeblur_run['model'](images.to_float(source[..., :3]))))
+
+
+def test_16_bit_input_gives_16_bit_output_at_full_precision(xydeblur_run):
+  source = _read(xydeblur_run['inputs'] / 'deep.png')
+  assert source.dtype == np.uint16 and source.shape == (32, 40, 3)
+  restored = _read(xydeblur_run['out'] / 'deep.png')
+  assert restored.dtype == np.uint16 and restored.shape == (32, 40, 3)
+  expected = images.to_uint16(xydeblur_run['model'](images.to_float(source)))
+  assert np.abs(restored.astype(np.int32) - expected).max() <= 1
+  assert np.any(restored % 257 != 0)  # Not an 8-bit image stretched to 16 bits.
+  grey = _read(xydeblur_run['out'] / 'deep_gray.png')
+  assert grey.dtype == np.uint16 and grey.shape == (32, 40, 1)
+
+
+def test_tiles_match_the_whole_image_away_from_their_borders_without_seams(frame):
+  from configs import demo
+  config = tiny(demo.get_config())
+  graphdef, state = train.init_state(config)
+  # Larger weights make the network far more sensitive to a tile's zero-padded
+  # border than the tiny random one is, so a seam would show.
+  params = jax.tree.map(lambda p: 1.5 * p if p.ndim == 4 else p, state['params'])
+  fn = evaluate.make_restore_fns(config, graphdef)['restored']
+  image = images.to_float(frame[100:420, 300:1004])  # 320x704: 2 x 3 tiles of 256.
+  key = jax.random.key(0)
+  whole = deblur.restore_image(fn, params, image, key, align=4)['image']
+  tiled = deblur.restore_image(fn, params, image, key, align=4, tile=256, overlap=32)['image']
+  diff = tiled - whole
+
+  edges = {}
+  for axis, length in ((0, 320), (1, 704)):
+    starts = deblur.tile_starts(length, 256, 32, 4)
+    edges[axis] = sorted({s for s in starts if s > 0} |
+                         {s + 256 for s in starts if s + 256 < length})
+  assert edges == {0: [64, 256], 1: [224, 256, 448, 480]}
+  # Identical wherever no tile border lies within the network's receptive field (~37 px).
+  far = lambda length, cuts: np.array([min(abs(i - c) for c in cuts) > 40 for i in range(length)])
+  mask = far(320, edges[0])[:, None] & far(704, edges[1])[None, :]
+  assert np.abs(diff[mask]).max() <= 1e-5
+
+  # On its own, a tile is far off at its border: a hard cut would leave that step.
+  alone = np.asarray(fn(params, jnp.asarray(image[None, :, 224:480]), key)['image'][0])
+  assert np.abs(alone[:, :2] - whole[:, 224:226]).max() > 0.1
+  # Blended, no tile border adds a step of even one 8-bit level to the output...
+  for c in edges[1]:
+    assert np.abs(diff[:, c] - diff[:, c - 1]).max() < 1 / 255
+  for r in edges[0]:
+    assert np.abs(diff[r] - diff[r - 1]).max() < 1 / 255
+  # ... and the output stays within one 8-bit level of the whole-image one everywhere.
+  assert np.abs(diff).max() < 1 / 255
+
+
+def test_diffusion_model_writes_the_std_map_from_a_given_checkpoint(tmp_path, frame):
+  from configs import demo
+  config = tiny(demo.get_config('diffusion'))
+  _save_checkpoint(config, tmp_path / 'run')
+  images.write_png(str(tmp_path / 'shot.png'), frame[200:248, 400:464])
+  status = deblur.run(config, str(tmp_path / 'elsewhere'), str(tmp_path / 'shot.png'),
+                      str(tmp_path / 'out'), checkpoint=str(tmp_path / 'run' / 'checkpoints' / '0'))
+  assert status == 0
+  assert sorted(os.listdir(tmp_path / 'out')) == ['shot.png', 'shot_std.png']
+  assert _read(tmp_path / 'out' / 'shot.png').shape == (48, 64, 3)
+  std = _read(tmp_path / 'out' / 'shot_std.png')
+  assert std.shape == (48, 64, 1) and std.max() == 255  # Scaled to its own maximum.
+  assert len(np.unique(std)) > 10  # The preset's 2 samples differ: a real map, not a constant.
+
+
+def test_run_refuses_bad_paths_with_one_line_errors(tmp_path, xydeblur_run):
+  config, workdir, inputs = (xydeblur_run[k] for k in ('config', 'workdir', 'inputs'))
+  out = str(tmp_path / 'out')
+  bad = tmp_path / 'run' / 'not_a_step'
+  bad.mkdir(parents=True)
+  with pytest.raises(FileNotFoundError, match=f'--checkpoint {bad} is not a checkpoint folder'):
+    deblur.run(config, str(workdir), str(inputs), out, checkpoint=str(bad))
+  with pytest.raises(FileNotFoundError, match='does not exist'):
+    deblur.run(config, str(workdir), str(inputs), out, checkpoint=str(tmp_path / 'nope' / '7'))
+  with pytest.raises(FileNotFoundError, match=f'no checkpoint in {tmp_path}'):
+    deblur.run(config, str(tmp_path), str(inputs), out)
+  with pytest.raises(FileNotFoundError, match='matches no .png/.jpg/.jpeg images'):
+    deblur.run(config, str(workdir), str(inputs / '*.tif'), out)
+  (tmp_path / 'a.png').write_bytes(b'')
+  (tmp_path / 'a.jpg').write_bytes(b'')
+  with pytest.raises(DataError, match='share a name'):
+    deblur.run(config, str(workdir), str(tmp_path / 'a.*'), out)
+  with pytest.raises(DataError, match='would overwrite the input'):
+    deblur.run(config, str(workdir), str(inputs / 'odd.png'), str(inputs))
+  assert not os.path.exists(out)
+
+
+def test_launch_deblur_exits_non_zero_after_restoring_the_readable_files(tmp_path, frame):
+  from configs import demo
+  config = demo.get_config()
+  config.model.xydeblur.update(dict(width=4, num_res=1))
+  _save_checkpoint(config, tmp_path / 'run')
+  (tmp_path / 'in').mkdir()
+  images.write_png(str(tmp_path / 'in' / 'good.png'), frame[:64, :64])
+  (tmp_path / 'in' / 'bad.png').write_bytes(b'\x89PNG\r\n\x1a\n broken')
+  result = run_launch('--config=configs/demo.py', f'--workdir={tmp_path / "run"}',
+                      '--mode=deblur', f'--input={tmp_path / "in"}',
+                      f'--output={tmp_path / "out"}', '--config.model.xydeblur.width=4',
+                      '--config.model.xydeblur.num_res=1', timeout=300)
+  assert result.returncode == 1, result.stderr[-2000:]
+  assert 'error: cannot read image' in result.stderr and 'bad.png' in result.stderr
+  assert os.listdir(tmp_path / 'out') == ['good.png']
+  assert 'Traceback' not in result.stderr
