@@ -74,6 +74,9 @@ def get_config() -> ml_collections.ConfigDict:
   train.warmup_steps = 0
   train.ema_rate = 0.0  # 0 turns the EMA off; evaluation uses the EMA when on.
   train.grad_clip = 0.0  # Global-norm clipping; 0 turns it off.
+  # Optimizer steps per jitted call (lax.scan over k batches): amortises dispatch
+  # for small models. log/checkpoint/eval intervals and num_steps must divide by it.
+  train.steps_per_call = 1
   train.log_every = 100
   train.checkpoint_every = 5000
   train.keep_checkpoints = 3

@@ -11,6 +11,7 @@ import pytest
 from conftest import GOPRO_SAMPLE, run_launch, tiny
 from xydiff import checkpoint, train
 from xydiff.checkpoint import CheckpointMismatchError
+from xydiff.config_check import ConfigError
 
 
 def _mock_batch(n=2, size=16):
@@ -159,3 +160,22 @@ def test_unwritable_workdir_fails_before_training(demo_config, tmp_path):
   blocker.write_text('x')
   with pytest.raises(PermissionError, match='--workdir .*file/run is not writable'):
     train.train_and_evaluate(demo_config, str(blocker / 'run'))
+
+
+def test_k_steps_per_call_train_like_single_steps(demo_config, tmp_path):
+  demo_config.train.update(dict(num_steps=4, checkpoint_every=4, log_every=2, eval_every=4))
+  train.train_and_evaluate(demo_config, str(tmp_path / 'single'))
+  demo_config.train.steps_per_call = 2
+  train.train_and_evaluate(demo_config, str(tmp_path / 'scanned'))
+  a = _final_params(str(tmp_path / 'single'), demo_config)
+  b = _final_params(str(tmp_path / 'scanned'), demo_config)
+  assert int(a['step']) == int(b['step']) == 4
+  # lax.scan may fuse differently from separate calls: equal to float tolerance.
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(x, y, atol=1e-5)
+
+
+def test_k_steps_per_call_must_divide_the_intervals(demo_config, tmp_path):
+  demo_config.train.steps_per_call = 3
+  with pytest.raises(ConfigError, match='config.train.num_steps=4: must be a multiple'):
+    train.train_and_evaluate(demo_config, str(tmp_path / 'bad'))

@@ -94,6 +94,10 @@ def validate(config, device_count: int = 1) -> None:
   for f in ('batch_size', 'num_steps', 'log_every', 'checkpoint_every', 'keep_checkpoints',
             'eval_every'):
     _positive_int(config, f'train.{f}')
+  _positive_int(config, 'train.steps_per_call')
+  for f in ('num_steps', 'log_every', 'checkpoint_every', 'eval_every'):
+    _require(t[f] % t.steps_per_call == 0, f'train.{f}',
+             f'must be a multiple of config.train.steps_per_call={t.steps_per_call}', t[f])
   _require(t.batch_size % device_count == 0, 'train.batch_size',
            f'must be divisible by the {device_count} devices of the data-parallel mesh',
            t.batch_size)

@@ -113,6 +113,18 @@ def train_step(graphdef, state, batch, *, tx, loss_fn, ema_rate: float, base_key
   return new_state, metrics
 
 
+def train_steps(graphdef, state, batches, **kwargs):
+  """k optimizer steps in one call: `lax.scan` over a [k, B, ...] stack of batches.
+
+  For small models the per-call dispatch overhead rivals the step itself; one
+  call for k steps amortises it. Returns the last step's metrics.
+  """
+  def body(s, batch):
+    return train_step(graphdef, s, batch, **kwargs)
+  state, metrics = jax.lax.scan(body, state, batches)
+  return state, jax.tree.map(lambda m: m[-1], metrics)
+
+
 # ------------------------------------------------------------------ mesh
 
 def make_mesh() -> Mesh:
@@ -173,7 +185,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   mesh = make_mesh()
   replicated = NamedSharding(mesh, PartitionSpec())
-  batch_sharding = NamedSharding(mesh, PartitionSpec('data'))
 
   ckpt = checkpoint.Checkpointer(workdir, config.model, keep=config.train.keep_checkpoints)
   if ckpt.latest_step() is not None:
@@ -193,27 +204,45 @@ def train_and_evaluate(config, workdir: str) -> dict:
   num_steps = config.train.num_steps
   report = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)
 
+  k = config.train.steps_per_call
+  if start_step % k:
+    raise config_check.ConfigError(
+        f'config.train.steps_per_call={k}: the checkpoint in {ckpt.directory} is at step '
+        f'{start_step}, not a multiple of it')
+  # With k steps per call the batch gains a leading k axis, unsharded.
+  batch_sharding = NamedSharding(mesh, PartitionSpec(*([None] if k > 1 else []), 'data'))
   step_fn = jax.jit(
-      functools.partial(train_step, graphdef, tx=make_optimizer(config.train),
-                        loss_fn=make_loss_fn(config), ema_rate=config.train.ema_rate,
-                        base_key=jax.random.key(config.seed)),
+      functools.partial(train_step if k == 1 else train_steps, graphdef,
+                        tx=make_optimizer(config.train), loss_fn=make_loss_fn(config),
+                        ema_rate=config.train.ema_rate, base_key=jax.random.key(config.seed)),
       in_shardings=(replicated, batch_sharding), out_shardings=(replicated, replicated),
       donate_argnums=0)
   lr_schedule = make_lr_schedule(config.train)
 
-  batches = data.TrainBatches(
+  host_batches = data.TrainBatches(
       train_source, global_batch=config.train.batch_size, crop=config.data.crop,
       seed=config.seed, flip=config.data.flip, rot90=config.data.rot90,
       process_index=jax.process_index(), process_count=jax.process_count(),
       cache_pairs=config.data.cache_pairs).iterate(start_step)
 
+  def next_device_batch():
+    local = [next(host_batches) for _ in range(k)]
+    if k > 1:
+      local = [{key: np.stack([b[key] for b in local]) for key in local[0]}]
+    return shard_batch(local[0], batch_sharding)
+
   summary = {}
   with _StopRequested() as stop:
     step = start_step
+    batch = next_device_batch() if step < num_steps else None
     while step < num_steps:
       with jax.profiler.StepTraceAnnotation('train', step_num=step):
-        state, metrics = step_fn(state, shard_batch(next(batches), batch_sharding))
-      step += 1
+        state, metrics = step_fn(state, batch)
+      step += k
+      if step < num_steps:
+        # Dispatch is asynchronous: the next batch is read and sent to the
+        # devices while they compute this step.
+        batch = next_device_batch()
       report(step)
       is_last = step == num_steps
       if step % config.train.log_every == 0 or is_last:

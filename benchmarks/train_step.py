@@ -1,0 +1,69 @@
+"""Train-step throughput per config on the current backend, compile time apart.
+
+  python benchmarks/train_step.py --config=configs/xydeblur_gopro.py --batch_size=4 --crop=256 --steps=3
+
+Prints one JSON object: config, backend, device count, batch size, crop,
+compile_s (lowering + XLA compilation), step_s (best of --steps timed steps,
+state donated as in training) and images_per_s.
+"""
+
+import argparse
+import time
+
+from common import emit, load_config
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__)
+  parser.add_argument('--config', default='configs/xydeblur_gopro.py')
+  parser.add_argument('--batch_size', type=int, default=4)
+  parser.add_argument('--crop', type=int, default=256)
+  parser.add_argument('--steps', type=int, default=3)
+  parser.add_argument('--dtype', default=None, help='override config.model.dtype')
+  args = parser.parse_args()
+
+  import functools
+  import jax
+  import numpy as np
+  from jax.sharding import NamedSharding, PartitionSpec
+  from xydiff import train
+
+  config = load_config(args.config)
+  config.train.batch_size, config.data.crop = args.batch_size, args.crop
+  if args.dtype:
+    config.model.dtype = args.dtype
+  mesh = train.make_mesh()
+  replicated = NamedSharding(mesh, PartitionSpec())
+  data_sharding = NamedSharding(mesh, PartitionSpec('data'))
+  graphdef, state = train.init_state(config)
+  state = jax.device_put(state, replicated)
+  rng = np.random.default_rng(0)
+  shape = (args.batch_size, args.crop, args.crop, 3)
+  batch = train.shard_batch({'blur': rng.random(shape, np.float32),
+                             'sharp': rng.random(shape, np.float32)}, data_sharding)
+  step = jax.jit(functools.partial(
+      train.train_step, graphdef, tx=train.make_optimizer(config.train),
+      loss_fn=train.make_loss_fn(config), ema_rate=config.train.ema_rate,
+      base_key=jax.random.key(0)),
+      in_shardings=(replicated, data_sharding), out_shardings=(replicated, replicated),
+      donate_argnums=0)
+
+  start = time.perf_counter()
+  compiled = step.lower(state, batch).compile()
+  compile_s = time.perf_counter() - start
+  state, metrics = compiled(state, batch)  # Warm-up: first execution allocates.
+  jax.block_until_ready(metrics)
+  best = float('inf')
+  for _ in range(args.steps):
+    start = time.perf_counter()
+    state, metrics = compiled(state, batch)
+    jax.block_until_ready(metrics)
+    best = min(best, time.perf_counter() - start)
+  emit({'config': args.config, 'backend': jax.default_backend(),
+        'devices': jax.device_count(), 'dtype': config.model.dtype,
+        'batch_size': args.batch_size, 'crop': args.crop, 'compile_s': round(compile_s, 2),
+        'step_s': round(best, 4), 'images_per_s': round(args.batch_size / best, 3)})
+
+
+if __name__ == '__main__':
+  main()
