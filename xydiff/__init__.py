@@ -11,3 +11,16 @@ __version__ = '0.1.0'
 # their one-line message instead of a traceback.
 USER_ERRORS = (ConfigError, DataError, ImageReadError, CheckpointMismatchError,
                FileNotFoundError, PermissionError, FloatingPointError)
+
+
+def keep_tensorflow_off_accelerators() -> None:
+  """TensorFlow (tfds, clu's summary writer) runs on the CPU only.
+
+  Left alone, TF would claim GPU memory that JAX needs. Must run before TF's
+  first op; harmless where TF is already configured.
+  """
+  import tensorflow as tf
+  try:
+    tf.config.set_visible_devices([], 'GPU')
+  except RuntimeError:  # TF already initialised its devices.
+    pass

@@ -50,6 +50,14 @@ def quantize(image):
   return jnp.round(jnp.clip(image, 0.0, 1.0) * UINT8_PEAK) / UINT8_PEAK
 
 
+def _tensorflow():
+  """TensorFlow, imported lazily (slow, and needed for 16-bit PNG only), on the CPU."""
+  import tensorflow as tf
+  import xydiff
+  xydiff.keep_tensorflow_off_accelerators()
+  return tf
+
+
 def read_image(path: str, *, keep_channels: bool = False) -> np.ndarray:
   """Reads a PNG or JPEG as an HxWx3 uint8 or uint16 RGB array.
 
@@ -73,11 +81,7 @@ def read_image(path: str, *, keep_channels: bool = False) -> np.ndarray:
     is_png16 = (header[:8] == b'\x89PNG\r\n\x1a\n' and header[12:16] == b'IHDR'
                 and header[24] == 16)
     if is_png16:
-      import tensorflow as tf  # Local and lazy: slow to import, needed for 16-bit only.
-      try:
-        tf.config.set_visible_devices([], 'GPU')  # TF must never take an accelerator from JAX.
-      except RuntimeError:  # TF already initialised its devices; it keeps what it has.
-        pass
+      tf = _tensorflow()
       with open(path, 'rb') as f:
         contents = f.read()
       try:
@@ -133,11 +137,7 @@ def write_png(path: str, image: np.ndarray) -> None:
   tmp = f'{path}.tmp-{os.getpid()}'
   try:
     if image.dtype == np.uint16:
-      import tensorflow as tf  # Local and lazy, as in read_image.
-      try:
-        tf.config.set_visible_devices([], 'GPU')
-      except RuntimeError:
-        pass
+      tf = _tensorflow()
       with open(tmp, 'wb') as f:
         f.write(tf.io.encode_png(image).numpy())
     else:

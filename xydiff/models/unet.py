@@ -110,15 +110,18 @@ class UNet(nnx.Module):
     self.decoder = UNetDecoder(widths, num_res, out_channels, block_kwargs=block_kwargs,
                                dtype=dtype, rngs=rngs)
 
-  def __call__(self, x: jax.Array, noise_level: jax.Array | None = None) -> dict[str, jax.Array]:
+  def embed(self, noise_level: jax.Array | None) -> jax.Array | None:
+    """The noise level's FiLM input: sinusoids -> MLP; None without conditioning."""
     if (noise_level is None) != (self.noise_mlp is None):
       raise ValueError('noise_level must be given exactly when the U-Net is noise-conditioned')
-    emb = None
-    if self.noise_mlp is not None:
-      emb = sinusoidal_embedding(noise_level, self.base, self.noise_embedding_scale)
-      emb = self.noise_mlp[1](jax.nn.swish(self.noise_mlp[0](emb)))
-    padded, (h, w) = pad_to_multiple(x, self.size_multiple)
-    feat = self.stem(padded)
+    if self.noise_mlp is None:
+      return None
+    emb = sinusoidal_embedding(noise_level, self.base, self.noise_embedding_scale)
+    return self.noise_mlp[1](jax.nn.swish(self.noise_mlp[0](emb)))
+
+  def encode(self, x: jax.Array, emb) -> tuple[jax.Array, list[jax.Array]]:
+    """The shared half: bottleneck features and one skip per level."""
+    feat = self.stem(x)
     skips = []
     for level, stage in enumerate(self.stages):
       for block in stage:
@@ -126,7 +129,12 @@ class UNet(nnx.Module):
       skips.append(feat)
       if level < len(self.downs):
         feat = self.downs[level](feat)
-    feat = self.middle(feat, emb)
+    return self.middle(feat, emb), skips
+
+  def __call__(self, x: jax.Array, noise_level: jax.Array | None = None) -> dict[str, jax.Array]:
+    emb = self.embed(noise_level)
+    padded, (h, w) = pad_to_multiple(x, self.size_multiple)
+    feat, skips = self.encode(padded, emb)
     crop = lambda t: t[:, :h, :w].astype(jnp.float32)
     if not self.xy:
       return {'output': crop(self.decoder(feat, skips, emb))}
