@@ -44,19 +44,19 @@ def make_restore_fns(config, graphdef):
   for name in config.eval.presets:
     preset = config.diffusion.presets[name]
     fns[name] = make_sampler(graphdef, preset_schedule(preset), preset.num_samples,
-                         config.diffusion.residual_scale)
+                           config.diffusion.residual_scale)
   return fns
 
 
 def make_sampler(graphdef, schedule, num_samples, residual_scale):
-  """jitted fn(params, blur, key) -> {image: mean of N samples, std, sample: the first}."""
+  """jitted fn(params, blur, key) -> {image: mean of the N samples, std, samples [N, ...]}."""
   @jax.jit
   def run(params, blur, key):
     model = nnx.merge(graphdef, params)
     out = diffusion.sample(lambda y: model.predict(y)['restored'], model.denoise, blur,
                            jax.random.split(key, num_samples), schedule=schedule,
                            residual_scale=residual_scale)
-    return {'image': out['mean'], 'std': out['std'], 'sample': out['samples'][0]}
+    return {'image': out['mean'], 'std': out['std'], 'samples': out['samples']}
   return run
 
 
@@ -109,7 +109,7 @@ class Evaluator:
             entry['outputs'][out_name]['std_max'] = float(std.max())
             # Shown scaled to its own maximum; std_max gives the absolute scale.
             pictures[f'{out_name}_std'] = np.repeat(std / max(std.max(), 1e-8), 3, axis=-1)
-            pictures[f'{out_name}_sample'] = np.asarray(result['sample'][0])
+            pictures[f'{out_name}_sample'] = np.asarray(result['samples'][0, 0])
       primary = entry['outputs'][self.primary_output]
       entry['psnr'], entry['ssim'] = primary['psnr'], primary['ssim']
       per_image.append(entry)

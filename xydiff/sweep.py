@@ -21,19 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
-from flax import nnx
 
-from xydiff import checkpoint, config_check, data, diffusion, metrics, models, train
-
-
-def _sample_fn(graphdef, schedule, num_samples, residual_scale):
-  @jax.jit
-  def run(params, blur, key):
-    model = nnx.merge(graphdef, params)
-    return diffusion.sample(lambda y: model.predict(y)['restored'], model.denoise, blur,
-                            jax.random.split(key, num_samples), schedule=schedule,
-                            residual_scale=residual_scale)['samples']
-  return run
+from xydiff import checkpoint, config_check, data, diffusion, evaluate, metrics, models, train
 
 
 def detail_ratio(image, sharp) -> float:
@@ -64,10 +53,11 @@ def run_sweep(config, workdir: str) -> list[dict]:
   rows = []
   for num_steps, beta_start, beta_end in config.sweep.schedules:
     schedule = diffusion.linear_schedule(int(num_steps), beta_start, beta_end)
-    sample = _sample_fn(graphdef, schedule, counts[-1], config.diffusion.residual_scale)
+    sample = evaluate.make_sampler(graphdef, schedule, counts[-1], config.diffusion.residual_scale)
     scores = {n: {'psnr': [], 'ssim': [], 'spread': [], 'detail': []} for n in counts}
     for index, (_, blur, sharp) in enumerate(pairs):
-      samples = sample(params, jnp.asarray(blur)[None], jax.random.fold_in(base_key, index))
+      samples = sample(params, jnp.asarray(blur)[None],
+                       jax.random.fold_in(base_key, index))['samples']
       for n in counts:
         mean = samples[:n].mean(axis=0)
         scores[n]['psnr'].append(float(metrics.psnr_uint8(mean, sharp[None])[0]))

@@ -199,7 +199,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
   if start_step == 0:
-    writer.write_hparams({k: v for k, v in _flatten(config.to_dict()).items()})
+    writer.write_hparams(_flatten(config.to_dict()))
   evaluator = Evaluator(config, workdir, eval_source, writer=writer)
   num_steps = config.train.num_steps
   report = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)
