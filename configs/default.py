@@ -57,12 +57,14 @@ def get_config() -> ml_collections.ConfigDict:
   data.eval_max_images = 0  # 0: every image of the evaluation split.
   data.cache_pairs = 64  # Decoded training pairs kept in memory per process.
   data.synthetic = ml_collections.ConfigDict(dict(
-      kernel='random',  # 'random' (Boracchi & Foi trajectories), 'x' or 'y' (straight lines).
+      # 'random' (Boracchi & Foi trajectories), 'x' or 'y' (straight lines), 'xy' (either).
+      kernel='random',
       kernel_size=31,
       kernel_length=(5.0, 25.0),  # Length range of 'x'/'y' line kernels, in pixels.
       noise_std=0.0,
       photo_crop=0,  # Centre-crop each photo to at most this side; 0 keeps it whole.
       num_eval=2,  # The last photos (by name) are held out for evaluation.
+      pairs_per_photo=8,  # Training kernels per photo (evaluation uses one each).
   ))
 
   # ------------------------------------------------------------------ train

@@ -2,14 +2,17 @@
 
 Every builder is prepared from a tiny fake tree laid out exactly like its real
 archive, and gopro also from the real GoPro sample frames, so a wrong path
-convention fails here rather than after a user has unpacked 30 GB.
+convention fails here rather than after a user has unpacked gigabytes.
 """
 
 import os
+import re
+import shutil
 import zlib
 
 import numpy as np
 import pytest
+import tensorflow_datasets as tfds
 
 from conftest import GOPRO_SAMPLE
 from xydiff import images
@@ -17,6 +20,11 @@ from xydiff.data import builders
 from xydiff.data.folders import DataError
 
 H, W = 16, 24
+
+
+def _raises(message: str, *, at_end: bool = False):
+  """pytest.raises(DataError) for a message holding `message` literally (paths have dots)."""
+  return pytest.raises(DataError, match=re.escape(message) + ('$' if at_end else ''))
 
 
 def _pixels(key: str) -> np.ndarray:
@@ -46,7 +54,8 @@ def _assert_source_matches_files(source, expected):
 def _raw_records(name, data_dir, split, config_name=None):
   """Undecoded examples of a prepared split, read through tfds's own data source."""
   builder = builders.make_builder(name, data_dir, config_name)
-  return builder.as_data_source(split, decoders=builders._RAW_IMAGES)
+  return builder.as_data_source(split, decoders={'blur': tfds.decode.SkipDecoding(),
+                                                 'sharp': tfds.decode.SkipDecoding()})
 
 
 # GoPro -------------------------------------------------------------------------------------
@@ -111,38 +120,33 @@ def test_gopro_real_sample_frames(tmp_path):
 
 def test_gopro_real_sample_has_no_blur_gamma(tmp_path):
   missing = GOPRO_SAMPLE / 'train' / 'GOPR0372_07_00' / 'blur_gamma'
-  with pytest.raises(DataError, match=f'missing folder {missing}$'):
+  with _raises(f'missing folder {missing}', at_end=True):
     builders.build_source('gopro', GOPRO_SAMPLE, tmp_path / 'records', 'train', 'blur_gamma')
   assert not (tmp_path / 'records').exists()  # Failed before tfds wrote anything.
 
 
-@pytest.mark.parametrize('damage, expected', [
-    (lambda root: _rmtree(root / 'test'), '{root}/test$'),
-    (lambda root: _rmtree(root / 'train' / 'GOPR0374_11_00' / 'sharp'),
-     'missing folder {root}/train/GOPR0374_11_00/sharp$'),
+@pytest.mark.parametrize('damage, message', [
+    (lambda root: shutil.rmtree(root / 'test'), 'missing folder {root}/test'),
+    (lambda root: shutil.rmtree(root / 'train' / 'GOPR0374_11_00' / 'sharp'),
+     'missing folder {root}/train/GOPR0374_11_00/sharp'),
     (lambda root: os.remove(root / 'test' / 'GOPR0384_11_00' / 'sharp' / '000002.png'),
      '{root}/test/GOPR0384_11_00/blur/000002.png has no partner in '
-     '{root}/test/GOPR0384_11_00/sharp$'),
-    (lambda root: _rmtree(root), 'missing folder {root} '),
+     '{root}/test/GOPR0384_11_00/sharp'),
+    (shutil.rmtree, 'missing folder {root} (manual_dir of gopro).\nDownload GOPRO_Large.zip'),
 ])
-def test_gopro_incomplete_tree_names_the_path(tmp_path, damage, expected):
+def test_gopro_incomplete_tree_names_the_path(tmp_path, damage, message):
   root = tmp_path / 'GOPRO_Large'
   _gopro_tree(root)
   damage(root)
-  with pytest.raises(DataError, match=expected.format(root=root)):
+  with _raises(message.format(root=root), at_end='Download' not in message):
     builders.build_source('gopro', root, tmp_path / 'records', 'train')
   assert not (tmp_path / 'records').exists()
 
 
-def _rmtree(path):
-  import shutil
-  shutil.rmtree(path)
-
-
 def test_missing_manual_dir_explains_where_to_get_the_data(tmp_path):
-  with pytest.raises(DataError, match="Seungjun Nah's GoPro dataset page"):
+  with _raises("Seungjun Nah's GoPro dataset page"):
     builders.build_source('gopro', '', tmp_path / 'records', 'train')
-  with pytest.raises(DataError, match='HIDE paper'):
+  with _raises('GitHub page of the HIDE'):
     builders.build_source('hide', tmp_path / 'nowhere', tmp_path / 'records', 'test')
   for name in ('gopro', 'hide', 'realblur_j', 'realblur_r', 'prepared'):
     assert 'manual_dir' in builders.BUILDERS[name].MANUAL_DOWNLOAD_INSTRUCTIONS
@@ -166,7 +170,7 @@ def test_second_build_reuses_the_records(tmp_path, monkeypatch):
   assert sorted(calls) == [2, 3]
   files = sorted((records / 'gopro' / 'blur' / '1.0.0').iterdir())
   mtimes = [f.stat().st_mtime_ns for f in files]
-  _rmtree(root)  # Prepared records no longer need the archive.
+  shutil.rmtree(root)  # Prepared records no longer need the archive.
   second = builders.build_source('gopro', root, records, 'train')
   assert sorted(calls) == [2, 3]
   assert sorted((records / 'gopro' / 'blur' / '1.0.0').iterdir()) == files
@@ -174,6 +178,55 @@ def test_second_build_reuses_the_records(tmp_path, monkeypatch):
   assert second.names == first.names
   np.testing.assert_array_equal(second.load(1)[1], first.load(1)[1])
   assert not builders.prepare(builders.make_builder('gopro', records), None)
+
+
+def test_concurrent_preparations_share_the_first_finished_records(tmp_path, monkeypatch):
+  """Hosts of a multi-host run may prepare the same records at once on a shared disk."""
+  root = tmp_path / 'GOPRO_Large'
+  _gopro_tree(root)
+  records = tmp_path / 'records'
+  loser = builders.make_builder('gopro', records)
+  original = builders.PairedImageBuilder._split_generators
+  winner = []
+
+  def race(self, dl_manager):
+    if self is loser:  # The other process finishes while this one generates.
+      winner.append(builders.make_builder('gopro', records))
+      assert builders.prepare(winner[0], root)
+    return original(self, dl_manager)
+
+  monkeypatch.setattr(builders.PairedImageBuilder, '_split_generators', race)
+  assert not builders.prepare(loser, root)
+  assert len(winner) == 1
+  assert not [p for p in (records / 'gopro' / 'blur').iterdir() if 'incomplete' in p.name]
+  source = builders.build_source('gopro', None, records, 'test')
+  _assert_source_matches_files(source, _gopro_expected(root, 'test'))
+
+
+def test_splits_over_tfds_memory_limit_keep_order_and_spread_over_buckets(tmp_path,
+                                                                         monkeypatch):
+  """Past 1 GB tfds spills examples into key-range buckets, sorting one at a time.
+
+  The order must survive, and the split must spread over the buckets: with
+  keys 0, 1, 2, ... all of GoPro train would sit in bucket 0, in memory.
+  """
+  from tensorflow_datasets.core import shuffle
+  monkeypatch.setattr(shuffle, 'MAX_MEM_BUFFER_SIZE', 0)
+  buckets = []
+  original = shuffle.get_bucket_number
+
+  def spy(hkey, num_buckets, max_hkey=None):
+    bucket = original(hkey, num_buckets, max_hkey)
+    if num_buckets == shuffle.BUCKETS_NUMBER:
+      buckets.append(bucket)
+    return bucket
+
+  monkeypatch.setattr(shuffle, 'get_bucket_number', spy)
+  root = tmp_path / 'GOPRO_Large'
+  _gopro_tree(root)
+  source = builders.build_source('gopro', root, tmp_path / 'records', 'train')
+  assert sorted(buckets) == [0, 0, 333, 500, 666]  # train: 3 pairs, test: 2.
+  _assert_source_matches_files(source, _gopro_expected(root, 'train'))
 
 
 # HIDE --------------------------------------------------------------------------------------
@@ -211,7 +264,7 @@ def test_hide_fake_tree(tmp_path, manual_is_dataset_folder):
   _assert_source_matches_files(test, expected)
   stored = builders.make_builder('hide', records).info.splits
   assert sorted(stored) == ['test_close_ups', 'test_long_shot']  # 'test' is not a third copy.
-  with pytest.raises(DataError, match="no split 'train'"):
+  with _raises("no split 'train'"):
     builders.build_source('hide', manual_dir, records, 'train')
 
 
@@ -220,13 +273,13 @@ def test_hide_incomplete_tree_names_the_path(tmp_path):
   _hide_tree(hide_root)
   os.remove(hide_root / 'GT' / '3fromGOPR0981.png')
   blur = hide_root / 'test' / 'test-long-shot' / '3fromGOPR0981.png'
-  with pytest.raises(DataError, match=f'{blur} has no partner in {hide_root / "GT"}$'):
+  with _raises(f'{blur} has no partner in {hide_root / "GT"}', at_end=True):
     builders.build_source('hide', tmp_path, tmp_path / 'records', 'test')
-  _rmtree(hide_root / 'test' / 'test-long-shot')
-  with pytest.raises(DataError, match=f'missing folder {hide_root}/test/test-long-shot$'):
+  shutil.rmtree(hide_root / 'test' / 'test-long-shot')
+  with _raises(f'missing folder {hide_root}/test/test-long-shot', at_end=True):
     builders.build_source('hide', tmp_path, tmp_path / 'records', 'test')
-  _rmtree(hide_root / 'GT')
-  with pytest.raises(DataError, match=f'missing folder {hide_root}/GT '):
+  shutil.rmtree(hide_root / 'GT')
+  with _raises(f'missing folder {hide_root}/GT '):
     builders.build_source('hide', tmp_path, tmp_path / 'records', 'test')
   assert not (tmp_path / 'records').exists()
 
@@ -277,7 +330,7 @@ def test_realblur_list_naming_a_missing_image_fails_naming_it(tmp_path):
   missing = root / folder / 'scene229' / 'blur' / 'blur_7.png'
   os.remove(missing)
   list_file = root / 'RealBlur_J_test_list.txt'
-  with pytest.raises(DataError, match=f'missing image {missing} \\(line 2 of {list_file}\\)'):
+  with _raises(f'missing image {missing} (line 2 of {list_file})', at_end=True):
     builders.build_source('realblur_j', root, tmp_path / 'records', 'test')
   assert not (tmp_path / 'records').exists()
 
@@ -287,13 +340,13 @@ def test_realblur_incomplete_tree_names_the_path(tmp_path):
   _realblur_tree(root, 'r')
   list_file = root / 'RealBlur_R_train_list.txt'
   list_file.write_text(list_file.read_text() + 'only_one_path.png\n')
-  with pytest.raises(DataError, match=f'line 5 of {list_file} should be "gt_path blur_path"'):
+  with _raises(f'line 5 of {list_file} should be "gt_path blur_path"'):
     builders.build_source('realblur_r', root, tmp_path / 'records', 'test')
   os.remove(list_file)
-  with pytest.raises(DataError, match=f'missing list file {list_file}$'):
+  with _raises(f'missing list file {list_file}', at_end=True):
     builders.build_source('realblur_r', root, tmp_path / 'records', 'test')
   # RealBlur-J's files are not RealBlur-R's.
-  with pytest.raises(DataError, match=f'missing folder {root}/{_REALBLUR_FOLDERS["j"][1]}$'):
+  with _raises(f'missing folder {root}/{_REALBLUR_FOLDERS["j"][1]}', at_end=True):
     builders.build_source('realblur_j', root, tmp_path / 'records', 'test')
 
 
@@ -326,10 +379,10 @@ def test_prepared_fake_tree(tmp_path, config_name):
 def test_prepared_incomplete_tree_names_the_path(tmp_path):
   root = tmp_path / 'Datasets'
   _prepared_tree(root, 'HIDE', ['a', 'b'])
-  with pytest.raises(DataError, match=f'missing folder {root}/test/GoPro$'):
+  with _raises(f'missing folder {root}/test/GoPro', at_end=True):
     builders.build_source('prepared', root, tmp_path / 'records', 'test', 'gopro')
-  _rmtree(root / 'test' / 'HIDE' / 'target')
-  with pytest.raises(DataError, match=f'missing folder {root}/test/HIDE/target$'):
+  shutil.rmtree(root / 'test' / 'HIDE' / 'target')
+  with _raises(f'missing folder {root}/test/HIDE/target', at_end=True):
     builders.build_source('prepared', root, tmp_path / 'records', 'test', 'hide')
   assert not (tmp_path / 'records').exists()
 
@@ -343,7 +396,7 @@ def test_images_that_are_not_8bit_rgb_png_are_stored_as_such(tmp_path):
   rgba = np.concatenate([_pixels('rgba'), np.full((H, W, 1), 255, np.uint8)], axis=-1)
   _write(folder / 'input' / 'rgba.png', rgba)
   _write(folder / 'target' / 'rgba.png')
-  deep = (_pixels('deep').astype(np.uint16) * 257 + 100)
+  deep = _pixels('deep').astype(np.uint16) * 256 + 7
   _write(folder / 'input' / 'deep.png', deep)
   _write(folder / 'target' / 'deep.png')
   source = builders.build_source('prepared', root, tmp_path / 'records', 'test', 'gopro')
@@ -362,13 +415,13 @@ def test_size_mismatch_and_damaged_files_fail_naming_them(tmp_path):
   folder = root / 'test' / 'GoPro'
   _prepared_tree(root, 'GoPro', ['a'])
   _write(folder / 'target' / 'a.png', np.zeros((H, W + 1, 3), np.uint8))
-  with pytest.raises(DataError, match=f'{folder}/input/a.png is 24x16 but its partner '
-                                      f'{folder}/target/a.png is 25x16'):
+  with _raises(f'{folder}/input/a.png is 24x16 but its partner '
+               f'{folder}/target/a.png is 25x16', at_end=True):
     builders.build_source('prepared', root, tmp_path / 'records', 'test', 'gopro')
   _write(folder / 'target' / 'a.png')
   data = (folder / 'input' / 'a.png').read_bytes()
   (folder / 'input' / 'a.png').write_bytes(data[:len(data) // 2])
-  with pytest.raises(DataError, match=f'cannot read image {folder}/input/a.png'):
+  with _raises(f'cannot read image {folder}/input/a.png'):
     builders.build_source('prepared', root, tmp_path / 'records', 'test', 'gopro')
   assert not builders.make_builder('prepared', tmp_path / 'records', 'gopro').is_prepared()
 
@@ -380,21 +433,21 @@ def test_tfrecord_records_are_read_from_memory(tmp_path):
   records = tmp_path / 'records'
   builder = builders.make_builder('gopro', records)
   builder.download_and_prepare(file_format='tfrecord', download_config=(
-      builders.tfds.download.DownloadConfig(manual_dir=str(root), try_download_gcs=False)))
+      tfds.download.DownloadConfig(manual_dir=str(root), try_download_gcs=False)))
   source = builders.build_source('gopro', None, records, 'train')
   assert source.storage == 'memory'
   _assert_source_matches_files(source, _gopro_expected(root, 'train'))
 
 
 def test_unknown_names_are_data_errors(tmp_path):
-  with pytest.raises(DataError, match="unknown tfds builder 'gopro_large'"):
+  with _raises("unknown tfds builder 'gopro_large'"):
     builders.build_source('gopro_large', tmp_path, tmp_path / 'records', 'test')
-  with pytest.raises(DataError, match="prepared has no config 'GoPro'"):
+  with _raises("prepared has no config 'GoPro'"):
     builders.build_source('prepared', tmp_path, tmp_path / 'records', 'test', 'GoPro')
   root = tmp_path / 'GOPRO_Large'
   _gopro_tree(root)
-  with pytest.raises(DataError, match="no split 'eval'"):
+  with _raises("no split 'eval'"):
     builders.build_source('gopro', root, tmp_path / 'records', 'eval')
   assert set(builders.BUILDERS) == {'gopro', 'hide', 'realblur_j', 'realblur_r', 'prepared'}
-  assert all(b.VERSION == builders.tfds.core.Version('1.0.0')
+  assert all(b.VERSION == tfds.core.Version('1.0.0')
              for b in builders.BUILDERS.values())

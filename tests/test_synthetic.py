@@ -292,3 +292,20 @@ def test_pairs_unique_names_and_validation():
     synthetic.SyntheticPairs([('a', image)], kernel='x', kernel_length=(5, 40))
   with pytest.raises(ValueError):
     synthetic.SyntheticPairs([('a', image)], kernel='diagonal')
+
+
+def test_pairs_per_photo_and_mixed_xy_kernels():
+  photo = ('flat', np.tile(np.linspace(0, 255, 40, dtype=np.uint8)[None, :, None], (40, 1, 3)))
+  other = ('other', np.full((40, 40, 3), 128, np.uint8))
+  pairs = synthetic.SyntheticPairs([photo, other], kernel='xy', kernel_size=9,
+                                   kernel_length=(5.0, 9.0), pairs_per_photo=6, seed=2)
+  assert len(pairs) == 12
+  assert pairs.names[:3] == ['flat_k0', 'other_k0', 'flat_k1']
+  # Pair i shows photo i % 2, each time with its own kernel.
+  np.testing.assert_array_equal(pairs.load(4)[1], photo[1])
+  axes = set()
+  for i in range(len(pairs)):
+    k = pairs.kernel(i)
+    rows, cols = np.nonzero(k)
+    axes.add('x' if len(set(rows)) == 1 else 'y' if len(set(cols)) == 1 else '?')
+  assert axes == {'x', 'y'}  # Both directions occur, and nothing else.

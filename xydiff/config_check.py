@@ -85,8 +85,9 @@ def validate(config, device_count: int = 1) -> None:
   _positive_int(config, 'data.crop')
   _require(d.crop % multiple == 0, 'data.crop', f'must be a multiple of {multiple} for this model',
            d.crop)
-  _require(d.synthetic.kernel in ('random', 'x', 'y'), 'data.synthetic.kernel',
-           "must be 'random', 'x' or 'y'", d.synthetic.kernel)
+  _require(d.synthetic.kernel in ('random', 'x', 'y', 'xy'), 'data.synthetic.kernel',
+           "must be 'random', 'x', 'y' or 'xy'", d.synthetic.kernel)
+  _positive_int(config, 'data.synthetic.pairs_per_photo')
   _require(d.eval_max_images >= 0, 'data.eval_max_images', 'must be >= 0 (0: all)',
            d.eval_max_images)
   _positive_int(config, 'data.cache_pairs')

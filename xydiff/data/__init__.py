@@ -34,7 +34,8 @@ def get_source(data_config, split: str):
     return synthetic.SyntheticPairs(
         chosen, kernel=cfg.kernel, kernel_size=cfg.kernel_size,
         kernel_length=tuple(cfg.kernel_length), noise_std=cfg.noise_std,
-        seed=(0 if split == 'train' else 1), crop=cfg.photo_crop or None)
+        seed=(0 if split == 'train' else 1), crop=cfg.photo_crop or None,
+        pairs_per_photo=cfg.pairs_per_photo if split == 'train' else 1)
   raise DataError(f'config.data.name must be one of {DATA_NAMES}, got {data_config.name!r}')
 
 

@@ -15,7 +15,7 @@ any tfds user can read them (`tfds.builder_from_directory`, `as_data_source`).
 
 HIDE's two subsets are stored once each; its 'test' (all 2025 pairs) is the
 split expression 'test_close_ups+test_long_shot', which `build_source` accepts
-as 'test'. Storing a third copy would double 5 GB of PNGs.
+as 'test'. A stored 'test' would hold every pair of the two a second time.
 
 Every example holds `blur` and `sharp` (8-bit RGB PNG, the archive's own bytes
 whenever the file already is one: no re-encoding), `name`
@@ -41,6 +41,7 @@ dataset of the same name, and re-importing it is harmless.
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import importlib.util
 import io
@@ -89,9 +90,9 @@ def _image_files(folder: str) -> dict[str, str]:
           if f.lower().endswith(images.IMAGE_EXTENSIONS)}
 
 
-def _require_folder(path: str, what: str = 'folder') -> str:
+def _require_folder(path: str) -> str:
   if not os.path.isdir(path):
-    raise DataError(f'missing {what} {path}')
+    raise DataError(f'missing folder {path}')
   return path
 
 
@@ -129,10 +130,10 @@ def _encode_png(image: np.ndarray) -> bytes:
 def _stored_image(path: str) -> tuple[str | bytes, tuple[int, int]]:
   """What tfds stores for the image at `path`, and its (height, width).
 
-  An 8-bit RGB PNG, which is every file of the official archives, goes in
-  byte for byte: handed a path, tfds's Image feature stores the file's bytes
-  without decoding or re-encoding them, so preparing is I/O-bound and the
-  records hold the authors' exact files. Pillow's `verify` still checks every
+  An 8-bit RGB PNG, what the benchmark archives hold, goes in byte for byte:
+  handed a path, tfds's Image feature stores the file's bytes without
+  decoding or re-encoding them, so preparing is I/O-bound and the records
+  hold the authors' exact files. Pillow's `verify` still checks every
   chunk's CRC, so a truncated or corrupt file fails here, naming it, rather
   than in the middle of a training run. Anything else (grey, palette, alpha,
   16-bit, JPEG) is decoded by xydiff.images.read_image and re-encoded as 8-bit
@@ -174,10 +175,13 @@ class PairedImageBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
   DESCRIPTION = ''
   HOMEPAGE = ''
   CITATION = ''
+  # Split names build_source accepts besides the stored ones, as tfds split
+  # expressions over stored splits (no data is stored twice).
+  SPLIT_ALIASES: dict[str, str] = {}
 
+  @abc.abstractmethod
   def list_pairs(self, manual_dir: str) -> dict[str, list[Pair]]:
     """The pairs of every stored split; raises DataError naming what is missing."""
-    raise NotImplementedError
 
   def check_manual_dir(self, manual_dir: str | os.PathLike | None) -> dict[str, list[Pair]]:
     """`list_pairs` behind a check that manual_dir is set and exists.
@@ -216,8 +220,9 @@ class PairedImageBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
             'sequence': tfds.features.Text(), 'frame': tfds.features.Text()}),
         homepage=self.HOMEPAGE,
         citation=self.CITATION,
-        # Record i is the i-th pair in name order: evaluation with max_images
-        # takes the same pairs as FolderPairs, and names need no read-back.
+        # Record i is the i-th pair of list_pairs (name order but for
+        # RealBlur's list order): evaluation with max_images takes the same
+        # pairs as FolderPairs, and the names need no reading back.
         disable_shuffling=True,
         metadata=tfds.core.MetadataDict(),
     )
@@ -233,15 +238,20 @@ class PairedImageBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
     return {split: self._generate_examples(pairs) for split, pairs in listing.items()}
 
   def _generate_examples(self, pairs: Sequence[Pair]) -> Iterator[tuple[int, dict]]:
-    # Integer keys in list order: with shuffling disabled tfds writes by key.
+    # With shuffling disabled tfds writes examples in the order of their
+    # integer keys. Past 1 GB it first spills them into 1000 temporary buckets
+    # by key range over [0, 2**128) and sorts one bucket at a time in memory:
+    # keys 0, 1, 2, ... would all land in bucket 0 and hold the whole split
+    # (4 GB for GoPro train) in memory, so the keys are spread over the range.
+    key_step = 2**128 // max(len(pairs), 1)
     for index, pair in enumerate(pairs):
       blur, blur_size = _stored_image(pair.blur)
       sharp, sharp_size = _stored_image(pair.sharp)
       if blur_size != sharp_size:
         raise DataError(f'{pair.blur} is {blur_size[1]}x{blur_size[0]} but its partner '
                         f'{pair.sharp} is {sharp_size[1]}x{sharp_size[0]}')
-      yield index, {'blur': blur, 'sharp': sharp, 'name': pair.name,
-                    'sequence': pair.sequence, 'frame': pair.frame}
+      yield index * key_step, {'blur': blur, 'sharp': sharp, 'name': pair.name,
+                               'sequence': pair.sequence, 'frame': pair.frame}
 
 
 _GOPRO_CITATION = """@inproceedings{nah2017deep,
@@ -281,7 +291,8 @@ class Gopro(PairedImageBuilder, skip_registration=True):
       GoproConfig(name='blur', blur_folder='blur',
                   description='blur/: frames averaged as recorded (the usual benchmark).'),
       GoproConfig(name='blur_gamma', blur_folder='blur_gamma',
-                  description='blur_gamma/: frames averaged in linear intensity.'),
+                  description=('blur_gamma/: frames averaged after undoing a gamma-2.2 '
+                               'camera curve, near linear intensity.')),
   ]
   DEFAULT_CONFIG_NAME = 'blur'
   DESCRIPTION = ('GoPro dynamic-scene deblurring benchmark (Nah et al., CVPR 2017): blurred '
@@ -499,6 +510,11 @@ def prepare(builder: PairedImageBuilder, manual_dir: str | os.PathLike | None) -
 
   Existing records are reused without looking at manual_dir, which may then
   be gone: delete `builder.data_path` to rebuild after the archive changed.
+  Several processes may prepare the same records at once (every host of a
+  multi-host run on a shared data_dir): tfds writes each copy to its own
+  temporary folder and renames it into place, the first rename wins, and the
+  others find complete records and use them. After a lost race `builder`
+  itself is stale; open the records with a new one (`build_source` does).
   """
   if builder.data_path.exists():  # tfds renames a finished dataset into place.
     if builder.is_prepared():
@@ -506,10 +522,16 @@ def prepare(builder: PairedImageBuilder, manual_dir: str | os.PathLike | None) -
     raise DataError(f'{builder.data_path} exists but holds no complete tfds dataset: '
                     'delete it to prepare again')
   builder.check_manual_dir(manual_dir)  # Before tfds creates anything under data_dir.
-  builder.download_and_prepare(
-      file_format=record_format(),
-      download_config=tfds.download.DownloadConfig(
-          manual_dir=os.fspath(manual_dir), try_download_gcs=False))
+  try:
+    builder.download_and_prepare(
+        file_format=record_format(),
+        download_config=tfds.download.DownloadConfig(
+            manual_dir=os.fspath(manual_dir), try_download_gcs=False))
+  except OSError:  # The rename onto another process's finished records failed.
+    config = builder.builder_config.name if builder.builder_config else None
+    if make_builder(builder.name, builder.data_dir_root, config).is_prepared():
+      return False
+    raise
   return True
 
 
@@ -533,12 +555,11 @@ class TfdsPairs:
 
   def __init__(self, builder: PairedImageBuilder, split: str):
     stored = list(builder.info.splits)
-    expression = getattr(builder, 'SPLIT_ALIASES', {}).get(split, split)
+    expression = builder.SPLIT_ALIASES.get(split, split)
     parts = expression.split('+')
     if any(part not in stored for part in parts):
-      aliases = sorted(getattr(builder, 'SPLIT_ALIASES', {}))
       raise DataError(f'{builder.info.full_name} has no split {split!r}: choose one of '
-                      f'{sorted(stored) + aliases}')
+                      f'{sorted(stored) + sorted(builder.SPLIT_ALIASES)}')
     self.builder = builder
     self.split = split
     formats = {f.value for f in builder.info.available_file_formats()}
@@ -584,9 +605,9 @@ def build_source(name: str, manual_dir: str | os.PathLike | None,
   Preparing happens once per (data_dir, builder, config); every later call,
   in this process or another, opens the existing records.
   """
-  builder = make_builder(name, data_dir, config_name)
-  prepare(builder, manual_dir)
-  return TfdsPairs(builder, split)
+  prepare(make_builder(name, data_dir, config_name), manual_dir)
+  # A new builder reads what is on disk, whoever prepared it.
+  return TfdsPairs(make_builder(name, data_dir, config_name), split)
 
 
 __all__ = ['BUILDERS', 'Gopro', 'Hide', 'Pair', 'PairedImageBuilder', 'Prepared', 'RealblurJ',

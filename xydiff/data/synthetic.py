@@ -384,6 +384,9 @@ def _unique_names(names: Sequence[str]) -> list[str]:
   return out
 
 
+KERNEL_TYPES = ('random', 'x', 'y', 'xy')
+
+
 class SyntheticPairs:
   """(blurred, sharp) uint8 pairs made on the fly from sharp photographs.
 
@@ -405,13 +408,14 @@ class SyntheticPairs:
                kernel_length: tuple[float, float] = (5.0, 25.0),
                noise_std: float = 0.0,
                seed: int = 0,
-               crop: int | None = None):
+               crop: int | None = None,
+               pairs_per_photo: int = 1):
     """Builds the source.
 
     Args:
       photos: (name, uint8 HxWx3) sharp images.
       kernel: 'random' for camera-shake trajectories, 'x' or 'y' for straight
-        horizontal or vertical lines.
+        horizontal or vertical lines, 'xy' for either (drawn per pair).
       kernel_size: odd kernel window side, for every kernel type.
       kernel_length: (low, high) range a directional kernel's length is drawn
         from uniformly; ignored for 'random'. Must fit in kernel_size.
@@ -419,9 +423,14 @@ class SyntheticPairs:
       seed: non-negative integer; with the index it fixes each pair.
       crop: if set, centre-crop each photo to at most crop x crop, which keeps
         demos and tests small.
+      pairs_per_photo: each photo appears with this many different kernels
+        (pair i is photo i % len(photos)), so a few photos teach many blurs.
     """
-    if kernel not in ('random', 'x', 'y'):
-      raise ValueError(f"kernel must be 'random', 'x' or 'y', got {kernel!r}")
+    if kernel not in KERNEL_TYPES:
+      raise ValueError(f'kernel must be one of {KERNEL_TYPES}, got {kernel!r}')
+    if operator.index(pairs_per_photo) < 1:
+      raise ValueError(f'pairs_per_photo must be >= 1, got {pairs_per_photo}')
+    self._pairs_per_photo = operator.index(pairs_per_photo)
     self._kernel_type = kernel
     self._kernel_size = _check_odd_size(kernel_size, 'kernel_size')
     low, high = (float(v) for v in kernel_length)
@@ -455,24 +464,28 @@ class SyntheticPairs:
       # Own copy: later edits to the caller's arrays must not change the pairs.
       sharp.append(np.array(image, dtype=np.uint8, copy=True))
     self._sharp = sharp
-    self.names = _unique_names([name for name, _ in photos])
+    photo_names = _unique_names([name for name, _ in photos])
+    self.names = (photo_names if self._pairs_per_photo == 1 else
+                  [f'{photo_names[i % len(sharp)]}_k{i // len(sharp)}'
+                   for i in range(len(sharp) * self._pairs_per_photo)])
     self._kernels: dict[int, np.ndarray] = {}
     self._blurred: dict[int, np.ndarray] = {}
 
   def __len__(self) -> int:
-    return len(self._sharp)
+    return len(self.names)
 
   def _index(self, i) -> int:
     i = operator.index(i)
-    if not 0 <= i < len(self._sharp):
-      raise IndexError(f'pair index {i} out of range [0, {len(self._sharp)})')
+    if not 0 <= i < len(self):
+      raise IndexError(f'pair index {i} out of range [0, {len(self)})')
     return i
 
   def _draw_kernel(self, rng: np.random.Generator) -> np.ndarray:
     if self._kernel_type == 'random':
       return random_trajectory_kernel(rng, self._kernel_size)
     length = rng.uniform(*self._length_range)
-    return directional_kernel(length, self._kernel_type, self._kernel_size)
+    axis = self._kernel_type if self._kernel_type != 'xy' else ('x', 'y')[rng.integers(2)]
+    return directional_kernel(length, axis, self._kernel_size)
 
   def kernel(self, i: int) -> np.ndarray:
     """The kernel pair i is blurred with (a copy; the source keeps its own)."""
@@ -494,7 +507,7 @@ class SyntheticPairs:
       rng = np.random.default_rng([self._seed, i])
       kernel = self._draw_kernel(rng)
       self._kernels.setdefault(i, kernel)
-      blurred = blur(images.to_float(self._sharp[i]), kernel,
-                     noise_std=self._noise_std, rng=rng)
+      sharp = self._sharp[i % len(self._sharp)]
+      blurred = blur(images.to_float(sharp), kernel, noise_std=self._noise_std, rng=rng)
       self._blurred[i] = images.to_uint8(blurred)
-    return self._blurred[i].copy(), self._sharp[i].copy()
+    return self._blurred[i].copy(), self._sharp[i % len(self._sharp)].copy()
