@@ -47,8 +47,13 @@ def get_config() -> ml_collections.ConfigDict:
   # or flat <root>/<split>/{blur,sharp}/. 'synthetic': sharp photos blurred with
   # random camera shake (root = a folder of sharp images, or '' for the
   # photographs scikit-image ships).
+  # 'gopro', 'hide', 'realblur_j', 'realblur_r', 'prepared': tensorflow-datasets
+  # builders reading the user's download in `root` (their manual_dir) and
+  # keeping prepared records in `data_dir`.
   data.name = 'folder'
   data.root = ''
+  data.data_dir = ''  # tfds records; '' is TFDS_DATA_DIR or ~/tensorflow_datasets.
+  data.tfds_config = ''  # gopro: 'blur' (default) or 'blur_gamma'; prepared: which test set.
   data.train_split = 'train'
   data.eval_split = 'test'
   data.crop = 256  # Training crop side; evaluation uses whole images.

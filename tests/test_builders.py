@@ -5,6 +5,7 @@ archive, and gopro also from the real GoPro sample frames, so a wrong path
 convention fails here rather than after a user has unpacked gigabytes.
 """
 
+import json
 import os
 import re
 import shutil
@@ -451,3 +452,23 @@ def test_unknown_names_are_data_errors(tmp_path):
   assert set(builders.BUILDERS) == {'gopro', 'hide', 'realblur_j', 'realblur_r', 'prepared'}
   assert all(b.VERSION == tfds.core.Version('1.0.0')
              for b in builders.BUILDERS.values())
+
+
+def test_launch_builds_gopro_once_then_trains_and_evaluates(tmp_path):
+  from conftest import run_launch
+  common = ['--config=configs/xydeblur_gopro.py', '--config.data.name=gopro',
+            f'--config.data.root={GOPRO_SAMPLE}', f'--config.data.data_dir={tmp_path / "tfds"}',
+            '--config.model.xydeblur.width=4', '--config.model.xydeblur.num_res=1',
+            '--config.data.crop=32', '--config.train.batch_size=2',
+            '--config.train.checkpoint_every=2', '--config.train.eval_every=2',
+            '--config.data.eval_max_images=1', '--config.eval.num_image_summaries=0']
+  first = run_launch(*common, f'--workdir={tmp_path / "run"}', '--config.train.num_steps=2')
+  assert first.returncode == 0, first.stderr[-3000:]
+  records = sorted(p for p in (tmp_path / 'tfds').rglob('*') if p.is_file())
+  stamps = [p.stat().st_mtime_ns for p in records]
+  report = json.loads((tmp_path / 'run' / 'eval' / 'step_2.json').read_text())
+  assert report['images'][0]['name'] == 'GOPR0869_11_00/000020'
+  # A second run (resuming to step 4) reuses the prepared records untouched.
+  second = run_launch(*common, f'--workdir={tmp_path / "run"}', '--config.train.num_steps=4')
+  assert second.returncode == 0, second.stderr[-3000:]
+  assert [p.stat().st_mtime_ns for p in records] == stamps

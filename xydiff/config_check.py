@@ -80,7 +80,9 @@ def validate(config, device_count: int = 1) -> None:
   if d.name == 'folder':
     _require(bool(d.root), 'data.root', 'set it to the folder that holds your '
              f'{d.train_split}/ and {d.eval_split}/ splits', d.root)
-  if d.root:
+  # tfds builders reuse prepared records even after the download is deleted:
+  # they check their manual folder themselves, only when they must read it.
+  if d.root and d.name not in data.TFDS_NAMES:
     _require(os.path.isdir(d.root), 'data.root', 'no such folder', d.root)
   _positive_int(config, 'data.crop')
   _require(d.crop % multiple == 0, 'data.crop', f'must be a multiple of {multiple} for this model',

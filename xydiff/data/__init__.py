@@ -9,7 +9,10 @@ from __future__ import annotations
 from xydiff.data.folders import DataError, FolderPairs
 from xydiff.data.pipeline import TrainBatches, eval_pairs
 
-DATA_NAMES = ('folder', 'synthetic')
+# Benchmarks read through tensorflow-datasets builders (builders.py) from the
+# user's manual download in config.data.root.
+TFDS_NAMES = ('gopro', 'hide', 'realblur_j', 'realblur_r', 'prepared')
+DATA_NAMES = ('folder', 'synthetic') + TFDS_NAMES
 
 
 def get_source(data_config, split: str):
@@ -20,6 +23,12 @@ def get_source(data_config, split: str):
                       f'{data_config.train_split}/ and {data_config.eval_split}/')
     name = data_config.train_split if split == 'train' else data_config.eval_split
     return FolderPairs(data_config.root, name)
+  if data_config.name in TFDS_NAMES:
+    from xydiff.data import builders  # TensorFlow and tfds only when used.
+    name = data_config.train_split if split == 'train' else data_config.eval_split
+    return builders.build_source(data_config.name, data_config.root,
+                                 data_config.data_dir or None, name,
+                                 config_name=data_config.tfds_config or None)
   if data_config.name == 'synthetic':
     from xydiff.data import synthetic  # scipy and scikit-image only when used.
     cfg = data_config.synthetic

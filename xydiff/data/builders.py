@@ -381,7 +381,7 @@ The paths in the list files are relative to manual_dir."""
 
 
 class _RealBlur(PairedImageBuilder, skip_registration=True):
-  """RealBlur (J: camera JPEGs, R: raw images): 3758 train and 980 test pairs."""
+  """RealBlur (J: camera JPEGs, R: raw files): 3758 train and 980 test pairs each."""
 
   VARIANT = ''  # 'J' or 'R'.
   ARCHIVE_FOLDER = ''
@@ -429,7 +429,7 @@ class RealblurJ(_RealBlur, skip_registration=True):
 
 
 class RealblurR(_RealBlur, skip_registration=True):
-  """RealBlur-R: images developed from raw, denoised with BM3D."""
+  """RealBlur-R: images developed from the camera's raw files."""
 
   name = 'realblur_r'
   VARIANT = 'R'
