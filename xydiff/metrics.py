@@ -240,10 +240,11 @@ _NIQE_SHIFTS = ((0, 1), (1, 0), (1, 1), (1, -1))  # computefeature.m's circshift
 # MATLAB's rgb2gray weights: the first row of inv() of the NTSC RGB->YIQ matrix.
 # They differ from cv2's 0.299/0.587/0.114 in the third decimal.
 _RGB2GRAY_WEIGHTS = (0.298936021293775, 0.587043074451121, 0.114020904255103)
-# MATLAB's rgb2ycbcr Y row on uint8 (ITU-R BT.601, studio range 16..235).
-_RGB2Y_WEIGHTS = (65.481 / 255.0, 128.553 / 255.0, 24.966 / 255.0)
+# MATLAB's rgb2ycbcr Y row on uint8 (ITU-R BT.601, studio range 16..235),
+# x1000 on 0..255 levels: Y = 16 + (65481 R + 128553 G + 24966 B) / 255000.
+_RGB2Y_THOUSANDTHS = (65481, 128553, 24966)
 _RGB2Y_OFFSET = 16
-# Fixed point for the luminance sum: 40 fractional bits in two 20-bit limbs.
+# Fixed point for the rgb2gray sum: 40 fractional bits in two 20-bit limbs.
 _LIMB_BITS = 20
 
 
@@ -322,17 +323,16 @@ def _imresize_half(x: jax.Array) -> jax.Array:
   return x
 
 
-def _round_weighted_sum(levels: jax.Array, weights, offset: int) -> jax.Array:
-  """round(offset + sum_c weights[c] * levels[..., c]), halves up, as int32.
+def _round_weighted_sum(levels: jax.Array, weights) -> jax.Array:
+  """round(sum_c weights[c] * levels[..., c]), halves up, as int32.
 
-  This is the uint8 luminance MATLAB's rgb2gray / rgb2ycbcr return for uint8
-  input (computed in double, rounded). In float32 the sum is only good to
-  ~3e-5 of a level, and a few pixels per frame would round the other way, so
-  it runs in int32 fixed point instead: each weight is scaled by 2^40 and split
-  into two 20-bit limbs, which keeps every partial sum below 2^31 for 8-bit
-  levels and the total within ~4e-10 of a level of the exact sum.
+  This is the uint8 luminance MATLAB's rgb2gray returns for uint8 input
+  (computed in double, rounded). In float32 the sum is only good to ~3e-5 of
+  a level, and a few pixels per frame would round the other way, so it runs in
+  int32 fixed point instead: each weight is scaled by 2^40 and split into two
+  20-bit limbs, which keeps every partial sum below 2^31 for 8-bit levels and
+  the total within ~4e-10 of a level of the exact sum.
   """
-  levels = levels.astype(jnp.int32)
   mask = (1 << _LIMB_BITS) - 1
   high = low = 0
   for channel, weight in enumerate(weights):
@@ -342,16 +342,24 @@ def _round_weighted_sum(levels: jax.Array, weights, offset: int) -> jax.Array:
   # floor(sum * 2^20), then round to a whole level; the discarded low bits
   # cannot move a value across a rounding boundary.
   scaled = high + (low >> _LIMB_BITS)
-  return ((scaled + (1 << (_LIMB_BITS - 1))) >> _LIMB_BITS) + offset
+  return (scaled + (1 << (_LIMB_BITS - 1))) >> _LIMB_BITS
 
 
 def _niqe_luminance(image: jax.Array, convert_to: str) -> jax.Array:
-  """[N, H, W, 3] floats in [0, 1] -> [N, H, W] uint8-valued float32 luminance."""
-  levels = jnp.round(quantize(image) * 255.0)
+  """[N, H, W, 3] floats in [0, 1] -> [N, H, W] uint8-valued float32 luminance.
+
+  'y' is rgb2ycbcr's Y = 16 + (65.481 R + 128.553 G + 24.966 B) / 255 on uint8
+  levels, rounded: computed exactly in integers (a numerator over 255000).
+  About 200 of the 2^24 RGB triples land exactly on a half level; they round
+  up here, as MATLAB's round does for an exact half, whereas double-precision
+  rounding noise sends about half of them down in MATLAB and numpy.
+  """
+  levels = jnp.round(quantize(image) * 255.0).astype(jnp.int32)
   if convert_to == 'y':
-    luma = _round_weighted_sum(levels, _RGB2Y_WEIGHTS, _RGB2Y_OFFSET)
+    numerator = sum(weight * levels[..., c] for c, weight in enumerate(_RGB2Y_THOUSANDTHS))
+    luma = (numerator + 255 * 1000 // 2) // (255 * 1000) + _RGB2Y_OFFSET
   else:
-    luma = _round_weighted_sum(levels, _RGB2GRAY_WEIGHTS, 0)
+    luma = _round_weighted_sum(levels, _RGB2GRAY_WEIGHTS)
   return luma.astype(jnp.float32)
 
 
@@ -359,31 +367,49 @@ def _mscn(x: jax.Array) -> jax.Array:
   """computequality.m's structdis = (im - mu) ./ (sigma + 1) of [N, H, W].
 
   mu and sigma^2 are the 7x7 Gaussian (sigma 7/6) local mean and variance,
-  replicate borders. MATLAB forms sigma^2 = E[x^2] - mu^2 in double; on
-  0..255 values that cancels ~1e-3 of float32 precision away, which matters
-  in flat regions where sigma is tiny. So every window term is taken relative
-  to its centre pixel instead, d = x_k - x_centre:
-    im - mu = -E[d],   sigma^2 = E[d^2] - E[d]^2,
-  which is algebraically the same and exact-ish in float32 (d is exact on
-  integer levels). The 49 taps are unrolled; XLA fuses them into one loop.
+  replicate borders. Two float issues decide the numbers here:
+
+  * MATLAB forms sigma^2 = E[x^2] - mu^2 in double; on 0..255 values that
+    cancels ~1e-3 of float32 precision away, which matters in flat regions
+    where sigma is tiny. So every window term is taken relative to its centre
+    pixel, d = x_k - x_centre: im - mu = -E[d] and sigma^2 = E[d^2] - E[d]^2,
+    algebraically the same and accurate in float32.
+  * In flat or point-symmetric neighbourhoods im - mu is exactly 0, but
+    MATLAB's double imfilter can leave ~1e-14 of rounding noise there, of
+    either sign, and estimateaggdparam.m counts signs (its left/right means
+    are over the negative/positive values). That noise is an artefact, not
+    the method, so here those values are exactly 0: the d's are first summed
+    over each class of offsets sharing a window weight ({|di|, |dj|}), which
+    is exact on integer levels (and on the half-scale image, whose values are
+    multiples of 2^-16 and exact in float32 below 256), and a neighbourhood
+    gives 0 exactly when every class sum is 0. Nonzero class sums do not
+    cancel exactly: the weights q^(di^2 + dj^2) with transcendental q admit
+    no integer relation.
   """
   taps = _gaussian_taps(_NIQE_WINDOW, _NIQE_SIGMA)  # fspecial's window is outer(taps, taps).
   radius = _NIQE_WINDOW // 2
   height, width = x.shape[1:]
   padded = jnp.pad(x, ((0, 0), (radius, radius), (radius, radius)), mode='edge')
-  mean_d = mean_d2 = 0.0
-  for i, tap_i in enumerate(taps):
-    for j, tap_j in enumerate(taps):
+  sums = {}  # {|di|, |dj|} -> (sum of d, sum of d^2)
+  for i in range(_NIQE_WINDOW):
+    for j in range(_NIQE_WINDOW):
+      key = tuple(sorted((abs(i - radius), abs(j - radius))))
+      if key == (0, 0):
+        continue  # d = 0 at the centre.
       d = padded[:, i:i + height, j:j + width] - x
-      weight = float(tap_i * tap_j)
-      mean_d = mean_d + weight * d
-      mean_d2 = mean_d2 + weight * (d * d)
+      total, total_sq = sums.get(key, (0.0, 0.0))
+      sums[key] = (total + d, total_sq + d * d)
+  mean_d = mean_d2 = 0.0
+  for (a, b), (total, total_sq) in sorted(sums.items()):
+    weight = float(taps[radius + a] * taps[radius + b])
+    mean_d = mean_d + weight * total
+    mean_d2 = mean_d2 + weight * total_sq
   sigma = jnp.sqrt(jnp.abs(mean_d2 - mean_d * mean_d))
   return -mean_d / (sigma + 1.0)
 
 
 def _blocks(x: jax.Array, size: int) -> jax.Array:
-  """[N, H, W] with H, W multiples of `size` -> [N, B, size * size] blocks.
+  """[N, H, W] with H, W multiples of `size` -> [N, B, size, size] blocks.
 
   Block order differs from blkproc's column-major order; NIQE only takes the
   mean and covariance over blocks, so order does not matter.
@@ -483,12 +509,21 @@ def niqe(image, convert_to: str = 'y') -> jax.Array:
   the pristine training patches (estimatemodelparam.m); computequality.m
   computes the sharpness and ignores it, and so does this.
 
-  Everything runs in JAX, batched and jit-able (float32 throughout; the
-  luminance in exact integer arithmetic, and the local variance and the final
-  solve arranged to avoid float32 cancellation). Against a float64 transcription
-  of the MATLAB code it agrees to ~1e-5 relative on the GoPro frames; the
-  residue comes from alpha, picked on a 0.001 grid, landing on the
-  neighbouring grid point for a few blocks.
+  Everything runs in JAX, batched and jit-able, in float32: the luminance in
+  exact integer arithmetic, the local variance and the final solve arranged to
+  avoid float32 cancellation. Against a float64 transcription of the MATLAB
+  code it agrees within 2e-4 relative on the 12 GoPro sample frames (mostly
+  ~1e-6; the rest is alpha, picked on a 0.001 grid, landing on the
+  neighbouring grid point in a few blocks), and within 3e-4 of BasicSR 1.4.2's
+  `calculate_niqe`.
+
+  Exactly flat (or point-symmetric) 7x7 neighbourhoods have MSCN value 0,
+  and here it is exactly 0 (see `_mscn`). MATLAB's double imfilter leaves
+  rounding noise of either sign there, which the AGGD fit counts as negative
+  or positive samples, so on frames with flat areas MATLAB's own number
+  depends on its summation order: a float64 transcription that keeps such
+  noise moves these GoPro scores by up to 1.8%. The exact value is the
+  reproducible one (BasicSR's float32 filtering rounds the noise away too).
 
   Args:
     image: NHWC (or HWC) float RGB in [0, 1]. After cropping to multiples of
