@@ -42,6 +42,7 @@ def test_xydiff_trains_evaluates_presets_and_sweeps(tmp_path):
   assert [(r['num_steps'], r['num_samples']) for r in rows] == [(2, 1), (2, 2), (3, 1), (3, 2)]
   # One sample has no spread; two samples do.
   assert rows[0]['spread'] == 0 and rows[1]['spread'] > 0
+  assert all(r['niqe'] > 0 for r in rows)  # Full GoPro frames: NIQE is defined.
   with open(workdir / 'sweep' / 'step_2.csv') as f:
     assert len(list(csv.DictReader(f))) == 4
   assert (workdir / 'sweep' / 'step_2.png').stat().st_size > 10_000

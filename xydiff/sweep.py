@@ -8,7 +8,8 @@ of the N-sample mean (distortion) and the mean per-pixel standard deviation
 over the N samples (how far the model strays from the mean: the spread that
 buys realism), and the detail ratio: high-frequency (Laplacian) energy of the
 output over that of the sharp image, a no-reference proxy for the texture that
-averaging washes out (1 = as much detail as the real photo). Writes <workdir>/sweep/step_<N>.{json,csv,png}.
+averaging washes out (1 = as much detail as the real photo), and NIQE, the
+no-reference naturalness score (lower is better). Writes <workdir>/sweep/step_<N>.{json,csv,png}.
 """
 
 from __future__ import annotations
@@ -35,6 +36,14 @@ def detail_ratio(image, sharp) -> float:
   return float(energy(image) / energy(sharp))
 
 
+def _niqe_or_nan(image) -> float:
+  """NIQE, or NaN for an image too small for two 96x96 blocks (reported as null)."""
+  try:
+    return float(metrics.niqe(image)[0])
+  except ValueError:
+    return float('nan')
+
+
 def run_sweep(config, workdir: str) -> list[dict]:
   config_check.validate(config, jax.device_count())
   if not models.is_diffusion(config.model):
@@ -54,7 +63,8 @@ def run_sweep(config, workdir: str) -> list[dict]:
   for num_steps, beta_start, beta_end in config.sweep.schedules:
     schedule = diffusion.linear_schedule(int(num_steps), beta_start, beta_end)
     sample = evaluate.make_sampler(graphdef, schedule, counts[-1], config.diffusion.residual_scale)
-    scores = {n: {'psnr': [], 'ssim': [], 'spread': [], 'detail': []} for n in counts}
+    scores = {n: {'psnr': [], 'ssim': [], 'spread': [], 'detail': [], 'niqe': []}
+              for n in counts}
     for index, (_, blur, sharp) in enumerate(pairs):
       samples = sample(params, jnp.asarray(blur)[None],
                        jax.random.fold_in(base_key, index))['samples']
@@ -64,10 +74,13 @@ def run_sweep(config, workdir: str) -> list[dict]:
         scores[n]['ssim'].append(float(metrics.ssim(mean, sharp[None])[0]))
         scores[n]['spread'].append(float(samples[:n].std(axis=0).mean()))
         scores[n]['detail'].append(detail_ratio(mean, sharp))
+        scores[n]['niqe'].append(_niqe_or_nan(mean))
     for n in counts:
       row = {'num_steps': int(num_steps), 'beta_start': float(beta_start),
              'beta_end': float(beta_end), 'num_samples': n,
              **{k: float(np.mean(v)) for k, v in scores[n].items()}}
+      if not np.isfinite(row['niqe']):
+        row['niqe'] = None  # JSON null: the images are smaller than NIQE's two blocks.
       rows.append(row)
       logging.info('sweep T=%d N=%d: %.2f dB / %.4f, spread %.4f, detail %.3f',
                    row['num_steps'], n, row['psnr'], row['ssim'], row['spread'], row['detail'])
@@ -83,7 +96,8 @@ def _write(rows, out_dir, step, config, num_images):
     json.dump({'step': step, 'split': config.data.eval_split, 'num_images': num_images,
                'metrics': {'psnr': metrics.PSNR_UINT8_LABEL, 'ssim': metrics.SSIM_2D_LABEL,
                            'spread': 'mean per-pixel std over the N samples, [0, 1] units',
-                           'detail': 'Laplacian energy of the output / of the sharp image'},
+                           'detail': 'Laplacian energy of the output / of the sharp image',
+                           'niqe': metrics.NIQE_LABEL},
                'rows': rows}, f, indent=1)
   with open(f'{stem}.csv', 'w', newline='') as f:
     writer = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -92,9 +106,12 @@ def _write(rows, out_dir, step, config, num_images):
   import matplotlib
   matplotlib.use('Agg')
   from matplotlib import pyplot as plt
-  fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
-  for ax, x_key, x_label in ((axes[0], 'spread', 'sample spread (mean per-pixel std)'),
-                             (axes[1], 'detail', 'detail ratio (Laplacian energy vs sharp)')):
+  panels = [('spread', 'sample spread (mean per-pixel std)'),
+            ('detail', 'detail ratio (Laplacian energy vs sharp)')]
+  if all(r['niqe'] is not None for r in rows):
+    panels.append(('niqe', 'NIQE (lower is more natural)'))
+  fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.5), sharey=True)
+  for ax, (x_key, x_label) in zip(axes, panels):
     for n in sorted({r['num_samples'] for r in rows}):
       pts = [r for r in rows if r['num_samples'] == n]
       ax.plot([r[x_key] for r in pts], [r['psnr'] for r in pts], 'o-', label=f'N = {n}')
@@ -104,7 +121,7 @@ def _write(rows, out_dir, step, config, num_images):
     ax.set_xlabel(x_label)
     ax.grid(alpha=0.3)
   axes[0].set_ylabel('PSNR of the N-sample mean (dB, uint8)')
-  axes[1].legend()
+  axes[-1].legend()
   fig.suptitle(f'Perception-distortion sweep, step {step}, {num_images} images')
   fig.tight_layout()
   fig.savefig(f'{stem}.png', dpi=120)
