@@ -26,7 +26,7 @@ def main():
   import numpy as np
   from flax import nnx
   from configs import demo
-  from xydiff import checkpoint, images, train
+  from xydiff import images, train
   from xydiff.data import synthetic
 
   config = demo.get_config()
@@ -35,9 +35,8 @@ def main():
                            checkpoint_every=args.steps, lr_halve_steps=(int(args.steps * 0.75),)))
   train.train_and_evaluate(config, args.workdir)
 
-  graphdef, target = train.abstract_state(config)
-  state = checkpoint.Checkpointer(args.workdir, config.model).restore(target)
-  model = nnx.merge(graphdef, train.eval_params(state))
+  graphdef, params, _ = train.load_for_inference(config, args.workdir)
+  model = nnx.merge(graphdef, params)
   forward = jax.jit(lambda y: model(y))
   photos = sorted(synthetic.skimage_photos())[-config.data.synthetic.num_eval:]
   rows = {}

@@ -55,7 +55,7 @@ def main():
     def sample(p, y):
       m = nnx.merge(graphdef, p)
       return diffusion.sample(lambda x: m.predict(x)['restored'], m.denoise, y,
-                              jax.random.split(jax.random.key(1), 1), schedule=schedule,
+                              diffusion.sample_keys(jax.random.key(1), 1), schedule=schedule,
                               residual_scale=config.diffusion.residual_scale)['mean']
     cases[f'sample_T{args.steps}'] = sample
   else:

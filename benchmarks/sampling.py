@@ -44,7 +44,7 @@ def main():
     def sample(p, y):
       m = nnx.merge(graphdef, p)
       return diffusion.sample(lambda x: m.predict(x)['restored'], m.denoise, y,
-                              jax.random.split(jax.random.key(1), args.num_samples),
+                              diffusion.sample_keys(jax.random.key(1), args.num_samples),
                               schedule=schedule, residual_scale=2.0)['mean']
 
     compile_and_run, total = timed(sample, params, blur, repeats=2)

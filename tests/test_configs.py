@@ -32,6 +32,9 @@ def test_config_validates(name, arg):
 def test_paper_models_have_the_papers_sizes():
   assert _num_params(_load('xydeblur_gopro')) == 4_918_627
   dvsr, xydiff = _load('dvsr_gopro'), _load('gopro')
+  # This U-Net's sizes (the papers' own counts are not pinned down: METHOD.md
+  # quotes ~26M/7M or 33M/28M): g 17,393,027 + f 4,637,475.
+  assert _num_params(dvsr) == 17_393_027 + 4_637_475
   # The XY predictor shares its decoder weights: exactly DvSR's parameter count.
   assert _num_params(dvsr) == _num_params(xydiff)
   assert xydiff.model.predictor.xy and not dvsr.model.predictor.xy

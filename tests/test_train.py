@@ -55,8 +55,8 @@ def test_train_checkpoint_and_evaluate_the_demo(demo_config, tmp_path):
     report = json.load(f)
   assert report == summary
   assert report['step'] == 4 and report['split'] == 'test' and report['num_images'] == 2
-  assert set(report['input']) == {'psnr', 'ssim'}
-  assert set(report['outputs']['restored']) == {'psnr', 'ssim'}
+  assert set(report['input']) == {'psnr', 'ssim', 'ssim3d'}
+  assert set(report['outputs']['restored']) == {'psnr', 'ssim', 'ssim3d'}
   assert {'name', 'input_psnr', 'psnr', 'ssim'} <= set(report['images'][0])
   assert 10 < report['input']['psnr'] < 50 and 0 < report['outputs']['restored']['ssim'] <= 1
   name = report['images'][0]['name']
@@ -104,13 +104,21 @@ def test_gopro_sample_trains_checkpoints_and_evaluates(tmp_path):
   # The documented blur-vs-sharp PSNR of the sample frames (their README).
   np.testing.assert_allclose([im['input_psnr'] for im in report['images']], [26.97, 27.75],
                              atol=0.01)
+  np.testing.assert_allclose([im['input_ssim'] for im in report['images']], [0.780, 0.889],
+                             atol=1e-3)
+  # The MATLAB-style 3-D SSIM that GoPro/HIDE tables quote, beside it.
+  np.testing.assert_allclose([im['input_ssim3d'] for im in report['images']], [0.8681, 0.9208],
+                             atol=1e-4)
   assert (workdir / 'checkpoints' / '2').is_dir()
   # --mode=eval scores the same checkpoint again, with the same numbers.
   again = run_launch('--config=configs/xydeblur_gopro.py', f'--workdir={workdir}', '--mode=eval',
                      f'--config.data.root={GOPRO_SAMPLE}', '--config.model.xydeblur.width=4',
                      '--config.model.xydeblur.num_res=1', '--config.eval.num_image_summaries=0')
   assert again.returncode == 0, again.stderr[-3000:]
-  assert json.loads((workdir / 'eval' / 'step_2.json').read_text())['outputs'] == report['outputs']
+  # Into its own folder (named by dataset and split), leaving training's eval/ alone.
+  rescored = json.loads((workdir / 'eval_folder_test' / 'step_2.json').read_text())
+  assert rescored['outputs'] == report['outputs']
+  assert json.loads((workdir / 'eval' / 'step_2.json').read_text()) == report
 
 
 @pytest.mark.parametrize('override, message', [
@@ -141,7 +149,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(demo_config, t
   train.train_and_evaluate(demo_config, workdir)
   demo_config.train.num_steps = 6
   demo_config.train.lr = 1e30  # Blows up at once.
-  with pytest.raises(train.NonFiniteLossError, match=r'at step 4;.*last good checkpoint is step 2'):
+  with pytest.raises(train.NonFiniteLossError, match=r'non-finite at step [34] .*last good checkpoint is step 2'):
     train.train_and_evaluate(demo_config, workdir)
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['2']
 

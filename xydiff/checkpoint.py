@@ -67,8 +67,14 @@ class Checkpointer:
           f'(config.model fields that differ: {", ".join(diff)}); use a fresh --workdir '
           'or the config it was trained with')
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-    return self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract)))['state']
+    try:
+      return self.manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract)))['state']
+    except ValueError as e:  # orbax: the saved tree differs from the target's.
+      raise CheckpointMismatchError(
+          f'checkpoint {self.directory}/{step} holds a train state of another layout than '
+          'this config makes (was config.train.ema_rate or config.train.grad_clip turned on '
+          f'or off?): {" ".join(str(e).split())[:300]}') from None
 
   def close(self):
     self.manager.close()

@@ -48,6 +48,8 @@ def validate(config, device_count: int = 1) -> None:
     for net in ('predictor', 'denoiser'):
       for f in ('base', 'num_res'):
         _positive_int(config, f'model.{net}.{f}')
+      if net == 'predictor' and m.predictor.arch == 'xydeblur':
+        continue  # XYDeblur has fixed scales; multipliers and xy are U-Net fields.
       mults = m[net].multipliers
       _require(len(mults) >= 1 and all(isinstance(x, int) and x > 0 for x in mults),
                f'model.{net}.multipliers', 'must be positive integers', mults)
@@ -57,6 +59,8 @@ def validate(config, device_count: int = 1) -> None:
     _positive_int(config, 'diffusion.num_steps')
     _require(0 < diff.beta_start <= diff.beta_end < 1, 'diffusion.beta_start/beta_end',
              'need 0 < beta_start <= beta_end < 1', (diff.beta_start, diff.beta_end))
+    _require(diff.predictor_loss_weight >= 0, 'diffusion.predictor_loss_weight', 'must be >= 0',
+             diff.predictor_loss_weight)
     _require(diff.residual_scale > 0, 'diffusion.residual_scale', 'must be positive',
              diff.residual_scale)
     for name in config.eval.presets:
@@ -76,6 +80,8 @@ def validate(config, device_count: int = 1) -> None:
                f'diffusion.presets.{name}.beta_start/beta_end',
                'need 0 < beta_start <= beta_end < 1', (preset.beta_start, preset.beta_end))
 
+  _require(isinstance(config.seed, int) and config.seed >= 0, 'seed', 'must be an integer >= 0',
+           config.seed)
   _require(d.name in data.DATA_NAMES, 'data.name', f'must be one of {data.DATA_NAMES}', d.name)
   if d.name == 'folder':
     _require(bool(d.root), 'data.root', 'set it to the folder that holds your '
@@ -90,6 +96,16 @@ def validate(config, device_count: int = 1) -> None:
   _require(d.synthetic.kernel in ('random', 'x', 'y', 'xy'), 'data.synthetic.kernel',
            "must be 'random', 'x', 'y' or 'xy'", d.synthetic.kernel)
   _positive_int(config, 'data.synthetic.pairs_per_photo')
+  syn = d.synthetic
+  _require(isinstance(syn.kernel_size, int) and syn.kernel_size >= 3 and syn.kernel_size % 2,
+           'data.synthetic.kernel_size', 'must be an odd integer >= 3', syn.kernel_size)
+  _require(len(syn.kernel_length) == 2 and 0 < syn.kernel_length[0] <= syn.kernel_length[1]
+           <= syn.kernel_size, 'data.synthetic.kernel_length',
+           'must be (low, high) with 0 < low <= high <= kernel_size', tuple(syn.kernel_length))
+  _require(syn.noise_std >= 0, 'data.synthetic.noise_std', 'must be >= 0', syn.noise_std)
+  _require(syn.photo_crop >= 0, 'data.synthetic.photo_crop', 'must be >= 0 (0: whole photos)',
+           syn.photo_crop)
+  _positive_int(config, 'data.synthetic.num_eval')
   _require(d.eval_max_images >= 0, 'data.eval_max_images', 'must be >= 0 (0: all)',
            d.eval_max_images)
   _positive_int(config, 'data.cache_pairs')

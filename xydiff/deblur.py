@@ -47,7 +47,6 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from xydiff import checkpoint as checkpoint_lib
 from xydiff import evaluate, images, models, train
 from xydiff.config_check import ConfigError
 from xydiff.data.folders import DataError
@@ -260,16 +259,7 @@ def _aligned_tiling(tile: int, overlap: int, align: int) -> tuple[int, int]:
 def _load(config, workdir: str, checkpoint: str | None):
   """(graphdef, eval params, step) of the checkpoint to restore from."""
   ckpt_workdir, step = resolve_checkpoint(workdir, checkpoint)
-  # The restore target is init_state's, evaluated abstractly: the structure,
-  # shapes and dtypes are all orbax needs, and skipping the initialisers saves
-  # compiling one per parameter shape.
-  graphdef, state = train.abstract_state(config)
-  ckpt = checkpoint_lib.Checkpointer(ckpt_workdir, config.model)
-  try:
-    state = ckpt.restore(state, step)
-  finally:
-    ckpt.close()
-  return graphdef, train.eval_params(state), int(state['step'])
+  return train.load_for_inference(config, ckpt_workdir, step)
 
 
 def _restore_file(path: str, out_path: str, restore, key) -> dict:

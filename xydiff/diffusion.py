@@ -104,6 +104,11 @@ def loss(model, batch: dict[str, jax.Array], key: jax.Array, *, schedule: Schedu
 
 # ---------------------------------------------------------------- sampling
 
+def sample_keys(key: jax.Array, num_samples: int) -> jax.Array:
+  """[N] keys, key i = fold_in(key, i): the first N of N_max keys are the N-sample keys."""
+  return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(num_samples))
+
+
 def sample(predict: Callable, denoise: Callable, blur: jax.Array, sample_keys: jax.Array,
            *, schedule: Schedule, residual_scale: float) -> dict[str, jax.Array]:
   """Algorithm 1 for N samples at once; returns samples, mean, std and g(y).

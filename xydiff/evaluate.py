@@ -54,7 +54,7 @@ def make_sampler(graphdef, schedule, num_samples, residual_scale):
   def run(params, blur, key):
     model = nnx.merge(graphdef, params)
     out = diffusion.sample(lambda y: model.predict(y)['restored'], model.denoise, blur,
-                           jax.random.split(key, num_samples), schedule=schedule,
+                           diffusion.sample_keys(key, num_samples), schedule=schedule,
                            residual_scale=residual_scale)
     return {'image': out['mean'], 'std': out['std'], 'samples': out['samples']}
   return run
@@ -62,7 +62,8 @@ def make_sampler(graphdef, schedule, num_samples, residual_scale):
 
 @jax.jit
 def _scores(pred, target):
-  return metrics.psnr_uint8(pred, target)[0], metrics.ssim(pred, target)[0]
+  return (metrics.psnr_uint8(pred, target)[0], metrics.ssim(pred, target)[0],
+          metrics.ssim3d(pred, target)[0])
 
 
 def _file_stem(name: str) -> str:
@@ -72,9 +73,11 @@ def _file_stem(name: str) -> str:
 class Evaluator:
   """Scores a model's outputs on an evaluation source; see the module docstring."""
 
-  def __init__(self, config, workdir: str, source, *, writer=None, split_name: str | None = None):
+  def __init__(self, config, workdir: str, source, *, writer=None, split_name: str | None = None,
+               subdir: str = 'eval'):
     self.config = config
     self.workdir = workdir
+    self.subdir = subdir
     self.source = source
     self.writer = writer
     self.split = split_name or config.data.eval_split
@@ -85,7 +88,7 @@ class Evaluator:
     if self._fns is None or graphdef is not self._graphdef:
       self._fns, self._graphdef = make_restore_fns(self.config, graphdef), graphdef
     is_chief = jax.process_index() == 0
-    out_dir = os.path.join(self.workdir, 'eval', f'step_{step}')
+    out_dir = os.path.join(self.workdir, self.subdir, f'step_{step}')
     num_pictures = self.config.eval.num_image_summaries
     if is_chief:
       os.makedirs(out_dir, exist_ok=True)
@@ -94,14 +97,15 @@ class Evaluator:
     for index, (name, blur, sharp) in enumerate(
         data.eval_pairs(self.source, self.config.data.eval_max_images)):
       blur_b, sharp_b = jnp.asarray(blur)[None], jnp.asarray(sharp)[None]
-      input_psnr, input_ssim = _scores(blur_b, sharp_b)
+      input_psnr, input_ssim, input_ssim3d = _scores(blur_b, sharp_b)
       entry = {'name': name, 'input_psnr': float(input_psnr), 'input_ssim': float(input_ssim),
-               'outputs': {}}
+               'input_ssim3d': float(input_ssim3d), 'outputs': {}}
       pictures = {'input': blur, 'sharp': sharp}
       for out_name, fn in self._fns.items():
         result = fn(params, blur_b, jax.random.fold_in(base_key, index))
-        psnr, ssim = _scores(result['image'], sharp_b)
-        entry['outputs'][out_name] = {'psnr': float(psnr), 'ssim': float(ssim)}
+        psnr, ssim, ssim3d = _scores(result['image'], sharp_b)
+        entry['outputs'][out_name] = {'psnr': float(psnr), 'ssim': float(ssim),
+                                      'ssim3d': float(ssim3d)}
         if index < num_pictures:
           pictures[out_name] = np.asarray(result['image'][0])
           if 'std' in result:
@@ -131,21 +135,22 @@ class Evaluator:
 
   def _summarize(self, per_image, step):
     mean = lambda values: float(np.mean(values))
-    outputs = {name: {'psnr': mean([e['outputs'][name]['psnr'] for e in per_image]),
-                      'ssim': mean([e['outputs'][name]['ssim'] for e in per_image])}
+    outputs = {name: {k: mean([e['outputs'][name][k] for e in per_image])
+                      for k in ('psnr', 'ssim', 'ssim3d')}
                for name in self._fns}
     return {
         'step': int(step), 'split': self.split, 'num_images': len(per_image),
-        'metrics': {'psnr': metrics.PSNR_UINT8_LABEL, 'ssim': metrics.SSIM_2D_LABEL},
+        'metrics': {'psnr': metrics.PSNR_UINT8_LABEL, 'ssim': metrics.SSIM_2D_LABEL,
+                    'ssim3d': metrics.SSIM_3D_LABEL},
         'primary': self.primary_output,
-        'input': {'psnr': mean([e['input_psnr'] for e in per_image]),
-                  'ssim': mean([e['input_ssim'] for e in per_image])},
+        'input': {k: mean([e[f'input_{k}'] for e in per_image])
+                  for k in ('psnr', 'ssim', 'ssim3d')},
         'outputs': outputs,
         'images': per_image,
     }
 
   def _write(self, summary, tb_images, step):
-    path = os.path.join(self.workdir, 'eval', f'step_{step}.json')
+    path = os.path.join(self.workdir, self.subdir, f'step_{step}.json')
     tmp = f'{path}.tmp'
     with open(tmp, 'w') as f:
       json.dump(summary, f, indent=1)
@@ -165,19 +170,25 @@ class Evaluator:
       self.writer.flush()
 
 
+def eval_subdir(config) -> str:
+  """Where --mode=eval writes: one folder per dataset and split, e.g. eval_hide_test.
+
+  Training writes its own evaluations to eval/; scoring a checkpoint on another
+  benchmark must not overwrite them, nor one benchmark another.
+  """
+  tag = '_'.join(p for p in (config.data.name, config.data.tfds_config, config.data.eval_split) if p)
+  return f'eval_{tag}'
+
+
 def evaluate_checkpoint(config, workdir: str) -> dict:
   """--mode=eval: scores the latest (or config.eval.checkpoint_step) checkpoint."""
   from clu import metric_writers
-  from xydiff import checkpoint, config_check, train
+  from xydiff import config_check, train
   config_check.validate(config, jax.device_count())
-  graphdef, state = train.abstract_state(config)
-  ckpt = checkpoint.Checkpointer(workdir, config.model)
   step = None if config.eval.checkpoint_step < 0 else config.eval.checkpoint_step
-  state = ckpt.restore(state, step)
+  graphdef, params, step = train.load_for_inference(config, workdir, step)
   writer = metric_writers.create_default_writer(
-      os.path.join(workdir, 'eval'), just_logging=jax.process_index() > 0)
+      os.path.join(workdir, eval_subdir(config)), just_logging=jax.process_index() > 0)
   source = data.get_source(config.data, 'eval')
-  summary = Evaluator(config, workdir, source, writer=writer).run(
-      graphdef, train.eval_params(state), int(state['step']))
-  ckpt.close()
-  return summary
+  return Evaluator(config, workdir, source, writer=writer, subdir=eval_subdir(config)).run(
+      graphdef, params, step)

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from xydiff import checkpoint, config_check, data, diffusion, evaluate, metrics, models, train
+from xydiff import config_check, data, diffusion, evaluate, metrics, models, train
 
 
 def detail_ratio(image, sharp) -> float:
@@ -49,12 +49,8 @@ def run_sweep(config, workdir: str) -> list[dict]:
   if not models.is_diffusion(config.model):
     raise config_check.ConfigError(
         f"config.model.name={config.model.name!r}: --mode=sweep needs a diffusion model ('dvsr')")
-  graphdef, state = train.abstract_state(config)
-  ckpt = checkpoint.Checkpointer(workdir, config.model)
   step = None if config.eval.checkpoint_step < 0 else config.eval.checkpoint_step
-  state = ckpt.restore(state, step)
-  ckpt.close()
-  params, step = train.eval_params(state), int(state['step'])
+  graphdef, params, step = train.load_for_inference(config, workdir, step)
   pairs = list(data.eval_pairs(data.get_source(config.data, 'eval'), config.data.eval_max_images))
   counts = sorted(set(int(n) for n in config.sweep.num_samples))
   base_key = jax.random.key(config.seed + 1)

@@ -90,6 +90,22 @@ def abstract_state(config, sharding=None):
   return graphdef, state
 
 
+def load_for_inference(config, workdir: str, step: int | None = None):
+  """(graphdef, eval params, step) of a workdir's checkpoint (latest when step is None).
+
+  Restored replicated over the device mesh, as training holds them, so
+  evaluation, sweeps and deblurring run the same way on one host or many.
+  """
+  replicated = NamedSharding(make_mesh(), PartitionSpec())
+  graphdef, target = abstract_state(config, replicated)
+  ckpt = checkpoint.Checkpointer(workdir, config.model)
+  try:
+    state = ckpt.restore(target, step)
+  finally:
+    ckpt.close()
+  return graphdef, eval_params(state), int(state['step'])
+
+
 def eval_params(state):
   """The weights evaluation uses: the EMA when training keeps one."""
   return state.get('ema_params', state['params'])
@@ -109,7 +125,10 @@ def train_step(graphdef, state, batch, *, tx, loss_fn, ema_rate: float, base_key
   if 'ema_params' in state:
     new_state['ema_params'] = jax.tree.map(
         lambda e, p: ema_rate * e + (1.0 - ema_rate) * p, state['ema_params'], params)
-  metrics = {'loss': loss, 'grad_norm': optax.tree.norm(grads), **aux}
+  # The loss is that of the parameters before this update; the norm of the
+  # updated ones catches an update that blew them up before they are saved.
+  metrics = {'loss': loss, 'grad_norm': optax.tree.norm(grads),
+             'param_norm': optax.tree.norm(params), **aux}
   return new_state, metrics
 
 
@@ -163,6 +182,15 @@ class _StopRequested:
     except ValueError:  # Not the main thread: no signal handling there.
       self._previous = None
     return self
+
+  def agreed(self) -> bool:
+    """Whether any process was asked to stop. Every process must take the same
+    branch (the checkpoint save and the next step's all-reduce are collective),
+    so with several processes the flag is shared before it is acted on."""
+    if jax.process_count() == 1:
+      return self.requested
+    from jax.experimental import multihost_utils
+    return bool(np.any(multihost_utils.process_allgather(np.int32(self.requested))))
 
   def __exit__(self, *exc):
     if self._previous is not None:
@@ -232,6 +260,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
     return shard_batch(local[0], batch_sharding)
 
   summary = {}
+  is_eval_step = lambda s: s % config.train.eval_every == 0 or s == num_steps
+  if (start_step > 0 and is_eval_step(start_step) and
+      not os.path.exists(os.path.join(workdir, 'eval', f'step_{start_step}.json'))):
+    # The previous run stopped between this checkpoint and its evaluation.
+    summary = evaluator.run(graphdef, eval_params(state), start_step)
   with _StopRequested() as stop:
     step = start_step
     batch = next_device_batch() if step < num_steps else None
@@ -250,14 +283,15 @@ def train_and_evaluate(config, workdir: str) -> dict:
         _check_finite(values, step, ckpt)
         writer.write_scalars(step, {**{k: float(v) for k, v in values.items()},
                                     'lr': float(lr_schedule(step - 1))})
-      if step % config.train.checkpoint_every == 0 or is_last or stop.requested:
+      stopping = stop.agreed()
+      if step % config.train.checkpoint_every == 0 or is_last or stopping:
         _check_finite(jax.device_get(metrics), step, ckpt)
         ckpt.save(step, state)
-      if stop.requested:
+      if stopping:
         logging.warning('SIGTERM: saved step %d in %s; re-run the same command to resume.',
                         step, ckpt.directory)
         break
-      if step % config.train.eval_every == 0 or is_last:
+      if is_eval_step(step):
         with report.timed('eval'):
           summary = evaluator.run(graphdef, eval_params(state), step)
   writer.flush()
@@ -266,11 +300,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
 
 def _check_finite(metrics, step: int, ckpt) -> None:
-  loss = float(metrics['loss'])
-  if not np.isfinite(loss):
+  bad = {k: float(metrics[k]) for k in ('loss', 'grad_norm', 'param_norm')
+         if not np.isfinite(float(metrics[k]))}
+  if bad:
+    what = ', '.join(f'{k} {v}' for k, v in bad.items())
     raise NonFiniteLossError(
-        f'training loss is {loss} at step {step}; stopped without saving it. The last good '
-        f'checkpoint is step {ckpt.latest_step()} in {ckpt.directory}')
+        f'training became non-finite at step {step} ({what}); stopped without saving it. '
+        f'The last good checkpoint is step {ckpt.latest_step()} in {ckpt.directory}')
 
 
 def _flatten(tree, prefix=''):

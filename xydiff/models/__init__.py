@@ -51,8 +51,11 @@ def shape_signature(model_config) -> dict:
   """
   keys = {'xydeblur': ('name', 'xydeblur'),
           'dvsr': ('name', 'predictor', 'denoiser', 'noise_embedding_scale')}[model_config.name]
-  return {k: json.loads(model_config[k].to_json()) if hasattr(model_config[k], 'to_json')
-          else model_config[k] for k in keys}
+  sig = {k: json.loads(model_config[k].to_json()) if hasattr(model_config[k], 'to_json')
+         else model_config[k] for k in keys}
+  if 'predictor' in sig and sig['predictor']['arch'] == 'xydeblur':
+    sig['predictor'] = {k: sig['predictor'][k] for k in ('arch', 'base', 'num_res')}
+  return sig
 
 
 def is_diffusion(model_config) -> bool:
