@@ -88,14 +88,15 @@ def run_sweep(config, workdir: str) -> list[dict]:
 def _write(rows, out_dir, step, config, num_images):
   os.makedirs(out_dir, exist_ok=True)
   stem = os.path.join(out_dir, f'step_{step}')
-  with open(f'{stem}.json', 'w') as f:
+  # Each file is written under a temporary name and renamed when complete.
+  with open(f'{stem}.json.tmp', 'w') as f:
     json.dump({'step': step, 'split': config.data.eval_split, 'num_images': num_images,
                'metrics': {'psnr': metrics.PSNR_UINT8_LABEL, 'ssim': metrics.SSIM_2D_LABEL,
                            'spread': 'mean per-pixel std over the N samples, [0, 1] units',
                            'detail': 'Laplacian energy of the output / of the sharp image',
                            'niqe': metrics.NIQE_LABEL},
                'rows': rows}, f, indent=1)
-  with open(f'{stem}.csv', 'w', newline='') as f:
+  with open(f'{stem}.csv.tmp', 'w', newline='') as f:
     writer = csv.DictWriter(f, fieldnames=list(rows[0]))
     writer.writeheader()
     writer.writerows(rows)
@@ -120,5 +121,7 @@ def _write(rows, out_dir, step, config, num_images):
   axes[-1].legend()
   fig.suptitle(f'Perception-distortion sweep, step {step}, {num_images} images')
   fig.tight_layout()
-  fig.savefig(f'{stem}.png', dpi=120)
+  fig.savefig(f'{stem}.png.tmp', dpi=120, format='png')
   plt.close(fig)
+  for ext in ('json', 'csv', 'png'):
+    os.replace(f'{stem}.{ext}.tmp', f'{stem}.{ext}')
