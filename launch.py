@@ -13,6 +13,8 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from xydiff import cli
+
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Config file, e.g. configs/gopro.py or configs/demo.py:diffusion.',
     lock_config=True)
@@ -32,31 +34,6 @@ _COORDINATOR = flags.DEFINE_string(
     'under SLURM leave it out: the platform supplies it.')
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Multi-process runs: process count.')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'Multi-process runs: this process.')
-
-
-def _fail(message: str) -> None:
-  print(f'error: {message}', file=sys.stderr)
-  sys.exit(1)
-
-
-def _one_line(error: Exception) -> str:
-  text = str(error)
-  if len(text) > 1 and text[0] == text[-1] and text[0] in '"\'':  # KeyError's repr quotes.
-    text = text[1:-1]
-  text = text.replace('\\n', ' ').replace('\\"', '"').replace("\\'", "'")
-  return ' '.join(text.split())
-
-
-def _parse_flags(argv):
-  """absl's parser, with a one-line error for a bad flag or config override."""
-  try:
-    return flags.FLAGS(argv)
-  except flags.Error as e:
-    _fail(_one_line(e))
-  except (AttributeError, KeyError, TypeError, ValueError) as e:
-    # ml_collections raises these for an override naming a field that does not exist.
-    overrides = [a for a in argv[1:] if a.startswith('--config.')]
-    _fail(f'bad config override ({" ".join(overrides)}): {_one_line(e)}')
 
 
 class _QuietLibraries:
@@ -83,7 +60,7 @@ def main(argv):
   try:
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   except ValueError as e:
-    _fail(_one_line(e))
+    cli.fail(cli.one_line(e))
   logging.info('xydiff %s, workdir %s', _MODE.value, _WORKDIR.value)
   try:
     if _MODE.value == 'train':
@@ -96,13 +73,13 @@ def main(argv):
     elif _MODE.value == 'deblur':
       from xydiff import deblur
       if not _INPUT.value or not _OUTPUT.value:
-        _fail('--mode=deblur needs --input (a file, folder or glob) and --output (a folder)')
+        cli.fail('--mode=deblur needs --input (a file, folder or glob) and --output (a folder)')
       sys.exit(deblur.run(config, _WORKDIR.value, _INPUT.value, _OUTPUT.value,
                           checkpoint=_CHECKPOINT.value))
   except USER_ERRORS as e:
-    _fail(_one_line(e))
+    cli.fail(cli.one_line(e))
 
 
 if __name__ == '__main__':
   flags.mark_flags_as_required(['config', 'workdir'])
-  app.run(main, flags_parser=_parse_flags)
+  app.run(main, flags_parser=cli.parse_flags)

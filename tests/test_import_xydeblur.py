@@ -203,3 +203,15 @@ def test_missing_torch_says_how_to_install_it(tmp_path, monkeypatch):
   monkeypatch.setitem(sys.modules, 'torch', None)  # `import torch` now raises ImportError.
   with pytest.raises(CheckpointImportError, match=r"pip install -e '\.\[torch\]'"):
     import_xydeblur.load_state_dict(str(tmp_path / 'any.pkl'))
+
+
+def test_a_misspelt_override_is_one_line_naming_it(tmp_path):
+  result = subprocess.run(
+      [sys.executable, '-m', 'xydiff.tools.import_xydeblur', str(tmp_path / 'x.pkl'),
+       f'--workdir={tmp_path / "w"}', '--config.model.xydeblur.widht=8'],
+      cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 1
+  assert result.stderr.strip().splitlines()[-1] == (
+      'error: bad config override (--config.model.xydeblur.widht=8): '
+      "'widht' Did you mean \"width\" instead of \"widht\"?")
+  assert 'Traceback' not in result.stderr

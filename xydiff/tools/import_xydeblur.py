@@ -214,12 +214,16 @@ def _cli() -> None:
   (tests, notebooks) leaves absl's global flag registry alone.
   """
   from absl import app, flags, logging  # pylint: disable=import-outside-toplevel
+  from xydiff import cli  # pylint: disable=import-outside-toplevel
   from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
 
   sys.path.insert(0, _REPO)  # Config files import `configs` from the repository root.
-  config_flag = config_flags.DEFINE_config_file(
-      'config', _DEFAULT_CONFIG, 'Config whose model the weights fill (model.name xydeblur); '
-      'override e.g. --config.model.xydeblur.width for reduced variants.', lock_config=True)
+  try:  # With a default file, ml_collections applies the overrides right here.
+    config_flag = config_flags.DEFINE_config_file(
+        'config', _DEFAULT_CONFIG, 'Config whose model the weights fill (model.name xydeblur); '
+        'override e.g. --config.model.xydeblur.width for reduced variants.', lock_config=True)
+  except cli.OVERRIDE_ERRORS as e:
+    cli.fail_on_override(sys.argv, e)
   workdir_flag = flags.DEFINE_string('workdir', None, 'Fresh workdir for the xydiff checkpoint.')
   flags.mark_flags_as_required(['workdir'])
 
@@ -227,19 +231,18 @@ def _cli() -> None:
     if len(argv) != 2:
       raise app.UsageError('give exactly one checkpoint: '
                            'python -m xydiff.tools.import_xydeblur CHECKPOINT.pkl --workdir=DIR')
-    from xydiff import USER_ERRORS  # pylint: disable=import-outside-toplevel
+    from xydiff import USER_ERRORS, cli  # pylint: disable=import-outside-toplevel
     try:
       step_dir = import_checkpoint(argv[1], workdir_flag.value, config_flag.value)
     except (CheckpointImportError, *USER_ERRORS) as e:
-      print(f'error: {" ".join(str(e).split())}', file=sys.stderr)
-      sys.exit(1)
+      cli.fail(cli.one_line(e))
     print(f'imported {argv[1]} as {step_dir}')
 
   def quiet(argv):
     logging.set_verbosity(logging.WARNING)  # Orbax logs a dozen INFO lines per checkpoint.
     main(argv)
 
-  app.run(quiet)
+  app.run(quiet, flags_parser=cli.parse_flags)
 
 
 if __name__ == '__main__':
