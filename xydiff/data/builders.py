@@ -51,22 +51,14 @@ from typing import Iterator, Sequence
 
 from etils import epath
 import numpy as np
-import tensorflow as tf
 import tensorflow_datasets as tfds
 
+import xydiff
 from xydiff import images
-from xydiff.data.folders import DataError
+from xydiff.data.folders import DataError, image_files, match_pairs
 
 
-def _hide_gpus_from_tensorflow() -> None:
-  """TF must never take an accelerator from JAX; it only moves bytes here."""
-  try:
-    tf.config.set_visible_devices([], 'GPU')
-  except RuntimeError:  # TF already initialised its devices; it keeps what it has.
-    pass
-
-
-_hide_gpus_from_tensorflow()
+xydiff.keep_tensorflow_off_accelerators()  # TF only moves bytes here.
 
 VERSION = tfds.core.Version('1.0.0')
 _PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
@@ -84,12 +76,6 @@ class Pair:
   sharp: str
 
 
-def _image_files(folder: str) -> dict[str, str]:
-  """Stem -> path of the images in `folder`; the caller checked that it exists."""
-  return {os.path.splitext(f)[0]: os.path.join(folder, f) for f in sorted(os.listdir(folder))
-          if f.lower().endswith(images.IMAGE_EXTENSIONS)}
-
-
 def _require_folder(path: str) -> str:
   if not os.path.isdir(path):
     raise DataError(f'missing folder {path}')
@@ -101,13 +87,9 @@ def _match_folders(blur_dir: str, sharp_dir: str, sequence: str) -> list[Pair]:
 
   A dropped pair would change every average reported on the benchmark.
   """
-  blur = _image_files(_require_folder(blur_dir))
-  sharp = _image_files(_require_folder(sharp_dir))
-  for stem in sorted(set(blur) ^ set(sharp)):
-    present = blur.get(stem) or sharp.get(stem)
-    raise DataError(f'{present} has no partner in {sharp_dir if stem in blur else blur_dir}')
-  return [Pair(f'{sequence}/{stem}' if sequence else stem, sequence, stem, blur[stem],
-               sharp[stem]) for stem in sorted(blur)]
+  pairs = match_pairs(_require_folder(blur_dir), _require_folder(sharp_dir))
+  return [Pair(f'{sequence}/{stem}' if sequence else stem, sequence, stem, blur, sharp)
+          for stem, blur, sharp in pairs]
 
 
 def _png_header(path: str) -> tuple[int, int, int, int] | None:
@@ -356,12 +338,12 @@ Splits test_close_ups and test_long_shot; both together (2025 pairs) are
     if not os.path.isdir(gt_dir):
       raise DataError(f'missing folder {gt_dir} (manual_dir may also be the HIDE_dataset '
                       'folder itself, holding GT/ and test/)')
-    sharp = _image_files(gt_dir)
+    sharp = image_files(gt_dir)
     listing = {}
     for split, folder in self._SUBSETS:
       blur_dir = _require_folder(os.path.join(root, 'test', folder))
       pairs = []
-      for stem, blur in _image_files(blur_dir).items():
+      for stem, blur in image_files(blur_dir).items():
         if stem not in sharp:
           raise DataError(f'{blur} has no partner in {gt_dir}')
         pairs.append(Pair(f'{folder}/{stem}', folder, stem, blur, sharp[stem]))

@@ -20,20 +20,26 @@ class DataError(ValueError):
   """The user's data is not what the config says; the message names the path."""
 
 
-def _image_files(folder: str) -> dict[str, str]:
+def image_files(folder: str) -> dict[str, str]:
+  """Stem -> path of the images in an existing folder."""
   return {os.path.splitext(f)[0]: os.path.join(folder, f) for f in sorted(os.listdir(folder))
           if f.lower().endswith(images.IMAGE_EXTENSIONS)}
+
+
+def match_pairs(blur_dir: str, sharp_dir: str) -> list[tuple[str, str, str]]:
+  """(stem, blur path, sharp path) by file stem; an unpaired file is an error."""
+  blur, sharp = image_files(blur_dir), image_files(sharp_dir)
+  for stem in sorted(set(blur) ^ set(sharp)):
+    present = blur.get(stem) or sharp.get(stem)
+    missing_dir = sharp_dir if stem in blur else blur_dir
+    raise DataError(f'{present} has no partner in {missing_dir}')
+  return [(stem, blur[stem], sharp[stem]) for stem in sorted(blur)]
 
 
 def _pair_folder(blur_dir: str, sharp_dir: str, prefix: str) -> list[tuple[str, str, str]]:
   if not os.path.isdir(sharp_dir):
     raise DataError(f'missing folder {sharp_dir} (partner of {blur_dir})')
-  blur, sharp = _image_files(blur_dir), _image_files(sharp_dir)
-  for stem in sorted(set(blur) ^ set(sharp)):
-    present = blur.get(stem) or sharp.get(stem)
-    missing_dir = sharp_dir if stem in blur else blur_dir
-    raise DataError(f'{present} has no partner in {missing_dir}')
-  return [(prefix + stem, blur[stem], sharp[stem]) for stem in sorted(blur)]
+  return [(prefix + stem, blur, sharp) for stem, blur, sharp in match_pairs(blur_dir, sharp_dir)]
 
 
 class FolderPairs:
