@@ -149,7 +149,9 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(demo_config, t
   train.train_and_evaluate(demo_config, workdir)
   demo_config.train.num_steps = 6
   demo_config.train.lr = 1e30  # Blows up at once.
-  with pytest.raises(train.NonFiniteLossError, match=r'non-finite at step 3 \(param_norm inf\).*last good checkpoint is step 2'):
+  # Step 3's update blows the parameters up: caught before they can be saved.
+  with pytest.raises(train.NonFiniteLossError,
+                     match=r'non-finite at step 3 \(param_norm inf\).*last good checkpoint is step 2'):
     train.train_and_evaluate(demo_config, workdir)
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['2']
 
