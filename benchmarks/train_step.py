@@ -20,6 +20,10 @@ def main():
   parser.add_argument('--crop', type=int, default=256)
   parser.add_argument('--steps', type=int, default=3)
   parser.add_argument('--dtype', default=None, help='override config.model.dtype')
+  parser.add_argument('--microbatches', type=int, default=1,
+                      help='config.train.microbatches (gradient accumulation)')
+  parser.add_argument('--upsample_impl', default=None,
+                      help='override config.model.upsample_impl (auto, reference, subpixel)')
   args = parser.parse_args()
 
   import functools
@@ -27,11 +31,14 @@ def main():
   import numpy as np
   from jax.sharding import NamedSharding, PartitionSpec
   from xydiff import train
+  from xydiff.models import layers
 
   config = load_config(args.config)
   config.train.batch_size, config.data.crop = args.batch_size, args.crop
   if args.dtype:
     config.model.dtype = args.dtype
+  if args.upsample_impl:
+    config.model.upsample_impl = args.upsample_impl
   mesh = train.make_mesh()
   replicated = NamedSharding(mesh, PartitionSpec())
   data_sharding = NamedSharding(mesh, PartitionSpec('data'))
@@ -44,7 +51,7 @@ def main():
   step = jax.jit(functools.partial(
       train.train_step, graphdef, tx=train.make_optimizer(config.train),
       loss_fn=train.make_loss_fn(config), ema_rate=config.train.ema_rate,
-      base_key=jax.random.key(0)),
+      base_key=jax.random.key(0), microbatches=args.microbatches),
       in_shardings=(replicated, data_sharding), out_shardings=(replicated, replicated),
       donate_argnums=0)
 
@@ -61,7 +68,8 @@ def main():
     best = min(best, time.perf_counter() - start)
   emit({'config': args.config, 'backend': jax.default_backend(),
         'devices': jax.device_count(), 'dtype': config.model.dtype,
-        'batch_size': args.batch_size, 'crop': args.crop, 'compile_s': round(compile_s, 2),
+        'upsample_impl': layers.resolve_upsample_impl(config.model.upsample_impl),
+        'batch_size': args.batch_size, 'microbatches': args.microbatches, 'crop': args.crop, 'compile_s': round(compile_s, 2),
         'step_s': round(best, 4), 'images_per_s': round(args.batch_size / best, 3)})
 
 

@@ -47,6 +47,8 @@ def test_paper_models_have_the_papers_sizes():
     ('data.crop', 30, 'config.data.crop=30: must be a multiple of 4'),
     ('train.ema_rate', 1.0, 'config.train.ema_rate'),
     ('data.synthetic.kernel', 'z', 'config.data.synthetic.kernel'),
+    ('model.upsample_impl', 'fft', 'config.model.upsample_impl'),
+    ('train.microbatches', 3, 'config.train.microbatches=3: must divide the per-device batch'),
 ])
 def test_bad_values_are_named(field, value, message):
   config = _load('demo')

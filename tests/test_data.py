@@ -113,6 +113,55 @@ def test_processes_split_the_global_batch(gopro_tree):
     TrainBatches(source, global_batch=3, crop=16, seed=0, process_count=2)
 
 
+class _IndexedPairs:
+  """A source whose pair i is filled with the value i, recording what is read."""
+
+  def __init__(self, count, size=20):
+    self.names = [f'pair_{i}' for i in range(count)]
+    self.size = size
+    self.loaded = []
+
+  def __len__(self):
+    return len(self.names)
+
+  def load(self, i):
+    self.loaded.append(i)
+    image = np.full((self.size, self.size, 3), i, np.uint8)
+    return image, image
+
+
+def _indices(batch):
+  return np.round(batch['blur'][:, 0, 0, 0] * 255).astype(int).tolist()
+
+
+def test_each_process_reads_a_fixed_disjoint_shard_and_each_slot_walks_it_per_epoch():
+  num_pairs, global_batch = 22, 4
+  shards = []
+  for p in range(2):
+    source = _IndexedPairs(num_pairs)
+    batches = TrainBatches(source, global_batch=global_batch, crop=8, seed=7, process_index=p,
+                           process_count=2, cache_pairs=1)
+    # Two epochs of the largest shard (22 pairs over 4 slots: shards of 6, 6, 5, 5).
+    seen = np.array([_indices(b) for b, _ in zip(batches.iterate(0), range(12))])
+    assert set(source.loaded) == set(batches.local_shard().tolist())
+    for local_slot in range(2):
+      shard = batches.shard_of_slot(p * 2 + local_slot).tolist()
+      size = len(shard)
+      stream = seen[:, local_slot]
+      # Every epoch of the shard visits each of its pairs once, in a new order.
+      assert sorted(stream[:size]) == shard and sorted(stream[size:2 * size]) == shard
+      assert stream[:size].tolist() != stream[size:2 * size].tolist()
+    shards.append(set(batches.local_shard().tolist()))
+  assert not shards[0] & shards[1]
+  assert shards[0] | shards[1] == set(range(num_pairs))
+
+
+def test_more_slots_than_pairs_still_reads_every_pair_each_step():
+  batches = TrainBatches(_IndexedPairs(3), global_batch=6, crop=8, seed=0)
+  for step in (0, 1, 5):
+    assert sorted(_indices(batches.batch(step))) == [0, 0, 1, 1, 2, 2]
+
+
 def test_crops_stay_paired_and_in_range(gopro_tree):
   source = FolderPairs(str(gopro_tree), 'train')
   batches = TrainBatches(source, global_batch=8, crop=16, seed=0, flip=True, rot90=True)

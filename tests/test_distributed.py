@@ -1,5 +1,6 @@
 """Data parallelism: 8 CPU devices, two processes, and surviving SIGKILL / SIGTERM."""
 
+import json
 import os
 import signal
 import socket
@@ -8,6 +9,7 @@ import sys
 import textwrap
 import time
 
+import numpy as np
 import pytest
 
 from conftest import REPO, assert_same_state, run_launch
@@ -114,6 +116,53 @@ def test_two_processes_match_one_and_share_checkpoints(tmp_path):
   events = [f for f in os.listdir(tmp_path / 'two') if f.startswith('events.out.tfevents')]
   assert len(events) == 2  # One per run of process 0.
   assert sorted(os.listdir(tmp_path / 'two' / 'checkpoints')) == ['2', '4']
+
+
+_SHARD_SCRIPT = textwrap.dedent('''
+    import json, sys
+    import jax, numpy as np
+    jax.distributed.initialize(sys.argv[1], num_processes=2, process_id=int(sys.argv[2]))
+    from configs import demo
+    from conftest import tiny
+    from xydiff import data
+    config = tiny(demo.get_config())
+    config.train.batch_size = 4
+    source = data.get_source(config.data, 'train')
+    loaded = []
+    original_load = source.load
+    source.load = lambda i: loaded.append(int(i)) or original_load(i)
+    batches = data.train_batches(config, source, jax.process_index(), jax.process_count())
+    longest = max(len(batches.shard_of_slot(j)) for j in range(4))
+    step_3 = None
+    for step, batch in zip(range(longest), batches.iterate(0)):
+      if step == 3:
+        step_3 = batch['blur']
+    np.save(sys.argv[3], step_3)
+    print(json.dumps({'loaded': sorted(set(loaded)), 'size': len(source)}))
+''')
+
+
+def test_two_processes_read_disjoint_shards_that_make_up_the_split(tmp_path):
+  port = _free_port()
+  env = dict(os.environ, PYTHONPATH=f'{REPO}{os.pathsep}{REPO / "tests"}')
+  procs = [subprocess.Popen(
+      [sys.executable, '-c', _SHARD_SCRIPT, f'localhost:{port}', str(i), str(tmp_path / f'{i}.npy')],
+      cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      for i in range(2)]
+  results = []
+  for proc in procs:
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    results.append(json.loads(out.strip().splitlines()[-1]))
+  shards = [set(r['loaded']) for r in results]
+  assert shards[0] and shards[1] and not shards[0] & shards[1]
+  assert shards[0] | shards[1] == set(range(results[0]['size']))
+  # The two halves make up the batch one process would have read.
+  from xydiff import data
+  config = _tiny_config(4)
+  whole = data.train_batches(config, data.get_source(config.data, 'train')).batch(3)
+  halves = np.concatenate([np.load(tmp_path / f'{i}.npy') for i in range(2)])
+  np.testing.assert_array_equal(halves, whole['blur'])
 
 
 def _wait_for_checkpoint(ckpt_dir, deadline_s=300):

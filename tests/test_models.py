@@ -61,6 +61,34 @@ def test_xy_unet_decoder_equals_feature_rotation():
   assert np.abs(out['vertical']).max() > 1e-2
 
 
+@pytest.mark.parametrize('build', [
+    lambda impl: XYDeblur(width=4, num_res=1, upsample_impl=impl, rngs=nnx.Rngs(0)),
+    lambda impl: UNet(base=4, multipliers=(1, 2, 2), num_res=1, xy=True, upsample_impl=impl,
+                      rngs=nnx.Rngs(0))], ids=['xydeblur', 'xy_unet'])
+def test_subpixel_upsampling_equals_the_transposed_convolution(build):
+  """Same parameters, same outputs and same gradients, both decoders (non-square input)."""
+  x = jax.random.uniform(jax.random.key(1), (2, 12, 20, 3))
+  target = jax.random.uniform(jax.random.key(2), (2, 12, 20, 3))
+  results = {}
+  for impl in ('reference', 'subpixel'):
+    graphdef, params = nnx.split(build(impl), nnx.Param)
+    if impl == 'reference':
+      # Non-zero output convs, so the gradient of every layer is exercised.
+      params = jax.tree.map(lambda p: p + 0.05 * jax.random.normal(jax.random.key(4), p.shape),
+                            params)
+      reference_params = params
+    loss = lambda p: sum(jnp.mean(jnp.abs(o - target))
+                         for o in jax.tree.leaves(nnx.merge(graphdef, p)(x)))
+    outputs = nnx.merge(graphdef, reference_params)(x)
+    results[impl] = (outputs, jax.grad(loss)(reference_params))
+  for name in results['reference'][0]:
+    np.testing.assert_allclose(results['subpixel'][0][name], results['reference'][0][name],
+                               atol=1e-5)
+  for a, b in zip(jax.tree.leaves(results['subpixel'][1]), jax.tree.leaves(results['reference'][1])):
+    np.testing.assert_allclose(a, b, atol=1e-5)
+  assert max(np.abs(g).max() for g in jax.tree.leaves(results['reference'][1])) > 1e-3
+
+
 def test_gradient_reaches_every_parameter():
   model = XYDeblur(width=4, num_res=1, rngs=nnx.Rngs(0))
   graphdef, params = nnx.split(model, nnx.Param)

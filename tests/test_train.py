@@ -38,6 +38,25 @@ def test_one_train_step_on_a_mock_batch(variant):
     np.testing.assert_allclose(e, 0.5 * p0 + 0.5 * p1, atol=1e-6)
 
 
+def test_microbatches_give_the_whole_batch_update():
+  from configs import demo
+  config = tiny(demo.get_config())
+  graphdef, state = train.init_state(config)
+  batch = _mock_batch(n=4)
+  results = []
+  for k in (1, 2, 4):
+    step = jax.jit(lambda s, b, k=k: train.train_step(
+        graphdef, s, b, tx=train.make_optimizer(config.train),
+        loss_fn=train.make_loss_fn(config), ema_rate=0.0, base_key=jax.random.key(0),
+        microbatches=k))
+    results.append(step(jax.tree.map(jnp.copy, state), batch))
+  for new_state, metrics in results[1:]:
+    np.testing.assert_allclose(metrics['loss'], results[0][1]['loss'], rtol=1e-6)
+    np.testing.assert_allclose(metrics['grad_norm'], results[0][1]['grad_norm'], rtol=1e-5)
+    assert_same_state(new_state, results[0][0], atol=1e-6)
+  assert float(results[0][1]['grad_norm']) > 0
+
+
 def test_lr_is_halved_at_the_configured_steps_after_warmup():
   from configs import default
   cfg = default.get_config().train

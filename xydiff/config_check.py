@@ -11,6 +11,7 @@ import os
 import jax.numpy as jnp
 
 from xydiff import data, models
+from xydiff.models import layers
 
 
 class ConfigError(ValueError):
@@ -38,6 +39,8 @@ def validate(config, device_count: int = 1) -> None:
   except TypeError:
     dtype_ok = False
   _require(dtype_ok, 'model.dtype', "must be 'float32', 'bfloat16' or 'float16'", m.dtype)
+  _require(m.upsample_impl in layers.UPSAMPLE_IMPLS, 'model.upsample_impl',
+           f'must be one of {layers.UPSAMPLE_IMPLS}', m.upsample_impl)
   multiple = 4
   if m.name == 'xydeblur':
     for f in ('width', 'num_res'):
@@ -120,6 +123,10 @@ def validate(config, device_count: int = 1) -> None:
   _require(t.batch_size % device_count == 0, 'train.batch_size',
            f'must be divisible by the {device_count} devices of the data-parallel mesh',
            t.batch_size)
+  _positive_int(config, 'train.microbatches')
+  _require(t.batch_size % (device_count * t.microbatches) == 0, 'train.microbatches',
+           f'must divide the per-device batch {t.batch_size} / {device_count} devices',
+           t.microbatches)
   _require(t.lr > 0, 'train.lr', 'must be positive', t.lr)
   _require(0 <= t.ema_rate < 1, 'train.ema_rate', 'must be in [0, 1); 0 turns the EMA off',
            t.ema_rate)

@@ -111,14 +111,49 @@ def eval_params(state):
   return state.get('ema_params', state['params'])
 
 
-def train_step(graphdef, state, batch, *, tx, loss_fn, ema_rate: float, base_key):
-  """One optimizer step; the RNG is fold_in(seed, step), so it needs no state."""
+def _value_and_grad(loss_of, params, batch, key, microbatches: int):
+  """(loss, aux), grads of the whole batch, optionally accumulated over micro-batches.
+
+  Micro-batch j holds the rows i with i mod k == j: with the batch sharded in
+  contiguous blocks over the devices, every device keeps its own rows and
+  nothing moves between devices. Equal-sized micro-batches make the mean of
+  their mean losses and gradients the whole batch's (up to summation order);
+  a stochastic loss draws its noise per micro-batch (key folded with j).
+  """
+  grad_fn = jax.value_and_grad(loss_of, has_aux=True)
+  if microbatches == 1:
+    return grad_fn(params, batch, key)
+  k = microbatches
+  split = lambda x: x.reshape(x.shape[0] // k, k, *x.shape[1:]).swapaxes(0, 1)
+
+  def accumulate(total, inputs):
+    j, micro = inputs
+    result = grad_fn(params, micro, jax.random.fold_in(key, j))
+    return jax.tree.map(jnp.add, total, result), None
+
+  micro = jax.tree.map(split, batch)
+  shapes = jax.eval_shape(lambda: grad_fn(params, jax.tree.map(lambda x: x[0], micro), key))
+  # Unrolled: XLA:CPU runs convolutions inside a while loop far slower.
+  total, _ = jax.lax.scan(accumulate, jax.tree.map(jnp.zeros_like, shapes),
+                          (jnp.arange(k), micro), unroll=True)
+  return jax.tree.map(lambda t: t / k, total)
+
+
+def train_step(graphdef, state, batch, *, tx, loss_fn, ema_rate: float, base_key,
+               microbatches: int = 1):
+  """One optimizer step; the RNG is fold_in(seed, step), so it needs no state.
+
+  `microbatches` > 1 accumulates the gradient over that many slices of the
+  batch (lax.scan): the same update for a deterministic loss, with less memory,
+  and on CPU faster, since XLA:CPU's convolutions slow down sharply past about
+  2 x 256^2 rows (benchmarks/conv_ops.py).
+  """
   key = jax.random.fold_in(base_key, state['step'])
 
-  def loss_of(params):
+  def loss_of(params, batch, key):
     return loss_fn(nnx.merge(graphdef, params), batch, key)
 
-  (loss, aux), grads = jax.value_and_grad(loss_of, has_aux=True)(state['params'])
+  (loss, aux), grads = _value_and_grad(loss_of, state['params'], batch, key, microbatches)
   updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
   params = optax.apply_updates(state['params'], updates)
   new_state = {'step': state['step'] + 1, 'params': params, 'opt_state': opt_state}
@@ -147,7 +182,11 @@ def train_steps(graphdef, state, batches, **kwargs):
 # ------------------------------------------------------------------ mesh
 
 def make_mesh() -> Mesh:
-  return jax.make_mesh((jax.device_count(),), ('data',))
+  # Auto axes: the jit's in/out shardings place batch and state and XLA
+  # propagates the rest, so layers need no sharding annotations of their own
+  # (explicit axes reject, e.g., the sub-pixel depth-to-space reshape).
+  return jax.make_mesh((jax.device_count(),), ('data',),
+                       axis_types=(jax.sharding.AxisType.Auto,))
 
 
 def shard_batch(batch, sharding):
@@ -242,16 +281,16 @@ def train_and_evaluate(config, workdir: str) -> dict:
   step_fn = jax.jit(
       functools.partial(train_step if k == 1 else train_steps, graphdef,
                         tx=make_optimizer(config.train), loss_fn=make_loss_fn(config),
-                        ema_rate=config.train.ema_rate, base_key=jax.random.key(config.seed)),
+                        ema_rate=config.train.ema_rate, base_key=jax.random.key(config.seed),
+                        microbatches=config.train.microbatches),
       in_shardings=(replicated, batch_sharding), out_shardings=(replicated, replicated),
       donate_argnums=0)
   lr_schedule = make_lr_schedule(config.train)
 
-  host_batches = data.TrainBatches(
-      train_source, global_batch=config.train.batch_size, crop=config.data.crop,
-      seed=config.seed, flip=config.data.flip, rot90=config.data.rot90,
-      process_index=jax.process_index(), process_count=jax.process_count(),
-      cache_pairs=config.data.cache_pairs).iterate(start_step)
+  batches = data.train_batches(config, train_source, jax.process_index(), jax.process_count())
+  logging.info('Process %d reads %d of the %d training pairs.', jax.process_index(),
+               len(batches.local_shard()), len(train_source))
+  host_batches = batches.iterate(start_step)
 
   def next_device_batch():
     local = [next(host_batches) for _ in range(k)]

@@ -1,7 +1,7 @@
 """Where paired images come from: one function maps config.data to sources.
 
 A source has `names`, `len()` and `load(i) -> (blur, sharp)` as HxWx3 uint8;
-pipeline.py turns a source into training batches or evaluation pairs.
+pipeline.py turns a source into training batches (tf.data) or evaluation pairs.
 """
 
 from __future__ import annotations
@@ -48,4 +48,13 @@ def get_source(data_config, split: str):
   raise DataError(f'config.data.name must be one of {DATA_NAMES}, got {data_config.name!r}')
 
 
-__all__ = ['DataError', 'FolderPairs', 'TrainBatches', 'eval_pairs', 'get_source']
+def train_batches(config, source, process_index: int = 0, process_count: int = 1) -> TrainBatches:
+  """This process's training batches of `source` as `config` asks for them."""
+  return TrainBatches(source, global_batch=config.train.batch_size, crop=config.data.crop,
+                      seed=config.seed, flip=config.data.flip, rot90=config.data.rot90,
+                      process_index=process_index, process_count=process_count,
+                      cache_pairs=config.data.cache_pairs)
+
+
+__all__ = ['DataError', 'FolderPairs', 'TrainBatches', 'eval_pairs', 'get_source',
+           'train_batches']

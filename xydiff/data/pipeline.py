@@ -1,16 +1,30 @@
-"""Training batches as a pure function of (seed, step), and evaluation pairs.
+"""Training batches on tf.data, as a pure function of (seed, step); evaluation pairs.
 
-Every random choice of step s (which pairs, where to crop, whether to flip)
-comes from `np.random.default_rng([seed, s])` drawn for the whole global batch;
-process p then keeps its own contiguous slice. So a resumed run sees exactly
-the batches an uninterrupted run would have seen, and the global batch is the
-same whatever the number of processes.
+Sharding. The global batch has B slots. Slot j always reads from shard
+j mod V (V = min(B, N) for N pairs), and shard s holds the pairs i with
+i mod V == s. Process p fills slots [p*b, (p+1)*b) of every global batch
+(b = B / process_count), so each process reads a fixed shard of the split,
+the processes' shards are disjoint whenever B <= N, and together they are the
+split. Because a slot's stream does not depend on which process serves it, the
+global batch is the same for one process or many.
+
+Order. Slot j's stream walks its shard in a fresh permutation every epoch of
+the shard (`tf.random.experimental.index_shuffle`, seeded by (seed, shard,
+epoch)); crop corners, flips and turns come from stateless random numbers
+seeded by (seed, step, slot). Nothing depends on what was read before, so a
+run resumed at step s sees exactly the batches an uninterrupted run would
+have seen.
+
+Decoding. Sources are random-access Python objects (`load(i) -> (blur,
+sharp)` as integer HxWx3 arrays: image folders, tfds ArrayRecord files,
+synthetic blur). tf.data calls them in parallel through `tf.numpy_function`,
+crops there (so only the crop is converted to float), and does the rest in
+the graph. TensorFlow is kept off accelerators before its first op.
 """
 
 from __future__ import annotations
 
 import collections
-import concurrent.futures
 import threading
 from typing import Iterator
 
@@ -19,9 +33,19 @@ import numpy as np
 from xydiff import images
 from xydiff.data.folders import DataError
 
+# Distinct stream ids keep the shuffles and the augmentations independent.
+_SHUFFLE_STREAM, _AUGMENT_STREAM = 1, 2
+
+
+def _tf():
+  import tensorflow as tf
+  import xydiff
+  xydiff.keep_tensorflow_off_accelerators()
+  return tf
+
 
 class TrainBatches:
-  """Random paired crops with optional flips and 90-degree turns."""
+  """Random paired crops with optional flips and 90-degree turns; see the module docstring."""
 
   def __init__(self, source, *, global_batch: int, crop: int, seed: int, flip: bool = True,
                rot90: bool = False, process_index: int = 0, process_count: int = 1,
@@ -29,14 +53,46 @@ class TrainBatches:
     if global_batch % process_count:
       raise ValueError(f'config.train.batch_size={global_batch} is not divisible by the '
                        f'{process_count} processes')
+    if len(source) == 0:
+      raise DataError('the training split holds no image pairs')
     self.source = source
     self.global_batch = global_batch
     self.local_batch = global_batch // process_count
     self.offset = process_index * self.local_batch
     self.crop, self.seed, self.flip, self.rot90 = crop, seed, flip, rot90
+    self.num_shards = min(global_batch, len(source))
     self._cache: collections.OrderedDict = collections.OrderedDict()
     self._cache_size = cache_pairs
     self._lock = threading.Lock()
+    self._error: Exception | None = None
+
+  # ---------------------------------------------------------------- sharding
+
+  def shard_of_slot(self, slot: int) -> np.ndarray:
+    """The pair indices that global batch slot `slot` ever reads."""
+    return np.arange(slot % self.num_shards, len(self.source), self.num_shards)
+
+  def local_shard(self) -> np.ndarray:
+    """Every pair index this process ever reads, sorted."""
+    slots = range(self.offset, self.offset + self.local_batch)
+    return np.unique(np.concatenate([self.shard_of_slot(j) for j in slots]))
+
+  def _pair_index(self, tf, step, slot):
+    """Pair index read by `slot` at `step` (int64 tensors), without any state."""
+    v, n, b = self.num_shards, len(self.source), self.global_batch
+    shard = slot % v
+    shard_size = (n - shard + v - 1) // v
+    # Slots sharing a shard (only when B > N) interleave in its stream.
+    users, rank = (b - shard + v - 1) // v, slot // v
+    position = step * users + rank
+    epoch = position // shard_size
+    seed = tf.random.experimental.stateless_fold_in(
+        tf.random.experimental.stateless_fold_in(
+            tf.constant([self.seed, _SHUFFLE_STREAM], tf.int64), shard), epoch)
+    within = tf.random.experimental.index_shuffle(position % shard_size, seed, shard_size - 1)
+    return shard + v * within
+
+  # ---------------------------------------------------------------- reading
 
   def _pair(self, index: int):
     with self._lock:
@@ -50,43 +106,78 @@ class TrainBatches:
         self._cache.popitem(last=False)
     return pair
 
-  def batch(self, step: int) -> dict[str, np.ndarray]:
-    """This process's part of the global batch of `step`: float32 NHWC in [0, 1]."""
-    rng = np.random.default_rng([self.seed, step])
-    n = self.global_batch
-    indices = rng.integers(0, len(self.source), n)
-    corners = rng.random((n, 2))
-    flips = rng.random(n) < 0.5
-    turns = rng.integers(0, 4, n)
-    blurs, sharps = [], []
-    for j in range(self.offset, self.offset + self.local_batch):
-      blur, sharp = self._pair(int(indices[j]))
+  def _load_crop(self, index, corner):
+    """numpy side: the crop of pair `index` at fractional corner `corner`, as float32."""
+    try:
+      index = int(index)
+      blur, sharp = self._pair(index)
       h, w = blur.shape[:2]
       if h < self.crop or w < self.crop:
-        raise DataError(f'{self.source.names[indices[j]]} is {w}x{h}, smaller than '
+        raise DataError(f'{self.source.names[index]} is {w}x{h}, smaller than '
                         f'config.data.crop={self.crop}')
-      top = int(corners[j, 0] * (h - self.crop + 1))
-      left = int(corners[j, 1] * (w - self.crop + 1))
+      if blur.ndim != 3 or blur.shape[2] != 3:
+        raise DataError(f'{self.source.names[index]} is not an RGB image (shape {blur.shape})')
+      top = int(corner[0] * (h - self.crop + 1))
+      left = int(corner[1] * (w - self.crop + 1))
       window = (slice(top, top + self.crop), slice(left, left + self.crop))
-      blur, sharp = blur[window], sharp[window]
-      if self.flip and flips[j]:
-        blur, sharp = blur[:, ::-1], sharp[:, ::-1]
-      if self.rot90 and turns[j]:
-        blur, sharp = np.rot90(blur, turns[j]), np.rot90(sharp, turns[j])
-      blurs.append(images.to_float(np.ascontiguousarray(blur)))
-      sharps.append(images.to_float(np.ascontiguousarray(sharp)))
-    return {'blur': np.stack(blurs), 'sharp': np.stack(sharps)}
+      return images.to_float(blur[window]), images.to_float(sharp[window])
+    except Exception as e:  # noqa: BLE001
+      # Raised as itself by `iterate`; raising here would only give a TF error
+      # with a traceback in its message. The placeholder is never yielded.
+      with self._lock:
+        self._error = self._error or e
+      empty = np.zeros((self.crop, self.crop, 3), np.float32)
+      return empty, empty
+
+  def _example(self, tf, position):
+    step = position // self.local_batch
+    slot = self.offset + position % self.local_batch
+    index = self._pair_index(tf, step, slot)
+    seed = tf.random.experimental.stateless_fold_in(
+        tf.random.experimental.stateless_fold_in(
+            tf.constant([self.seed, _AUGMENT_STREAM], tf.int64), step), slot)
+    uniforms = tf.random.stateless_uniform([4], seed, dtype=tf.float32)
+    blur, sharp = tf.numpy_function(self._load_crop, [index, uniforms[:2]],
+                                    [tf.float32, tf.float32], stateful=False)
+    pair = tf.stack([blur, sharp])  # Augmented together: they stay aligned.
+    if self.flip:
+      pair = tf.where(uniforms[2] < 0.5, tf.reverse(pair, axis=[2]), pair)
+    if self.rot90:
+      turns = tf.cast(tf.math.floor(uniforms[3] * 4.0), tf.int32)
+      pair = tf.image.rot90(pair, turns)
+    pair = tf.ensure_shape(pair, [2, self.crop, self.crop, 3])
+    return {'blur': pair[0], 'sharp': pair[1]}
+
+  def dataset(self, start_step: int = 0, prefetch: int = 2):
+    """tf.data.Dataset of this process's batches for start_step, start_step + 1, ..."""
+    tf = _tf()
+    b = self.local_batch
+    positions = tf.data.Dataset.range(start_step * b, np.iinfo(np.int64).max)
+    ds = positions.map(lambda p: self._example(tf, p),
+                       num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.batch(b, drop_remainder=True).prefetch(prefetch)
+    options = tf.data.Options()
+    options.deterministic = True
+    # XLA owns the cores; TF's own ops here are tiny.
+    options.threading.max_intra_op_parallelism = 1
+    return ds.with_options(options)
 
   def iterate(self, start_step: int, prefetch: int = 2) -> Iterator[dict[str, np.ndarray]]:
-    """Batches for start_step, start_step + 1, ... prepared `prefetch` ahead in threads."""
-    with concurrent.futures.ThreadPoolExecutor(max(prefetch, 1)) as pool:
-      pending = collections.deque(pool.submit(self.batch, start_step + k)
-                                  for k in range(prefetch))
-      step = start_step + prefetch
-      while True:
-        pending.append(pool.submit(self.batch, step))
-        step += 1
-        yield pending.popleft().result()
+    """This process's batches for start_step, start_step + 1, ...: float32 NHWC in [0, 1]."""
+    tf = _tf()
+    iterator = self.dataset(start_step, prefetch).as_numpy_iterator()
+    while True:
+      try:
+        batch = next(iterator)
+      except tf.errors.OpError as e:
+        raise DataError(f'reading training pairs failed: {e.message.splitlines()[0]}') from e
+      if self._error is not None:
+        raise self._error
+      yield batch
+
+  def batch(self, step: int) -> dict[str, np.ndarray]:
+    """This process's part of the global batch of `step`."""
+    return next(self.iterate(step, prefetch=1))
 
 
 def eval_pairs(source, max_images: int = 0):

@@ -15,30 +15,31 @@ MODEL_NAMES = ('xydeblur', 'dvsr')
 PREDICTOR_ARCHS = ('unet', 'xydeblur')
 
 
-def _unet(cfg, *, in_channels, noise_conditioned, noise_embedding_scale=0.0, dtype, rngs):
+def _unet(cfg, *, in_channels, noise_conditioned, noise_embedding_scale=0.0, **kwargs):
   return UNet(in_channels=in_channels, out_channels=3, base=cfg.base,
               multipliers=tuple(cfg.multipliers), num_res=cfg.num_res, xy=cfg.xy,
               noise_conditioned=noise_conditioned,
               noise_embedding_scale=noise_embedding_scale,
-              film_scale=cfg.get('film_scale', False), dtype=dtype, rngs=rngs)
+              film_scale=cfg.get('film_scale', False), **kwargs)
 
 
 def build_model(model_config, *, seed: int = 0) -> nnx.Module:
   """Returns a freshly initialised model for `config.model`."""
-  rngs = nnx.Rngs(seed)
-  dtype = jnp.dtype(model_config.dtype)
+  # Every module takes the activation dtype, the up-convolution implementation
+  # (same parameters either way) and the RNG streams.
+  common = dict(dtype=jnp.dtype(model_config.dtype), upsample_impl=model_config.upsample_impl,
+                rngs=nnx.Rngs(seed))
   if model_config.name == 'xydeblur':
     cfg = model_config.xydeblur
-    return XYDeblur(width=cfg.width, num_res=cfg.num_res, dtype=dtype, rngs=rngs)
+    return XYDeblur(width=cfg.width, num_res=cfg.num_res, **common)
   if model_config.name == 'dvsr':
     pcfg = model_config.predictor
     if pcfg.arch == 'xydeblur':
-      predictor = XYDeblur(width=pcfg.base, num_res=pcfg.num_res, dtype=dtype, rngs=rngs)
+      predictor = XYDeblur(width=pcfg.base, num_res=pcfg.num_res, **common)
     else:
-      predictor = _unet(pcfg, in_channels=3, noise_conditioned=False, dtype=dtype, rngs=rngs)
+      predictor = _unet(pcfg, in_channels=3, noise_conditioned=False, **common)
     denoiser = _unet(model_config.denoiser, in_channels=6, noise_conditioned=True,
-                     noise_embedding_scale=model_config.noise_embedding_scale,
-                     dtype=dtype, rngs=rngs)
+                     noise_embedding_scale=model_config.noise_embedding_scale, **common)
     return DvSR(predictor, denoiser)
   raise ValueError(f'config.model.name must be one of {MODEL_NAMES}, got {model_config.name!r}')
 

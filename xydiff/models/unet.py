@@ -55,12 +55,13 @@ class UNetDecoder(nnx.Module):
   """Upsampling half; every convolution in it honours `rotated`."""
 
   def __init__(self, widths: Sequence[int], num_res: int, out_channels: int, *, block_kwargs,
-               dtype, rngs: nnx.Rngs):
+               dtype, upsample_impl: str, rngs: nnx.Rngs):
     levels = len(widths)
     self.stages = nnx.List([
         _blocks(2 * widths[l], widths[l], num_res, rngs=rngs, **block_kwargs)
         for l in range(levels)])
-    self.ups = nnx.List([ConvTranspose(widths[l], widths[l - 1], dtype=dtype, rngs=rngs)
+    self.ups = nnx.List([ConvTranspose(widths[l], widths[l - 1], dtype=dtype,
+                                       impl=upsample_impl, rngs=rngs)
                          for l in range(1, levels)])
     # Zero-initialised: a predictor starts as the identity y -> y and a
     # denoiser as eps_hat = 0, so training starts from the blurry input's PSNR.
@@ -87,7 +88,7 @@ class UNet(nnx.Module):
                multipliers: Sequence[int] = (1, 2, 3, 4), num_res: int = 3,
                xy: bool = False, noise_conditioned: bool = False,
                noise_embedding_scale: float = 5000.0, film_scale: bool = False,
-               dtype=jnp.float32, rngs: nnx.Rngs):
+               dtype=jnp.float32, upsample_impl: str = 'auto', rngs: nnx.Rngs):
     widths = [base * m for m in multipliers]
     self.size_multiple = 2 ** (len(widths) - 1)
     self.xy = xy
@@ -108,7 +109,7 @@ class UNet(nnx.Module):
                            for l in range(len(widths) - 1)])
     self.middle = ResBlock(widths[-1], widths[-1], rngs=rngs, **block_kwargs)
     self.decoder = UNetDecoder(widths, num_res, out_channels, block_kwargs=block_kwargs,
-                               dtype=dtype, rngs=rngs)
+                               dtype=dtype, upsample_impl=upsample_impl, rngs=rngs)
 
   def embed(self, noise_level: jax.Array | None) -> jax.Array | None:
     """The noise level's FiLM input: sinusoids -> MLP; None without conditioning."""

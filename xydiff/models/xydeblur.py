@@ -60,12 +60,13 @@ class Encoder(nnx.Module):
 class Decoder(nnx.Module):
   """Decoder1_1..1_4 and Convs1_1..1_2; called twice, the second time rotated."""
 
-  def __init__(self, width: int, num_res: int, out_channels: int, *, dtype, rngs):
+  def __init__(self, width: int, num_res: int, out_channels: int, *, dtype, upsample_impl,
+               rngs):
     self.res1 = ResStack(4 * width, num_res, dtype=dtype, rngs=rngs)
-    self.up1 = ConvTranspose(4 * width, 2 * width, dtype=dtype, rngs=rngs)
+    self.up1 = ConvTranspose(4 * width, 2 * width, dtype=dtype, impl=upsample_impl, rngs=rngs)
     self.fuse1 = Conv(4 * width, 2 * width, 1, dtype=dtype, rngs=rngs)
     self.res2 = ResStack(2 * width, num_res, dtype=dtype, rngs=rngs)
-    self.up2 = ConvTranspose(2 * width, width, dtype=dtype, rngs=rngs)
+    self.up2 = ConvTranspose(2 * width, width, dtype=dtype, impl=upsample_impl, rngs=rngs)
     self.fuse2 = Conv(2 * width, width, 1, dtype=dtype, rngs=rngs)
     self.res3 = ResStack(width, num_res, dtype=dtype, rngs=rngs)
     self.out = Conv(width, out_channels, 3, dtype=dtype, rngs=rngs)
@@ -89,9 +90,10 @@ class XYDeblur(nnx.Module):
   size_multiple = 4
 
   def __init__(self, *, width: int = 32, num_res: int = 6, channels: int = 3,
-               dtype=jnp.float32, rngs: nnx.Rngs):
+               dtype=jnp.float32, upsample_impl: str = 'auto', rngs: nnx.Rngs):
     self.encoder = Encoder(channels, width, num_res, dtype=dtype, rngs=rngs)
-    self.decoder = Decoder(width, num_res, channels, dtype=dtype, rngs=rngs)
+    self.decoder = Decoder(width, num_res, channels, dtype=dtype, upsample_impl=upsample_impl,
+                           rngs=rngs)
 
   def __call__(self, x: jax.Array) -> dict[str, jax.Array]:
     padded, (h, w) = pad_to_multiple(x, self.size_multiple)
