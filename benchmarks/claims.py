@@ -1,13 +1,23 @@
-"""The XYDeblur paper's decoupling claim, measured at CPU scale.
+"""The papers' claims at CPU scale, written up as a markdown report with plots.
 
-  python benchmarks/claims.py --workdir=/tmp/xydiff_claims [--steps=600]
+  python benchmarks/claims.py --workdir=/tmp/xydiff_claims [--steps=600] [--diffusion_steps=800]
 
-Trains a small XYDeblur on scikit-image's photographs blurred with straight
-kernels that are either purely horizontal or purely vertical (drawn per
-pair), then measures on held-out photographs blurred along x only and along
-y only the signal power (1/M)||r||^2 of each decoder's residual. The paper:
-the horizontal decoder dominates on x-blur and the vertical one on y-blur.
-Writes <workdir>/claims.md and claims_decoupling.png; prints one JSON object.
+(a) XYDeblur's decoupling. Trains a small XYDeblur on scikit-image's
+    photographs blurred with straight kernels that are either purely
+    horizontal or purely vertical (drawn per pair), then measures on held-out
+    photographs blurred along x only and along y only the signal power
+    (1/M)||r||^2 of each decoder's residual. The paper: the horizontal decoder
+    dominates on x-blur and the vertical one on y-blur.
+(b) DvSR's perception-distortion trade-off. Trains the diffusion demo
+    (configs/demo.py:diffusion, xydiff at small scale) and runs --mode=sweep's
+    grid on 512^2 held-out crops: PSNR of the N-sample mean and NIQE against
+    the number of steps T and of averaged samples N. The paper: many steps and
+    one sample give the most natural images (lowest NIQE), few steps and
+    sample averaging the highest PSNR, from the same weights.
+
+Writes <workdir>/claims.md, claims_decoupling.png and
+claims_perception_distortion.png (each file written whole, then renamed) and
+prints one JSON object per claim.
 """
 
 import argparse
@@ -15,13 +25,12 @@ import os
 
 from common import emit
 
+# --mode=sweep grid for (b): (T, beta_start, beta_end) and sample counts N.
+SCHEDULES = ((5, 1e-3, 0.9), (10, 1e-4, 0.8), (20, 1e-5, 0.5), (50, 1e-6, 0.2), (100, 1e-6, 0.2))
+SAMPLE_COUNTS = (1, 2, 4, 8)
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__)
-  parser.add_argument('--workdir', required=True)
-  parser.add_argument('--steps', type=int, default=600)
-  args = parser.parse_args()
 
+def decoupling(workdir: str, steps: int) -> tuple[dict, dict]:
   import jax
   import numpy as np
   from flax import nnx
@@ -31,11 +40,11 @@ def main():
 
   config = demo.get_config()
   config.data.synthetic.update(dict(kernel='xy', kernel_size=21, kernel_length=(9.0, 21.0)))
-  config.train.update(dict(num_steps=args.steps, eval_every=args.steps,
-                           checkpoint_every=args.steps, lr_halve_steps=(int(args.steps * 0.75),)))
-  train.train_and_evaluate(config, args.workdir)
+  config.train.update(dict(num_steps=steps, eval_every=steps, checkpoint_every=steps,
+                           lr_halve_steps=(int(steps * 0.75),)))
+  train.train_and_evaluate(config, workdir)
 
-  graphdef, params, _ = train.load_for_inference(config, args.workdir)
+  graphdef, params, _ = train.load_for_inference(config, workdir)
   model = nnx.merge(graphdef, params)
   forward = jax.jit(lambda y: model(y))
   photos = sorted(synthetic.skimage_photos())[-config.data.synthetic.num_eval:]
@@ -51,9 +60,36 @@ def main():
       for name in power:
         power[name].append(float(np.mean(np.square(out[name]))))
     rows[axis] = {k: float(np.mean(v)) for k, v in power.items()}
+  setup = {'width': config.model.xydeblur.width, 'num_res': config.model.xydeblur.num_res,
+           'steps': steps, 'num_photos': len(photos)}
+  return rows, setup
 
-  import matplotlib
-  matplotlib.use('Agg')
+
+def perception_distortion(workdir: str, steps: int) -> tuple[list[dict], dict]:
+  from configs import demo
+  from xydiff import sweep, train
+
+  config = demo.get_config('diffusion')
+  config.train.update(dict(num_steps=steps, eval_every=steps, checkpoint_every=steps,
+                           lr_halve_steps=(int(steps * 0.625), int(steps * 0.875))))
+  train.train_and_evaluate(config, workdir)
+  # Larger held-out crops than training's 256^2: NIQE needs many 96x96 blocks.
+  config.data.synthetic.photo_crop = 512
+  config.sweep.schedules = SCHEDULES
+  config.sweep.num_samples = SAMPLE_COUNTS
+  rows = sweep.run_sweep(config, workdir)
+  setup = {'steps': steps, 'num_photos': config.data.synthetic.num_eval, 'crop': 512}
+  return rows, setup
+
+
+def _save(fig, path):
+  fig.tight_layout()
+  fig.savefig(f'{path}.tmp', dpi=120, format='png')
+  os.replace(f'{path}.tmp', path)
+
+
+def plot_decoupling(rows, path):
+  import numpy as np
   from matplotlib import pyplot as plt
   fig, ax = plt.subplots(figsize=(5, 3.5))
   width = 0.35
@@ -63,24 +99,94 @@ def main():
   ax.set_xticks(range(2), ['x-only blur', 'y-only blur'])
   ax.set_ylabel('residual power (1/M)||r||²')
   ax.legend()
-  fig.tight_layout()
-  fig.savefig(os.path.join(args.workdir, 'claims_decoupling.png'), dpi=120)
+  _save(fig, path)
   plt.close(fig)
 
-  lines = ['# XYDeblur decoupling at CPU scale', '',
-           f'XYDeblur width {config.model.xydeblur.width}, {config.model.xydeblur.num_res} '
-           f'residual blocks, {args.steps} steps on x-or-y line blur; evaluated on '
-           f'{len(photos)} held-out photographs x 4 kernels per direction.', '',
+
+def plot_perception_distortion(rows, path):
+  from matplotlib import pyplot as plt
+  panels = [('psnr', 'PSNR of the N-sample mean (dB, uint8)'),
+            ('niqe', 'NIQE (lower is more natural)')]
+  fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+  for ax, (key, label) in zip(axes, panels):
+    for n in SAMPLE_COUNTS:
+      pts = [r for r in rows if r['num_samples'] == n]
+      ax.plot([r['num_steps'] for r in pts], [r[key] for r in pts], 'o-', label=f'N = {n}')
+    ax.set_xscale('log')
+    ax.set_xlabel('sampling steps T')
+    ax.set_ylabel(label)
+    ax.grid(alpha=0.3)
+  axes[0].legend()
+  _save(fig, path)
+  plt.close(fig)
+
+
+def report(decoupling_result, pd_result) -> str:
+  rows, setup = decoupling_result
+  lines = ['# The papers\' claims at CPU scale', '',
+           '## (a) XYDeblur: decoupling of the two decoders', '',
+           f'XYDeblur width {setup["width"]}, {setup["num_res"]} residual blocks, '
+           f'{setup["steps"]} steps on x-or-y line blur; residual power (1/M)||r||² of each '
+           f'decoder on {setup["num_photos"]} held-out photographs x 4 kernels per direction.', '',
            '| blur | horizontal decoder | vertical decoder | ratio hor/ver |', '|---|---|---|---|']
   for axis in ('x', 'y'):
     r = rows[axis]
     lines.append(f'| {axis}-only | {r["horizontal"]:.3e} | {r["vertical"]:.3e} | '
                  f'{r["horizontal"] / r["vertical"]:.2f} |')
   lines += ['', '![decoupling](claims_decoupling.png)', '']
-  with open(os.path.join(args.workdir, 'claims.md'), 'w') as f:
-    f.write('\n'.join(lines))
+  pd_rows, pd_setup = pd_result
+  lines += ['## (b) DvSR: perception-distortion trade-off', '',
+            f'configs/demo.py:diffusion trained {pd_setup["steps"]} steps; '
+            f'{pd_setup["num_photos"]} held-out photographs ({pd_setup["crop"]}² crops). '
+            'Each cell: PSNR of the N-sample mean (dB, uint8 protocol) / NIQE (lower is '
+            'more natural).', '',
+            '| T | ' + ' | '.join(f'N={n}' for n in SAMPLE_COUNTS) + ' |',
+            '|---|' + '---|' * len(SAMPLE_COUNTS)]
+  for t in sorted({r['num_steps'] for r in pd_rows}):
+    cells = []
+    for n in SAMPLE_COUNTS:
+      r = next(r for r in pd_rows if r['num_steps'] == t and r['num_samples'] == n)
+      cells.append(f'{r["psnr"]:.2f} / {r["niqe"]:.2f}')
+    lines.append(f'| {t} | ' + ' | '.join(cells) + ' |')
+  best_psnr = max(pd_rows, key=lambda r: r['psnr'])
+  best_niqe = min(pd_rows, key=lambda r: r['niqe'])
+  lines += ['', f'Highest PSNR: T={best_psnr["num_steps"]}, N={best_psnr["num_samples"]} '
+            f'({best_psnr["psnr"]:.2f} dB, NIQE {best_psnr["niqe"]:.2f}). Lowest NIQE: '
+            f'T={best_niqe["num_steps"]}, N={best_niqe["num_samples"]} '
+            f'({best_niqe["psnr"]:.2f} dB, NIQE {best_niqe["niqe"]:.2f}).', '',
+            '![perception-distortion](claims_perception_distortion.png)', '']
+  return '\n'.join(lines)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__)
+  parser.add_argument('--workdir', required=True)
+  parser.add_argument('--steps', type=int, default=600, help='XYDeblur training steps for (a)')
+  parser.add_argument('--diffusion_steps', type=int, default=800,
+                      help='diffusion demo training steps for (b)')
+  args = parser.parse_args()
+
+  import matplotlib
+  matplotlib.use('Agg')
+
+  os.makedirs(args.workdir, exist_ok=True)
+  decoupling_result = decoupling(os.path.join(args.workdir, 'xydeblur_xy_blur'), args.steps)
+  plot_decoupling(decoupling_result[0], os.path.join(args.workdir, 'claims_decoupling.png'))
+  rows = decoupling_result[0]
   emit({'claim': 'xydeblur_decoupling', 'steps': args.steps, **{
       f'{axis}_blur_{name}_power': rows[axis][name] for axis in rows for name in rows[axis]}})
+
+  pd_result = perception_distortion(os.path.join(args.workdir, 'diffusion'), args.diffusion_steps)
+  plot_perception_distortion(pd_result[0],
+                             os.path.join(args.workdir, 'claims_perception_distortion.png'))
+  emit({'claim': 'perception_distortion', 'steps': args.diffusion_steps,
+        'rows': [{k: r[k] for k in ('num_steps', 'num_samples', 'psnr', 'niqe')}
+                 for r in pd_result[0]]})
+
+  path = os.path.join(args.workdir, 'claims.md')
+  with open(f'{path}.tmp', 'w') as f:
+    f.write(report(decoupling_result, pd_result))
+  os.replace(f'{path}.tmp', path)
 
 
 if __name__ == '__main__':

@@ -102,6 +102,9 @@ def get_config() -> ml_collections.ConfigDict:
   ev.checkpoint_step = -1  # --mode=eval: -1 is the latest checkpoint.
   ev.num_image_summaries = 3  # Input/restored/sharp triples written to TensorBoard and PNG.
   ev.presets = ('perceptual', 'sa')  # Diffusion presets evaluated beside the predictor.
+  # RealBlur's protocol: align each output to the ground truth (ECC homography)
+  # before PSNR/SSIM. 'auto': on for realblur_j/realblur_r, off elsewhere.
+  ev.align = 'auto'  # 'auto', 'ecc' or 'none'.
 
   # ------------------------------------------------------------------ sweep
   # --mode=sweep: each (num_steps, beta_start, beta_end) schedule x each number

@@ -11,6 +11,7 @@ import functools
 
 import cv2
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from skimage.metrics import structural_similarity
@@ -256,3 +257,46 @@ def test_realblur_scores_vmap():
     single = align.realblur_scores(pred[i], target[i])
     np.testing.assert_allclose(float(psnr[i]), float(single[0]), rtol=1e-5)
     np.testing.assert_allclose(float(ssim[i]), float(single[1]), atol=1e-6)
+
+
+def test_realblur_evaluation_aligns_by_default_and_gopro_does_not(tmp_path):
+  """The Evaluator on a misregistered pair: RealBlur's scores see through the shift."""
+  from configs import xydeblur_gopro
+  from conftest import tiny
+  from flax import nnx
+  from xydiff import evaluate, models
+
+  sharp = _crop(_frame(*FRAMES[0], 'sharp'))
+  moved = _moved_crop(_frame(*FRAMES[0], 'sharp'), TRUE_WARP)
+
+  class Pair:  # A one-pair source, misregistered like a RealBlur pair.
+    names = ['scene/000001']
+
+    def __len__(self):
+      return 1
+
+    def load(self, index):
+      return images.to_uint8(moved), images.to_uint8(sharp)
+
+  config = tiny(xydeblur_gopro.get_config())
+  config.eval.num_image_summaries = 0
+  model = models.build_model(config.model)
+  model.decoder.out.kernel[...] = jnp.zeros_like(model.decoder.out.kernel[...])
+  model.decoder.out.bias[...] = jnp.zeros_like(model.decoder.out.bias[...])
+  graphdef, params = nnx.split(model, nnx.Param)  # Restores x as x: output == input.
+  summaries = {}
+  for name in ('realblur_j', 'gopro'):
+    config.data.name = name
+    summaries[name] = evaluate.Evaluator(config, str(tmp_path / name), Pair()).run(
+        graphdef, params, 0)
+  realblur, gopro = summaries['realblur_j'], summaries['gopro']
+  assert realblur['metrics'] == {'psnr': metrics.REALBLUR_LABEL, 'ssim': metrics.REALBLUR_LABEL}
+  assert realblur['alignment_failures'] == 0
+  assert gopro['metrics']['psnr'] == metrics.PSNR_UINT8_LABEL and 'alignment_failures' not in gopro
+  expected_psnr, _, _ = align.realblur_scores(images.quantize(moved), images.quantize(sharp))
+  assert realblur['outputs']['restored']['psnr'] == pytest.approx(float(expected_psnr), abs=1e-3)
+  # Aligned, the shifted copy of the sharp frame scores far better than unaligned.
+  assert realblur['outputs']['restored']['psnr'] > gopro['outputs']['restored']['psnr'] + 8
+  config.eval.align = 'none'
+  config.data.name = 'realblur_j'
+  assert not evaluate.Evaluator(config, str(tmp_path / 'off'), Pair()).aligned

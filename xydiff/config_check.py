@@ -30,6 +30,9 @@ def _positive_int(config, field: str) -> None:
   _require(isinstance(value, int) and value > 0, field, 'must be a positive integer', value)
 
 
+ALIGN_MODES = ('auto', 'ecc', 'none')
+
+
 def validate(config, device_count: int = 1) -> None:
   m, d, t, diff = config.model, config.data, config.train, config.diffusion
   _require(m.name in models.MODEL_NAMES, 'model.name', f'must be one of {models.MODEL_NAMES}',
@@ -134,5 +137,7 @@ def validate(config, device_count: int = 1) -> None:
   _require(t.grad_clip >= 0, 'train.grad_clip', 'must be >= 0; 0 turns clipping off', t.grad_clip)
   _require(all(int(s) > 0 for s in t.lr_halve_steps), 'train.lr_halve_steps',
            'must be positive steps', tuple(t.lr_halve_steps))
+  _require(config.eval.align in ALIGN_MODES, 'eval.align', f'must be one of {ALIGN_MODES}',
+           config.eval.align)
   _require(config.eval.num_image_summaries >= 0, 'eval.num_image_summaries', 'must be >= 0',
            config.eval.num_image_summaries)

@@ -3,9 +3,12 @@
 An `Evaluator` knows which outputs a model has — XYDeblur: 'restored';
 DvSR: 'predictor' (g alone) plus one entry per inference preset ('perceptual',
 'sa', ...) — and scores each on whole images with the field's protocol (PSNR
-on uint8-rounded RGB, peak 255; 2-D Gaussian SSIM on uint8 levels). It writes
-`<workdir>/eval/step_<N>.json`, a few input/output/sharp PNGs beside it, and
-the same as TensorBoard summaries.
+on uint8-rounded RGB, peak 255; 2-D Gaussian SSIM on uint8 levels). On
+RealBlur (config.eval.align) each uint8-rounded output is first aligned to the
+ground truth as RealBlur's evaluation script does (align.py), and PSNR/SSIM
+are the masked ones of that protocol. It writes `<workdir>/eval/step_<N>.json`
+(every metric named by its label), a few input/output/sharp PNGs beside it,
+and the same as TensorBoard summaries.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from xydiff import data, diffusion, images, metrics, models
+from xydiff import align, data, diffusion, images, metrics, models
 
 
 def preset_schedule(preset) -> diffusion.Schedule:
@@ -61,9 +64,24 @@ def make_sampler(graphdef, schedule, num_samples, residual_scale):
 
 
 @jax.jit
-def _scores(pred, target):
-  return (metrics.psnr_uint8(pred, target)[0], metrics.ssim(pred, target)[0],
-          metrics.ssim3d(pred, target)[0])
+def _table_scores(pred, target):
+  """GoPro/HIDE tables: PSNR, 2-D and 3-D SSIM on uint8 levels."""
+  return {'psnr': metrics.psnr_uint8(pred, target)[0], 'ssim': metrics.ssim(pred, target)[0],
+          'ssim3d': metrics.ssim3d(pred, target)[0]}
+
+
+@jax.jit
+def _realblur_scores(pred, target):
+  """RealBlur: the saved 8-bit output, aligned to the ground truth, masked PSNR/SSIM."""
+  psnr, ssim, converged = align.realblur_scores(images.quantize(pred[0]),
+                                                images.quantize(target[0]))
+  return {'psnr': psnr, 'ssim': ssim, 'aligned': converged}
+
+
+def uses_alignment(config) -> bool:
+  if config.eval.align == 'auto':
+    return config.data.name in ('realblur_j', 'realblur_r')
+  return config.eval.align == 'ecc'
 
 
 def _file_stem(name: str) -> str:
@@ -83,6 +101,14 @@ class Evaluator:
     self.split = split_name or config.data.eval_split
     self._fns = None
     self._graphdef = None
+    self.aligned = uses_alignment(config)
+    if self.aligned:
+      self._scores, self.labels = _realblur_scores, {'psnr': metrics.REALBLUR_LABEL,
+                                                     'ssim': metrics.REALBLUR_LABEL}
+    else:
+      self._scores, self.labels = _table_scores, {
+          'psnr': metrics.PSNR_UINT8_LABEL, 'ssim': metrics.SSIM_2D_LABEL,
+          'ssim3d': metrics.SSIM_3D_LABEL}
 
   def run(self, graphdef, params, step: int) -> dict:
     if self._fns is None or graphdef is not self._graphdef:
@@ -97,15 +123,15 @@ class Evaluator:
     for index, (name, blur, sharp) in enumerate(
         data.eval_pairs(self.source, self.config.data.eval_max_images)):
       blur_b, sharp_b = jnp.asarray(blur)[None], jnp.asarray(sharp)[None]
-      input_psnr, input_ssim, input_ssim3d = _scores(blur_b, sharp_b)
-      entry = {'name': name, 'input_psnr': float(input_psnr), 'input_ssim': float(input_ssim),
-               'input_ssim3d': float(input_ssim3d), 'outputs': {}}
+      entry = {'name': name, **{f'input_{k}': v for k, v in self._score(blur_b, sharp_b).items()},
+               'outputs': {}}
       pictures = {'input': blur, 'sharp': sharp}
       for out_name, fn in self._fns.items():
         result = fn(params, blur_b, jax.random.fold_in(base_key, index))
-        psnr, ssim, ssim3d = _scores(result['image'], sharp_b)
-        entry['outputs'][out_name] = {'psnr': float(psnr), 'ssim': float(ssim),
-                                      'ssim3d': float(ssim3d)}
+        entry['outputs'][out_name] = self._score(result['image'], sharp_b)
+        if self.aligned and not entry['outputs'][out_name]['aligned']:
+          logging.warning('%s: ECC alignment of %s stopped early; scored with its last warp.',
+                          name, out_name)
         if index < num_pictures:
           pictures[out_name] = np.asarray(result['image'][0])
           if 'std' in result:
@@ -126,6 +152,10 @@ class Evaluator:
       self._write(summary, tb_images, step)
     return summary
 
+  def _score(self, pred, target) -> dict:
+    return {k: (bool(v) if k == 'aligned' else float(v))
+            for k, v in self._scores(pred, target).items()}
+
   @property
   def primary_output(self) -> str:
     """The output whose scores are also given as each image's plain psnr/ssim."""
@@ -135,19 +165,20 @@ class Evaluator:
 
   def _summarize(self, per_image, step):
     mean = lambda values: float(np.mean(values))
-    outputs = {name: {k: mean([e['outputs'][name][k] for e in per_image])
-                      for k in ('psnr', 'ssim', 'ssim3d')}
+    outputs = {name: {k: mean([e['outputs'][name][k] for e in per_image]) for k in self.labels}
                for name in self._fns}
-    return {
+    summary = {
         'step': int(step), 'split': self.split, 'num_images': len(per_image),
-        'metrics': {'psnr': metrics.PSNR_UINT8_LABEL, 'ssim': metrics.SSIM_2D_LABEL,
-                    'ssim3d': metrics.SSIM_3D_LABEL},
+        'metrics': dict(self.labels),
         'primary': self.primary_output,
-        'input': {k: mean([e[f'input_{k}'] for e in per_image])
-                  for k in ('psnr', 'ssim', 'ssim3d')},
+        'input': {k: mean([e[f'input_{k}'] for e in per_image]) for k in self.labels},
         'outputs': outputs,
         'images': per_image,
     }
+    if self.aligned:
+      summary['alignment_failures'] = sum(
+          not o['aligned'] for e in per_image for o in e['outputs'].values())
+    return summary
 
   def _write(self, summary, tb_images, step):
     path = os.path.join(self.workdir, self.subdir, f'step_{step}.json')

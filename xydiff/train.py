@@ -111,6 +111,17 @@ def eval_params(state):
   return state.get('ema_params', state['params'])
 
 
+def _unroll_gradient_loops() -> bool:
+  """Whether loops around a backward pass are unrolled: on CPU only.
+
+  XLA:CPU runs a training step inside a while loop ~20x slower than the same
+  step outside one (demo XYDeblur, batch 8 x 64^2: 3.0 s against 0.14 s per
+  step), so on CPU the few iterations are unrolled; on GPU/TPU the loop stays
+  a loop and compile time does not grow with it.
+  """
+  return jax.default_backend() == 'cpu'
+
+
 def _value_and_grad(loss_of, params, batch, key, microbatches: int):
   """(loss, aux), grads of the whole batch, optionally accumulated over micro-batches.
 
@@ -133,9 +144,8 @@ def _value_and_grad(loss_of, params, batch, key, microbatches: int):
 
   micro = jax.tree.map(split, batch)
   shapes = jax.eval_shape(lambda: grad_fn(params, jax.tree.map(lambda x: x[0], micro), key))
-  # Unrolled: XLA:CPU runs convolutions inside a while loop far slower.
   total, _ = jax.lax.scan(accumulate, jax.tree.map(jnp.zeros_like, shapes),
-                          (jnp.arange(k), micro), unroll=True)
+                          (jnp.arange(k), micro), unroll=_unroll_gradient_loops())
   return jax.tree.map(lambda t: t / k, total)
 
 
@@ -175,7 +185,7 @@ def train_steps(graphdef, state, batches, **kwargs):
   """
   def body(s, batch):
     return train_step(graphdef, s, batch, **kwargs)
-  state, metrics = jax.lax.scan(body, state, batches)
+  state, metrics = jax.lax.scan(body, state, batches, unroll=_unroll_gradient_loops())
   return state, jax.tree.map(lambda m: m[-1], metrics)
 
 
