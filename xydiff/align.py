@@ -159,6 +159,13 @@ def _border_index(index: jax.Array, size: int, border: str) -> jax.Array:
   return jnp.where(index >= size, period - index, index)
 
 
+def _axis_tap(index: jax.Array, size: int, weight, border: str):
+  """(in-range index, weight) of one interpolation tap along one axis."""
+  if border == 'constant':  # Outside taps read pixel 0 with weight 0.
+    weight = jnp.where((index >= 0) & (index < size), weight, 0.0)
+  return _border_index(index, size, border), weight
+
+
 def _sample_taps(image: jax.Array, du: jax.Array, dv: jax.Array, order: str, border: str):
   """Resamples HxWxC `image` at (x + du, y + dv) of the output grid."""
   height, width = image.shape[:2]
@@ -183,18 +190,10 @@ def _sample_taps(image: jax.Array, du: jax.Array, dv: jax.Array, order: str, bor
   flat = image.reshape(height * width, -1)
   out = 0.0
   for j, oy in enumerate(offsets):
-    row = row0 + oy
-    row_in = _border_index(row, height, border)
-    weight_y = wy[j]
-    if border == 'constant':
-      weight_y = jnp.where((row >= 0) & (row < height), weight_y, 0.0)
+    row_in, weight_y = _axis_tap(row0 + oy, height, wy[j], border)
     row_part = 0.0
     for i, ox in enumerate(offsets):
-      col = col0 + ox
-      col_in = _border_index(col, width, border)
-      weight_x = wx[i]
-      if border == 'constant':
-        weight_x = jnp.where((col >= 0) & (col < width), weight_x, 0.0)
+      col_in, weight_x = _axis_tap(col0 + ox, width, wx[i], border)
       row_part = row_part + weight_x[..., None] * flat[row_in * width + col_in]
     out = out + weight_y[..., None] * row_part
   return out
