@@ -297,6 +297,10 @@ def test_realblur_evaluation_aligns_by_default_and_gopro_does_not(tmp_path):
   assert realblur['outputs']['restored']['psnr'] == pytest.approx(float(expected_psnr), abs=1e-3)
   # Aligned, the shifted copy of the sharp frame scores far better than unaligned.
   assert realblur['outputs']['restored']['psnr'] > gopro['outputs']['restored']['psnr'] + 8
+  # The MPRNet/Restormer test layout of RealBlur is aligned too; forcing wins.
+  config.data.update(dict(name='prepared', tfds_config='realblur_r'))
+  assert evaluate.Evaluator(config, str(tmp_path / 'prepared'), Pair()).aligned
   config.eval.align = 'none'
-  config.data.name = 'realblur_j'
+  config.data.update(dict(name='realblur_j', tfds_config=''))
   assert not evaluate.Evaluator(config, str(tmp_path / 'off'), Pair()).aligned
+  assert evaluate.eval_subdir(config) == 'eval_realblur_j_test_align-none'

@@ -162,6 +162,20 @@ def test_more_slots_than_pairs_still_reads_every_pair_each_step():
     assert sorted(_indices(batches.batch(step))) == [0, 0, 1, 1, 2, 2]
 
 
+def test_a_pair_that_fails_to_load_is_named_and_only_its_iterator_stops():
+  source = _IndexedPairs(4)
+  good_load = source.load
+
+  def failing_load(i):
+    raise ValueError('boom')
+  source.load = failing_load
+  batches = TrainBatches(source, global_batch=2, crop=8, seed=0, cache_pairs=1)
+  with pytest.raises(DataError, match=r'^training pair pair_\d: ValueError: boom$'):
+    batches.batch(0)
+  source.load = good_load  # The file is fixed: a new iterator reads it.
+  assert len(_indices(batches.batch(0))) == 2
+
+
 def test_crops_stay_paired_and_in_range(gopro_tree):
   source = FolderPairs(str(gopro_tree), 'train')
   batches = TrainBatches(source, global_batch=8, crop=16, seed=0, flip=True, rot90=True)

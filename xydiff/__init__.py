@@ -16,11 +16,12 @@ USER_ERRORS = (ConfigError, DataError, ImageReadError, CheckpointMismatchError,
 def keep_tensorflow_off_accelerators() -> None:
   """TensorFlow (tfds, clu's summary writer) runs on the CPU only.
 
-  Left alone, TF would claim GPU memory that JAX needs. Must run before TF's
+  Left alone, TF would claim GPU memory (or TPU cores) that JAX needs. Must run before TF's
   first op; harmless where TF is already configured.
   """
   import tensorflow as tf
-  try:
-    tf.config.set_visible_devices([], 'GPU')
-  except RuntimeError:  # TF already initialised its devices.
-    pass
+  for kind in ('GPU', 'TPU'):
+    try:
+      tf.config.set_visible_devices([], kind)
+    except RuntimeError:  # TF already initialised its devices.
+      pass

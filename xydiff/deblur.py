@@ -50,6 +50,7 @@ from flax import nnx
 from xydiff import evaluate, images, models, train
 from xydiff.config_check import ConfigError
 from xydiff.data.folders import DataError
+from xydiff.models import layers
 from xydiff.models.layers import pad_to_multiple
 
 
@@ -228,6 +229,9 @@ def _settings(config) -> tuple[int, int, int | None]:
   if config.model.name not in models.MODEL_NAMES:
     raise ConfigError(f'config.model.name={config.model.name!r}: must be one of '
                       f'{models.MODEL_NAMES}')
+  if config.model.upsample_impl not in layers.UPSAMPLE_IMPLS:
+    raise ConfigError(f'config.model.upsample_impl={config.model.upsample_impl!r}: must be one '
+                      f'of {layers.UPSAMPLE_IMPLS}')
   if not (isinstance(db.tile, int) and db.tile >= 0):
     raise ConfigError(f'config.deblur.tile={db.tile!r}: must be an integer >= 0 (0: never tile)')
   if not (isinstance(db.tile_overlap, int) and db.tile_overlap >= 0):

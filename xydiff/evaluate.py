@@ -78,9 +78,14 @@ def _realblur_scores(pred, target):
   return {'psnr': psnr, 'ssim': ssim, 'aligned': converged}
 
 
+REALBLUR_DATA = ('realblur_j', 'realblur_r')
+
+
 def uses_alignment(config) -> bool:
+  """RealBlur's protocol: forced by config.eval.align, or 'auto' on RealBlur data."""
   if config.eval.align == 'auto':
-    return config.data.name in ('realblur_j', 'realblur_r')
+    return config.data.name in REALBLUR_DATA or (
+        config.data.name == 'prepared' and config.data.tfds_config in REALBLUR_DATA)
   return config.eval.align == 'ecc'
 
 
@@ -125,6 +130,9 @@ class Evaluator:
       blur_b, sharp_b = jnp.asarray(blur)[None], jnp.asarray(sharp)[None]
       entry = {'name': name, **{f'input_{k}': v for k, v in self._score(blur_b, sharp_b).items()},
                'outputs': {}}
+      if self.aligned and not entry['input_aligned']:
+        logging.warning('%s: ECC alignment of the input stopped early; scored with its last warp.',
+                        name)
       pictures = {'input': blur, 'sharp': sharp}
       for out_name, fn in self._fns.items():
         result = fn(params, blur_b, jax.random.fold_in(base_key, index))
@@ -177,7 +185,8 @@ class Evaluator:
     }
     if self.aligned:
       summary['alignment_failures'] = sum(
-          not o['aligned'] for e in per_image for o in e['outputs'].values())
+          (not e['input_aligned']) + sum(not o['aligned'] for o in e['outputs'].values())
+          for e in per_image)
     return summary
 
   def _write(self, summary, tb_images, step):
@@ -207,8 +216,10 @@ def eval_subdir(config) -> str:
   Training writes its own evaluations to eval/; scoring a checkpoint on another
   benchmark must not overwrite them, nor one benchmark another.
   """
-  tag = '_'.join(p for p in (config.data.name, config.data.tfds_config, config.data.eval_split) if p)
-  return f'eval_{tag}'
+  parts = (config.data.name, config.data.tfds_config, config.data.eval_split,
+           # A forced alignment setting scores differently: its own folder.
+           '' if config.eval.align == 'auto' else f'align-{config.eval.align}')
+  return 'eval_' + '_'.join(p for p in parts if p)
 
 
 def evaluate_checkpoint(config, workdir: str) -> dict:

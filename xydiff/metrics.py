@@ -571,7 +571,8 @@ def niqe(image, convert_to: str = 'y') -> jax.Array:
 # warp leaves uncovered are masked out. These are steps 4 and 5 of its
 # `evaluate_RealBlur.py`, on float images (no uint8 rounding).
 
-REALBLUR_LABEL = 'psnr/ssim after RealBlur ECC homography alignment (float, masked)'
+REALBLUR_LABEL = ('psnr/ssim after RealBlur ECC homography alignment (masked; the evaluator '
+                  'scores the uint8-rounded output)')
 
 
 def _as_masked_batch(pred, target, mask):

@@ -298,8 +298,14 @@ def train_and_evaluate(config, workdir: str) -> dict:
   lr_schedule = make_lr_schedule(config.train)
 
   batches = data.train_batches(config, train_source, jax.process_index(), jax.process_count())
+  shard_size = len(batches.local_shard())
   logging.info('Process %d reads %d of the %d training pairs.', jax.process_index(),
-               len(batches.local_shard()), len(train_source))
+               shard_size, len(train_source))
+  if config.data.cache_pairs < shard_size:
+    # Shards are walked in random order: a smaller cache rarely hits.
+    logging.info('config.data.cache_pairs=%d < %d: pairs are decoded again each time they '
+                 'are read; a larger cache decodes each once.', config.data.cache_pairs,
+                 shard_size)
   host_batches = batches.iterate(start_step)
 
   def next_device_batch():

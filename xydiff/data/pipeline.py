@@ -6,7 +6,9 @@ i mod V == s. Process p fills slots [p*b, (p+1)*b) of every global batch
 (b = B / process_count), so each process reads a fixed shard of the split,
 the processes' shards are disjoint whenever B <= N, and together they are the
 split. Because a slot's stream does not depend on which process serves it, the
-global batch is the same for one process or many.
+global batch is the same for one process or many. When N is not a multiple
+of V the shards differ in size by one, so pairs of the smaller shards are
+drawn slightly more often (by a factor 1 + 1/(N/V - 1) at most).
 
 Order. Slot j's stream walks its shard in a fresh permutation every epoch of
 the shard (`tf.random.experimental.index_shuffle`, seeded by (seed, shard,
@@ -64,7 +66,6 @@ class TrainBatches:
     self._cache: collections.OrderedDict = collections.OrderedDict()
     self._cache_size = cache_pairs
     self._lock = threading.Lock()
-    self._error: Exception | None = None
 
   # ---------------------------------------------------------------- sharding
 
@@ -106,30 +107,37 @@ class TrainBatches:
         self._cache.popitem(last=False)
     return pair
 
-  def _load_crop(self, index, corner):
-    """numpy side: the crop of pair `index` at fractional corner `corner`, as float32."""
+  def _load_crop(self, index, corner, errors: list):
+    """numpy side: the crop of pair `index` at fractional corner `corner`, as float32.
+
+    A failure is appended to `errors` (the iterator's own list) and raised by
+    `iterate` as a one-line error naming the pair; raising here would only
+    give a TF error with a traceback in its message. The placeholder returned
+    instead is never yielded.
+    """
+    index = int(index)
+    name = self.source.names[index]
     try:
-      index = int(index)
       blur, sharp = self._pair(index)
       h, w = blur.shape[:2]
+      if blur.shape != sharp.shape:
+        raise DataError(f'{name}: blur is {w}x{h} but sharp is {sharp.shape[1]}x{sharp.shape[0]}')
       if h < self.crop or w < self.crop:
-        raise DataError(f'{self.source.names[index]} is {w}x{h}, smaller than '
-                        f'config.data.crop={self.crop}')
+        raise DataError(f'{name} is {w}x{h}, smaller than config.data.crop={self.crop}')
       if blur.ndim != 3 or blur.shape[2] != 3:
-        raise DataError(f'{self.source.names[index]} is not an RGB image (shape {blur.shape})')
+        raise DataError(f'{name} is not an RGB image (shape {blur.shape})')
       top = int(corner[0] * (h - self.crop + 1))
       left = int(corner[1] * (w - self.crop + 1))
       window = (slice(top, top + self.crop), slice(left, left + self.crop))
       return images.to_float(blur[window]), images.to_float(sharp[window])
     except Exception as e:  # noqa: BLE001
-      # Raised as itself by `iterate`; raising here would only give a TF error
-      # with a traceback in its message. The placeholder is never yielded.
-      with self._lock:
-        self._error = self._error or e
+      if not isinstance(e, (DataError, images.ImageReadError)):
+        e = DataError(f'training pair {name}: {type(e).__name__}: {e}')
+      errors.append(e)
       empty = np.zeros((self.crop, self.crop, 3), np.float32)
       return empty, empty
 
-  def _example(self, tf, position):
+  def _example(self, tf, position, errors):
     step = position // self.local_batch
     slot = self.offset + position % self.local_batch
     index = self._pair_index(tf, step, slot)
@@ -137,8 +145,9 @@ class TrainBatches:
         tf.random.experimental.stateless_fold_in(
             tf.constant([self.seed, _AUGMENT_STREAM], tf.int64), step), slot)
     uniforms = tf.random.stateless_uniform([4], seed, dtype=tf.float32)
-    blur, sharp = tf.numpy_function(self._load_crop, [index, uniforms[:2]],
-                                    [tf.float32, tf.float32], stateful=False)
+    blur, sharp = tf.numpy_function(lambda i, c: self._load_crop(i, c, errors),
+                                    [index, uniforms[:2]], [tf.float32, tf.float32],
+                                    stateful=False)
     pair = tf.stack([blur, sharp])  # Augmented together: they stay aligned.
     if self.flip:
       pair = tf.where(uniforms[2] < 0.5, tf.reverse(pair, axis=[2]), pair)
@@ -148,12 +157,16 @@ class TrainBatches:
     pair = tf.ensure_shape(pair, [2, self.crop, self.crop, 3])
     return {'blur': pair[0], 'sharp': pair[1]}
 
-  def dataset(self, start_step: int = 0, prefetch: int = 2):
-    """tf.data.Dataset of this process's batches for start_step, start_step + 1, ..."""
+  def dataset(self, start_step: int = 0, prefetch: int = 2, errors: list | None = None):
+    """tf.data.Dataset of this process's batches for start_step, start_step + 1, ...
+
+    Pairs that fail to load are appended to `errors` (see `_load_crop`).
+    """
     tf = _tf()
+    errors = [] if errors is None else errors
     b = self.local_batch
     positions = tf.data.Dataset.range(start_step * b, np.iinfo(np.int64).max)
-    ds = positions.map(lambda p: self._example(tf, p),
+    ds = positions.map(lambda p: self._example(tf, p, errors),
                        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.batch(b, drop_remainder=True).prefetch(prefetch)
     options = tf.data.Options()
@@ -165,14 +178,15 @@ class TrainBatches:
   def iterate(self, start_step: int, prefetch: int = 2) -> Iterator[dict[str, np.ndarray]]:
     """This process's batches for start_step, start_step + 1, ...: float32 NHWC in [0, 1]."""
     tf = _tf()
-    iterator = self.dataset(start_step, prefetch).as_numpy_iterator()
+    errors = []  # This iterator's own: other iterators of the same batches are unaffected.
+    iterator = self.dataset(start_step, prefetch, errors).as_numpy_iterator()
     while True:
       try:
         batch = next(iterator)
       except tf.errors.OpError as e:
         raise DataError(f'reading training pairs failed: {e.message.splitlines()[0]}') from e
-      if self._error is not None:
-        raise self._error
+      if errors:  # Possibly a prefetched later step's: the data is bad either way.
+        raise errors[0]
       yield batch
 
   def batch(self, step: int) -> dict[str, np.ndarray]:
