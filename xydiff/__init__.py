@@ -13,11 +13,12 @@ USER_ERRORS = (ConfigError, DataError, ImageReadError, CheckpointMismatchError,
                FileNotFoundError, PermissionError, FloatingPointError)
 
 
-def keep_tensorflow_off_accelerators() -> None:
-  """TensorFlow (tfds, clu's summary writer) runs on the CPU only.
+def keep_tensorflow_off_accelerators():
+  """TensorFlow (tfds, tf.data, clu's summary writer) runs on the CPU only; returns `tf`.
 
   Left alone, TF would claim GPU memory (or TPU cores) that JAX needs. Must run before TF's
-  first op; harmless where TF is already configured.
+  first op; harmless where TF is already configured. Code that imports TensorFlow
+  lazily gets it from here.
   """
   import tensorflow as tf
   for kind in ('GPU', 'TPU'):
@@ -25,3 +26,4 @@ def keep_tensorflow_off_accelerators() -> None:
       tf.config.set_visible_devices([], kind)
     except RuntimeError:  # TF already initialised its devices.
       pass
+  return tf

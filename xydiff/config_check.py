@@ -33,8 +33,9 @@ def _positive_int(config, field: str) -> None:
 ALIGN_MODES = ('auto', 'ecc', 'none')
 
 
-def validate(config, device_count: int = 1) -> None:
-  m, d, t, diff = config.model, config.data, config.train, config.diffusion
+def validate_model(config) -> int:
+  """Checks config.model (what every mode builds); returns the input-size multiple."""
+  m = config.model
   _require(m.name in models.MODEL_NAMES, 'model.name', f'must be one of {models.MODEL_NAMES}',
            m.name)
   try:
@@ -62,6 +63,13 @@ def validate(config, device_count: int = 1) -> None:
       multiple = max(multiple, 2 ** (len(mults) - 1))
     _require(m.noise_embedding_scale > 0, 'model.noise_embedding_scale', 'must be positive',
              m.noise_embedding_scale)
+  return multiple
+
+
+def validate(config, device_count: int = 1) -> None:
+  m, d, t, diff = config.model, config.data, config.train, config.diffusion
+  multiple = validate_model(config)
+  if models.is_diffusion(m):
     _positive_int(config, 'diffusion.num_steps')
     _require(0 < diff.beta_start <= diff.beta_end < 1, 'diffusion.beta_start/beta_end',
              'need 0 < beta_start <= beta_end < 1', (diff.beta_start, diff.beta_end))

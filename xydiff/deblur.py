@@ -48,9 +48,8 @@ from absl import logging
 from flax import nnx
 
 from xydiff import evaluate, images, models, train
-from xydiff.config_check import ConfigError
+from xydiff.config_check import ConfigError, validate_model
 from xydiff.data.folders import DataError
-from xydiff.models import layers
 from xydiff.models.layers import pad_to_multiple
 
 
@@ -222,16 +221,12 @@ def resolve_checkpoint(workdir: str, checkpoint: str | None) -> tuple[str, int |
 def _settings(config) -> tuple[int, int, int | None]:
   """(tile, overlap, num_samples) from config.deblur, checked; num_samples None if deterministic.
 
-  Checked here rather than by config_check.validate, which also insists on a
-  training data folder that deblurring does not need.
+  The model fields are checked as every mode checks them (validate_model); not
+  the rest of config_check.validate, which also insists on a training data
+  folder that deblurring does not need.
   """
   db = config.deblur
-  if config.model.name not in models.MODEL_NAMES:
-    raise ConfigError(f'config.model.name={config.model.name!r}: must be one of '
-                      f'{models.MODEL_NAMES}')
-  if config.model.upsample_impl not in layers.UPSAMPLE_IMPLS:
-    raise ConfigError(f'config.model.upsample_impl={config.model.upsample_impl!r}: must be one '
-                      f'of {layers.UPSAMPLE_IMPLS}')
+  validate_model(config)
   if not (isinstance(db.tile, int) and db.tile >= 0):
     raise ConfigError(f'config.deblur.tile={db.tile!r}: must be an integer >= 0 (0: never tile)')
   if not (isinstance(db.tile_overlap, int) and db.tile_overlap >= 0):

@@ -52,10 +52,8 @@ def quantize(image):
 
 def _tensorflow():
   """TensorFlow, imported lazily (slow, and needed for 16-bit PNG only), on the CPU."""
-  import tensorflow as tf
   import xydiff
-  xydiff.keep_tensorflow_off_accelerators()
-  return tf
+  return xydiff.keep_tensorflow_off_accelerators()
 
 
 def read_image(path: str, *, keep_channels: bool = False) -> np.ndarray:

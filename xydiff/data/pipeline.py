@@ -32,18 +32,12 @@ from typing import Iterator
 
 import numpy as np
 
+import xydiff
 from xydiff import images
 from xydiff.data.folders import DataError
 
 # Distinct stream ids keep the shuffles and the augmentations independent.
 _SHUFFLE_STREAM, _AUGMENT_STREAM = 1, 2
-
-
-def _tf():
-  import tensorflow as tf
-  import xydiff
-  xydiff.keep_tensorflow_off_accelerators()
-  return tf
 
 
 class TrainBatches:
@@ -157,13 +151,13 @@ class TrainBatches:
     pair = tf.ensure_shape(pair, [2, self.crop, self.crop, 3])
     return {'blur': pair[0], 'sharp': pair[1]}
 
-  def dataset(self, start_step: int = 0, prefetch: int = 2, errors: list | None = None):
+  def dataset(self, errors: list, start_step: int = 0, prefetch: int = 2):
     """tf.data.Dataset of this process's batches for start_step, start_step + 1, ...
 
-    Pairs that fail to load are appended to `errors` (see `_load_crop`).
+    Pairs that fail to load are appended to `errors` and come out as zeros: a
+    caller must check `errors` before using a batch (`iterate` does).
     """
-    tf = _tf()
-    errors = [] if errors is None else errors
+    tf = xydiff.keep_tensorflow_off_accelerators()
     b = self.local_batch
     positions = tf.data.Dataset.range(start_step * b, np.iinfo(np.int64).max)
     ds = positions.map(lambda p: self._example(tf, p, errors),
@@ -177,9 +171,9 @@ class TrainBatches:
 
   def iterate(self, start_step: int, prefetch: int = 2) -> Iterator[dict[str, np.ndarray]]:
     """This process's batches for start_step, start_step + 1, ...: float32 NHWC in [0, 1]."""
-    tf = _tf()
+    tf = xydiff.keep_tensorflow_off_accelerators()
     errors = []  # This iterator's own: other iterators of the same batches are unaffected.
-    iterator = self.dataset(start_step, prefetch, errors).as_numpy_iterator()
+    iterator = self.dataset(errors, start_step, prefetch).as_numpy_iterator()
     while True:
       try:
         batch = next(iterator)
