@@ -54,9 +54,9 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   config = _CONFIG.value
 
-  import xydiff
-  from xydiff import USER_ERRORS, distributed, evaluate, train
-  xydiff.keep_tensorflow_off_accelerators()
+  from xydiff import distributed, evaluate, tf_guard, train
+  from xydiff.errors import USER_ERRORS
+  tf_guard.keep_tensorflow_off_accelerators()
   try:
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   except ValueError as e:

@@ -18,7 +18,7 @@ import tensorflow_datasets as tfds
 from conftest import GOPRO_SAMPLE
 from xydiff import images
 from xydiff.data import builders
-from xydiff.data.folders import DataError
+from xydiff.errors import DataError
 
 H, W = 16, 24
 

@@ -6,7 +6,7 @@ from flax import nnx
 
 from conftest import GOPRO_SAMPLE
 from xydiff import config_check, models
-from xydiff.config_check import ConfigError
+from xydiff.errors import ConfigError
 
 
 def _load(name, arg=None):

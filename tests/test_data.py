@@ -8,6 +8,7 @@ from PIL import Image
 
 from conftest import GOPRO_SAMPLE
 from xydiff import images
+from xydiff.errors import ImageReadError
 from xydiff.data import DataError, FolderPairs, TrainBatches, eval_pairs
 
 
@@ -74,10 +75,10 @@ def test_unreadable_and_truncated_files_are_named(gopro_tree):
   data = path.read_bytes()
   path.write_bytes(data[:len(data) // 2])
   source = FolderPairs(str(gopro_tree), 'train')
-  with pytest.raises(images.ImageReadError, match='000002.png'):
+  with pytest.raises(ImageReadError, match='000002.png'):
     source.load(1)
   path.write_bytes(b'not a png at all')
-  with pytest.raises(images.ImageReadError, match='000002.png'):
+  with pytest.raises(ImageReadError, match='000002.png'):
     source.load(1)
 
 

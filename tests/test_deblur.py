@@ -12,7 +12,7 @@ from PIL import Image
 
 from conftest import GOPRO_SAMPLE, run_launch, tiny
 from xydiff import checkpoint, deblur, evaluate, images, train
-from xydiff.data.folders import DataError
+from xydiff.errors import DataError
 
 FRAME = GOPRO_SAMPLE / 'test' / 'GOPR0869_11_00' / 'blur' / '000020.png'
 

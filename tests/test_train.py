@@ -11,7 +11,7 @@ import pytest
 from conftest import GOPRO_SAMPLE, assert_same_state, run_launch, tiny
 from xydiff import checkpoint, train
 from xydiff.checkpoint import CheckpointMismatchError
-from xydiff.config_check import ConfigError
+from xydiff.errors import ConfigError
 
 
 def _mock_batch(n=2, size=16):

@@ -1,29 +1,16 @@
-"""xydiff: XYDeblur and DvSR deblurring, and both at once, in JAX/Flax."""
+"""xydiff: XYDeblur and DvSR deblurring, and both at once, in JAX/Flax.
 
-from xydiff.checkpoint import CheckpointMismatchError
-from xydiff.config_check import ConfigError
-from xydiff.data.folders import DataError
-from xydiff.images import ImageReadError
+The public API is `Restorer` (xydiff.inference): restore arrays with a
+trained, imported or fetched model. It is imported on first use, so that
+`import xydiff.data.synthetic` (numpy and scipy only) does not pull in JAX.
+"""
 
 __version__ = '0.1.0'
-
-# Errors caused by the user's input (flags, files, workdir): launch.py prints
-# their one-line message instead of a traceback.
-USER_ERRORS = (ConfigError, DataError, ImageReadError, CheckpointMismatchError,
-               FileNotFoundError, PermissionError, FloatingPointError)
+__all__ = ['Restorer', '__version__']
 
 
-def keep_tensorflow_off_accelerators():
-  """TensorFlow (tfds, tf.data, clu's summary writer) runs on the CPU only; returns `tf`.
-
-  Left alone, TF would claim GPU memory (or TPU cores) that JAX needs. Must run before TF's
-  first op; harmless where TF is already configured. Code that imports TensorFlow
-  lazily gets it from here.
-  """
-  import tensorflow as tf
-  for kind in ('GPU', 'TPU'):
-    try:
-      tf.config.set_visible_devices([], kind)
-    except RuntimeError:  # TF already initialised its devices.
-      pass
-  return tf
+def __getattr__(name):
+  if name == 'Restorer':
+    from xydiff.inference import Restorer  # pylint: disable=import-outside-toplevel
+    return Restorer
+  raise AttributeError(f'module xydiff has no attribute {name!r}')

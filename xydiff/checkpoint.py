@@ -16,10 +16,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from xydiff import models
-
-
-class CheckpointMismatchError(ValueError):
-  """The checkpoint on disk was written for a different model."""
+from xydiff.errors import CheckpointMismatchError
 
 
 class Checkpointer:

@@ -11,11 +11,8 @@ import os
 import jax.numpy as jnp
 
 from xydiff import data, models
+from xydiff.errors import ConfigError
 from xydiff.models import layers
-
-
-class ConfigError(ValueError):
-  pass
 
 
 def _require(ok: bool, field: str, message: str, value) -> None:

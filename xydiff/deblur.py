@@ -48,8 +48,8 @@ from absl import logging
 from flax import nnx
 
 from xydiff import evaluate, images, models, train
-from xydiff.config_check import ConfigError, validate_model
-from xydiff.data.folders import DataError
+from xydiff.config_check import validate_model
+from xydiff.errors import ConfigError, DataError, ImageReadError
 from xydiff.models.layers import pad_to_multiple
 
 
@@ -265,7 +265,7 @@ def _restore_file(path: str, out_path: str, restore, key) -> dict:
   """Reads, restores and writes one image; raises _FileFailed saying why it could not."""
   try:
     stored = images.read_image(path, keep_channels=True)
-  except images.ImageReadError as e:
+  except ImageReadError as e:
     raise _FileFailed(str(e)) from None
   channels = stored.shape[-1]
   bit_depth = 16 if stored.dtype == np.uint16 else 8
@@ -302,7 +302,7 @@ def run(config, workdir: str, input: str, output: str,  # pylint: disable=redefi
   0 when every image was restored, 1 when any failed (each failure is printed
   on stderr as it happens, and the remaining images are still restored).
   Problems that concern the whole run (no such input, no checkpoint, a bad
-  config.deblur field) raise one of xydiff.USER_ERRORS before any work.
+  config.deblur field) raise one of xydiff.errors.USER_ERRORS before any work.
   """
   from tqdm import tqdm  # Comes with tensorflow-datasets.
 

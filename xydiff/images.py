@@ -11,13 +11,11 @@ import os
 
 import numpy as np
 
+from xydiff.errors import ImageReadError
+
 UINT8_PEAK = 255.0
 UINT16_PEAK = 65535.0
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg')
-
-
-class ImageReadError(ValueError):
-  """An image file could not be decoded; the message names the file."""
 
 
 def to_float(image: np.ndarray) -> np.ndarray:
@@ -52,8 +50,8 @@ def quantize(image):
 
 def _tensorflow():
   """TensorFlow, imported lazily (slow, and needed for 16-bit PNG only), on the CPU."""
-  import xydiff
-  return xydiff.keep_tensorflow_off_accelerators()
+  from xydiff import tf_guard
+  return tf_guard.keep_tensorflow_off_accelerators()
 
 
 def read_image(path: str, *, keep_channels: bool = False) -> np.ndarray:

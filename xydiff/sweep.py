@@ -47,7 +47,7 @@ def _niqe_or_nan(image) -> float:
 def run_sweep(config, workdir: str) -> list[dict]:
   config_check.validate(config, jax.device_count())
   if not models.is_diffusion(config.model):
-    raise config_check.ConfigError(
+    raise ConfigError(
         f"config.model.name={config.model.name!r}: --mode=sweep needs a diffusion model ('dvsr')")
   step = None if config.eval.checkpoint_step < 0 else config.eval.checkpoint_step
   graphdef, params, step = train.load_for_inference(config, workdir, step)

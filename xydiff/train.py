@@ -23,11 +23,8 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from xydiff import checkpoint, config_check, data, diffusion, models
+from xydiff.errors import ConfigError, NonFiniteLossError
 from xydiff.evaluate import Evaluator
-
-
-class NonFiniteLossError(FloatingPointError):
-  pass
 
 
 # ------------------------------------------------------------------ losses
@@ -283,7 +280,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   k = config.train.steps_per_call
   if start_step % k:
-    raise config_check.ConfigError(
+    raise ConfigError(
         f'config.train.steps_per_call={k}: the checkpoint in {ckpt.directory} is at step '
         f'{start_step}, not a multiple of it')
   # With k steps per call the batch gains a leading k axis, unsharded.

@@ -6,7 +6,8 @@ pipeline.py turns a source into training batches (tf.data) or evaluation pairs.
 
 from __future__ import annotations
 
-from xydiff.data.folders import DataError, FolderPairs
+from xydiff.data.folders import FolderPairs
+from xydiff.errors import DataError
 from xydiff.data.pipeline import TrainBatches, eval_pairs
 
 # Benchmarks read through tensorflow-datasets builders (builders.py) from the

@@ -53,12 +53,12 @@ from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
-import xydiff
-from xydiff import images
-from xydiff.data.folders import DataError, image_files, match_pairs
+from xydiff import images, tf_guard
+from xydiff.data.folders import image_files, match_pairs
+from xydiff.errors import DataError, ImageReadError
 
 
-xydiff.keep_tensorflow_off_accelerators()  # TF only moves bytes here.
+tf_guard.keep_tensorflow_off_accelerators()  # TF only moves bytes here.
 
 VERSION = tfds.core.Version('1.0.0')
 _PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
@@ -130,7 +130,7 @@ def _stored_image(path: str) -> tuple[str | bytes, tuple[int, int]]:
         img.verify()
       return path, (header[1], header[0])
     image = images.read_image(path)
-  except images.ImageReadError as e:
+  except ImageReadError as e:
     raise DataError(str(e)) from None
   except (OSError, SyntaxError, ValueError) as e:  # Pillow's reports of damaged files.
     raise DataError(f'cannot read image {path}: {e}') from None

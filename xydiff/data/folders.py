@@ -14,10 +14,7 @@ import os
 import numpy as np
 
 from xydiff import images
-
-
-class DataError(ValueError):
-  """The user's data is not what the config says; the message names the path."""
+from xydiff.errors import DataError
 
 
 def image_files(folder: str) -> dict[str, str]:

@@ -32,9 +32,8 @@ from typing import Iterator
 
 import numpy as np
 
-import xydiff
-from xydiff import images
-from xydiff.data.folders import DataError
+from xydiff import images, tf_guard
+from xydiff.errors import DataError, ImageReadError
 
 # Distinct stream ids keep the shuffles and the augmentations independent.
 _SHUFFLE_STREAM, _AUGMENT_STREAM = 1, 2
@@ -125,7 +124,7 @@ class TrainBatches:
       window = (slice(top, top + self.crop), slice(left, left + self.crop))
       return images.to_float(blur[window]), images.to_float(sharp[window])
     except Exception as e:  # noqa: BLE001
-      if not isinstance(e, (DataError, images.ImageReadError)):
+      if not isinstance(e, (DataError, ImageReadError)):
         e = DataError(f'training pair {name}: {type(e).__name__}: {e}')
       errors.append(e)
       empty = np.zeros((self.crop, self.crop, 3), np.float32)
@@ -157,7 +156,7 @@ class TrainBatches:
     Pairs that fail to load are appended to `errors` and come out as zeros: a
     caller must check `errors` before using a batch (`iterate` does).
     """
-    tf = xydiff.keep_tensorflow_off_accelerators()
+    tf = tf_guard.keep_tensorflow_off_accelerators()
     b = self.local_batch
     positions = tf.data.Dataset.range(start_step * b, np.iinfo(np.int64).max)
     ds = positions.map(lambda p: self._example(tf, p, errors),
@@ -171,7 +170,7 @@ class TrainBatches:
 
   def iterate(self, start_step: int, prefetch: int = 2) -> Iterator[dict[str, np.ndarray]]:
     """This process's batches for start_step, start_step + 1, ...: float32 NHWC in [0, 1]."""
-    tf = xydiff.keep_tensorflow_off_accelerators()
+    tf = tf_guard.keep_tensorflow_off_accelerators()
     errors = []  # This iterator's own: other iterators of the same batches are unaffected.
     iterator = self.dataset(errors, start_step, prefetch).as_numpy_iterator()
     while True:

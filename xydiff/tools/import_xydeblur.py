@@ -28,13 +28,10 @@ import numpy as np
 from flax import traverse_util
 
 from xydiff import checkpoint, train
+from xydiff.errors import CheckpointImportError
 
 _REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _DEFAULT_CONFIG = os.path.join(_REPO, 'configs', 'xydeblur_gopro.py')
-
-
-class CheckpointImportError(ValueError):
-  """The PyTorch checkpoint cannot become this config's model; the message says why."""
 
 
 def official_keys(num_res: int) -> dict[str, tuple]:
@@ -231,10 +228,10 @@ def _cli() -> None:
     if len(argv) != 2:
       raise app.UsageError('give exactly one checkpoint: '
                            'python -m xydiff.tools.import_xydeblur CHECKPOINT.pkl --workdir=DIR')
-    from xydiff import USER_ERRORS, cli  # pylint: disable=import-outside-toplevel
+    from xydiff.errors import USER_ERRORS  # pylint: disable=import-outside-toplevel
     try:
       step_dir = import_checkpoint(argv[1], workdir_flag.value, config_flag.value)
-    except (CheckpointImportError, *USER_ERRORS) as e:
+    except USER_ERRORS as e:
       cli.fail(cli.one_line(e))
     print(f'imported {argv[1]} as {step_dir}')
 

@@ -1,0 +1,51 @@
+"""Every error a user's input can cause, in one leaf module.
+
+Each names the flag, field, file or folder at fault in a one-line message;
+`launch.py` and the tools print that line instead of a traceback for any
+error in `USER_ERRORS`.
+"""
+
+from __future__ import annotations
+
+
+class ConfigError(ValueError):
+  """A config field (or flag) holds a value xydiff cannot use."""
+
+
+class DataError(ValueError):
+  """The user's data is not what the config says; the message names the path."""
+
+
+class ImageReadError(ValueError):
+  """An image file could not be decoded; the message names the file."""
+
+
+class CheckpointMismatchError(ValueError):
+  """The checkpoint on disk was written for a different model or config."""
+
+
+class CheckpointReadError(ValueError):
+  """A checkpoint on disk cannot be read (damaged, truncated); the message names its folder."""
+
+
+class CheckpointImportError(ValueError):
+  """A PyTorch checkpoint cannot become this config's model; the message says why."""
+
+
+class WeightsError(ValueError):
+  """Weights could not be downloaded, verified or read; the message names the URL or file."""
+
+
+class WorkdirInUseError(RuntimeError):
+  """Another run holds the workdir's lock."""
+
+
+class NonFiniteLossError(FloatingPointError):
+  """Training produced a non-finite loss, gradient or parameter."""
+
+
+# Errors caused by the user's input (flags, files, workdir): entry points print
+# their one-line message instead of a traceback.
+USER_ERRORS = (ConfigError, DataError, ImageReadError, CheckpointMismatchError,
+               CheckpointReadError, CheckpointImportError, WeightsError, WorkdirInUseError,
+               FileNotFoundError, PermissionError, FloatingPointError)
