@@ -1,13 +1,17 @@
 """xydiff's one entry point: parses flags and dispatches.
 
-  python launch.py --config=configs/gopro.py --workdir=DIR [--mode=train|eval]
+  python launch.py --config=configs/gopro.py --workdir=DIR [--mode=train|eval|sweep|deblur|score]
                    [--config.train.batch_size=8 ...]
+
+`--config` is a config file or a packaged config's name (`--config=gopro`,
+`--config=demo:diffusion`); eval, sweep and deblur may leave it out and use
+the config stored with the run in --workdir.
 """
 
 import os
 import sys
 
-# TensorFlow (tfds, clu's summary writer) must never take an accelerator from JAX.
+# TensorFlow (tfds, clu's summary writer) logs a lot at start-up; keep it quiet.
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 from absl import app, flags, logging
@@ -16,15 +20,19 @@ from ml_collections import config_flags
 from xydiff import cli
 
 _CONFIG = config_flags.DEFINE_config_file(
-    'config', None, 'Config file, e.g. configs/gopro.py or configs/demo.py:diffusion.',
+    'config', None, 'Config file or packaged config name, e.g. configs/gopro.py, gopro or '
+    'demo:diffusion; eval/sweep/deblur default to the config stored in --workdir.',
     lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Where checkpoints, logs and evaluations go.')
 _MODE = flags.DEFINE_enum(
-    'mode', 'train', ['train', 'eval', 'sweep', 'deblur'],
+    'mode', 'train', ['train', 'eval', 'sweep', 'deblur', 'score'],
     'train: train (resuming) and evaluate; eval: score a checkpoint; sweep: grid of diffusion '
-    'sampling schedules on the eval split; deblur: restore your own photos.')
-_INPUT = flags.DEFINE_string('input', None, '--mode=deblur: an image file, a folder or a glob.')
+    'sampling schedules on the eval split; deblur: restore your own photos; score: score a '
+    'folder of restored images against a folder of sharp ones (no model).')
+_INPUT = flags.DEFINE_string('input', None, '--mode=deblur: an image file, a folder or a glob; '
+                             '--mode=score: the folder of restored images.')
 _OUTPUT = flags.DEFINE_string('output', None, '--mode=deblur: folder for the restored PNGs.')
+_TARGET = flags.DEFINE_string('target', None, '--mode=score: the folder of sharp images.')
 _CHECKPOINT = flags.DEFINE_string(
     'checkpoint', None, '--mode=deblur: a checkpoint folder (<workdir>/checkpoints/<step>) '
     'instead of the workdir\'s latest.')
@@ -52,34 +60,44 @@ def main(argv):
     h.addFilter(_QuietLibraries())
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  config = _CONFIG.value
+  config, workdir, mode = _CONFIG.value, _WORKDIR.value, _MODE.value
 
-  from xydiff import distributed, evaluate, tf_guard, train
+  from xydiff import distributed
   from xydiff.errors import USER_ERRORS
-  tf_guard.keep_tensorflow_off_accelerators()
   try:
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   except ValueError as e:
     cli.fail(cli.one_line(e))
-  logging.info('xydiff %s, workdir %s', _MODE.value, _WORKDIR.value)
+  logging.info('xydiff %s, workdir %s', mode, workdir)
+  # Each mode imports only what it needs: deblur and score run without TensorFlow.
   try:
-    if _MODE.value == 'train':
-      train.train_and_evaluate(config, _WORKDIR.value)
-    elif _MODE.value == 'eval':
-      evaluate.evaluate_checkpoint(config, _WORKDIR.value)
-    elif _MODE.value == 'sweep':
-      from xydiff import sweep
-      sweep.run_sweep(config, _WORKDIR.value)
-    elif _MODE.value == 'deblur':
-      from xydiff import deblur
-      if not _INPUT.value or not _OUTPUT.value:
-        cli.fail('--mode=deblur needs --input (a file, folder or glob) and --output (a folder)')
-      sys.exit(deblur.run(config, _WORKDIR.value, _INPUT.value, _OUTPUT.value,
-                          checkpoint=_CHECKPOINT.value))
+    if mode == 'train':
+      from xydiff import train
+      train.train_and_evaluate(config, workdir)
+    elif mode == 'score':
+      from xydiff import score
+      if not _INPUT.value or not _TARGET.value:
+        cli.fail('--mode=score needs --input (restored images) and --target (sharp images)')
+      score.run(config, workdir, _INPUT.value, _TARGET.value)
+    else:
+      from xydiff import inference
+      config = inference.config_for_workdir(workdir, config)
+      if mode == 'eval':
+        from xydiff import evaluate
+        evaluate.evaluate_checkpoint(config, workdir)
+      elif mode == 'sweep':
+        from xydiff import sweep
+        sweep.run_sweep(config, workdir)
+      elif mode == 'deblur':
+        from xydiff import deblur
+        if not _INPUT.value or not _OUTPUT.value:
+          cli.fail('--mode=deblur needs --input (a file, folder or glob) and --output (a folder)')
+        sys.exit(deblur.run(config, workdir, _INPUT.value, _OUTPUT.value,
+                            checkpoint=_CHECKPOINT.value))
   except USER_ERRORS as e:
     cli.fail(cli.one_line(e))
 
 
 if __name__ == '__main__':
-  flags.mark_flags_as_required(['config', 'workdir'])
+  flags.mark_flags_as_required(['workdir'])
   app.run(main, flags_parser=cli.parse_flags)

@@ -34,8 +34,8 @@ def decoupling(workdir: str, steps: int) -> tuple[dict, dict]:
   import jax
   import numpy as np
   from flax import nnx
-  from configs import demo
-  from xydiff import images, train
+  from xydiff.configs import demo
+  from xydiff import images, inference, train
   from xydiff.data import synthetic
 
   config = demo.get_config()
@@ -44,7 +44,7 @@ def decoupling(workdir: str, steps: int) -> tuple[dict, dict]:
                            lr_halve_steps=(int(steps * 0.75),)))
   train.train_and_evaluate(config, workdir)
 
-  graphdef, params, _ = train.load_for_inference(config, workdir)
+  graphdef, params, _ = inference.load_for_inference(config, workdir)
   model = nnx.merge(graphdef, params)
   forward = jax.jit(lambda y: model(y))
   photos = sorted(synthetic.skimage_photos())[-config.data.synthetic.num_eval:]
@@ -66,7 +66,7 @@ def decoupling(workdir: str, steps: int) -> tuple[dict, dict]:
 
 
 def perception_distortion(workdir: str, steps: int) -> tuple[list[dict], dict]:
-  from configs import demo
+  from xydiff.configs import demo
   from xydiff import sweep, train
 
   config = demo.get_config('diffusion')

@@ -11,10 +11,10 @@ sys.path.insert(0, REPO)
 
 
 def load_config(path: str):
-  """'configs/gopro.py' or 'configs/demo.py:diffusion' -> ConfigDict."""
+  """'configs/gopro.py', 'gopro' or 'demo:diffusion' -> ConfigDict (the packaged configs)."""
   path, _, arg = path.partition(':')
-  module = importlib.import_module(os.path.splitext(os.path.relpath(path, REPO))[0]
-                                   .replace(os.sep, '.'))
+  name = os.path.splitext(os.path.basename(path))[0]
+  module = importlib.import_module(f'xydiff.configs.{name}')
   return module.get_config(arg) if arg else module.get_config()
 
 

@@ -26,11 +26,9 @@ def main():
                       help='override config.model.upsample_impl (auto, reference, subpixel)')
   args = parser.parse_args()
 
-  import functools
   import jax
   import numpy as np
-  from jax.sharding import NamedSharding, PartitionSpec
-  from xydiff import train
+  from xydiff import state as state_lib, step as step_lib
   from xydiff.models import layers
 
   config = load_config(args.config)
@@ -39,21 +37,17 @@ def main():
     config.model.dtype = args.dtype
   if args.upsample_impl:
     config.model.upsample_impl = args.upsample_impl
-  mesh = train.make_mesh()
-  replicated = NamedSharding(mesh, PartitionSpec())
-  data_sharding = NamedSharding(mesh, PartitionSpec('data'))
-  graphdef, state = train.init_state(config)
-  state = jax.device_put(state, replicated)
+  config.train.microbatches = args.microbatches
+  config.train.steps_per_call = 1
+  mesh = state_lib.make_mesh()
+  graphdef, state = state_lib.init_state(config)
+  state = jax.device_put(state, state_lib.replicated(mesh))
   rng = np.random.default_rng(0)
   shape = (args.batch_size, args.crop, args.crop, 3)
-  batch = train.shard_batch({'blur': rng.random(shape, np.float32),
-                             'sharp': rng.random(shape, np.float32)}, data_sharding)
-  step = jax.jit(functools.partial(
-      train.train_step, graphdef, tx=train.make_optimizer(config.train),
-      loss_fn=train.make_loss_fn(config), ema_rate=config.train.ema_rate,
-      base_key=jax.random.key(0), microbatches=args.microbatches),
-      in_shardings=(replicated, data_sharding), out_shardings=(replicated, replicated),
-      donate_argnums=0)
+  batch = state_lib.shard_batch({'blur': rng.random(shape, np.float32),
+                                 'sharp': rng.random(shape, np.float32)},
+                                state_lib.batch_sharding(mesh))
+  step = step_lib.make_train_step(config, graphdef, mesh)
 
   start = time.perf_counter()
   compiled = step.lower(state, batch).compile()
@@ -69,7 +63,8 @@ def main():
   emit({'config': args.config, 'backend': jax.default_backend(),
         'devices': jax.device_count(), 'dtype': config.model.dtype,
         'upsample_impl': layers.resolve_upsample_impl(config.model.upsample_impl),
-        'batch_size': args.batch_size, 'microbatches': args.microbatches, 'crop': args.crop, 'compile_s': round(compile_s, 2),
+        'batch_size': args.batch_size, 'microbatches': args.microbatches, 'crop': args.crop,
+        'compile_s': round(compile_s, 2),
         'step_s': round(best, 4), 'images_per_s': round(args.batch_size / best, 3)})
 
 

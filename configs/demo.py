@@ -9,7 +9,7 @@ with kernels never seen in training; the evaluation JSON and before/after PNGs
 land in <workdir>/eval/.
 """
 
-from configs import default
+from xydiff.configs import default
 
 
 def get_config(variant: str = ''):

@@ -4,7 +4,7 @@ Predictor g: U-Net, base 64, multipliers (1, 2, 3, 4); denoiser f: base 32,
 same multipliers; 3 residual blocks per level; one L1 epsilon-loss trains both.
 """
 
-from configs import default
+from xydiff.configs import default
 
 
 def get_config():

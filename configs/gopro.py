@@ -9,7 +9,7 @@ for accelerators; parameters and optimizer state stay float32.
       --config.data.root=/path/to/GOPRO_Large
 """
 
-from configs import dvsr_gopro
+from xydiff.configs import dvsr_gopro
 
 
 def get_config():

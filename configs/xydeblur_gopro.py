@@ -7,7 +7,7 @@ of 3000, batch 4, random 256x256 crops with horizontal flips, 2103 pairs.
       --config.data.root=/path/to/GOPRO_Large
 """
 
-from configs import default
+from xydiff.configs import default
 
 
 def get_config():

@@ -8,9 +8,8 @@ import sys
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-GOPRO_SAMPLE = REPO.parent / 'shared' / 'data' / 'gopro_sample'
+GOPRO_SAMPLE = REPO / 'tests' / 'data' / 'gopro_sample'  # Real GoPro frames, CC BY 4.0.
 
-sys.path.insert(0, str(REPO))  # `configs` is imported as a package from the repo root.
 
 
 def tiny(config, *, steps=4):
@@ -31,7 +30,7 @@ def tiny(config, *, steps=4):
 
 @pytest.fixture
 def demo_config():
-  from configs import demo
+  from xydiff.configs import demo
   return tiny(demo.get_config())
 
 

@@ -388,6 +388,77 @@ def test_prepared_incomplete_tree_names_the_path(tmp_path):
   assert not (tmp_path / 'records').exists()
 
 
+def test_records_follow_their_source(tmp_path):
+  """A second root with the same builder and data_dir is never read as the first one.
+
+  Reported: a 1-pair prepared HIDE folder was evaluated as the 2-pair one
+  prepared before it into the same data_dir, with no message.
+  """
+  first, second = tmp_path / 'first', tmp_path / 'second'
+  _prepared_tree(first, 'HIDE', ['a', 'b'])
+  _prepared_tree(second, 'HIDE', ['a'])
+  records = tmp_path / 'records'
+  assert len(builders.build_source('prepared', first, records, 'test', 'hide')) == 2
+  data_path = records / 'prepared' / 'hide' / '1.0.0'
+  stamps = {p: p.stat().st_mtime_ns for p in data_path.iterdir()}
+  with _raises(f'{data_path} holds prepared records prepared from {first} (2 pairs), which '
+               f'differ from the files in {second} (1 pair): use another data_dir to '
+               f'prepare {second} there, or delete {data_path} to prepare it again',
+               at_end=True):
+    builders.build_source('prepared', second, records, 'test', 'hide')
+  assert {p: p.stat().st_mtime_ns for p in data_path.iterdir()} == stamps
+  # Its own data_dir prepares the second root.
+  other = builders.build_source('prepared', second, tmp_path / 'other', 'test', 'hide')
+  _assert_source_matches_files(other, {'a': (second / 'test/HIDE/input/a.png',
+                                             second / 'test/HIDE/target/a.png')})
+
+
+def test_the_same_files_elsewhere_are_the_same_source(tmp_path):
+  """Moved or copied data (new path, new mtimes) reuses the records; the root gone too."""
+  first = tmp_path / 'first'
+  _prepared_tree(first, 'GoPro', ['a', 'b'])
+  records = tmp_path / 'records'
+  builders.build_source('prepared', first, records, 'test', 'gopro')
+  copy = tmp_path / 'copy'
+  shutil.copytree(first, copy, copy_function=shutil.copyfile)  # Fresh mtimes.
+  assert not builders.prepare(builders.make_builder('prepared', records, 'gopro'), copy)
+  shutil.rmtree(first)
+  source = builders.build_source('prepared', first, records, 'test', 'gopro')
+  assert source.names == ['a', 'b']
+
+
+def test_records_prepared_without_a_fingerprint_are_checked_by_name(tmp_path):
+  root = tmp_path / 'root'
+  _prepared_tree(root, 'GoPro', ['a', 'b'])
+  records = tmp_path / 'records'
+  builders.build_source('prepared', root, records, 'test', 'gopro')
+  metadata = records / 'prepared' / 'gopro' / '1.0.0' / 'metadata.json'
+  saved = json.loads(metadata.read_text())
+  del saved['source']  # As prepared before fingerprints were stored.
+  metadata.write_text(json.dumps(saved))
+  _write(root / 'test' / 'GoPro' / 'target' / 'b.png')  # Same names: accepted.
+  assert builders.build_source('prepared', root, records, 'test', 'gopro').names == ['a', 'b']
+  os.remove(root / 'test' / 'GoPro' / 'input' / 'b.png')
+  os.remove(root / 'test' / 'GoPro' / 'target' / 'b.png')
+  with _raises('records prepared from another folder (2 pairs), which differ from the files '
+               f'in {root} (1 pair)'):
+    builders.build_source('prepared', root, records, 'test', 'gopro')
+
+
+def test_an_image_changed_at_the_same_size_changes_the_source(tmp_path):
+  root = tmp_path / 'root'
+  _prepared_tree(root, 'GoPro', ['a'])
+  path = root / 'test' / 'GoPro' / 'target' / 'a.png'
+  _write(path, np.full((H, W, 3), 10, np.uint8))
+  records = tmp_path / 'records'
+  builders.build_source('prepared', root, records, 'test', 'gopro')
+  size = path.stat().st_size
+  _write(path, np.full((H, W, 3), 20, np.uint8))
+  assert path.stat().st_size == size  # Only the pixels (and their checksums) differ.
+  with _raises(f'which differ from the files in {root} (1 pair)'):
+    builders.build_source('prepared', root, records, 'test', 'gopro')
+
+
 def test_images_that_are_not_8bit_rgb_png_are_stored_as_such(tmp_path):
   """Grey, RGBA and 16-bit files become 8-bit RGB PNG: every reader then agrees."""
   root = tmp_path / 'Datasets'

@@ -11,7 +11,7 @@ from xydiff.errors import ConfigError
 
 def _load(name, arg=None):
   import importlib
-  module = importlib.import_module(f'configs.{name}')
+  module = importlib.import_module(f'xydiff.configs.{name}')
   return module.get_config(arg) if arg is not None else module.get_config()
 
 

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from conftest import GOPRO_SAMPLE, run_launch, tiny
-from xydiff import checkpoint, deblur, evaluate, images, train
+from xydiff import checkpoint, deblur, images, inference, run_config, state as state_lib
 from xydiff.errors import DataError
 
 FRAME = GOPRO_SAMPLE / 'test' / 'GOPR0869_11_00' / 'blur' / '000020.png'
@@ -24,18 +24,19 @@ def frame():
 
 def _save_checkpoint(config, workdir):
   """A step-0 checkpoint of freshly initialised weights: what a user's workdir holds."""
-  graphdef, state = train.init_state(config)
-  ckpt = checkpoint.Checkpointer(str(workdir), config.model)
-  ckpt.save(0, state)
-  ckpt.close()
+  graphdef, state = state_lib.init_state(config)
+  with checkpoint.Checkpointer(str(workdir), config) as ckpt:
+    ckpt.save(0, state)
+  run_config.save(str(workdir), config)
   return graphdef, state['params']
 
 
 @pytest.fixture(scope='module')
 def xydeblur_run(tmp_path_factory, frame):
   """One deblur run over a folder holding every format and failure a user may hand it."""
-  from configs import demo
+  from xydiff.configs import demo
   config = tiny(demo.get_config())
+  config.deblur.size_bucket = 0  # Outputs compared pixel for pixel with the network's.
   root = tmp_path_factory.mktemp('deblur')
   graphdef, params = _save_checkpoint(config, root / 'workdir')
   inputs = root / 'photos'
@@ -57,7 +58,7 @@ def xydeblur_run(tmp_path_factory, frame):
   stderr = io.StringIO()
   with contextlib.redirect_stderr(stderr):
     status = deblur.run(config, str(root / 'workdir'), str(inputs), str(root / 'out'))
-  fn = evaluate.make_restore_fns(config, graphdef)['restored']
+  fn = inference.make_restore_fns(config, graphdef)['restored']
   model = lambda image: np.asarray(fn(params, jnp.asarray(image)[None], None)['image'][0])
   return dict(status=status, stderr=stderr.getvalue(), inputs=inputs, out=root / 'out',
               model=model, config=config, workdir=root / 'workdir')
@@ -116,22 +117,22 @@ def test_16_bit_input_gives_16_bit_output_at_full_precision(xydeblur_run):
 
 
 def test_tiles_match_the_whole_image_away_from_their_borders_without_seams(frame):
-  from configs import demo
+  from xydiff.configs import demo
   config = tiny(demo.get_config())
-  graphdef, state = train.init_state(config)
+  graphdef, state = state_lib.init_state(config)
   # Larger weights make the network far more sensitive to a tile's zero-padded
   # border than the tiny random one is, so a seam would show.
   params = jax.tree.map(lambda p: 1.5 * p if p.ndim == 4 else p, state['params'])
-  fn = evaluate.make_restore_fns(config, graphdef)['restored']
+  fn = inference.make_restore_fns(config, graphdef)['restored']
   image = images.to_float(frame[100:420, 300:1004])  # 320x704: 2 x 3 tiles of 256.
   key = jax.random.key(0)
-  whole = deblur.restore_image(fn, params, image, key, align=4)['image']
-  tiled = deblur.restore_image(fn, params, image, key, align=4, tile=256, overlap=32)['image']
+  whole = inference.restore_image(fn, params, image, key, align=4)['image']
+  tiled = inference.restore_image(fn, params, image, key, align=4, tile=256, overlap=32)['image']
   diff = tiled - whole
 
   edges = {}
   for axis, length in ((0, 320), (1, 704)):
-    starts = deblur.tile_starts(length, 256, 32, 4)
+    starts = inference.tile_starts(length, 256, 32, 4)
     edges[axis] = sorted({s for s in starts if s > 0} |
                          {s + 256 for s in starts if s + 256 < length})
   assert edges == {0: [64, 256], 1: [224, 256, 448, 480]}
@@ -153,7 +154,7 @@ def test_tiles_match_the_whole_image_away_from_their_borders_without_seams(frame
 
 
 def test_diffusion_model_writes_the_std_map_from_a_given_checkpoint(tmp_path, frame):
-  from configs import demo
+  from xydiff.configs import demo
   config = tiny(demo.get_config('diffusion'))
   _save_checkpoint(config, tmp_path / 'run')
   images.write_png(str(tmp_path / 'shot.png'), frame[200:248, 400:464])
@@ -190,7 +191,7 @@ def test_run_refuses_bad_paths_with_one_line_errors(tmp_path, xydeblur_run):
 
 
 def test_launch_deblur_exits_non_zero_after_restoring_the_readable_files(tmp_path, frame):
-  from configs import demo
+  from xydiff.configs import demo
   config = demo.get_config()
   config.model.xydeblur.update(dict(width=4, num_res=1))
   _save_checkpoint(config, tmp_path / 'run')

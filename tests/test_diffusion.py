@@ -193,3 +193,111 @@ def test_the_loss_trains_the_predictor_through_the_denoiser():
                                             schedule=schedule, residual_scale=2.0)[0])(params)
   g_norm = optax.tree.norm(grads['predictor'])
   assert g_norm > 0  # predictor_weight is 0: this gradient came through f.
+
+
+# ------------------------------------------- the sampler, step by step
+#
+# An oracle denoiser makes every x0_hat exact, and a small beta_1 makes the
+# last step return x0_hat with next to no noise, so the oracle test above
+# cannot see a wrong noise scale, a wrong x0_hat or reused noise. The tests
+# below use denoisers that are not oracles (and a large beta_1 where the last
+# step would hide the rest), so every step's arithmetic and draw reach the output.
+
+
+def _linear_denoiser(z, level, y):
+  """Not an oracle: a fixed function of z, the level and y, so x0_hat is never exact."""
+  lv = level.reshape(-1, 1, 1, 1)
+  return 0.6 * lv * z + 0.3 * (1.0 - lv) * z - 0.4 * y + 0.1
+
+
+def _step_noise(keys, steps, shape):
+  """{t: [N, *shape] float64}: sample i's step-t draw, as the sampler defines it."""
+  return {t: np.asarray([jax.random.normal(jax.random.fold_in(k, t), shape) for k in keys],
+                        np.float64)
+          for t in steps}
+
+
+def _reference_sample(predict, denoise, blur, noise, schedule, residual_scale):
+  """Algorithm 1 in float64 NumPy, all samples stacked, on the draws `noise[t]`."""
+  ab, alphas = schedule.alpha_bars, schedule.alphas
+  num_steps = schedule.num_steps
+  y = np.asarray(blur, np.float64)
+  z = noise[num_steps + 1]
+  for t in range(num_steps, 0, -1):
+    level = np.full((y.shape[0],), np.sqrt(ab[t]))
+    eps_hat = np.stack([np.asarray(denoise(z_i, level, y), np.float64) for z_i in z])
+    x0_hat = (z - np.sqrt(1 - ab[t]) * eps_hat) / np.sqrt(ab[t])
+    a, ab_prev = alphas[t - 1], ab[t - 1]
+    mean = (np.sqrt(ab_prev) * (1 - a) / (1 - ab[t]) * x0_hat
+            + np.sqrt(a) * (1 - ab_prev) / (1 - ab[t]) * z)
+    beta_tilde = (1 - ab_prev) / (1 - ab[t]) * (1 - a)
+    z = mean + (np.sqrt(beta_tilde) * noise[t] if t > 1 else 0.0)
+  return np.asarray(predict(y), np.float64)[None] + z / residual_scale
+
+
+def test_sampler_matches_a_float64_reference_loop_step_for_step():
+  # A batch of 2 and 3 samples, so the stacking of samples over the batch is seen too.
+  blur = jax.random.uniform(jax.random.key(3), (2, 4, 4, 3))
+  keys = jax.random.split(jax.random.key(4), 3)
+  predict = lambda y: 0.5 * y + 0.2
+  scale = 2.0
+  # beta_1 = 0.05: the last step keeps much of what the earlier steps drew.
+  schedule = diffusion.linear_schedule(10, 0.05, 0.5)
+  noise = _step_noise(keys, range(1, schedule.num_steps + 2), blur.shape)
+  out = diffusion.sample(predict, _linear_denoiser, blur, keys, schedule=schedule,
+                         residual_scale=scale)
+  ref = _reference_sample(predict, _linear_denoiser, blur, noise, schedule, scale)
+  # Float32 against float64 over ten steps: round-off stays far below 1e-4, while
+  # a wrong coefficient or a reused draw moves values by a sizeable fraction of one.
+  np.testing.assert_allclose(out['samples'], ref, atol=1e-4, rtol=0)
+  np.testing.assert_allclose(out['mean'], ref.mean(0), atol=1e-4, rtol=0)
+  np.testing.assert_allclose(out['std'], ref.std(0), atol=1e-4, rtol=0)
+
+
+def test_a_single_step_returns_x0_hat_in_closed_form():
+  # With T = 1 the posterior at t = 1 is x0_hat with no noise, so the output is
+  # g(y) + x0_hat / scale; alpha_bar_1 = 0.4 tells sqrt(alpha_bar) from alpha_bar.
+  schedule = diffusion.linear_schedule(1, 0.6, 0.6)
+  blur = jax.random.uniform(jax.random.key(5), (2, 4, 4, 3))
+  keys = jax.random.split(jax.random.key(6), 2)
+  predict = lambda y: 0.5 * y + 0.2
+  scale = 2.0
+  out = diffusion.sample(predict, _linear_denoiser, blur, keys, schedule=schedule,
+                         residual_scale=scale)
+  ab = 0.4
+  z = _step_noise(keys, [2], blur.shape)[2]  # z_T is drawn with t = T + 1.
+  y = np.asarray(blur, np.float64)
+  eps_hat = np.stack([_linear_denoiser(z_i, np.full((2,), np.sqrt(ab)), y) for z_i in z])
+  x0_hat = (z - np.sqrt(1 - ab) * eps_hat) / np.sqrt(ab)
+  np.testing.assert_allclose(out['samples'], np.asarray(predict(y)) + x0_hat / scale,
+                             atol=1e-5, rtol=0)
+
+
+def test_samples_from_gaussian_data_have_its_mean_and_std():
+  # If r0 ~ N(mu, s^2) per pixel (in the sampler's units: residual_scale times
+  # the image residual x0 - g(y)), then
+  # z = l r0 + sqrt(1 - l^2) eps is jointly Gaussian with eps and the exact
+  # eps-prediction is E[eps | z] = sqrt(1 - l^2) (z - l mu) / (l^2 s^2 + 1 - l^2).
+  # With it, a correct sampler draws from N(mu, s^2) up to its finite-T error.
+  mu, s, scale = 0.3, 0.5, 2.0
+
+  def exact_denoiser(z, level, y):
+    del y
+    l2 = level.reshape(-1, 1, 1, 1) ** 2
+    return jnp.sqrt(1 - l2) * (z - jnp.sqrt(l2) * mu) / (l2 * s ** 2 + 1 - l2)
+
+  schedule = diffusion.linear_schedule(2000, 1e-6, 1e-2)  # SR3's training schedule.
+  blur = jax.random.uniform(jax.random.key(8), (1, 32, 32, 3))
+  predict = lambda y: 0.5 * y + 0.2
+  keys = diffusion.sample_keys(jax.random.key(9), 8)
+  out = diffusion.sample(predict, exact_denoiser, blur, keys, schedule=schedule,
+                         residual_scale=scale)
+  # Every pixel of every sample is an independent draw (elementwise denoiser, iid noise).
+  r0 = np.asarray((out['samples'] - out['predictor'][None]) * scale, np.float64).ravel()
+  n = r0.size
+  # Four standard errors of the sample mean and sample std of n Gaussian draws; the std
+  # also gets 0.005 for ancestral sampling's variance deficit at finite T (the sampler
+  # adds beta_tilde, not beta_tilde plus the x0 posterior's spread), which is below
+  # that for this schedule by the closed-form recursion of the Gaussian case.
+  assert abs(r0.mean() - mu) < 4 * s / np.sqrt(n), r0.mean()
+  assert abs(r0.std() - s) < 4 * s / np.sqrt(2 * n) + 0.005, r0.std()

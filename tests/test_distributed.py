@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, assert_same_state, run_launch
-from xydiff import checkpoint, train
+from xydiff import checkpoint, state as state_lib
 
 # A tiny demo run; every process count and interruption below must end the same.
 TINY_ARGS = ['--config=configs/demo.py', '--config.model.xydeblur.width=4',
@@ -25,7 +25,7 @@ TINY_ARGS = ['--config=configs/demo.py', '--config.model.xydeblur.width=4',
 
 
 def _tiny_config(num_steps):
-  from configs import demo
+  from xydiff.configs import demo
   from conftest import tiny
   config = tiny(demo.get_config(), steps=num_steps)
   config.train.batch_size = 4
@@ -35,35 +35,32 @@ def _tiny_config(num_steps):
 
 def _params(workdir, num_steps):
   config = _tiny_config(num_steps)
-  _, target = train.init_state(config)
-  return checkpoint.Checkpointer(str(workdir), config.model).restore(target)
+  _, target = state_lib.init_state(config)
+  return checkpoint.Checkpointer(str(workdir), config).restore(target)
 
 
 def test_eight_devices_match_one_device():
   script = textwrap.dedent('''
       import jax, numpy as np
       from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-      from configs import demo
+      from xydiff.configs import demo
       from conftest import tiny
-      from xydiff import train
+      from xydiff import state as state_lib, step as step_lib
       assert jax.device_count() == 8
       config = tiny(demo.get_config())
       config.train.batch_size = 8
-      graphdef, state = train.init_state(config)
+      graphdef, state = state_lib.init_state(config)
       rng = np.random.default_rng(0)
       batch = {'blur': rng.random((8, 16, 16, 3), np.float32)}
       batch['sharp'] = np.clip(batch['blur'] + 0.05, 0, 1).astype(np.float32)
       def run(devices):
         mesh = Mesh(np.array(devices), ('data',))
-        rep, data = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
-        step = jax.jit(lambda s, b: train.train_step(
-            graphdef, s, b, tx=train.make_optimizer(config.train),
-            loss_fn=train.make_loss_fn(config), ema_rate=0.0, base_key=jax.random.key(0)),
-            in_shardings=(rep, data), out_shardings=(rep, rep))
-        s = jax.device_put(state, rep)
+        rep, data = state_lib.replicated(mesh), state_lib.batch_sharding(mesh)
+        step = step_lib.make_train_step(config, graphdef, mesh)
+        s = jax.device_put(jax.tree.map(np.copy, state), rep)
         losses = []
         for _ in range(3):
-          s, m = step(s, train.shard_batch(batch, data))
+          s, m = step(s, state_lib.shard_batch(batch, data))
           losses.append(float(m['loss']))
         return s, losses
       one, loss1 = run(jax.devices()[:1])
@@ -122,7 +119,7 @@ _SHARD_SCRIPT = textwrap.dedent('''
     import json, sys
     import jax, numpy as np
     jax.distributed.initialize(sys.argv[1], num_processes=2, process_id=int(sys.argv[2]))
-    from configs import demo
+    from xydiff.configs import demo
     from conftest import tiny
     from xydiff import data
     config = tiny(demo.get_config())
@@ -194,7 +191,7 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, sig):
     assert f'SIGTERM: saved step {steps[-1]}' in err
   # Only finalised steps are listed, whatever the kill left behind (orbax
   # writes a step under a temporary name and renames it when complete).
-  listed = checkpoint.Checkpointer(str(workdir), _tiny_config(num_steps).model).all_steps()
+  listed = checkpoint.Checkpointer(str(workdir), _tiny_config(num_steps)).all_steps()
   assert listed and max(listed) == steps[-1]
   for step in listed:
     assert (workdir / 'checkpoints' / str(step) / 'commit_success.txt').exists() or \

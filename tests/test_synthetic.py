@@ -1,26 +1,21 @@
 """Tests for xydiff.data.synthetic: kernels, the blur operator and pair sources."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import scipy.ndimage as ndi
 
+from conftest import GOPRO_SAMPLE
 from xydiff import images
 from xydiff.data import synthetic
 
-GOPRO_FRAME = (Path(__file__).resolve().parents[2] / 'shared' / 'data' / 'gopro_sample' /
-               'train' / 'GOPR0372_07_00' / 'sharp' / '000047.png')
+GOPRO_FRAME = GOPRO_SAMPLE / 'train' / 'GOPR0372_07_00' / 'sharp' / '000047.png'
 
 
 @pytest.fixture(scope='module')
 def photo_crop():
   """A 96x128 float crop of a real photograph (textured, so blur is visible)."""
-  if GOPRO_FRAME.exists():
-    image = images.to_float(images.read_image(str(GOPRO_FRAME)))
-    return image[300:396, 500:628]
-  import skimage.data
-  return images.to_float(skimage.data.astronaut())[150:246, 200:328]
+  image = images.to_float(images.read_image(str(GOPRO_FRAME)))
+  return image[300:396, 500:628]
 
 
 @pytest.fixture(scope='module')

@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 
 from conftest import GOPRO_SAMPLE, assert_same_state, run_launch, tiny
-from xydiff import checkpoint, train
-from xydiff.checkpoint import CheckpointMismatchError
-from xydiff.errors import ConfigError
+from xydiff import checkpoint, state as state_lib, step as step_lib, train
+from xydiff.errors import CheckpointMismatchError, ConfigError, NonFiniteLossError
 
 
 def _mock_batch(n=2, size=16):
@@ -21,34 +20,31 @@ def _mock_batch(n=2, size=16):
 
 @pytest.mark.parametrize('variant', ['', 'diffusion'])
 def test_one_train_step_on_a_mock_batch(variant):
-  from configs import demo
+  from xydiff.configs import demo
   config = tiny(demo.get_config(variant))
-  config.train.ema_rate = 0.5
-  graphdef, state = train.init_state(config)
-  step = jax.jit(lambda s, b: train.train_step(
-      graphdef, s, b, tx=train.make_optimizer(config.train), loss_fn=train.make_loss_fn(config),
-      ema_rate=config.train.ema_rate, base_key=jax.random.key(0)))
+  config.train.ema_rate = 0.9
+  graphdef, state = state_lib.init_state(config)
+  step = step_lib.make_train_step(config, graphdef, donate=False)
   new_state, metrics = step(state, _mock_batch())
   assert int(new_state['step']) == 1
   assert np.isfinite(float(metrics['loss'])) and float(metrics['grad_norm']) > 0
   before, after = jax.tree.leaves(state['params']), jax.tree.leaves(new_state['params'])
   assert any(not np.array_equal(a, b) for a, b in zip(before, after))
-  # EMA at rate 0.5 sits halfway between the old and the new parameters.
+  # The EMA moves a tenth of the way from the old towards the new parameters
+  # (a rate other than 0.5, so that swapping the two weights shows).
   for p0, p1, e in zip(before, after, jax.tree.leaves(new_state['ema_params'])):
-    np.testing.assert_allclose(e, 0.5 * p0 + 0.5 * p1, atol=1e-6)
+    np.testing.assert_allclose(e, 0.9 * p0 + 0.1 * p1, atol=1e-6)
 
 
 def test_microbatches_give_the_whole_batch_update():
-  from configs import demo
+  from xydiff.configs import demo
   config = tiny(demo.get_config())
-  graphdef, state = train.init_state(config)
+  graphdef, state = state_lib.init_state(config)
   batch = _mock_batch(n=4)
   results = []
   for k in (1, 2, 4):
-    step = jax.jit(lambda s, b, k=k: train.train_step(
-        graphdef, s, b, tx=train.make_optimizer(config.train),
-        loss_fn=train.make_loss_fn(config), ema_rate=0.0, base_key=jax.random.key(0),
-        microbatches=k))
+    config.train.microbatches = k
+    step = step_lib.make_train_step(config, graphdef)
     results.append(step(jax.tree.map(jnp.copy, state), batch))
   for new_state, metrics in results[1:]:
     np.testing.assert_allclose(metrics['loss'], results[0][1]['loss'], rtol=1e-6)
@@ -58,10 +54,10 @@ def test_microbatches_give_the_whole_batch_update():
 
 
 def test_lr_is_halved_at_the_configured_steps_after_warmup():
-  from configs import default
+  from xydiff.configs import default
   cfg = default.get_config().train
   cfg.lr, cfg.warmup_steps, cfg.lr_halve_steps = 1e-4, 10, (100, 200)
-  lr = train.make_lr_schedule(cfg)
+  lr = state_lib.make_lr_schedule(cfg)
   np.testing.assert_allclose([lr(0), lr(9), lr(99), lr(100), lr(250)],
                              [1e-5, 1e-4, 1e-4, 5e-5, 2.5e-5], rtol=1e-5)
 
@@ -74,8 +70,9 @@ def test_train_checkpoint_and_evaluate_the_demo(demo_config, tmp_path):
     report = json.load(f)
   assert report == summary
   assert report['step'] == 4 and report['split'] == 'test' and report['num_images'] == 2
-  assert set(report['input']) == {'psnr', 'ssim', 'ssim3d'}
-  assert set(report['outputs']['restored']) == {'psnr', 'ssim', 'ssim3d'}
+  assert set(report['input']) == {'psnr', 'ssim', 'ssim3d', 'lpips'}
+  assert set(report['outputs']['restored']) == {'psnr', 'ssim', 'ssim3d', 'lpips'}
+  assert 0 < report['outputs']['restored']['lpips'] < 2 and 'AlexNet' in report['metrics']['lpips']
   assert {'name', 'input_psnr', 'psnr', 'ssim'} <= set(report['images'][0])
   assert 10 < report['input']['psnr'] < 50 and 0 < report['outputs']['restored']['ssim'] <= 1
   name = report['images'][0]['name']
@@ -85,8 +82,8 @@ def test_train_checkpoint_and_evaluate_the_demo(demo_config, tmp_path):
 
 
 def _final_params(workdir, config):
-  graphdef, state = train.init_state(config)
-  return checkpoint.Checkpointer(workdir, config.model).restore(state)
+  graphdef, state = state_lib.init_state(config)
+  return checkpoint.Checkpointer(workdir, config).restore(state)
 
 
 def test_resumed_run_ends_where_an_uninterrupted_one_does(demo_config, tmp_path):
@@ -167,7 +164,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(demo_config, t
   demo_config.train.num_steps = 6
   demo_config.train.lr = 1e30  # Blows up at once.
   # Step 3's update blows the parameters up: caught before they can be saved.
-  with pytest.raises(train.NonFiniteLossError,
+  with pytest.raises(NonFiniteLossError,
                      match=r'non-finite at step 3 \(param_norm inf\).*last good checkpoint is step 2'):
     train.train_and_evaluate(demo_config, workdir)
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['2']

@@ -7,6 +7,7 @@ exit status 1, never a traceback.
 
 from __future__ import annotations
 
+import os
 import sys
 
 from absl import flags
@@ -25,8 +26,13 @@ def one_line(error: BaseException) -> str:
   return ' '.join(text.split())
 
 
-def parse_flags(argv):
-  """absl's parser (for `app.run(..., flags_parser=parse_flags)`), with one-line errors."""
+def parse_flags(argv, *, workdir_config: bool = True):
+  """absl's parser (for `app.run(..., flags_parser=parse_flags)`), with one-line errors.
+
+  `--config` is resolved first (resolve_config_argv); tools whose config has a
+  default of their own pass workdir_config=False.
+  """
+  argv = resolve_config_argv(argv, workdir_config=workdir_config)
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
@@ -42,3 +48,79 @@ OVERRIDE_ERRORS = (AttributeError, KeyError, TypeError, ValueError)
 def fail_on_override(argv, error: BaseException) -> None:
   overrides = [a for a in argv[1:] if a.startswith('--config.')]
   fail(f'bad config override ({" ".join(overrides)}): {one_line(error)}')
+
+
+def _joined(argv: list[str]) -> list[str]:
+  """argv with `--flag value` pairs of the flags read here joined as `--flag=value`."""
+  out, i = [], 0
+  while i < len(argv):
+    if argv[i] in ('--config', '--mode', '--workdir') and i + 1 < len(argv):
+      out.append(f'{argv[i]}={argv[i + 1]}')
+      i += 2
+    else:
+      out.append(argv[i])
+      i += 1
+  return out
+
+
+def _flag_value(argv, name: str) -> str | None:
+  """The value of the last `--name=value` in argv, or None."""
+  values = [a.split('=', 1)[1] for a in argv if a.startswith(f'--{name}=')]
+  return values[-1] if values else None
+
+
+def packaged_config(name: str) -> str | None:
+  """The file of the packaged config `name` (xydiff.configs.<name>), or None."""
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  if not name.isidentifier():
+    return None
+  spec = importlib.util.find_spec(f'xydiff.configs.{name}')
+  return spec.origin if spec is not None else None
+
+
+def list_packaged_configs() -> list[str]:
+  import importlib.resources  # pylint: disable=import-outside-toplevel
+  return sorted(p.name[:-3] for p in importlib.resources.files('xydiff.configs').iterdir()
+                if p.name.endswith('.py') and not p.name.startswith('_'))
+
+
+def resolve_config_argv(argv: list[str], *, workdir_config: bool = True):
+  """Rewrites `--config` before absl parses it.
+
+  - `--config=NAME[:variant]` naming no file is the packaged config NAME
+    (`--config=gopro`, `--config=demo:diffusion`), so an installed xydiff
+    needs no checkout;
+  - a `--config` file that does not exist is one line, not a traceback;
+  - without `--config`, a run's own workdir supplies it (run_config.py): eval,
+    sweep and deblur use the stored config, overrides included, and training
+    resumes with it; --mode=score uses the packaged defaults.
+  """
+  argv = _joined(argv)
+  config = _flag_value(argv, 'config')
+  if config is None:
+    if not workdir_config:
+      return argv
+    mode = _flag_value(argv, 'mode') or 'train'
+    if mode == 'score':
+      argv.insert(1, f'--config={packaged_config("default")}')
+      return argv
+    workdir = _flag_value(argv, 'workdir')
+    checkpoint = _flag_value(argv, 'checkpoint')
+    if mode == 'deblur' and checkpoint:  # <workdir>/checkpoints/<step>
+      workdir = os.path.dirname(os.path.dirname(os.path.abspath(checkpoint)))
+    if workdir:
+      from xydiff import run_config  # pylint: disable=import-outside-toplevel
+      if not os.path.isfile(os.path.join(workdir, run_config.CONFIG_FILE)):
+        fail(f'--config is missing and {workdir} holds no stored config '
+             f'({run_config.CONFIG_FILE}); pass --config')
+      argv.insert(1, f'--config={run_config.__file__}:{workdir}')
+    return argv
+  path, _, variant = config.partition(':')
+  if os.path.isfile(path):
+    return argv
+  packaged = packaged_config(path)
+  if packaged is None:
+    fail(f'--config={config}: no such file, nor a packaged config '
+         f'({", ".join(list_packaged_configs())})')
+  resolved = f'--config={packaged}' + (f':{variant}' if variant else '')
+  return [resolved if a == f'--config={config}' else a for a in argv]

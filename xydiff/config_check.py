@@ -11,6 +11,7 @@ import os
 import jax.numpy as jnp
 
 from xydiff import data, models
+from xydiff.data.synthetic import KERNEL_TYPES
 from xydiff.errors import ConfigError
 from xydiff.models import layers
 
@@ -42,57 +43,83 @@ def validate_model(config) -> int:
   _require(dtype_ok, 'model.dtype', "must be 'float32', 'bfloat16' or 'float16'", m.dtype)
   _require(m.upsample_impl in layers.UPSAMPLE_IMPLS, 'model.upsample_impl',
            f'must be one of {layers.UPSAMPLE_IMPLS}', m.upsample_impl)
-  multiple = 4
-  if m.name == 'xydeblur':
-    for f in ('width', 'num_res'):
-      _positive_int(config, f'model.xydeblur.{f}')
-  else:
+  uses_xydeblur = m.name == 'xydeblur' or m.predictor.arch == 'xydeblur'
+  if m.name != 'xydeblur':
     _require(m.predictor.arch in models.PREDICTOR_ARCHS, 'model.predictor.arch',
              f'must be one of {models.PREDICTOR_ARCHS}', m.predictor.arch)
-    for net in ('predictor', 'denoiser'):
+    nets = ('denoiser',) if m.predictor.arch == 'xydeblur' else ('predictor', 'denoiser')
+    for net in nets:
       for f in ('base', 'num_res'):
         _positive_int(config, f'model.{net}.{f}')
-      if net == 'predictor' and m.predictor.arch == 'xydeblur':
-        continue  # XYDeblur has fixed scales; multipliers and xy are U-Net fields.
       mults = m[net].multipliers
       _require(len(mults) >= 1 and all(isinstance(x, int) and x > 0 for x in mults),
                f'model.{net}.multipliers', 'must be positive integers', mults)
-      multiple = max(multiple, 2 ** (len(mults) - 1))
     _require(m.noise_embedding_scale > 0, 'model.noise_embedding_scale', 'must be positive',
              m.noise_embedding_scale)
-  return multiple
+  if uses_xydeblur:
+    for f in ('width', 'num_res'):
+      _positive_int(config, f'model.xydeblur.{f}')
+  return models.size_multiple(m)
 
 
-def validate(config, device_count: int = 1) -> None:
-  m, d, t, diff = config.model, config.data, config.train, config.diffusion
-  multiple = validate_model(config)
-  if models.is_diffusion(m):
-    _positive_int(config, 'diffusion.num_steps')
-    _require(0 < diff.beta_start <= diff.beta_end < 1, 'diffusion.beta_start/beta_end',
-             'need 0 < beta_start <= beta_end < 1', (diff.beta_start, diff.beta_end))
-    _require(diff.predictor_loss_weight >= 0, 'diffusion.predictor_loss_weight', 'must be >= 0',
-             diff.predictor_loss_weight)
-    _require(diff.residual_scale > 0, 'diffusion.residual_scale', 'must be positive',
-             diff.residual_scale)
-    for name in config.eval.presets:
-      _require(name in diff.presets, 'eval.presets', f'{name!r} is not in config.diffusion.presets',
-               tuple(config.eval.presets))
-    for i, schedule in enumerate(config.sweep.schedules):
-      ok = (len(schedule) == 3 and int(schedule[0]) > 0 and 0 < schedule[1] <= schedule[2] < 1)
-      _require(ok, f'sweep.schedules[{i}]', 'must be (num_steps, beta_start, beta_end) with '
-               '0 < beta_start <= beta_end < 1', tuple(schedule))
-    _require(len(config.sweep.num_samples) > 0 and
-             all(isinstance(n, int) and n > 0 for n in config.sweep.num_samples),
-             'sweep.num_samples', 'must be positive integers', tuple(config.sweep.num_samples))
-    for name, preset in diff.presets.items():
-      for f in ('num_steps', 'num_samples'):
-        _positive_int(config, f'diffusion.presets.{name}.{f}')
-      _require(0 < preset.beta_start <= preset.beta_end < 1,
-               f'diffusion.presets.{name}.beta_start/beta_end',
-               'need 0 < beta_start <= beta_end < 1', (preset.beta_start, preset.beta_end))
+MODES = ('train', 'eval', 'sweep', 'deblur', 'score')
 
+
+def validate(config, mode: str = 'train', device_count: int = 1) -> None:
+  """Checks every field `mode` reads: the model always; data, training, evaluation,
+  sweep and deblur fields where the mode uses them."""
+  validate_model(config)
   _require(isinstance(config.seed, int) and config.seed >= 0, 'seed', 'must be an integer >= 0',
            config.seed)
+  if models.is_diffusion(config.model):
+    _validate_diffusion(config)
+  if mode in ('train', 'eval', 'sweep'):
+    _validate_data(config)
+  if mode in ('train', 'eval', 'sweep', 'score'):
+    _validate_eval(config)
+  if mode == 'train':
+    _validate_train(config, device_count)
+  if mode == 'sweep':
+    _validate_sweep(config)
+
+
+def _validate_diffusion(config) -> None:
+  """The training schedule, the sampling presets and the presets evaluation reports."""
+  diff = config.diffusion
+  _positive_int(config, 'diffusion.num_steps')
+  _require(0 < diff.beta_start <= diff.beta_end < 1, 'diffusion.beta_start/beta_end',
+           'need 0 < beta_start <= beta_end < 1', (diff.beta_start, diff.beta_end))
+  _require(diff.predictor_loss_weight >= 0, 'diffusion.predictor_loss_weight', 'must be >= 0',
+           diff.predictor_loss_weight)
+  _require(diff.residual_scale > 0, 'diffusion.residual_scale', 'must be positive',
+           diff.residual_scale)
+  for name in config.eval.presets:
+    _require(name in diff.presets, 'eval.presets', f'{name!r} is not in config.diffusion.presets',
+             tuple(config.eval.presets))
+  for name, preset in diff.presets.items():
+    for f in ('num_steps', 'num_samples'):
+      _positive_int(config, f'diffusion.presets.{name}.{f}')
+    _require(0 < preset.beta_start <= preset.beta_end < 1,
+             f'diffusion.presets.{name}.beta_start/beta_end',
+             'need 0 < beta_start <= beta_end < 1', (preset.beta_start, preset.beta_end))
+
+
+def _validate_sweep(config) -> None:
+  if not models.is_diffusion(config.model):
+    raise ConfigError(f"config.model.name={config.model.name!r}: --mode=sweep needs a diffusion "
+                      "model ('dvsr')")
+  for i, schedule in enumerate(config.sweep.schedules):
+    ok = (len(schedule) == 3 and int(schedule[0]) > 0 and 0 < schedule[1] <= schedule[2] < 1)
+    _require(ok, f'sweep.schedules[{i}]', 'must be (num_steps, beta_start, beta_end) with '
+             '0 < beta_start <= beta_end < 1', tuple(schedule))
+  _require(len(config.sweep.num_samples) > 0 and
+           all(isinstance(n, int) and n > 0 for n in config.sweep.num_samples),
+           'sweep.num_samples', 'must be positive integers', tuple(config.sweep.num_samples))
+
+
+def _validate_data(config) -> None:
+  d = config.data
+  multiple = models.size_multiple(config.model)
   _require(d.name in data.DATA_NAMES, 'data.name', f'must be one of {data.DATA_NAMES}', d.name)
   if d.name == 'folder':
     _require(bool(d.root), 'data.root', 'set it to the folder that holds your '
@@ -104,8 +131,8 @@ def validate(config, device_count: int = 1) -> None:
   _positive_int(config, 'data.crop')
   _require(d.crop % multiple == 0, 'data.crop', f'must be a multiple of {multiple} for this model',
            d.crop)
-  _require(d.synthetic.kernel in ('random', 'x', 'y', 'xy'), 'data.synthetic.kernel',
-           "must be 'random', 'x', 'y' or 'xy'", d.synthetic.kernel)
+  _require(d.synthetic.kernel in KERNEL_TYPES, 'data.synthetic.kernel',
+           f'must be one of {KERNEL_TYPES}', d.synthetic.kernel)
   _positive_int(config, 'data.synthetic.pairs_per_photo')
   syn = d.synthetic
   _require(isinstance(syn.kernel_size, int) and syn.kernel_size >= 3 and syn.kernel_size % 2,
@@ -121,6 +148,9 @@ def validate(config, device_count: int = 1) -> None:
            d.eval_max_images)
   _positive_int(config, 'data.cache_pairs')
 
+
+def _validate_train(config, device_count: int) -> None:
+  t = config.train
   for f in ('batch_size', 'num_steps', 'log_every', 'checkpoint_every', 'keep_checkpoints',
             'eval_every'):
     _positive_int(config, f'train.{f}')
@@ -142,7 +172,12 @@ def validate(config, device_count: int = 1) -> None:
   _require(t.grad_clip >= 0, 'train.grad_clip', 'must be >= 0; 0 turns clipping off', t.grad_clip)
   _require(all(int(s) > 0 for s in t.lr_halve_steps), 'train.lr_halve_steps',
            'must be positive steps', tuple(t.lr_halve_steps))
+
+
+def _validate_eval(config) -> None:
   _require(config.eval.align in ALIGN_MODES, 'eval.align', f'must be one of {ALIGN_MODES}',
            config.eval.align)
   _require(config.eval.num_image_summaries >= 0, 'eval.num_image_summaries', 'must be >= 0',
            config.eval.num_image_summaries)
+  _require(isinstance(config.eval.lpips, bool), 'eval.lpips', 'must be True or False',
+           config.eval.lpips)

@@ -6,8 +6,9 @@ diffusion scale). The denoiser f(z, level, y) is conditioned on the
 continuous noise level sqrt(alpha_bar) (WaveGrad / SR3), so the sampling
 schedule is chosen at inference without retraining.
 
-Notation follows ../shared/METHOD.md §1: alpha_t per step, alpha_bar_t their
-cumulative product, posterior q(x_{t-1} | x_t, x_0) = N(mu_t, beta_t I).
+Notation follows DvSR (Whang et al., CVPR 2022) and SR3: alpha_t per step,
+alpha_bar_t their cumulative product, posterior q(x_{t-1} | x_t, x_0) =
+N(mu_t, beta_t I).
 """
 
 from __future__ import annotations

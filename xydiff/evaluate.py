@@ -2,81 +2,32 @@
 
 An `Evaluator` knows which outputs a model has — XYDeblur: 'restored';
 DvSR: 'predictor' (g alone) plus one entry per inference preset ('perceptual',
-'sa', ...) — and scores each on whole images with the field's protocol (PSNR
-on uint8-rounded RGB, peak 255; 2-D Gaussian SSIM on uint8 levels). On
-RealBlur (config.eval.align) each uint8-rounded output is first aligned to the
-ground truth as RealBlur's evaluation script does (align.py), and PSNR/SSIM
-are the masked ones of that protocol. It writes `<workdir>/eval/step_<N>.json`
-(every metric named by its label), a few input/output/sharp PNGs beside it,
-and the same as TensorBoard summaries.
+'sa', ...) — and scores each on whole images with a `Scorer`: the field's
+table protocol (PSNR on uint8-rounded RGB, peak 255; 2-D and 3-D SSIM on
+uint8 levels), or on RealBlur (config.eval.align) that dataset's protocol
+(each output saved as 8 bits, aligned to the ground truth with OpenCV's ECC,
+masked PSNR/SSIM). Images stream one at a time: memory does not grow with the
+size of the split. It writes `<workdir>/<subdir>/step_<N>.json` (every metric
+named by its label) and `.csv` (one row per image), a few
+input/output/sharp PNGs beside them, and the same as TensorBoard summaries.
 """
 
 from __future__ import annotations
 
+import csv
+import functools
+import io
 import json
 import os
+import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
-from flax import nnx
 
-from xydiff import align, data, diffusion, images, metrics, models
-
-
-def preset_schedule(preset) -> diffusion.Schedule:
-  return diffusion.linear_schedule(preset.num_steps, preset.beta_start, preset.beta_end)
-
-
-def make_restore_fns(config, graphdef):
-  """{output name: jitted fn(params, blur [1,H,W,3], key) -> dict with 'image' and extras}."""
-  if not models.is_diffusion(config.model):
-    @jax.jit
-    def restore(params, blur, key):
-      del key
-      return {'image': nnx.merge(graphdef, params)(blur)['restored']}
-    return {'restored': restore}
-
-  @jax.jit
-  def predictor(params, blur, key):
-    del key
-    return {'image': nnx.merge(graphdef, params).predict(blur)['restored']}
-
-  fns = {'predictor': predictor}
-  for name in config.eval.presets:
-    preset = config.diffusion.presets[name]
-    fns[name] = make_sampler(graphdef, preset_schedule(preset), preset.num_samples,
-                           config.diffusion.residual_scale)
-  return fns
-
-
-def make_sampler(graphdef, schedule, num_samples, residual_scale):
-  """jitted fn(params, blur, key) -> {image: mean of the N samples, std, samples [N, ...]}."""
-  @jax.jit
-  def run(params, blur, key):
-    model = nnx.merge(graphdef, params)
-    out = diffusion.sample(lambda y: model.predict(y)['restored'], model.denoise, blur,
-                           diffusion.sample_keys(key, num_samples), schedule=schedule,
-                           residual_scale=residual_scale)
-    return {'image': out['mean'], 'std': out['std'], 'samples': out['samples']}
-  return run
-
-
-@jax.jit
-def _table_scores(pred, target):
-  """GoPro/HIDE tables: PSNR, 2-D and 3-D SSIM on uint8 levels."""
-  return {'psnr': metrics.psnr_uint8(pred, target)[0], 'ssim': metrics.ssim(pred, target)[0],
-          'ssim3d': metrics.ssim3d(pred, target)[0]}
-
-
-@jax.jit
-def _realblur_scores(pred, target):
-  """RealBlur: the saved 8-bit output, aligned to the ground truth, masked PSNR/SSIM."""
-  psnr, ssim, converged = align.realblur_scores(images.quantize(pred[0]),
-                                                images.quantize(target[0]))
-  return {'psnr': psnr, 'ssim': ssim, 'aligned': converged}
-
+from xydiff import config_check, data, files, images, inference, metrics, models
+from xydiff.metrics import lpips, realblur
 
 REALBLUR_DATA = ('realblur_j', 'realblur_r')
 
@@ -89,8 +40,104 @@ def uses_alignment(config) -> bool:
   return config.eval.align == 'ecc'
 
 
+@functools.partial(jax.jit, static_argnames=('with_lpips',))
+def _table_scores(pred, target, with_lpips: bool):
+  """GoPro/HIDE tables: PSNR, 2-D and 3-D SSIM on uint8 levels, and LPIPS."""
+  scores = {'psnr': metrics.psnr_uint8(pred, target)[0], 'ssim': metrics.ssim(pred, target)[0],
+            'ssim3d': metrics.ssim3d(pred, target)[0]}
+  if with_lpips:
+    scores['lpips'] = lpips.lpips(pred, target)[0]
+  return scores
+
+
+class Scorer:
+  """Full-reference scores of one restored image against its sharp image.
+
+  `labels` names every score it returns; `aligned` says whether it follows
+  RealBlur's protocol, whose scores also carry 'aligned' (False where OpenCV's
+  ECC failed and the identity warp was used).
+  """
+
+  def __init__(self, aligned: bool, with_lpips: bool = True):
+    self.aligned = aligned
+    # LPIPS on the GoPro protocol only: RealBlur's pairs are misaligned by design,
+    # and its protocol scores PSNR/SSIM of the aligned output alone.
+    self.with_lpips = with_lpips and not aligned
+    if aligned:
+      self.labels = {'psnr': metrics.REALBLUR_LABEL, 'ssim': metrics.REALBLUR_LABEL}
+    else:
+      self.labels = {'psnr': metrics.PSNR_UINT8_LABEL, 'ssim': metrics.SSIM_2D_LABEL,
+                     'ssim3d': metrics.SSIM_3D_LABEL}
+      if self.with_lpips:
+        self.labels['lpips'] = lpips.LPIPS_LABEL
+
+  def __call__(self, pred, target) -> dict:
+    """pred, target: HxWx3 float images in [0, 1]."""
+    if self.aligned:
+      scores = realblur.realblur_scores(np.asarray(pred), np.asarray(target))
+    else:
+      scores = _table_scores(jnp.asarray(pred)[None], jnp.asarray(target)[None],
+                             self.with_lpips)
+    return {k: (bool(v) if k == 'aligned' else float(v)) for k, v in scores.items()}
+
+
 def _file_stem(name: str) -> str:
   return name.replace('/', '_').replace(os.sep, '_')
+
+
+class Progress:
+  """Per-image progress with an ETA, logged at most every few seconds."""
+
+  def __init__(self, what: str, total: int, every_s: float = 10.0):
+    self.what, self.total, self.every_s = what, total, every_s
+    self.start = self.last = time.time()
+
+  def __call__(self, done: int) -> None:
+    now = time.time()
+    if done < self.total and now - self.last < self.every_s and done != 1:
+      return
+    self.last = now
+    per_image = (now - self.start) / max(done, 1)
+    logging.info('%s: %d/%d images, %.2f s/image, ETA %.0f s', self.what, done, self.total,
+                 per_image, per_image * (self.total - done))
+
+
+def write_report(path_stem: str, summary: dict) -> None:
+  """`<stem>.json` (the whole summary) and `<stem>.csv` (one row per image), each atomic."""
+  rows = []
+  for entry in summary['images']:
+    row = {'name': entry['name']}
+    row.update({k: v for k, v in entry.items() if k.startswith('input_')})
+    for out_name, scores in entry['outputs'].items():
+      row.update({f'{out_name}_{k}': v for k, v in scores.items()})
+    rows.append(row)
+  text = io.StringIO()
+  if rows:
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+  files.write_atomic(f'{path_stem}.json', json.dumps(summary, indent=1))
+  files.write_atomic(f'{path_stem}.csv', text.getvalue())
+
+
+def summarize(per_image: list[dict], labels: dict, output_names, *, primary: str, split: str,
+              step: int | None, aligned: bool) -> dict:
+  """The report of one evaluation: per-image scores, their means, and what each metric is."""
+  mean = lambda values: float(np.mean(values)) if values else float('nan')
+  summary = {
+      'step': None if step is None else int(step), 'split': split,
+      'num_images': len(per_image), 'metrics': dict(labels), 'primary': primary,
+      'input': {k: mean([e[f'input_{k}'] for e in per_image if f'input_{k}' in e])
+                for k in labels if any(f'input_{k}' in e for e in per_image)},
+      'outputs': {name: {k: mean([e['outputs'][name][k] for e in per_image]) for k in labels}
+                  for name in output_names},
+      'images': per_image,
+  }
+  if aligned:
+    summary['alignment_failures'] = sum(
+        (not e.get('input_aligned', True)) + sum(not o['aligned'] for o in e['outputs'].values())
+        for e in per_image)
+  return summary
 
 
 class Evaluator:
@@ -106,18 +153,19 @@ class Evaluator:
     self.split = split_name or config.data.eval_split
     self._fns = None
     self._graphdef = None
-    self.aligned = uses_alignment(config)
-    if self.aligned:
-      self._scores, self.labels = _realblur_scores, {'psnr': metrics.REALBLUR_LABEL,
-                                                     'ssim': metrics.REALBLUR_LABEL}
-    else:
-      self._scores, self.labels = _table_scores, {
-          'psnr': metrics.PSNR_UINT8_LABEL, 'ssim': metrics.SSIM_2D_LABEL,
-          'ssim3d': metrics.SSIM_3D_LABEL}
+    self.scorer = Scorer(uses_alignment(config), config.eval.lpips)
+
+  @property
+  def primary_output(self) -> str:
+    """The output whose scores are also given as each image's plain psnr/ssim."""
+    if not models.is_diffusion(self.config.model):
+      return 'restored'
+    return self.config.eval.presets[-1] if self.config.eval.presets else 'predictor'
 
   def run(self, graphdef, params, step: int) -> dict:
+    """Scores `params` (the weights to evaluate: state.eval_params of a train state)."""
     if self._fns is None or graphdef is not self._graphdef:
-      self._fns, self._graphdef = make_restore_fns(self.config, graphdef), graphdef
+      self._fns, self._graphdef = inference.make_restore_fns(self.config, graphdef), graphdef
     is_chief = jax.process_index() == 0
     out_dir = os.path.join(self.workdir, self.subdir, f'step_{step}')
     num_pictures = self.config.eval.num_image_summaries
@@ -125,23 +173,23 @@ class Evaluator:
       os.makedirs(out_dir, exist_ok=True)
     base_key = jax.random.key(self.config.seed + 1)  # Fixed: re-evaluation is repeatable.
     per_image, tb_images = [], {}
-    for index, (name, blur, sharp) in enumerate(
-        data.eval_pairs(self.source, self.config.data.eval_max_images)):
-      blur_b, sharp_b = jnp.asarray(blur)[None], jnp.asarray(sharp)[None]
-      entry = {'name': name, **{f'input_{k}': v for k, v in self._score(blur_b, sharp_b).items()},
+    max_images = self.config.data.eval_max_images
+    total = len(self.source) if max_images <= 0 else min(max_images, len(self.source))
+    progress = Progress(f'eval step {step}', total)
+    for index, (name, blur, sharp) in enumerate(data.eval_pairs(self.source, max_images)):
+      entry = {'name': name, **{f'input_{k}': v for k, v in self.scorer(blur, sharp).items()},
                'outputs': {}}
-      if self.aligned and not entry['input_aligned']:
-        logging.warning('%s: ECC alignment of the input stopped early; scored with its last warp.',
-                        name)
+      if self.scorer.aligned and not entry['input_aligned']:
+        logging.warning('%s: ECC alignment of the input failed; scored unaligned.', name)
       pictures = {'input': blur, 'sharp': sharp}
       for out_name, fn in self._fns.items():
-        result = fn(params, blur_b, jax.random.fold_in(base_key, index))
-        entry['outputs'][out_name] = self._score(result['image'], sharp_b)
-        if self.aligned and not entry['outputs'][out_name]['aligned']:
-          logging.warning('%s: ECC alignment of %s stopped early; scored with its last warp.',
-                          name, out_name)
+        result = fn(params, jnp.asarray(blur)[None], jax.random.fold_in(base_key, index))
+        restored = np.asarray(result['image'][0])
+        entry['outputs'][out_name] = self.scorer(restored, sharp)
+        if self.scorer.aligned and not entry['outputs'][out_name]['aligned']:
+          logging.warning('%s: ECC alignment of %s failed; scored unaligned.', name, out_name)
         if index < num_pictures:
-          pictures[out_name] = np.asarray(result['image'][0])
+          pictures[out_name] = restored
           if 'std' in result:
             std = np.asarray(result['std'][0]).mean(axis=-1, keepdims=True)
             entry['outputs'][out_name]['std_max'] = float(std.max())
@@ -155,46 +203,15 @@ class Evaluator:
         for kind, picture in pictures.items():
           images.write_png(os.path.join(out_dir, f'{_file_stem(name)}_{kind}.png'), picture)
           tb_images[f'eval/{_file_stem(name)}/{kind}'] = np.clip(picture, 0, 1)[None]
-    summary = self._summarize(per_image, step)
+      progress(index + 1)
+    summary = summarize(per_image, self.scorer.labels, self._fns, primary=self.primary_output,
+                        split=self.split, step=step, aligned=self.scorer.aligned)
     if is_chief:
       self._write(summary, tb_images, step)
     return summary
 
-  def _score(self, pred, target) -> dict:
-    return {k: (bool(v) if k == 'aligned' else float(v))
-            for k, v in self._scores(pred, target).items()}
-
-  @property
-  def primary_output(self) -> str:
-    """The output whose scores are also given as each image's plain psnr/ssim."""
-    if not models.is_diffusion(self.config.model):
-      return 'restored'
-    return self.config.eval.presets[-1] if self.config.eval.presets else 'predictor'
-
-  def _summarize(self, per_image, step):
-    mean = lambda values: float(np.mean(values))
-    outputs = {name: {k: mean([e['outputs'][name][k] for e in per_image]) for k in self.labels}
-               for name in self._fns}
-    summary = {
-        'step': int(step), 'split': self.split, 'num_images': len(per_image),
-        'metrics': dict(self.labels),
-        'primary': self.primary_output,
-        'input': {k: mean([e[f'input_{k}'] for e in per_image]) for k in self.labels},
-        'outputs': outputs,
-        'images': per_image,
-    }
-    if self.aligned:
-      summary['alignment_failures'] = sum(
-          (not e['input_aligned']) + sum(not o['aligned'] for o in e['outputs'].values())
-          for e in per_image)
-    return summary
-
   def _write(self, summary, tb_images, step):
-    path = os.path.join(self.workdir, self.subdir, f'step_{step}.json')
-    tmp = f'{path}.tmp'
-    with open(tmp, 'w') as f:
-      json.dump(summary, f, indent=1)
-    os.replace(tmp, path)
+    write_report(os.path.join(self.workdir, self.subdir, f'step_{step}'), summary)
     line = ', '.join(f'{name} {v["psnr"]:.2f} dB / {v["ssim"]:.4f}'
                      for name, v in summary['outputs'].items())
     logging.info('eval step %d on %d %s images: input %.2f dB / %.4f; %s', step,
@@ -224,13 +241,13 @@ def eval_subdir(config) -> str:
 
 def evaluate_checkpoint(config, workdir: str) -> dict:
   """--mode=eval: scores the latest (or config.eval.checkpoint_step) checkpoint."""
-  from clu import metric_writers
-  from xydiff import config_check, train
-  config_check.validate(config, jax.device_count())
+  config_check.validate(config, 'eval', jax.device_count())
   step = None if config.eval.checkpoint_step < 0 else config.eval.checkpoint_step
-  graphdef, params, step = train.load_for_inference(config, workdir, step)
-  writer = metric_writers.create_default_writer(
-      os.path.join(workdir, eval_subdir(config)), just_logging=jax.process_index() > 0)
+  graphdef, params, step = inference.load_for_inference(config, workdir, step)
+  writer = None
+  if jax.process_index() == 0:
+    from clu import metric_writers  # pylint: disable=import-outside-toplevel
+    writer = metric_writers.create_default_writer(os.path.join(workdir, eval_subdir(config)))
   source = data.get_source(config.data, 'eval')
   return Evaluator(config, workdir, source, writer=writer, subdir=eval_subdir(config)).run(
       graphdef, params, step)

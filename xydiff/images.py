@@ -8,6 +8,8 @@ Everything that crosses between those worlds goes through this module.
 from __future__ import annotations
 
 import os
+import struct
+import zlib
 
 import numpy as np
 
@@ -48,10 +50,79 @@ def quantize(image):
   return jnp.round(jnp.clip(image, 0.0, 1.0) * UINT8_PEAK) / UINT8_PEAK
 
 
-def _tensorflow():
-  """TensorFlow, imported lazily (slow, and needed for 16-bit PNG only), on the CPU."""
-  from xydiff import tf_guard
-  return tf_guard.keep_tensorflow_off_accelerators()
+PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
+# IHDR colour types (the PNG specification, table 11.1).
+PNG_GREY, PNG_RGB, PNG_PALETTE, PNG_GREY_ALPHA, PNG_RGBA = 0, 2, 3, 4, 6
+# EXIF tag of the camera's orientation (1: upright, 2-8: flips and rotations).
+_EXIF_ORIENTATION = 0x0112
+
+
+def png_header(path: str) -> tuple[int, int, int, int] | None:
+  """(width, height, bit depth, colour type) from a PNG's IHDR chunk; None if not a PNG.
+
+  Reads 26 bytes: the signature (8), IHDR's length and type (8), then width,
+  height (4 bytes each, big-endian), bit depth and colour type (1 each). Lets
+  callers route a file (16-bit, or already 8-bit RGB) without decoding it.
+  OSError (missing or unreadable file) propagates.
+  """
+  with open(path, 'rb') as f:
+    head = f.read(26)
+  if len(head) < 26 or head[:8] != PNG_SIGNATURE or head[12:16] != b'IHDR':
+    return None
+  width, height = struct.unpack('>II', head[16:24])
+  return width, height, head[24], head[25]
+
+
+def _decode_png16(path: str, colour_type: int) -> np.ndarray:
+  """A 16-bit PNG as HxW grey, HxWx2 grey + alpha, HxWx3 RGB or HxWx4 RGBA uint16.
+
+  OpenCV, because Pillow decodes 16-bit colour as 8-bit. The bytes go through
+  np.fromfile + imdecode so that any path the OS accepts works. OpenCV returns
+  BGR / BGRA (grey + alpha expanded to BGRA), and None rather than raising on
+  a damaged file.
+  """
+  import cv2  # Local: only 16-bit PNGs need it.
+  try:
+    array = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_UNCHANGED)
+  except cv2.error as e:
+    raise ImageReadError(f'cannot read image {path}: {str(e).strip().splitlines()[-1]}') from None
+  if array is None or array.dtype != np.uint16:
+    raise ImageReadError(f'cannot read image {path}: not a decodable 16-bit PNG '
+                         '(damaged or truncated?)')
+  if array.ndim == 3:
+    if colour_type == PNG_GREY_ALPHA and array.shape[-1] == 4:
+      array = array[..., [0, 3]]
+    elif array.shape[-1] == 3:
+      array = array[..., ::-1]
+    elif array.shape[-1] == 4:
+      array = array[..., [2, 1, 0, 3]]
+  return np.ascontiguousarray(array)
+
+
+def _upright(img):
+  """The Pillow image turned as its EXIF Orientation tag says (phone photos), else itself."""
+  from PIL import ImageOps
+  if img.getexif().get(_EXIF_ORIENTATION, 1) in (None, 1):
+    return img
+  return ImageOps.exif_transpose(img)
+
+
+def _decode_pillow(path: str) -> np.ndarray:
+  """8-bit PNG, JPEG and anything else Pillow reads, upright, as its stored channels."""
+  from PIL import Image  # Local: this module is imported by code that reads no images.
+  with Image.open(path) as img:
+    img.load()
+    img = _upright(img)
+    mode = img.mode
+    if mode in ('I;16', 'I;16B', 'I;16L', 'I'):
+      return (np.asarray(img, dtype=np.uint16) if mode != 'I' else
+              np.asarray(img).astype(np.uint16))[..., None]
+    if mode in ('1', 'L', 'LA', 'RGB', 'RGBA'):
+      return np.asarray(img.convert('L') if mode == '1' else img)
+    if mode in ('La', 'PA') or (mode == 'P' and 'transparency' in img.info):
+      return np.asarray(img.convert('LA' if mode == 'La' else 'RGBA'))
+    # Palette, CMYK, YCbCr, premultiplied RGBa, ...
+    return np.asarray(img.convert('RGBA' if mode == 'RGBa' else 'RGB'))
 
 
 def read_image(path: str, *, keep_channels: bool = False) -> np.ndarray:
@@ -59,46 +130,23 @@ def read_image(path: str, *, keep_channels: bool = False) -> np.ndarray:
 
   Grayscale is repeated to three channels and alpha is dropped, so every image
   a user hands xydiff is RGB. 16-bit PNGs, grey or colour, come back as uint16
-  at full precision: Pillow would silently decode 16-bit colour as 8-bit, so
-  they go through TensorFlow's PNG decoder instead.
+  at full precision (decoded by OpenCV: Pillow would silently decode 16-bit
+  colour as 8-bit); everything else is decoded by Pillow. A photo carrying an
+  EXIF Orientation tag (as phones write them) comes back upright, as viewers
+  show it.
 
   With `keep_channels` the channels are returned as stored, HxWx1 grey, HxWx2
   grey + alpha, HxWx3 RGB or HxWx4 RGBA (palette images become RGB, or RGBA
   when they carry transparency), so that a tool can write its result back in
-  the format it was given. A file that cannot be decoded raises
+  the format it was given. A file that cannot be opened or decoded raises
   ImageReadError naming it.
   """
-  from PIL import Image  # Local: this module is imported by code that reads no images.
   try:
-    with open(path, 'rb') as f:
-      header = f.read(26)
-    # Byte 24 of a PNG is the bit depth: after the signature (8 bytes), IHDR's
-    # length and type (8) and the width and height (8).
-    is_png16 = (header[:8] == b'\x89PNG\r\n\x1a\n' and header[12:16] == b'IHDR'
-                and header[24] == 16)
-    if is_png16:
-      tf = _tensorflow()
-      with open(path, 'rb') as f:
-        contents = f.read()
-      try:
-        array = tf.io.decode_png(contents, channels=0, dtype=tf.uint16).numpy()
-      except tf.errors.OpError as e:
-        # Drop TF's '{{function_node ...}}' prefix and ' [Op:DecodePng]' suffix.
-        reason = e.message.split('}}')[-1].split(' [Op:')[0].strip()
-        raise ImageReadError(f'cannot read image {path}: {reason}') from None
+    header = png_header(path)
+    if header is not None and header[2] == 16:
+      array = _decode_png16(path, header[3])
     else:
-      with Image.open(path) as img:
-        img.load()
-        mode = img.mode
-        if mode in ('I;16', 'I;16B', 'I;16L', 'I'):
-          array = (np.asarray(img, dtype=np.uint16) if mode != 'I' else
-                   np.asarray(img).astype(np.uint16))[..., None]
-        elif mode in ('1', 'L', 'LA', 'RGB', 'RGBA'):
-          array = np.asarray(img.convert('L') if mode == '1' else img)
-        elif mode in ('La', 'PA') or (mode == 'P' and 'transparency' in img.info):
-          array = np.asarray(img.convert('LA' if mode == 'La' else 'RGBA'))
-        else:  # Palette, CMYK, YCbCr, premultiplied RGBa, ...
-          array = np.asarray(img.convert('RGBA' if mode == 'RGBa' else 'RGB'))
+      array = _decode_pillow(path)
   except ImageReadError:
     raise
   except (OSError, SyntaxError, ValueError) as e:  # PIL reports truncation as OSError.
@@ -114,13 +162,43 @@ def read_image(path: str, *, keep_channels: bool = False) -> np.ndarray:
   return np.ascontiguousarray(array[..., :3])
 
 
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+  return struct.pack('>I', len(data)) + kind + data + struct.pack('>I', zlib.crc32(kind + data))
+
+
+def _encode_png16(image: np.ndarray) -> bytes:
+  """HxWxC uint16 (C = 1, 2, 3, 4) -> the bytes of a 16-bit PNG.
+
+  OpenCV encodes grey, RGB (given as BGR) and RGBA (as BGRA). It refuses two
+  channels, so 16-bit grey + alpha is written here directly: IHDR, one IDAT of
+  unfiltered big-endian rows, IEND.
+  """
+  channels = image.shape[-1]
+  if channels == 2:
+    height, width = image.shape[:2]
+    rows = image.astype('>u2').view(np.uint8).reshape(height, width * 4)
+    raw = np.concatenate([np.zeros((height, 1), np.uint8), rows], axis=1)  # Filter 0: none.
+    ihdr = struct.pack('>IIBBBBB', width, height, 16, PNG_GREY_ALPHA, 0, 0, 0)
+    return (PNG_SIGNATURE + _png_chunk(b'IHDR', ihdr) +
+            _png_chunk(b'IDAT', zlib.compress(raw.tobytes(), 6)) + _png_chunk(b'IEND', b''))
+  import cv2  # Local: only 16-bit PNGs need it.
+  if channels == 3:
+    image = image[..., ::-1]
+  elif channels == 4:
+    image = image[..., [2, 1, 0, 3]]
+  ok, encoded = cv2.imencode('.png', np.ascontiguousarray(image))
+  if not ok:
+    raise ValueError(f'OpenCV could not encode a 16-bit PNG of shape {image.shape}')
+  return encoded.tobytes()
+
+
 def write_png(path: str, image: np.ndarray) -> None:
   """Writes a PNG atomically: uint8 as 8-bit, uint16 as 16-bit, float in [0, 1] as 8-bit.
 
   HxW and HxWx1 are grey, HxWx2 grey + alpha, HxWx3 RGB, HxWx4 RGBA. The file
   appears under its name only once complete (written to a temporary name, then
   renamed), so an interrupted run never leaves a truncated PNG behind. Pillow
-  cannot encode 16-bit colour, so 16-bit images go through TensorFlow.
+  cannot encode 16-bit colour, so 16-bit images go through OpenCV.
   """
   from PIL import Image
   image = np.asarray(image)
@@ -133,9 +211,9 @@ def write_png(path: str, image: np.ndarray) -> None:
   tmp = f'{path}.tmp-{os.getpid()}'
   try:
     if image.dtype == np.uint16:
-      tf = _tensorflow()
+      encoded = _encode_png16(image)
       with open(tmp, 'wb') as f:
-        f.write(tf.io.encode_png(image).numpy())
+        f.write(encoded)
     else:
       Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(tmp, format='PNG')
     os.replace(tmp, path)

@@ -4,17 +4,22 @@ Each sampling schedule (T, beta range) is run once with the largest number of
 samples N_max; because sample i's noise depends only on its own key, the
 first N of those samples are exactly what an N-sample run draws, so every N
 of the grid comes from the same batch. Each grid point reports PSNR and SSIM
-of the N-sample mean (distortion) and the mean per-pixel standard deviation
-over the N samples (how far the model strays from the mean: the spread that
-buys realism), and the detail ratio: high-frequency (Laplacian) energy of the
-output over that of the sharp image, a no-reference proxy for the texture that
-averaging washes out (1 = as much detail as the real photo), and NIQE, the
-no-reference naturalness score (lower is better). Writes <workdir>/sweep/step_<N>.{json,csv,png}.
+of the N-sample mean (distortion), the mean per-pixel standard deviation over
+the N samples (the spread that buys realism), the detail ratio
+(high-frequency Laplacian energy of the output over that of the sharp image:
+1 = as much detail as the real photo), and NIQE, the no-reference naturalness
+score (lower is better).
+
+Images stream one at a time, so memory does not grow with the split. Every
+finished (schedule, image) is recorded in `sweep/step_<N>.progress.json`
+(written atomically), and a re-run with the same grid resumes after the last
+one recorded. The results go to `<workdir>/sweep/step_<N>.{json,csv,png}`.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 
@@ -23,7 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from xydiff import config_check, data, diffusion, evaluate, metrics, models, train
+from xydiff import config_check, data, diffusion, files, inference, metrics
+from xydiff.evaluate import Progress
 
 
 def detail_ratio(image, sharp) -> float:
@@ -44,65 +50,118 @@ def _niqe_or_nan(image) -> float:
     return float('nan')
 
 
+METRIC_LABELS = {'psnr': metrics.PSNR_UINT8_LABEL, 'ssim': metrics.SSIM_2D_LABEL,
+                 'spread': 'mean per-pixel std over the N samples, [0, 1] units',
+                 'detail': 'Laplacian energy of the output / of the sharp image',
+                 'niqe': metrics.NIQE_LABEL}
+
+
+def _score_samples(samples, sharp, counts) -> dict:
+  """{N: {metric: value}} of the first N samples' mean, for each N in `counts`."""
+  scores = {}
+  for n in counts:
+    mean = samples[:n].mean(axis=0)
+    scores[str(n)] = {
+        'psnr': float(metrics.psnr_uint8(mean, sharp)[0]),
+        'ssim': float(metrics.ssim(mean, sharp)[0]),
+        'spread': float(samples[:n].std(axis=0).mean()),
+        'detail': detail_ratio(mean, sharp),
+        'niqe': _niqe_or_nan(mean)}
+  return scores
+
+
 def run_sweep(config, workdir: str) -> list[dict]:
-  config_check.validate(config, jax.device_count())
-  if not models.is_diffusion(config.model):
-    raise ConfigError(
-        f"config.model.name={config.model.name!r}: --mode=sweep needs a diffusion model ('dvsr')")
+  config_check.validate(config, 'sweep', jax.device_count())
   step = None if config.eval.checkpoint_step < 0 else config.eval.checkpoint_step
-  graphdef, params, step = train.load_for_inference(config, workdir, step)
-  pairs = list(data.eval_pairs(data.get_source(config.data, 'eval'), config.data.eval_max_images))
+  graphdef, params, step = inference.load_for_inference(config, workdir, step)
+  source = data.get_source(config.data, 'eval')
+  max_images = config.data.eval_max_images
+  num_images = len(source) if max_images <= 0 else min(max_images, len(source))
   counts = sorted(set(int(n) for n in config.sweep.num_samples))
+  schedules = [(int(t), float(b0), float(b1)) for t, b0, b1 in config.sweep.schedules]
   base_key = jax.random.key(config.seed + 1)
+  is_chief = jax.process_index() == 0
+
+  out_dir = os.path.join(workdir, 'sweep')
+  stem = os.path.join(out_dir, f'step_{step}')
+  progress_path = f'{stem}.progress.json'
+  # A progress file is only resumed for exactly this grid, seed and split.
+  settings = {'schedules': schedules, 'num_samples': counts, 'seed': config.seed,
+              'split': config.data.eval_split, 'num_images': num_images}
+  done = _load_progress(progress_path, settings)
+  if is_chief:
+    os.makedirs(out_dir, exist_ok=True)
+
+  progress = Progress(f'sweep step {step}', len(schedules) * num_images)
+  finished = sum(len(v) for v in done.values())
+  for num_steps, beta_start, beta_end in schedules:
+    key = f'{num_steps},{beta_start!r},{beta_end!r}'
+    results = done.setdefault(key, [])
+    if len(results) >= num_images:
+      continue
+    schedule = diffusion.linear_schedule(num_steps, beta_start, beta_end)
+    sample = inference.make_sampler(graphdef, schedule, counts[-1],
+                                    config.diffusion.residual_scale)
+    for index, (name, blur, sharp) in enumerate(data.eval_pairs(source, max_images)):
+      if index < len(results):
+        continue  # Recorded by an earlier run.
+      samples = np.asarray(sample(params, jnp.asarray(blur)[None],
+                                  jax.random.fold_in(base_key, index))['samples'][:, 0])
+      results.append({'name': name, 'scores': _score_samples(samples, sharp, counts)})
+      if is_chief:
+        files.write_atomic(progress_path, json.dumps({'settings': settings, 'done': done}))
+      finished += 1
+      progress(finished)
 
   rows = []
-  for num_steps, beta_start, beta_end in config.sweep.schedules:
-    schedule = diffusion.linear_schedule(int(num_steps), beta_start, beta_end)
-    sample = evaluate.make_sampler(graphdef, schedule, counts[-1], config.diffusion.residual_scale)
-    scores = {n: {'psnr': [], 'ssim': [], 'spread': [], 'detail': [], 'niqe': []}
-              for n in counts}
-    for index, (_, blur, sharp) in enumerate(pairs):
-      samples = sample(params, jnp.asarray(blur)[None],
-                       jax.random.fold_in(base_key, index))['samples']
-      for n in counts:
-        mean = samples[:n].mean(axis=0)
-        scores[n]['psnr'].append(float(metrics.psnr_uint8(mean, sharp[None])[0]))
-        scores[n]['ssim'].append(float(metrics.ssim(mean, sharp[None])[0]))
-        scores[n]['spread'].append(float(samples[:n].std(axis=0).mean()))
-        scores[n]['detail'].append(detail_ratio(mean, sharp))
-        scores[n]['niqe'].append(_niqe_or_nan(mean))
+  for num_steps, beta_start, beta_end in schedules:
+    results = done[f'{num_steps},{beta_start!r},{beta_end!r}']
     for n in counts:
-      row = {'num_steps': int(num_steps), 'beta_start': float(beta_start),
-             'beta_end': float(beta_end), 'num_samples': n,
-             **{k: float(np.mean(v)) for k, v in scores[n].items()}}
+      row = {'num_steps': num_steps, 'beta_start': beta_start, 'beta_end': beta_end,
+             'num_samples': n}
+      for metric in METRIC_LABELS:
+        row[metric] = float(np.mean([r['scores'][str(n)][metric] for r in results]))
       if not np.isfinite(row['niqe']):
         row['niqe'] = None  # JSON null: the images are smaller than NIQE's two blocks.
       rows.append(row)
       logging.info('sweep T=%d N=%d: %.2f dB / %.4f, spread %.4f, detail %.3f',
-                   row['num_steps'], n, row['psnr'], row['ssim'], row['spread'], row['detail'])
-  if jax.process_index() == 0:
-    _write(rows, os.path.join(workdir, 'sweep'), step, config, len(pairs))
+                   num_steps, n, row['psnr'], row['ssim'], row['spread'], row['detail'])
+  if is_chief:
+    _write(rows, stem, step, config, num_images)
+    os.remove(progress_path)
   return rows
 
 
-def _write(rows, out_dir, step, config, num_images):
-  os.makedirs(out_dir, exist_ok=True)
-  stem = os.path.join(out_dir, f'step_{step}')
-  # Each file is written under a temporary name and renamed when complete.
-  with open(f'{stem}.json.tmp', 'w') as f:
-    json.dump({'step': step, 'split': config.data.eval_split, 'num_images': num_images,
-               'metrics': {'psnr': metrics.PSNR_UINT8_LABEL, 'ssim': metrics.SSIM_2D_LABEL,
-                           'spread': 'mean per-pixel std over the N samples, [0, 1] units',
-                           'detail': 'Laplacian energy of the output / of the sharp image',
-                           'niqe': metrics.NIQE_LABEL},
-               'rows': rows}, f, indent=1)
-  with open(f'{stem}.csv.tmp', 'w', newline='') as f:
-    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-  import matplotlib
+def _load_progress(path: str, settings: dict) -> dict:
+  """The (schedule -> per-image results) an earlier run of the same grid recorded."""
+  if not os.path.exists(path):
+    return {}
+  try:
+    with open(path) as f:
+      saved = json.load(f)
+  except (OSError, ValueError):
+    logging.warning('%s is unreadable; the sweep starts over.', path)
+    return {}
+  if saved.get('settings') != json.loads(json.dumps(settings)):
+    logging.warning('%s records another grid, seed or split; the sweep starts over.', path)
+    return {}
+  logging.info('Resuming the sweep: %d (schedule, image) results recorded in %s.',
+               sum(len(v) for v in saved['done'].values()), path)
+  return saved['done']
+
+
+def _write(rows, stem, step, config, num_images):
+  files.write_atomic(f'{stem}.json', json.dumps(
+      {'step': step, 'split': config.data.eval_split, 'num_images': num_images,
+       'metrics': METRIC_LABELS, 'rows': rows}, indent=1))
+  text = io.StringIO()
+  writer = csv.DictWriter(text, fieldnames=list(rows[0]))
+  writer.writeheader()
+  writer.writerows(rows)
+  files.write_atomic(f'{stem}.csv', text.getvalue())
+  import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use('Agg')
-  from matplotlib import pyplot as plt
+  from matplotlib import pyplot as plt  # pylint: disable=import-outside-toplevel
   panels = [('spread', 'sample spread (mean per-pixel std)'),
             ('detail', 'detail ratio (Laplacian energy vs sharp)')]
   if all(r['niqe'] is not None for r in rows):
@@ -121,7 +180,6 @@ def _write(rows, out_dir, step, config, num_images):
   axes[-1].legend()
   fig.suptitle(f'Perception-distortion sweep, step {step}, {num_images} images')
   fig.tight_layout()
-  fig.savefig(f'{stem}.png.tmp', dpi=120, format='png')
+  with files.atomic_path(f'{stem}.png') as tmp:
+    fig.savefig(tmp, dpi=120, format='png')
   plt.close(fig)
-  for ext in ('json', 'csv', 'png'):
-    os.replace(f'{stem}.{ext}.tmp', f'{stem}.{ext}')

@@ -5,6 +5,8 @@ project pages and cloud-drive links), so every builder reads the archive the
 user unpacked, `manual_dir`, and never touches the network. Preparing converts
 it once into tfds records under `data_dir`; later runs reuse the records, and
 any tfds user can read them (`tfds.builder_from_directory`, `as_data_source`).
+The records remember a fingerprint of the files they came from, and a later
+manual folder that holds other files is refused in one line (`check_source`).
 
   BUILDERS key  configs                                  stored splits
   gopro         blur (default), blur_gamma               train, test
@@ -43,10 +45,10 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import hashlib
 import importlib.util
 import io
 import os
-import struct
 from typing import Iterator, Sequence
 
 from etils import epath
@@ -61,9 +63,10 @@ from xydiff.errors import DataError, ImageReadError
 tf_guard.keep_tensorflow_off_accelerators()  # TF only moves bytes here.
 
 VERSION = tfds.core.Version('1.0.0')
-_PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
-_PNG_RGB = 2  # IHDR colour type of RGB without alpha.
 _RAW_IMAGES = {'blur': tfds.decode.SkipDecoding(), 'sharp': tfds.decode.SkipDecoding()}
+# Bytes read from the end of every image for the source fingerprint: a PNG
+# ends with its pixel stream's Adler-32 and last IDAT CRC before IEND.
+_TAIL_BYTES = 32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,14 +95,31 @@ def _match_folders(blur_dir: str, sharp_dir: str, sequence: str) -> list[Pair]:
           for stem, blur, sharp in pairs]
 
 
-def _png_header(path: str) -> tuple[int, int, int, int] | None:
-  """(width, height, bit depth, colour type) from a PNG's IHDR chunk, None if no PNG."""
+def _file_key(path: str) -> tuple[int, str]:
+  """(size, hex of the last _TAIL_BYTES bytes): what the fingerprint knows of one image."""
   with open(path, 'rb') as f:
-    head = f.read(26)
-  if len(head) < 26 or head[:8] != _PNG_SIGNATURE or head[12:16] != b'IHDR':
-    return None
-  width, height = struct.unpack('>II', head[16:24])
-  return width, height, head[24], head[25]
+    size = os.fstat(f.fileno()).st_size
+    f.seek(max(size - _TAIL_BYTES, 0))
+    return size, f.read().hex()
+
+
+def source_fingerprint(listing: dict[str, list[Pair]]) -> str:
+  """sha256 over every split's pair names and each image's size and closing bytes.
+
+  It keys prepared records to the files they came from, so another folder
+  with the same builder and data_dir is not silently read as the first. Not
+  the folder's path (data moved or mounted elsewhere is the same data), nor
+  mtimes (a copy, or every host's own copy of a multi-host run, gets new
+  ones); the closing bytes of a PNG hold checksums of its whole pixel stream,
+  so an image re-encoded at the same size still changes the fingerprint,
+  for one small read per file rather than hashing gigabytes.
+  """
+  digest = hashlib.sha256()
+  for split in sorted(listing):
+    for pair in listing[split]:
+      digest.update(repr((split, pair.name, _file_key(pair.blur),
+                          _file_key(pair.sharp))).encode())
+  return digest.hexdigest()
 
 
 def _encode_png(image: np.ndarray) -> bytes:
@@ -124,8 +144,8 @@ def _stored_image(path: str) -> tuple[str | bytes, tuple[int, int]]:
   """
   from PIL import Image
   try:
-    header = _png_header(path)
-    if header is not None and header[2] == 8 and header[3] == _PNG_RGB:
+    header = images.png_header(path)
+    if header is not None and header[2] == 8 and header[3] == images.PNG_RGB:
       with Image.open(path) as img:
         img.verify()
       return path, (header[1], header[0])
@@ -217,6 +237,9 @@ class PairedImageBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
     listing = self.check_manual_dir(manual_dir)
     self.info.metadata['names'] = {split: [p.name for p in pairs]
                                    for split, pairs in listing.items()}
+    # What check_source compares a later manual_dir with.
+    self.info.metadata['source'] = {'manual_dir': os.path.abspath(manual_dir),
+                                    'fingerprint': source_fingerprint(listing)}
     return {split: self._generate_examples(pairs) for split, pairs in listing.items()}
 
   def _generate_examples(self, pairs: Sequence[Pair]) -> Iterator[tuple[int, dict]]:
@@ -490,8 +513,11 @@ def record_format() -> str:
 def prepare(builder: PairedImageBuilder, manual_dir: str | os.PathLike | None) -> bool:
   """Prepares `builder`'s records from manual_dir unless they exist; True if it built.
 
-  Existing records are reused without looking at manual_dir, which may then
-  be gone: delete `builder.data_path` to rebuild after the archive changed.
+  Existing records are reused when manual_dir is unset or gone. When it
+  exists it must be the records' source (`check_source`): records keep their
+  first source, and any other folder is refused in one line rather than
+  silently evaluated as the first one's pairs, or prepared over records that
+  other runs may be reading.
   Several processes may prepare the same records at once (every host of a
   multi-host run on a shared data_dir): tfds writes each copy to its own
   temporary folder and renames it into place, the first rename wins, and the
@@ -500,6 +526,8 @@ def prepare(builder: PairedImageBuilder, manual_dir: str | os.PathLike | None) -
   """
   if builder.data_path.exists():  # tfds renames a finished dataset into place.
     if builder.is_prepared():
+      if manual_dir and os.path.isdir(manual_dir):
+        check_source(builder, manual_dir)
       return False
     raise DataError(f'{builder.data_path} exists but holds no complete tfds dataset: '
                     'delete it to prepare again')
@@ -515,6 +543,36 @@ def prepare(builder: PairedImageBuilder, manual_dir: str | os.PathLike | None) -
       return False
     raise
   return True
+
+
+def check_source(builder: PairedImageBuilder, manual_dir: str | os.PathLike) -> None:
+  """Raises DataError unless `builder`'s prepared records came from manual_dir's files.
+
+  Refused rather than prepared again: the records may be shared (other runs,
+  other hosts on the same data_dir), preparing GoPro costs minutes and
+  gigabytes, and a folder that differs is often the wrong one (a partial
+  copy, another config's data), which re-preparing would silently adopt.
+  Records prepared before fingerprints were stored are checked by their
+  pair names alone.
+  """
+  manual_dir = os.fspath(manual_dir)
+  listing = builder.check_manual_dir(manual_dir)
+  metadata = builder.info.metadata or {}
+  stored = metadata.get('source') or {}
+  names = metadata.get('names') or {}
+  if 'fingerprint' in stored:
+    same = stored['fingerprint'] == source_fingerprint(listing)
+  else:
+    same = all(names.get(split) == [p.name for p in pairs] for split, pairs in listing.items())
+  if same:
+    return
+  old = stored.get('manual_dir', 'another folder')
+  pairs = lambda n: f'{n} pair' + ('' if n == 1 else 's')
+  raise DataError(f'{builder.data_path} holds {builder.name} records prepared from {old} '
+                  f'({pairs(sum(map(len, names.values())))}), which differ from the files in '
+                  f'{manual_dir} ({pairs(sum(map(len, listing.values())))}): use another '
+                  f'data_dir to prepare {manual_dir} there, or delete {builder.data_path} to '
+                  'prepare it again')
 
 
 def _text(value) -> str:
@@ -593,5 +651,5 @@ def build_source(name: str, manual_dir: str | os.PathLike | None,
 
 
 __all__ = ['BUILDERS', 'Gopro', 'Hide', 'Pair', 'PairedImageBuilder', 'Prepared', 'RealblurJ',
-           'RealblurR', 'TfdsPairs', 'VERSION', 'build_source', 'make_builder', 'prepare',
-           'record_format']
+           'RealblurR', 'TfdsPairs', 'VERSION', 'build_source', 'check_source', 'make_builder',
+           'prepare', 'record_format', 'source_fingerprint']

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import math
 
 import jax.numpy as jnp
 from flax import nnx
@@ -35,7 +35,10 @@ def build_model(model_config, *, seed: int = 0) -> nnx.Module:
   if model_config.name == 'dvsr':
     pcfg = model_config.predictor
     if pcfg.arch == 'xydeblur':
-      predictor = XYDeblur(width=pcfg.base, num_res=pcfg.num_res, **common)
+      # An XYDeblur predictor is the XYDeblur of config.model.xydeblur
+      # (officially width 32, 6 blocks), not sized by the U-Net's base/num_res.
+      xcfg = model_config.xydeblur
+      predictor = XYDeblur(width=xcfg.width, num_res=xcfg.num_res, **common)
     else:
       predictor = _unet(pcfg, in_channels=3, noise_conditioned=False, **common)
     denoiser = _unet(model_config.denoiser, in_channels=6, noise_conditioned=True,
@@ -44,19 +47,17 @@ def build_model(model_config, *, seed: int = 0) -> nnx.Module:
   raise ValueError(f'config.model.name must be one of {MODEL_NAMES}, got {model_config.name!r}')
 
 
-def shape_signature(model_config) -> dict:
-  """The config.model fields that decide parameter shapes, as plain JSON values.
+def size_multiple(model_config) -> int:
+  """The factor every network of the model pads H and W to (their least common multiple).
 
-  Fields of the other model family and the activation dtype are left out, so
-  changing them never makes a checkpoint incompatible.
+  Each network class states its own multiple; this only combines them.
   """
-  keys = {'xydeblur': ('name', 'xydeblur'),
-          'dvsr': ('name', 'predictor', 'denoiser', 'noise_embedding_scale')}[model_config.name]
-  sig = {k: json.loads(model_config[k].to_json()) if hasattr(model_config[k], 'to_json')
-         else model_config[k] for k in keys}
-  if 'predictor' in sig and sig['predictor']['arch'] == 'xydeblur':
-    sig['predictor'] = {k: sig['predictor'][k] for k in ('arch', 'base', 'num_res')}
-  return sig
+  if model_config.name == 'xydeblur':
+    return XYDeblur.size_multiple
+  pcfg = model_config.predictor
+  predictor = (XYDeblur.size_multiple if pcfg.arch == 'xydeblur'
+               else UNet.multiple_for(pcfg.multipliers))
+  return math.lcm(predictor, UNet.multiple_for(model_config.denoiser.multipliers))
 
 
 def is_diffusion(model_config) -> bool:

@@ -35,7 +35,9 @@ class ResBlock(nnx.Module):
   def __call__(self, x, emb=None, rotated: bool = False):
     h = self.conv1(jax.nn.swish(x), rotated)
     if self.film is not None:
-      film = self.film(emb)[:, None, None, :].astype(h.dtype)
+      # DDPM/SR3 put a nonlinearity between the shared embedding MLP and each
+      # block's projection; without it the two linear maps collapse into one.
+      film = self.film(jax.nn.swish(emb))[:, None, None, :].astype(h.dtype)
       if self.film_scale:
         scale, shift = jnp.split(film, 2, axis=-1)
         h = h * (1.0 + scale) + shift
@@ -90,7 +92,7 @@ class UNet(nnx.Module):
                noise_embedding_scale: float = 5000.0, film_scale: bool = False,
                dtype=jnp.float32, upsample_impl: str = 'auto', rngs: nnx.Rngs):
     widths = [base * m for m in multipliers]
-    self.size_multiple = 2 ** (len(widths) - 1)
+    self.size_multiple = self.multiple_for(multipliers)
     self.xy = xy
     self.noise_embedding_scale = noise_embedding_scale
     self.base = base
@@ -110,6 +112,11 @@ class UNet(nnx.Module):
     self.middle = ResBlock(widths[-1], widths[-1], rngs=rngs, **block_kwargs)
     self.decoder = UNetDecoder(widths, num_res, out_channels, block_kwargs=block_kwargs,
                                dtype=dtype, upsample_impl=upsample_impl, rngs=rngs)
+
+  @staticmethod
+  def multiple_for(multipliers: Sequence[int]) -> int:
+    """The size multiple of a U-Net with these level multipliers: one halving per level."""
+    return 2 ** (len(multipliers) - 1)
 
   def embed(self, noise_level: jax.Array | None) -> jax.Array | None:
     """The noise level's FiLM input: sinusoids -> MLP; None without conditioning."""

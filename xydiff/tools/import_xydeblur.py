@@ -1,6 +1,5 @@
 """Imports an official XYDeblur checkpoint (PyTorch) as an xydiff checkpoint.
 
-  pip install -e '.[torch]'
   python -m xydiff.tools.import_xydeblur XYDeblur.pkl --workdir=DIR \
       [--config=configs/xydeblur_gopro.py] [--config.model.xydeblur.width=32 ...]
   python launch.py --config=configs/xydeblur_gopro.py --workdir=DIR --mode=deblur \
@@ -19,7 +18,6 @@ one error, before anything is written.
 from __future__ import annotations
 
 import os
-import pickle
 import sys
 
 import jax
@@ -27,11 +25,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from xydiff import checkpoint, train
+from xydiff import checkpoint, run_config, state as state_lib
 from xydiff.errors import CheckpointImportError
 
-_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-_DEFAULT_CONFIG = os.path.join(_REPO, 'configs', 'xydeblur_gopro.py')
 
 
 def official_keys(num_res: int) -> dict[str, tuple]:
@@ -130,33 +126,30 @@ def convert(state_dict, target_params, num_res: int):
 
 
 def load_state_dict(path: str) -> dict[str, np.ndarray]:
-  """The official checkpoint's state dict as numpy arrays (torch is needed only here).
+  """The official checkpoint's state dict as float32 numpy arrays (read without torch).
 
   Accepts the official `{'model': state_dict, ...}` files and a bare state
-  dict; strips the 'module.' prefix that nn.DataParallel adds. Loads with
-  `weights_only=True`: a checkpoint cannot run code on this machine.
+  dict, in torch.save's zip or legacy format; strips the 'module.' prefix
+  that nn.DataParallel adds. xydiff.torch_pickle builds only tensors and
+  containers: a checkpoint cannot run code on this machine.
   """
-  try:
-    import torch  # pylint: disable=import-outside-toplevel
-  except ImportError:
-    raise CheckpointImportError(
-        "importing a PyTorch checkpoint needs torch: pip install -e '.[torch]'") from None
+  from xydiff import torch_pickle  # pylint: disable=import-outside-toplevel
+  from xydiff.errors import WeightsError  # pylint: disable=import-outside-toplevel
   if not os.path.isfile(path):
     raise FileNotFoundError(f'checkpoint {path} does not exist')
   try:
-    loaded = torch.load(path, map_location='cpu', weights_only=True)
-  except (RuntimeError, pickle.UnpicklingError, EOFError, OSError, ValueError) as e:
-    reason = ' '.join(str(e).split())[:300]
-    raise CheckpointImportError(f'cannot read {path} with torch.load: {reason}') from None
+    loaded = torch_pickle.load(path)
+  except WeightsError as e:  # Its message names the file and says why.
+    raise CheckpointImportError(str(e)) from None
   state_dict = loaded.get('model', loaded) if isinstance(loaded, dict) else None
   if not isinstance(state_dict, dict) or not all(
-      isinstance(v, torch.Tensor) for v in state_dict.values()):
+      isinstance(v, np.ndarray) for v in state_dict.values()):
     raise CheckpointImportError(
         f'{path} holds no state dict: expected torch.save({{"model": state_dict}}) as the '
         'official XYDeblur code writes')
   if state_dict and all(k.startswith('module.') for k in state_dict):
     state_dict = {k[len('module.'):]: v for k, v in state_dict.items()}
-  return {k: v.detach().to(torch.float32).numpy() for k, v in state_dict.items()}
+  return {k: v.astype(np.float32) for k, v in state_dict.items()}
 
 
 def import_checkpoint(path: str, workdir: str, config) -> str:
@@ -173,7 +166,7 @@ def import_checkpoint(path: str, workdir: str, config) -> str:
         f'{", ".join(list(state_dict)[:5])})')
   # init_state evaluated abstractly: its structure, shapes and dtypes without
   # compiling an initialiser per parameter shape (seconds even for small models).
-  _, abstract = jax.eval_shape(lambda: train.init_state(config))
+  _, abstract = jax.eval_shape(lambda: state_lib.init_state(config))
   try:
     params = convert(state_dict, abstract['params'], xy.num_res)
   except CheckpointImportError as e:
@@ -183,24 +176,19 @@ def import_checkpoint(path: str, workdir: str, config) -> str:
     raise CheckpointImportError(
         f'{path} does not fit config.model.xydeblur (width={xy.width}, '
         f'num_res={xy.num_res}){hint}: {e}') from None
-  # init_state's state with the imported weights: step 0 and the optimizer's
-  # fresh state for them (Adam starts from zeros whatever the weights).
-  state = {'step': jnp.zeros((), jnp.int32), 'params': params,
-           'opt_state': train.make_optimizer(config.train).init(params)}
-  if 'ema_params' in abstract:  # Evaluation reads the EMA: it must hold the imported weights too.
-    state['ema_params'] = params
-  if jax.tree.structure(state) != jax.tree.structure(abstract):
-    raise AssertionError('train.init_state changed its state layout; update import_checkpoint')
+  # A fresh train state around the imported weights: step 0, the optimizer's
+  # fresh state (Adam starts from zeros whatever the weights), and the EMA
+  # (which evaluation reads) holding them too.
+  state = state_lib.state_from_params(config, params)
   # Only now, with the weights known to fit, does the workdir get a checkpoints folder.
-  ckpt = checkpoint.Checkpointer(workdir, config.model)
-  try:
-    if ckpt.latest_step() is not None:
-      raise CheckpointImportError(
-          f'{ckpt.directory} already has checkpoints (steps {ckpt.all_steps()}); '
-          'import into a fresh --workdir')
+  if os.path.isdir(os.path.join(workdir, 'checkpoints')) and os.listdir(
+      os.path.join(workdir, 'checkpoints')):
+    raise CheckpointImportError(
+        f'{os.path.join(workdir, "checkpoints")} already has checkpoints; '
+        'import into a fresh --workdir')
+  with checkpoint.Checkpointer(workdir, config) as ckpt:
     ckpt.save(0, state)
-  finally:
-    ckpt.close()
+  run_config.save(workdir, config)  # --mode=deblur/eval then need no --config.
   return os.path.join(ckpt.directory, '0')
 
 
@@ -214,11 +202,11 @@ def _cli() -> None:
   from xydiff import cli  # pylint: disable=import-outside-toplevel
   from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
 
-  sys.path.insert(0, _REPO)  # Config files import `configs` from the repository root.
   try:  # With a default file, ml_collections applies the overrides right here.
     config_flag = config_flags.DEFINE_config_file(
-        'config', _DEFAULT_CONFIG, 'Config whose model the weights fill (model.name xydeblur); '
-        'override e.g. --config.model.xydeblur.width for reduced variants.', lock_config=True)
+        'config', cli.packaged_config('xydeblur_gopro'), 'Config whose model the weights fill '
+        '(model.name xydeblur); override e.g. --config.model.xydeblur.width for reduced '
+        'variants.', lock_config=True)
   except cli.OVERRIDE_ERRORS as e:
     cli.fail_on_override(sys.argv, e)
   workdir_flag = flags.DEFINE_string('workdir', None, 'Fresh workdir for the xydiff checkpoint.')
@@ -239,7 +227,7 @@ def _cli() -> None:
     logging.set_verbosity(logging.WARNING)  # Orbax logs a dozen INFO lines per checkpoint.
     main(argv)
 
-  app.run(quiet, flags_parser=cli.parse_flags)
+  app.run(quiet, flags_parser=lambda argv: cli.parse_flags(argv, workdir_config=False))
 
 
 if __name__ == '__main__':

@@ -1,7 +1,7 @@
 """The official XYDeblur network in PyTorch, for comparisons (needs torch).
 
-Built from the official architecture as ../shared/METHOD.md §2 describes it
-(models/XYDeblur.py of Seowon-Ji/XYDeblur): same module names, so its state
+Built from the official architecture as the XYDeblur paper and its official
+code describe it (models/XYDeblur.py of Seowon-Ji/XYDeblur): same module names, so its state
 dict has the official keys, and the same forward pass, with the second decoder
 run on features rotated by `t.transpose(2, 3).flip(2)` and its residual rotated
 back. tests/test_import_xydeblur.py checks xydiff against it and

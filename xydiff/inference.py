@@ -1,0 +1,308 @@
+"""Inference: a run's weights, restore functions, samplers, tiles, and the `Restorer` API.
+
+Everything that turns weights into restored images lives here, for the
+evaluator, the sweep, `--mode=deblur` and users' own code alike:
+
+  import xydiff
+  restorer = xydiff.Restorer.from_workdir('runs/xydeblur')   # or .from_pretrained('xydeblur_gopro')
+  out = restorer.restore(photo)          # HxWx3 uint8/uint16/float in [0, 1]
+  out['image']                           # float32 HxWx3 in [0, 1]; + 'samples', 'std' for diffusion
+
+Weights are restored replicated over the device mesh, as training holds them,
+so inference runs the same way on one host or many. Evaluation always uses
+the EMA weights when training keeps them (state.eval_params).
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from xydiff import checkpoint, config_check, diffusion, images, models, run_config
+from xydiff import state as state_lib
+from xydiff.errors import CheckpointMismatchError, ConfigError
+from xydiff.models.layers import pad_to_multiple
+
+
+# ------------------------------------------------------------------ weights
+
+def load_for_inference(config, workdir: str, step: int | None = None):
+  """(graphdef, eval params, step) of a workdir's checkpoint (latest when step is None)."""
+  graphdef, target = state_lib.abstract_state(config, state_lib.replicated(state_lib.make_mesh()))
+  with checkpoint.Checkpointer(workdir, config, read_only=True) as ckpt:
+    state = ckpt.restore(target, step)
+  return graphdef, state_lib.eval_params(state), int(state['step'])
+
+
+def config_for_workdir(workdir: str, given=None):
+  """The config to run a stored run with: the stored one, or `given` if it agrees with it.
+
+  `given` may change anything but the fields that decide what the weights
+  compute (run_config.output_fields); a workdir without a stored config
+  (made before configs were stored) needs `given`.
+  """
+  try:
+    stored = run_config.load(workdir)
+  except FileNotFoundError:
+    if given is None:
+      raise
+    return given
+  if given is None:
+    return stored
+  differ = run_config.differing_output_fields(stored, given)
+  if differ:
+    raise CheckpointMismatchError(
+        f'--config differs from the config {workdir} was trained with in '
+        f'{", ".join(differ)}; omit --config to use the stored one, or override only '
+        'inference fields (presets, deblur, eval, data)')
+  return given
+
+
+# ------------------------------------------------------------------ restore functions
+
+def preset_schedule(preset) -> diffusion.Schedule:
+  return diffusion.linear_schedule(preset.num_steps, preset.beta_start, preset.beta_end)
+
+
+def make_restore_fns(config, graphdef):
+  """{output name: jitted fn(params, blur [1,H,W,3], key) -> dict with 'image' and extras}."""
+  if not models.is_diffusion(config.model):
+    @jax.jit
+    def restore(params, blur, key):
+      del key
+      return {'image': nnx.merge(graphdef, params)(blur)['restored']}
+    return {'restored': restore}
+
+  @jax.jit
+  def predictor(params, blur, key):
+    del key
+    return {'image': nnx.merge(graphdef, params).predict(blur)['restored']}
+
+  fns = {'predictor': predictor}
+  for name in config.eval.presets:
+    preset = config.diffusion.presets[name]
+    fns[name] = make_sampler(graphdef, preset_schedule(preset), preset.num_samples,
+                             config.diffusion.residual_scale)
+  return fns
+
+
+def make_sampler(graphdef, schedule, num_samples, residual_scale):
+  """jitted fn(params, blur, key) -> {image: mean of the N samples, std, samples [N, ...]}."""
+  @jax.jit
+  def run(params, blur, key):
+    model = nnx.merge(graphdef, params)
+    out = diffusion.sample(lambda y: model.predict(y)['restored'], model.denoise, blur,
+                           diffusion.sample_keys(key, num_samples), schedule=schedule,
+                           residual_scale=residual_scale)
+    return {'image': out['mean'], 'std': out['std'], 'samples': out['samples']}
+  return run
+
+
+# ------------------------------------------------------------------ tiles and size buckets
+
+def tile_starts(length: int, tile: int, overlap: int, align: int) -> list[int]:
+  """Offsets of tiles of `tile` pixels covering [0, length); neighbours share >= `overlap`.
+
+  `length`, `tile` and `overlap` are multiples of `align`, the network's
+  downsampling factor. Strided networks are translation-equivariant only under
+  shifts by that factor, so a tile starting on a multiple of it computes, away
+  from its own edges, exactly what the whole image would. The tiles are spread
+  evenly: no overlap is much wider than the others.
+  """
+  if tile >= length:
+    return [0]
+  stride = tile - overlap
+  count = 1 + math.ceil((length - tile) / stride)
+  return [(i * (length - tile) // (count - 1)) // align * align for i in range(count)]
+
+
+def blend_window(size: int, before: int, after: int) -> np.ndarray:
+  """1-D blending weights of one tile that shares `before`/`after` pixels with its neighbours.
+
+  Raised-cosine ramps over each shared stretch: the neighbour's ramp is the
+  complement (sin^2 + cos^2 = 1), so two tiles blend into a partition of
+  unity, and each tile's weight fades to almost nothing at its own edge, where
+  its output is least reliable. The half-pixel offset keeps every weight
+  positive, so every pixel has a defined blend.
+  """
+  weights = np.ones(size, np.float32)
+  for shared, side in ((before, 1), (after, -1)):
+    shared = min(shared, size)
+    if shared:
+      ramp = np.sin(0.5 * np.pi * (np.arange(shared) + 0.5) / shared) ** 2
+      if side > 0:
+        weights[:shared] = np.minimum(weights[:shared], ramp)
+      else:
+        weights[size - shared:] = np.minimum(weights[size - shared:], ramp[::-1])
+  return weights
+
+
+def _windows(starts: list[int], size: int) -> list[np.ndarray]:
+  shared = [prev + size - start for prev, start in zip(starts, starts[1:])]
+  return [blend_window(size, shared[i - 1] if i > 0 else 0, shared[i] if i < len(shared) else 0)
+          for i in range(len(starts))]
+
+
+def bucketed(length: int, align: int, bucket: int) -> int:
+  """`length` padded up to the next multiple of `bucket` (itself a multiple of `align`).
+
+  Each distinct input shape compiles the network once; rounding sizes up to
+  buckets lets a folder of photos of nearby sizes share a few compiled shapes.
+  """
+  step = math.lcm(align, bucket) if bucket > 0 else align
+  return -(-length // step) * step
+
+
+_OUTPUTS = ('image', 'std', 'samples')
+
+
+def restore_image(fn, params, image: np.ndarray, key: jax.Array, *, align: int,
+                  tile: int = 0, overlap: int = 0, bucket: int = 0) -> dict[str, np.ndarray]:
+  """Runs `fn` (from make_restore_fns / make_sampler) on one HxWx3 float image.
+
+  The image is reflect-padded to a multiple of `align` exactly as the networks
+  pad internally, so a single pass equals calling the model on the image; with
+  `bucket` > 0 further, to a multiple of `bucket`, so that nearby sizes reuse
+  one compiled shape (the extra reflected border changes outputs only within
+  the network's receptive field of the bottom and right edges). When the
+  padded image is larger than `tile` (> 0) on either side it is cut into
+  aligned tiles that share at least `overlap` pixels, each restored on its own
+  and blended with `blend_window`. Returns float32 arrays cropped back to HxW:
+  'image', and 'std' and 'samples' ([N, H, W, 3]) when `fn` samples a
+  diffusion model. Raises ValueError ('too small') for an image below the
+  network's minimum size.
+  """
+  padded, (h, w) = pad_to_multiple(jnp.asarray(image, jnp.float32)[None], align)
+  padded = np.asarray(padded)
+  height, width = padded.shape[1:3]
+  if bucket > 0:
+    extra_h, extra_w = bucketed(height, align, bucket) - height, bucketed(width, align, bucket) - width
+    if tile > 0:  # Tiles already have one shape: bucket only what stays whole.
+      extra_h, extra_w = (extra_h if height < tile else 0), (extra_w if width < tile else 0)
+    padded = np.pad(padded, ((0, 0), (0, extra_h), (0, extra_w), (0, 0)), mode='symmetric')
+    height, width = padded.shape[1:3]
+  tile_h = min(tile, height) if tile > 0 else height
+  tile_w = min(tile, width) if tile > 0 else width
+  if (tile_h, tile_w) == (height, width):
+    out = fn(params, jnp.asarray(padded), key)
+    result = {name: np.asarray(out[name][0, :h, :w]) for name in ('image', 'std') if name in out}
+    if 'samples' in out:
+      result['samples'] = np.asarray(out['samples'][:, 0, :h, :w])
+    return result
+
+  ys, xs = tile_starts(height, tile_h, overlap, align), tile_starts(width, tile_w, overlap, align)
+  wys, wxs = _windows(ys, tile_h), _windows(xs, tile_w)
+  total = np.zeros((height, width, 1), np.float32)
+  sums = {}
+  for i, (y0, wy) in enumerate(zip(ys, wys)):
+    for j, (x0, wx) in enumerate(zip(xs, wxs)):
+      crop = padded[:, y0:y0 + tile_h, x0:x0 + tile_w]
+      out = fn(params, jnp.asarray(crop), jax.random.fold_in(key, i * len(xs) + j))
+      weight = (wy[:, None] * wx[None, :])[..., None]
+      total[y0:y0 + tile_h, x0:x0 + tile_w] += weight
+      for name in _OUTPUTS:
+        if name in out:
+          value = np.asarray(out[name][:, 0] if name == 'samples' else out[name][0])
+          acc = sums.setdefault(name, np.zeros(value.shape[:-3] + (height, width, 3), np.float32))
+          acc[..., y0:y0 + tile_h, x0:x0 + tile_w, :] += weight * value
+  return {name: (acc / total)[..., :h, :w, :] for name, acc in sums.items()}
+
+
+# ------------------------------------------------------------------ the API
+
+def check_deblur_settings(config) -> tuple[int, int, int, int | None]:
+  """(tile, overlap, bucket, num_samples) from config.deblur, checked; num_samples None if
+  the model is deterministic."""
+  db = config.deblur
+  for field, minimum in (('tile', 0), ('tile_overlap', 0), ('size_bucket', 0)):
+    value = db[field]
+    if not (isinstance(value, int) and value >= minimum):
+      raise ConfigError(f'config.deblur.{field}={value!r}: must be an integer >= {minimum}'
+                        + (' (0: never tile)' if field == 'tile' else '')
+                        + (' (0: no buckets)' if field == 'size_bucket' else ''))
+  if not models.is_diffusion(config.model):
+    return db.tile, db.tile_overlap, db.size_bucket, None
+  if db.preset not in config.diffusion.presets:
+    raise ConfigError(f'config.deblur.preset={db.preset!r}: must be one of '
+                      f'{tuple(config.diffusion.presets)}')
+  if not (isinstance(db.num_samples, int) and db.num_samples >= 0):
+    raise ConfigError(f'config.deblur.num_samples={db.num_samples!r}: must be an integer >= 0 '
+                      "(0: the preset's)")
+  num_samples = db.num_samples or config.diffusion.presets[db.preset].num_samples
+  return db.tile, db.tile_overlap, db.size_bucket, num_samples
+
+
+def aligned_tiling(tile: int, overlap: int, align: int) -> tuple[int, int]:
+  """config.deblur.tile rounded down and tile_overlap up to multiples of `align`."""
+  if tile == 0:
+    return 0, 0
+  tile_a, overlap_a = tile // align * align, -(-overlap // align) * align
+  if tile_a - overlap_a < align:
+    raise ConfigError(
+        f'config.deblur.tile={tile} with tile_overlap={overlap}: this model works on multiples '
+        f'of {align} pixels, so the tile ({tile_a}) must exceed the overlap ({overlap_a}) by at '
+        f'least {align}')
+  return tile_a, overlap_a
+
+
+class Restorer:
+  """A model ready to restore images: weights, config and the compiled function.
+
+  Build one with `from_workdir` (a trained, imported or fetched run) or
+  `from_pretrained` (official weights by name, downloaded once into the user's
+  cache). `restore(image)` returns {'image'} for XYDeblur and {'image' (the
+  mean of the samples), 'samples' [N, H, W, 3], 'std'} for diffusion models,
+  sampled with `config.deblur.preset` and `config.deblur.num_samples`; large
+  images go in tiles (`config.deblur.tile`).
+  """
+
+  def __init__(self, config, graphdef, params, step: int):
+    config_check.validate_model(config)
+    self.config = config
+    self.step = step
+    self.params = params
+    tile, overlap, self.bucket, self.num_samples = check_deblur_settings(config)
+    self.align = models.size_multiple(config.model)
+    self.tile, self.overlap = aligned_tiling(tile, overlap, self.align)
+    if self.num_samples is None:
+      self._fn = make_restore_fns(config, graphdef)['restored']
+      self.description = 'restored'
+    else:
+      preset = config.diffusion.presets[config.deblur.preset]
+      self._fn = make_sampler(graphdef, preset_schedule(preset), self.num_samples,
+                              config.diffusion.residual_scale)
+      self.description = (f"preset '{config.deblur.preset}', mean of {self.num_samples} "
+                          'samples')
+
+  @classmethod
+  def from_workdir(cls, workdir: str, *, step: int | None = None, config=None) -> 'Restorer':
+    """The run in `workdir` at `step` (latest when None), with its stored config or `config`
+    (which may differ from it in inference fields only)."""
+    config = config_for_workdir(workdir, config)
+    graphdef, params, step = load_for_inference(config, workdir, step)
+    return cls(config, graphdef, params, step)
+
+  @classmethod
+  def from_pretrained(cls, name: str, *, workdir: str | None = None) -> 'Restorer':
+    """Official weights by name (xydiff.tools.fetch_weights), fetched and imported once
+    into `workdir` (default: a folder of the user's cache)."""
+    from xydiff.tools import fetch_weights  # pylint: disable=import-outside-toplevel
+    return cls.from_workdir(fetch_weights.pretrained_workdir(name, workdir))
+
+  def restore(self, image, *, key: jax.Array | None = None) -> dict[str, np.ndarray]:
+    """Restores one HxWx3 image (uint8, uint16, or float in [0, 1]); see the class docstring.
+
+    Diffusion samples draw their noise from `key` (default: jax.random.key(config.seed)).
+    """
+    image = np.asarray(image)
+    if image.dtype in (np.uint8, np.uint16):
+      image = images.to_float(image)
+    if image.ndim != 3 or image.shape[-1] != 3:
+      raise ValueError(f'restore takes one HxWx3 RGB image, got shape {image.shape}')
+    key = jax.random.key(self.config.seed) if key is None else key
+    return restore_image(self._fn, self.params, image, key, align=self.align, tile=self.tile,
+                         overlap=self.overlap, bucket=self.bucket)

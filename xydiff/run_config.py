@@ -1,0 +1,104 @@
+"""A run remembers its config: stored with it, read back, compared field by field.
+
+Training writes the resolved config to `<workdir>/config.json` (and into every
+checkpoint). `--mode=eval`, `sweep` and `deblur` without `--config` use it
+(launch.py passes this file as the config file, `get_config(workdir)`), so
+`--config.deblur.tile=...` style overrides still work. Fields that decide
+what the weights compute (`OUTPUT_FIELDS`) must match the stored ones;
+everything else (sampling presets, tiles, evaluation data, seeds) may be
+overridden at inference.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import ml_collections
+
+from xydiff import files
+
+CONFIG_FILE = 'config.json'
+
+
+def to_plain(config) -> dict:
+  """The config as JSON values (tuples become lists), for storing and comparing."""
+  if isinstance(config, ml_collections.ConfigDict):
+    return json.loads(config.to_json())
+  return json.loads(json.dumps(config))
+
+
+def from_plain(values: dict) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(values)
+
+
+def save(workdir: str, config) -> str:
+  """Writes `<workdir>/config.json` atomically; returns its path."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  files.write_atomic(path, json.dumps(to_plain(config), indent=1, sort_keys=True))
+  return path
+
+
+def load(workdir: str) -> ml_collections.ConfigDict:
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(
+        f'{path} does not exist: --workdir {workdir} holds no trained, imported or fetched run; '
+        'pass --config, or point --workdir at a run')
+  try:
+    with open(path) as f:
+      return from_plain(json.load(f))
+  except (OSError, ValueError) as e:
+    raise FileNotFoundError(f'cannot read {path}: {e}') from None
+
+
+def get_config(workdir: str) -> ml_collections.ConfigDict:
+  """ml_collections' entry point: `--config=<this file>:<workdir>` is that run's config."""
+  return load(workdir)
+
+
+def flatten(tree: dict, prefix: str = '') -> dict:
+  """{'a': {'b': 1}} -> {'a.b': 1}."""
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(flatten(value, f'{prefix}{key}.'))
+    else:
+      flat[f'{prefix}{key}'] = value
+  return flat
+
+
+def output_fields(config) -> dict:
+  """{dotted field: value} of every field that changes what the weights compute.
+
+  The model's architecture, and for diffusion the residual scale and the
+  training noise schedule the denoiser's levels were learnt on. Left out: the
+  other model family's fields, the activation dtype and the up-convolution
+  implementation (same weights, same function), and everything about
+  training, sampling presets, data and evaluation.
+  """
+  plain = to_plain(config)
+  model = plain['model']
+  keys = ['name']
+  if model['name'] == 'xydeblur':
+    keys.append('xydeblur')
+  else:
+    keys += ['predictor', 'denoiser', 'noise_embedding_scale']
+    if model['predictor'].get('arch') == 'xydeblur':
+      keys.append('xydeblur')
+  fields = flatten({k: model[k] for k in keys if k in model}, 'model.')
+  if model['name'] == 'xydeblur' or model['predictor'].get('arch') == 'xydeblur':
+    # U-Net fields of an XYDeblur predictor are unused.
+    fields = {k: v for k, v in fields.items()
+              if not k.startswith('model.predictor.') or k == 'model.predictor.arch'}
+  if model['name'] != 'xydeblur':
+    diff = plain.get('diffusion', {})
+    for key in ('residual_scale', 'num_steps', 'beta_start', 'beta_end'):
+      fields[f'diffusion.{key}'] = diff.get(key)
+  return fields
+
+
+def differing_output_fields(stored, given) -> list[str]:
+  """The OUTPUT fields whose values differ between two configs (sorted)."""
+  a, b = output_fields(stored), output_fields(given)
+  return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))

@@ -1,0 +1,67 @@
+"""--mode=score: scores a folder of restored images against the sharp ones, no model needed.
+
+  python launch.py --mode=score --input=RESTORED_DIR --target=SHARP_DIR --workdir=DIR \
+      [--config.eval.align=ecc]
+
+Files are paired by name (the stem, so `a.png` scores against `a.jpg`); an
+unpaired file or a size mismatch is an error naming it, since a silently
+skipped image would change every average. Each pair is scored as the
+evaluator scores its own outputs (evaluate.Scorer): the GoPro table protocol,
+or with `config.eval.align=ecc` RealBlur's aligned one. Writes
+`<workdir>/score.json` and `score.csv` in the evaluation's schema (the output
+is called 'restored'), so other methods' released results are scored the
+way xydiff scores its own.
+"""
+
+from __future__ import annotations
+
+import os
+
+from absl import logging
+
+from xydiff import config_check, evaluate, images
+from xydiff.data.folders import match_pairs
+from xydiff.errors import DataError
+
+OUTPUT = 'restored'
+
+
+def pair_files(restored_dir: str, sharp_dir: str) -> list[tuple[str, str, str]]:
+  """(name, restored path, sharp path) for every image, matched by file stem."""
+  for flag, folder in (('--input', restored_dir), ('--target', sharp_dir)):
+    if not os.path.isdir(folder):
+      raise DataError(f'{flag} {folder} is not a folder')
+  pairs = match_pairs(restored_dir, sharp_dir)
+  if not pairs:
+    raise DataError(f'--input {restored_dir} holds no {"/".join(images.IMAGE_EXTENSIONS)} '
+                    'images')
+  return pairs
+
+
+def run(config, workdir: str, restored_dir: str, sharp_dir: str) -> dict:
+  """Scores every pair and writes `<workdir>/score.{json,csv}`; returns the summary."""
+  config_check.validate(config, 'score')
+  pairs = pair_files(restored_dir, sharp_dir)
+  os.makedirs(workdir, exist_ok=True)
+  scorer = evaluate.Scorer(config.eval.align == 'ecc', config.eval.lpips)
+  progress = evaluate.Progress('score', len(pairs))
+  per_image = []
+  for index, (name, restored_path, sharp_path) in enumerate(pairs):
+    restored = images.to_float(images.read_image(restored_path))
+    sharp = images.to_float(images.read_image(sharp_path))
+    if restored.shape != sharp.shape:
+      raise DataError(f'{restored_path} is {restored.shape[1]}x{restored.shape[0]} but '
+                      f'{sharp_path} is {sharp.shape[1]}x{sharp.shape[0]}')
+    scores = scorer(restored, sharp)
+    per_image.append({'name': name, 'psnr': scores['psnr'], 'ssim': scores['ssim'],
+                      'outputs': {OUTPUT: scores}})
+    progress(index + 1)
+  summary = evaluate.summarize(per_image, scorer.labels, [OUTPUT], primary=OUTPUT,
+                               split=os.path.abspath(sharp_dir), step=None,
+                               aligned=scorer.aligned)
+  summary['input_dir'] = os.path.abspath(restored_dir)
+  evaluate.write_report(os.path.join(workdir, 'score'), summary)
+  means = summary['outputs'][OUTPUT]
+  logging.info('score: %d images, %s', len(per_image),
+               ', '.join(f'{k} {v:.4f}' for k, v in means.items()))
+  return summary
