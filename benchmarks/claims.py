@@ -24,6 +24,7 @@ import argparse
 import os
 
 from common import emit
+from xydiff import files
 
 # --mode=sweep grid for (b): (T, beta_start, beta_end) and sample counts N.
 SCHEDULES = ((5, 1e-3, 0.9), (10, 1e-4, 0.8), (20, 1e-5, 0.5), (50, 1e-6, 0.2), (100, 1e-6, 0.2))
@@ -84,8 +85,8 @@ def perception_distortion(workdir: str, steps: int) -> tuple[list[dict], dict]:
 
 def _save(fig, path):
   fig.tight_layout()
-  fig.savefig(f'{path}.tmp', dpi=120, format='png')
-  os.replace(f'{path}.tmp', path)
+  with files.atomic_path(path) as tmp:
+    fig.savefig(tmp, dpi=120, format='png')
 
 
 def plot_decoupling(rows, path):
@@ -183,10 +184,7 @@ def main():
         'rows': [{k: r[k] for k in ('num_steps', 'num_samples', 'psnr', 'niqe')}
                  for r in pd_result[0]]})
 
-  path = os.path.join(args.workdir, 'claims.md')
-  with open(f'{path}.tmp', 'w') as f:
-    f.write(report(decoupling_result, pd_result))
-  os.replace(f'{path}.tmp', path)
+  files.write_atomic(os.path.join(args.workdir, 'claims.md'), report(decoupling_result, pd_result))
 
 
 if __name__ == '__main__':

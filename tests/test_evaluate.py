@@ -111,3 +111,38 @@ def test_score_refuses_an_unpaired_file_naming_it(released_outputs, tmp_path, de
   with pytest.raises(DataError, match=r'extra\.png has no partner'):
     score.run(demo_config, str(tmp_path / 'scores'), str(restored), str(root / 'sharp'))
   assert not (tmp_path / 'scores' / 'score.json').exists()
+
+
+def _random_inception_file(path):
+  """A torch.save'd state dict of the FID Inception's shapes, small random weights."""
+  import torch
+  from xydiff.metrics import fid
+  rng = np.random.default_rng(0)
+  state = {}
+  for name, (cin, cout, (kh, kw), _, _) in fid.CONV_SPECS.items():
+    fan_in = cin * kh * kw
+    state[f'{name}.conv.weight'] = torch.from_numpy(
+        rng.normal(0, (2.0 / fan_in) ** 0.5, (cout, cin, kh, kw)).astype(np.float32))
+    for key, value in (('weight', 1.0), ('bias', 0.0), ('running_mean', 0.0),
+                       ('running_var', 1.0)):
+      state[f'{name}.bn.{key}'] = torch.full((cout,), value)
+  torch.save(state, str(path))
+
+
+def test_fid_and_kid_join_the_report_when_weights_are_named(released_outputs, tmp_path,
+                                                           demo_config):
+  root, _ = released_outputs
+  weights = tmp_path / 'pt_inception-2015-12-05-6726825d.pth'
+  _random_inception_file(weights)
+  demo_config.eval.inception_weights = str(weights)
+  report = score.run(demo_config, str(tmp_path / 'scores'), str(root / 'restored'),
+                     str(root / 'sharp'))
+  restored = report['outputs']['restored']
+  assert 'Inception' in report['metrics']['fid'] and 'MMD' in report['metrics']['kid']
+  assert np.isfinite(restored['fid']) and restored['fid'] > 0 and np.isfinite(restored['kid'])
+  # The sharp images against themselves: zero.
+  same = score.run(demo_config, str(tmp_path / 'same'), str(root / 'sharp'), str(root / 'sharp'))
+  assert same['outputs']['restored']['fid'] == pytest.approx(0.0, abs=1e-3)
+  demo_config.eval.inception_weights = ''
+  off = score.run(demo_config, str(tmp_path / 'off'), str(root / 'restored'), str(root / 'sharp'))
+  assert 'fid' not in off['metrics'] and 'fid' not in off['outputs']['restored']

@@ -196,10 +196,14 @@ def _images(seed, n, h, w):
 def random_fid_inception(pytorch_fid, tmp_path_factory):
   """pytorch-fid's InceptionV3 (FID variant) with random weights, and its saved file.
 
-  Conv weights keep torch's default init; every BatchNorm gets random affine
-  parameters and running statistics measured on random images (so activations
-  stay O(1) through the network). The file is the Inception3 state dict
-  (with `fc`), saved with torch.save in the legacy format, like the release's.
+  Conv weights keep torch's default init. Every BatchNorm gets running
+  statistics measured on random images, so activations stay O(1) through the
+  network, and a random scale and a positive shift small enough that most
+  ReLUs stay on: a unit-gain random network would amplify float32 rounding
+  from layer to layer until torch itself missed its float64 result by more
+  than the tolerance. Returns the InceptionV3 wrapper, its Inception3 (whose
+  state dict, with `fc`, is what the release file holds) and that state dict
+  saved by torch.save in the legacy (pre-1.6) format.
   """
   torch.manual_seed(0)
   built = sys.modules['torchvision'].built
@@ -220,7 +224,7 @@ def random_fid_inception(pytorch_fid, tmp_path_factory):
     fid_net(torch.from_numpy(_images(1, 4, 120, 160).transpose(0, 3, 1, 2)))
     fid_net.eval()
     for m in fid_net.modules():
-      if isinstance(m, nn.BatchNorm2d):  # No near-dead channel amplifies rounding 30x.
+      if isinstance(m, nn.BatchNorm2d):  # No near-dead channel scales rounding up to 1/sqrt(eps).
         m.running_var.clamp_(min=0.25 * float(m.running_var.mean()))
   path = tmp_path_factory.mktemp('weights') / 'pt_inception-random.pth'
   torch.save(inception3.state_dict(), path, _use_new_zipfile_serialization=False)
@@ -272,6 +276,12 @@ def test_weights_errors_name_the_file(random_fid_inception, tmp_path):
     fid.inception_params(state, source='w.pth')
   with pytest.raises(WeightsError, match='inception_weights'):
     fid.load_inception(str(tmp_path / 'missing.pth'))
+  zipped = tmp_path / 'zip.pth'  # The current torch.save format reads the same.
+  torch.save(inception3.state_dict(), zipped)
+  want = fid.load_inception(str(path))
+  for name, p in fid.load_inception(str(zipped)).items():
+    np.testing.assert_array_equal(p['kernel'], want[name]['kernel'])
+    np.testing.assert_array_equal(p['bias'], want[name]['bias'])
   torch.save([1, 2], tmp_path / 'list.pth')
   with pytest.raises(WeightsError, match='list.pth'):
     fid.load_inception(str(tmp_path / 'list.pth'))
@@ -314,6 +324,7 @@ def _features(seed, n, d, shift=0.0):
   return np.maximum(rng.normal(size=(n, d // 2)) @ mix + 0.3 + shift, 0).astype(np.float32)
 
 
+@pytest.mark.filterwarnings('ignore:The `disp` argument:DeprecationWarning')  # pytorch-fid's.
 @pytest.mark.parametrize('n', [300, 40])  # More rows than dimensions; fewer (singular).
 def test_frechet_distance_matches_pytorch_fid(pytorch_fid, n):
   from xydiff.metrics import fid

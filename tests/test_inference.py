@@ -15,8 +15,10 @@ def ema_run(tmp_path_factory):
   from xydiff.configs import demo
   config = tiny(demo.get_config())
   config.train.ema_rate = 0.9
+  config.deblur.size_bucket = 0  # Stored with the run: restore() must match the model exactly.
   graphdef, state = state_lib.init_state(config)
   state['ema_params'] = jax.tree.map(lambda p: 0.5 * p + 0.01, state['params'])
+  state['step'] = jax.numpy.asarray(3, jax.numpy.int32)
   run = tmp_path_factory.mktemp('ema') / 'run'
   with checkpoint.Checkpointer(str(run), config) as ckpt:
     ckpt.save(3, state)
@@ -28,19 +30,20 @@ def ema_run(tmp_path_factory):
 
 
 def test_inference_restores_the_ema_weights(ema_run):
-  assert np.abs(ema_run['ema'] - ema_run['raw']).max() > 1e-3  # The two really differ.
+  assert np.abs(ema_run['ema'] - ema_run['raw']).max() > 0.05  # The two really differ.
   graphdef, params, step = inference.load_for_inference(ema_run['config'], ema_run['run'])
   assert step == 3
   out = np.asarray(nnx.merge(graphdef, params)(ema_run['photo'][None])['restored'][0])
-  np.testing.assert_allclose(out, ema_run['ema'], atol=1e-6)
+  np.testing.assert_allclose(out, ema_run['ema'], atol=2e-4)
 
 
 def test_restorer_from_a_workdir_needs_only_the_workdir(ema_run):
   restorer = inference.Restorer.from_workdir(ema_run['run'])
   assert restorer.step == 3 and restorer.config.train.ema_rate == 0.9
+  assert restorer.bucket == 0  # The stored config's deblur settings, not the defaults.
   out = restorer.restore(images.to_uint8(ema_run['photo']))
   assert set(out) == {'image'} and out['image'].shape == (40, 44, 3)
-  np.testing.assert_allclose(out['image'], ema_run['ema'], atol=1e-5)
+  np.testing.assert_allclose(out['image'], ema_run['ema'], atol=2e-4)
 
 
 def test_neighbouring_tile_windows_blend_smoothly_into_one():
@@ -57,15 +60,15 @@ def test_neighbouring_tile_windows_blend_smoothly_into_one():
 def test_size_buckets_share_compiled_shapes_and_change_only_the_far_border(ema_run):
   config = run_config.from_plain(run_config.to_plain(ema_run['config']))
   rng = np.random.default_rng(1)
-  photos = [rng.random((h, w, 3)).astype(np.float32) for h, w in ((37, 53), (40, 48), (45, 60))]
+  photos = [rng.random((h, w, 3)).astype(np.float32) for h, w in ((100, 110), (104, 100), (110, 120))]
   outputs = {}
-  for bucket in (0, 64):
+  for bucket in (0, 128):
     config.deblur.size_bucket = bucket
     restorer = inference.Restorer.from_workdir(ema_run['run'], config=config)
     outputs[bucket] = [restorer.restore(p)['image'] for p in photos]
     compiled = restorer._fn._cache_size()  # pylint: disable=protected-access
     assert compiled == (3 if bucket == 0 else 1), (bucket, compiled)
-  for plain, bucketed, photo in zip(outputs[0], outputs[64], photos):
+  for plain, bucketed, photo in zip(outputs[0], outputs[128], photos):
     assert bucketed.shape == photo.shape
     # Away from the bottom and right edges the extra padding is out of reach.
-    np.testing.assert_allclose(bucketed[:24, :24], plain[:24, :24], atol=1e-5)
+    np.testing.assert_allclose(bucketed[:48, :48], plain[:48, :48], atol=1e-4)

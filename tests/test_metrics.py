@@ -13,6 +13,7 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from conftest import GOPRO_SAMPLE
 from xydiff import images, metrics
+from xydiff.metrics import tables
 
 # (sequence, frame, README PSNR in dB, README 2-D SSIM), blur vs sharp.
 PAIRS = [
@@ -128,6 +129,30 @@ def test_ssim_matches_skimage():
     got = float(metrics.ssim(pred[None], _batch(sharp), quantized=False)[0])
     want = _skimage_ssim(images.to_float(sharp).astype(np.float64), pred.astype(np.float64), 1.0)
     assert got == pytest.approx(want, abs=TOL)
+
+
+@pytest.mark.parametrize('bright', [False, True])
+def test_ssim_map_matches_skimage_map(bright):
+  """Pixel by pixel, the 'valid' map that realblur.ssim_masked weights by its mask.
+
+  The bright case (levels 230..255) is where float32 E[x^2] - E[x]^2 cancels
+  worst; the bounds hold because the moments are taken about mid-grey (a
+  plain float32 formula, dm_pix.ssim's among them, misses the mean bound).
+  """
+  blur, sharp = _crops_uint8()[0]
+  if bright:
+    blur, sharp = (230 + image // 10 for image in (blur, sharp))
+  _, want = structural_similarity(sharp, blur, gaussian_weights=True, sigma=1.5,
+                                  use_sample_covariance=False, data_range=255,
+                                  channel_axis=-1, full=True)
+  want = want[5:-5, 5:-5]
+  got = np.asarray(tables.ssim_map(_batch(sharp), _batch(blur)))
+  assert got.shape == (1,) + want.shape
+  error = np.abs(got[0] - want)
+  assert error.mean() < 5e-5 and error.max() < 1e-3
+  # The mean on these levels agrees as tightly as on the raw frames.
+  got = float(metrics.ssim(_batch(blur), _batch(sharp))[0])
+  assert got == pytest.approx(_skimage_ssim(sharp, blur, 255), abs=TOL)
 
 
 def test_ssim3d_matches_direct_matlab_definition():

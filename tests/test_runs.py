@@ -145,3 +145,36 @@ def test_a_killed_run_leaves_no_stale_lock(tmp_path):
   holder.wait(timeout=30)
   with workdir.lock(str(tmp_path)):  # The kernel released it with the process.
     pass
+
+
+def test_an_interrupted_sweep_resumes_where_it_stopped(diffusion_run, monkeypatch):
+  from xydiff import sweep
+  config = run_config.load(str(diffusion_run))
+  config.sweep.schedules = ((2, 1e-4, 0.5), (3, 1e-4, 0.5))
+  config.sweep.num_samples = (1, 2)
+  straight = sweep.run_sweep(config, str(diffusion_run))
+  calls = []
+  real_sampler = inference.make_sampler
+
+  def counting_sampler(*args, **kwargs):
+    fn = real_sampler(*args, **kwargs)
+
+    def run(*a):
+      if len(calls) == 3:  # The fourth image of the grid (2 schedules x 2 images): stop.
+        raise KeyboardInterrupt
+      calls.append(1)
+      return fn(*a)
+    return run
+
+  monkeypatch.setattr(inference, 'make_sampler', counting_sampler)
+  with pytest.raises(KeyboardInterrupt):
+    sweep.run_sweep(config, str(diffusion_run))
+  progress = json.loads((diffusion_run / 'sweep' / 'step_2.progress.json').read_text())
+  assert sum(len(v) for v in progress['done'].values()) == 3
+  calls.clear()
+  resumed = sweep.run_sweep(config, str(diffusion_run))
+  assert len(calls) == 1  # Only the image the interrupted run had not finished.
+  assert resumed == straight
+  assert not (diffusion_run / 'sweep' / 'step_2.progress.json').exists()
+  assert {p.name for p in (diffusion_run / 'sweep').iterdir()} == {
+      'step_2.json', 'step_2.csv', 'step_2.png'}

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from conftest import GOPRO_SAMPLE, assert_same_state, run_launch, tiny
-from xydiff import checkpoint, state as state_lib, step as step_lib, train
+from xydiff import checkpoint, data, state as state_lib, step as step_lib, train
+from xydiff.evaluate import Evaluator
 from xydiff.errors import CheckpointMismatchError, ConfigError, NonFiniteLossError
 
 
@@ -64,6 +65,7 @@ def test_lr_is_halved_at_the_configured_steps_after_warmup():
 
 def test_train_checkpoint_and_evaluate_the_demo(demo_config, tmp_path):
   workdir = str(tmp_path / 'run')
+  demo_config.train.ema_rate = 0.5
   summary = train.train_and_evaluate(demo_config, workdir)
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['2', '4']
   with open(os.path.join(workdir, 'eval', 'step_4.json')) as f:
@@ -79,6 +81,15 @@ def test_train_checkpoint_and_evaluate_the_demo(demo_config, tmp_path):
   pictures = sorted(os.listdir(os.path.join(workdir, 'eval', 'step_4')))
   assert pictures == [f'{name}_{k}.png' for k in ('input', 'restored', 'sharp')]
   assert any(f.startswith('events.out.tfevents') for f in os.listdir(workdir))
+  # Training evaluated the EMA weights, not the raw ones.
+  graphdef, state = state_lib.abstract_state(demo_config)
+  with checkpoint.Checkpointer(workdir, demo_config, read_only=True) as ckpt:
+    state = ckpt.restore(state, 4)
+  evaluator = Evaluator(demo_config, str(tmp_path / 'again'), data.get_source(demo_config.data,
+                                                                              'eval'))
+  ema = evaluator.run(graphdef, state['ema_params'], 4)['outputs']
+  raw = evaluator.run(graphdef, state['params'], 4)['outputs']
+  assert ema == report['outputs'] and raw != report['outputs']
 
 
 def _final_params(workdir, config):

@@ -181,3 +181,6 @@ def _validate_eval(config) -> None:
            config.eval.num_image_summaries)
   _require(isinstance(config.eval.lpips, bool), 'eval.lpips', 'must be True or False',
            config.eval.lpips)
+  weights = config.eval.inception_weights
+  _require(weights in ('', 'fetch') or os.path.isfile(weights), 'eval.inception_weights',
+           "must be '', 'fetch' or an existing file", weights)

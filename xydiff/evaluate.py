@@ -27,7 +27,7 @@ import numpy as np
 from absl import logging
 
 from xydiff import config_check, data, files, images, inference, metrics, models
-from xydiff.metrics import lpips, realblur
+from xydiff.metrics import fid, lpips, realblur
 
 REALBLUR_DATA = ('realblur_j', 'realblur_r')
 
@@ -79,6 +79,64 @@ class Scorer:
       scores = _table_scores(jnp.asarray(pred)[None], jnp.asarray(target)[None],
                              self.with_lpips)
     return {k: (bool(v) if k == 'aligned' else float(v)) for k, v in scores.items()}
+
+
+class SetScores:
+  """FID and KID of named image sets against the sharp images, accumulated image by image.
+
+  `config.eval.inception_weights`: '' leaves them off (noted once in the log),
+  'fetch' downloads pytorch-fid's weights once into the user's cache, a path
+  reads that file; both fail at start-up, in one line, if the weights cannot
+  be had. The sharp images are the set called 'sharp'.
+  """
+
+  def __init__(self, inception_weights: str):
+    self.params = None
+    self.labels = {}
+    self._stats = {}
+    if not inception_weights:
+      logging.info('FID/KID off: set config.eval.inception_weights to a local %s or to '
+                   "'fetch' to download it", fid.INCEPTION_FILENAME)
+      return
+    self.params = fid.load_inception(None if inception_weights == 'fetch' else inception_weights)
+    self.labels = {'fid': fid.FID_LABEL, 'kid': fid.KID_LABEL}
+
+  @property
+  def enabled(self) -> bool:
+    return self.params is not None
+
+  def fresh(self) -> 'SetScores':
+    """An empty accumulator sharing these loaded weights (one per evaluation)."""
+    other = object.__new__(SetScores)
+    other.params, other.labels, other._stats = self.params, self.labels, {}
+    return other
+
+  def features(self, image) -> np.ndarray:
+    """The Inception features [2048] of one HxWx3 image in [0, 1]."""
+    return np.asarray(fid.inception_features(self.params, jnp.asarray(image)[None]))[0]
+
+  def add(self, name: str, image) -> None:
+    """Adds one HxWx3 image in [0, 1] to the set `name` (nothing when FID/KID are off)."""
+    if self.enabled:
+      self._stats.setdefault(name, fid.FeatureStats()).add(self.features(image))
+
+  def rows(self) -> dict[str, np.ndarray]:
+    """Every set's feature rows, to store for a resumable run."""
+    return {name: stats.rows() for name, stats in self._stats.items()}
+
+  def restore_rows(self, rows: dict[str, np.ndarray]) -> None:
+    for name, features in rows.items():
+      stats = self._stats.setdefault(name, fid.FeatureStats())
+      if len(features):
+        stats.add(features)
+
+  def results(self) -> dict[str, dict[str, float]]:
+    """{set: {'fid', 'kid'}} against 'sharp', for sets of 2 images or more."""
+    sharp = self._stats.get('sharp')
+    if not self.enabled or sharp is None or sharp.count < 2:
+      return {}
+    return {name: {'fid': stats.fid(sharp), 'kid': stats.kid(sharp)}
+            for name, stats in self._stats.items() if name != 'sharp' and stats.count >= 2}
 
 
 def _file_stem(name: str) -> str:
@@ -140,6 +198,15 @@ def summarize(per_image: list[dict], labels: dict, output_names, *, primary: str
   return summary
 
 
+def add_set_scores(summary: dict, set_scores: SetScores) -> None:
+  """Puts each set's FID/KID beside its per-image means ('input' included), labelled."""
+  results = set_scores.results()
+  if results:
+    summary['metrics'].update(set_scores.labels)
+  for name, scores in results.items():
+    (summary['input'] if name == 'input' else summary['outputs'][name]).update(scores)
+
+
 class Evaluator:
   """Scores a model's outputs on an evaluation source; see the module docstring."""
 
@@ -154,6 +221,7 @@ class Evaluator:
     self._fns = None
     self._graphdef = None
     self.scorer = Scorer(uses_alignment(config), config.eval.lpips)
+    self.set_scores = SetScores(config.eval.inception_weights)
 
   @property
   def primary_output(self) -> str:
@@ -176,7 +244,10 @@ class Evaluator:
     max_images = self.config.data.eval_max_images
     total = len(self.source) if max_images <= 0 else min(max_images, len(self.source))
     progress = Progress(f'eval step {step}', total)
+    set_scores = self.set_scores.fresh()
     for index, (name, blur, sharp) in enumerate(data.eval_pairs(self.source, max_images)):
+      set_scores.add('sharp', sharp)
+      set_scores.add('input', blur)
       entry = {'name': name, **{f'input_{k}': v for k, v in self.scorer(blur, sharp).items()},
                'outputs': {}}
       if self.scorer.aligned and not entry['input_aligned']:
@@ -186,6 +257,7 @@ class Evaluator:
         result = fn(params, jnp.asarray(blur)[None], jax.random.fold_in(base_key, index))
         restored = np.asarray(result['image'][0])
         entry['outputs'][out_name] = self.scorer(restored, sharp)
+        set_scores.add(out_name, restored)
         if self.scorer.aligned and not entry['outputs'][out_name]['aligned']:
           logging.warning('%s: ECC alignment of %s failed; scored unaligned.', name, out_name)
         if index < num_pictures:
@@ -206,6 +278,7 @@ class Evaluator:
       progress(index + 1)
     summary = summarize(per_image, self.scorer.labels, self._fns, primary=self.primary_output,
                         split=self.split, step=step, aligned=self.scorer.aligned)
+    add_set_scores(summary, set_scores)
     if is_chief:
       self._write(summary, tb_images, step)
     return summary

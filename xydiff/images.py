@@ -7,12 +7,12 @@ Everything that crosses between those worlds goes through this module.
 
 from __future__ import annotations
 
-import os
 import struct
 import zlib
 
 import numpy as np
 
+from xydiff import files
 from xydiff.errors import ImageReadError
 
 UINT8_PEAK = 255.0
@@ -208,19 +208,11 @@ def write_png(path: str, image: np.ndarray) -> None:
     image = image[..., None]
   if image.ndim != 3 or image.shape[-1] not in (1, 2, 3, 4):
     raise ValueError(f'cannot write an image of shape {image.shape} to {path}')
-  tmp = f'{path}.tmp-{os.getpid()}'
-  try:
-    if image.dtype == np.uint16:
-      encoded = _encode_png16(image)
-      with open(tmp, 'wb') as f:
-        f.write(encoded)
-    else:
+  if image.dtype == np.uint16:
+    files.write_atomic(path, _encode_png16(image))
+  else:
+    with files.atomic_path(path) as tmp:
       Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(tmp, format='PNG')
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
 
 
 def write_image(path: str, image, *, bit_depth: int = 8) -> None:

@@ -28,8 +28,17 @@ def to_plain(config) -> dict:
   return json.loads(json.dumps(config))
 
 
+def _tuples(value):
+  """JSON lists back to the tuples config files use (ml_collections overrides tuples only)."""
+  if isinstance(value, dict):
+    return {k: _tuples(v) for k, v in value.items()}
+  if isinstance(value, list):
+    return tuple(_tuples(v) for v in value)
+  return value
+
+
 def from_plain(values: dict) -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(values)
+  return ml_collections.ConfigDict(_tuples(values))
 
 
 def save(workdir: str, config) -> str:

@@ -6,8 +6,9 @@
 Files are paired by name (the stem, so `a.png` scores against `a.jpg`); an
 unpaired file or a size mismatch is an error naming it, since a silently
 skipped image would change every average. Each pair is scored as the
-evaluator scores its own outputs (evaluate.Scorer): the GoPro table protocol,
-or with `config.eval.align=ecc` RealBlur's aligned one. Writes
+evaluator scores its own outputs (evaluate.Scorer): the GoPro table protocol
+with LPIPS, or with `config.eval.align=ecc` RealBlur's aligned one; FID and
+KID of the whole folder when `config.eval.inception_weights` is set. Writes
 `<workdir>/score.json` and `score.csv` in the evaluation's schema (the output
 is called 'restored'), so other methods' released results are scored the
 way xydiff scores its own.
@@ -44,6 +45,7 @@ def run(config, workdir: str, restored_dir: str, sharp_dir: str) -> dict:
   pairs = pair_files(restored_dir, sharp_dir)
   os.makedirs(workdir, exist_ok=True)
   scorer = evaluate.Scorer(config.eval.align == 'ecc', config.eval.lpips)
+  set_scores = evaluate.SetScores(config.eval.inception_weights)
   progress = evaluate.Progress('score', len(pairs))
   per_image = []
   for index, (name, restored_path, sharp_path) in enumerate(pairs):
@@ -53,12 +55,15 @@ def run(config, workdir: str, restored_dir: str, sharp_dir: str) -> dict:
       raise DataError(f'{restored_path} is {restored.shape[1]}x{restored.shape[0]} but '
                       f'{sharp_path} is {sharp.shape[1]}x{sharp.shape[0]}')
     scores = scorer(restored, sharp)
+    set_scores.add(OUTPUT, restored)
+    set_scores.add('sharp', sharp)
     per_image.append({'name': name, 'psnr': scores['psnr'], 'ssim': scores['ssim'],
                       'outputs': {OUTPUT: scores}})
     progress(index + 1)
   summary = evaluate.summarize(per_image, scorer.labels, [OUTPUT], primary=OUTPUT,
                                split=os.path.abspath(sharp_dir), step=None,
                                aligned=scorer.aligned)
+  evaluate.add_set_scores(summary, set_scores)
   summary['input_dir'] = os.path.abspath(restored_dir)
   evaluate.write_report(os.path.join(workdir, 'score'), summary)
   means = summary['outputs'][OUTPUT]

@@ -4,11 +4,12 @@ Each sampling schedule (T, beta range) is run once with the largest number of
 samples N_max; because sample i's noise depends only on its own key, the
 first N of those samples are exactly what an N-sample run draws, so every N
 of the grid comes from the same batch. Each grid point reports PSNR and SSIM
-of the N-sample mean (distortion), the mean per-pixel standard deviation over
-the N samples (the spread that buys realism), the detail ratio
+of the N-sample mean (distortion), its LPIPS (perceptual distance), the mean
+per-pixel standard deviation over the N samples (the spread that buys realism), the detail ratio
 (high-frequency Laplacian energy of the output over that of the sharp image:
 1 = as much detail as the real photo), and NIQE, the no-reference naturalness
-score (lower is better).
+score (lower is better); with `config.eval.inception_weights`, FID and KID of
+the N-sample means against the sharp images.
 
 Images stream one at a time, so memory does not grow with the split. Every
 finished (schedule, image) is recorded in `sweep/step_<N>.progress.json`
@@ -22,6 +23,7 @@ import csv
 import io
 import json
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -29,7 +31,8 @@ import numpy as np
 from absl import logging
 
 from xydiff import config_check, data, diffusion, files, inference, metrics
-from xydiff.evaluate import Progress
+from xydiff.evaluate import Progress, SetScores
+from xydiff.metrics import lpips
 
 
 def detail_ratio(image, sharp) -> float:
@@ -51,22 +54,37 @@ def _niqe_or_nan(image) -> float:
 
 
 METRIC_LABELS = {'psnr': metrics.PSNR_UINT8_LABEL, 'ssim': metrics.SSIM_2D_LABEL,
+                 'lpips': lpips.LPIPS_LABEL,
                  'spread': 'mean per-pixel std over the N samples, [0, 1] units',
                  'detail': 'Laplacian energy of the output / of the sharp image',
                  'niqe': metrics.NIQE_LABEL}
 
 
-def _score_samples(samples, sharp, counts) -> dict:
-  """{N: {metric: value}} of the first N samples' mean, for each N in `counts`."""
-  scores = {}
+def _score_samples(samples, sharp, counts, with_lpips: bool, set_scores, features_path):
+  """{N: {metric: value}} of the first N samples' mean, for each N in `counts`.
+
+  With FID on, the Inception features of the sharp image and of each N-sample
+  mean go to `features_path` (one small .npy per image, written atomically),
+  so that an interrupted sweep keeps them too.
+  """
+  scores, features = {}, []
+  if set_scores.enabled:
+    features.append(set_scores.features(sharp))
   for n in counts:
     mean = samples[:n].mean(axis=0)
+    if set_scores.enabled:
+      features.append(set_scores.features(mean))
     scores[str(n)] = {
         'psnr': float(metrics.psnr_uint8(mean, sharp)[0]),
         'ssim': float(metrics.ssim(mean, sharp)[0]),
+        'lpips': float(lpips.lpips(mean, sharp)[0]) if with_lpips else float('nan'),
         'spread': float(samples[:n].std(axis=0).mean()),
         'detail': detail_ratio(mean, sharp),
         'niqe': _niqe_or_nan(mean)}
+  if features:
+    with files.atomic_path(features_path) as tmp:
+      with open(tmp, 'wb') as f:
+        np.save(f, np.stack(features))
   return scores
 
 
@@ -89,12 +107,16 @@ def run_sweep(config, workdir: str) -> list[dict]:
   settings = {'schedules': schedules, 'num_samples': counts, 'seed': config.seed,
               'split': config.data.eval_split, 'num_images': num_images}
   done = _load_progress(progress_path, settings)
+  set_scores = SetScores(config.eval.inception_weights)
+  features_dir = f'{stem}.features'
   if is_chief:
     os.makedirs(out_dir, exist_ok=True)
+    if set_scores.enabled:
+      os.makedirs(features_dir, exist_ok=True)
 
   progress = Progress(f'sweep step {step}', len(schedules) * num_images)
   finished = sum(len(v) for v in done.values())
-  for num_steps, beta_start, beta_end in schedules:
+  for s_index, (num_steps, beta_start, beta_end) in enumerate(schedules):
     key = f'{num_steps},{beta_start!r},{beta_end!r}'
     results = done.setdefault(key, [])
     if len(results) >= num_images:
@@ -107,29 +129,49 @@ def run_sweep(config, workdir: str) -> list[dict]:
         continue  # Recorded by an earlier run.
       samples = np.asarray(sample(params, jnp.asarray(blur)[None],
                                   jax.random.fold_in(base_key, index))['samples'][:, 0])
-      results.append({'name': name, 'scores': _score_samples(samples, sharp, counts)})
+      results.append({'name': name, 'scores': _score_samples(
+          samples, sharp, counts, config.eval.lpips, set_scores,
+          os.path.join(features_dir, f'{s_index}_{index}.npy'))})
       if is_chief:
         files.write_atomic(progress_path, json.dumps({'settings': settings, 'done': done}))
       finished += 1
       progress(finished)
 
   rows = []
-  for num_steps, beta_start, beta_end in schedules:
+  for s_index, (num_steps, beta_start, beta_end) in enumerate(schedules):
     results = done[f'{num_steps},{beta_start!r},{beta_end!r}']
+    set_results = _set_scores_of(set_scores, features_dir, s_index, num_images, counts)
     for n in counts:
       row = {'num_steps': num_steps, 'beta_start': beta_start, 'beta_end': beta_end,
              'num_samples': n}
       for metric in METRIC_LABELS:
         row[metric] = float(np.mean([r['scores'][str(n)][metric] for r in results]))
-      if not np.isfinite(row['niqe']):
-        row['niqe'] = None  # JSON null: the images are smaller than NIQE's two blocks.
+      row.update(set_results.get(f'N={n}', {}))
+      for metric in ('niqe', 'lpips'):
+        if not np.isfinite(row[metric]):
+          row[metric] = None  # JSON null: too small for NIQE's two blocks, or LPIPS off.
       rows.append(row)
       logging.info('sweep T=%d N=%d: %.2f dB / %.4f, spread %.4f, detail %.3f',
                    num_steps, n, row['psnr'], row['ssim'], row['spread'], row['detail'])
   if is_chief:
-    _write(rows, stem, step, config, num_images)
+    labels = {**METRIC_LABELS, **set_scores.labels}
+    _write(rows, stem, step, config, num_images, labels)
     os.remove(progress_path)
+    if set_scores.enabled:
+      shutil.rmtree(features_dir)
   return rows
+
+
+def _set_scores_of(set_scores, features_dir, s_index, num_images, counts) -> dict:
+  """{'N=n': {'fid', 'kid'}} of one schedule, from the features its images stored."""
+  if not set_scores.enabled:
+    return {}
+  accumulator = set_scores.fresh()
+  for index in range(num_images):
+    stacked = np.load(os.path.join(features_dir, f'{s_index}_{index}.npy'))
+    accumulator.restore_rows({'sharp': stacked[:1],
+                              **{f'N={n}': stacked[1 + i:2 + i] for i, n in enumerate(counts)}})
+  return accumulator.results()
 
 
 def _load_progress(path: str, settings: dict) -> dict:
@@ -150,10 +192,10 @@ def _load_progress(path: str, settings: dict) -> dict:
   return saved['done']
 
 
-def _write(rows, stem, step, config, num_images):
+def _write(rows, stem, step, config, num_images, labels):
   files.write_atomic(f'{stem}.json', json.dumps(
       {'step': step, 'split': config.data.eval_split, 'num_images': num_images,
-       'metrics': METRIC_LABELS, 'rows': rows}, indent=1))
+       'metrics': labels, 'rows': rows}, indent=1))
   text = io.StringIO()
   writer = csv.DictWriter(text, fieldnames=list(rows[0]))
   writer.writeheader()
@@ -164,8 +206,11 @@ def _write(rows, stem, step, config, num_images):
   from matplotlib import pyplot as plt  # pylint: disable=import-outside-toplevel
   panels = [('spread', 'sample spread (mean per-pixel std)'),
             ('detail', 'detail ratio (Laplacian energy vs sharp)')]
-  if all(r['niqe'] is not None for r in rows):
-    panels.append(('niqe', 'NIQE (lower is more natural)'))
+  for metric, label in (('lpips', 'LPIPS (AlexNet; lower is closer)'),
+                        ('niqe', 'NIQE (lower is more natural)'),
+                        ('fid', 'FID (lower is closer)'), ('kid', 'KID (unscaled)')):
+    if all(r.get(metric) is not None for r in rows):
+      panels.append((metric, label))
   fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.5), sharey=True)
   for ax, (x_key, x_label) in zip(axes, panels):
     for n in sorted({r['num_samples'] for r in rows}):

@@ -33,11 +33,12 @@ random subsets of rows (torch-fidelity's `kid_features_to_metric`, clean-fid's
 `kernel_distance`); it is returned unscaled, while tables often print it
 x10^3 or x10^2, so a reported KID must say its scale.
 
-DvSR (Whang et al., CVPR 2022) reports FID and KID on the GoPro test set but
-does not state its protocol: whole frames or patches, which Inception port,
-the resizing, or KID's scale and subset size. Numbers from this module are
-therefore comparable with pytorch-fid on whole frames, and only presumably
-with the paper's.
+DvSR (Whang et al., CVPR 2022) reports FID and KID on the GoPro test set,
+but what this project has of the paper (shared/METHOD.md) states no protocol
+for them: whole frames or patches, which Inception port, the resizing, KID's
+scale and subset size are unknown. Numbers from this module are comparable
+with pytorch-fid run on whole saved frames, and with the paper's only if it
+did the same.
 
 Features accumulate image by image (`FeatureStats`): FID needs only the
 running sum and sum of outer products (float64), but KID draws random
@@ -54,6 +55,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from xydiff import download, torch_pickle
 from xydiff.errors import WeightsError
 from xydiff.images import quantize
 
@@ -218,12 +220,10 @@ def load_inception(path: str | None = None, *, cache: str | None = None) -> dict
       these weights; the message names the file or URL.
   """
   if not path:
-    from xydiff import download
     path = download.fetch(INCEPTION_URL, INCEPTION_FILENAME,
                           sha256_prefix=INCEPTION_SHA256_PREFIX, cache=cache)
   elif not os.path.isfile(path):
     raise WeightsError(f'config.eval.inception_weights: no file {path}')
-  from xydiff import torch_pickle
   state = torch_pickle.load(path)
   if not isinstance(state, Mapping):
     raise WeightsError(f'{path}: holds a {type(state).__name__}, not a state dict')
@@ -518,7 +518,7 @@ class FeatureStats:
     self._sum += wide.sum(axis=0)
     self._outer += wide.T @ wide
     if self.keep_rows:
-      self._rows.append(rows[:-1].copy() if len(rows) > 1 else rows.copy())
+      self._rows.append(rows.copy())
 
   def mean(self) -> np.ndarray:
     if self.count < 1:

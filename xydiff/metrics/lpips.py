@@ -116,8 +116,13 @@ def load_checkpoint(path) -> dict:
 
 @functools.lru_cache(maxsize=None)
 def alexnet_lpips_params() -> dict:
-  """The installed AlexNet + v0.1 head weights as device arrays, loaded once."""
-  return jax.tree.map(jnp.asarray, load_checkpoint(weights_path()))
+  """The installed AlexNet + v0.1 head weights as device arrays, loaded once.
+
+  Concrete even when first called while tracing (`lpips` inside a jitted
+  function): a cached tracer would leak into every later call.
+  """
+  with jax.ensure_compile_time_eval():
+    return jax.tree.map(jnp.asarray, load_checkpoint(weights_path()))
 
 
 def _max_pool(x: jax.Array) -> jax.Array:

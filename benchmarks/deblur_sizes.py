@@ -1,0 +1,62 @@
+"""Deblurring a folder of photos of mixed sizes: compiles and time, with and without size buckets.
+
+  python benchmarks/deblur_sizes.py [--config=xydeblur_gopro] [--count=12] [--bucket=128]
+
+Makes `--count` photos whose sides vary by a few dozen pixels (as photos from
+a few phones and crops do), restores them with `Restorer` at
+`config.deblur.size_bucket` 0 (one compile per distinct size) and at
+`--bucket`, and prints one JSON object per setting: distinct compiled shapes,
+total and per-image seconds, and how far the two outputs differ at the
+borders and in the interior.
+"""
+
+import argparse
+import tempfile
+import time
+
+from common import emit, load_config
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__)
+  parser.add_argument('--config', default='xydeblur_gopro')
+  parser.add_argument('--count', type=int, default=12)
+  parser.add_argument('--bucket', type=int, default=128)
+  parser.add_argument('--base', type=int, default=480, help='typical side, pixels')
+  args = parser.parse_args()
+
+  import jax
+  import numpy as np
+  from xydiff import checkpoint, inference, run_config, state as state_lib
+
+  config = load_config(args.config)
+  rng = np.random.default_rng(0)
+  sizes = [(args.base + int(rng.integers(-40, 41)), args.base * 4 // 3 + int(rng.integers(-40, 41)))
+           for _ in range(args.count)]
+  photos = [rng.random((h, w, 3)).astype(np.float32) for h, w in sizes]
+  with tempfile.TemporaryDirectory() as run:
+    graphdef, state = state_lib.init_state(config)
+    with checkpoint.Checkpointer(run, config) as ckpt:
+      ckpt.save(0, state)
+    run_config.save(run, config)
+    outputs = {}
+    for bucket in (0, args.bucket):
+      config.deblur.size_bucket = bucket
+      restorer = inference.Restorer.from_workdir(run, config=config)
+      start = time.perf_counter()
+      outputs[bucket] = [restorer.restore(p)['image'] for p in photos]
+      total = time.perf_counter() - start
+      emit({'config': args.config, 'backend': jax.default_backend(), 'images': len(photos),
+            'distinct_sizes': len(set(sizes)), 'size_bucket': bucket,
+            'compiled_shapes': restorer._fn._cache_size(),  # pylint: disable=protected-access
+            'total_s': round(total, 2), 'per_image_s': round(total / len(photos), 3)})
+  margin = 64
+  interior = max(float(np.abs(a[:-margin, :-margin] - b[:-margin, :-margin]).max())
+                 for a, b in zip(outputs[0], outputs[args.bucket]))
+  border = max(float(np.abs(a - b).max()) for a, b in zip(outputs[0], outputs[args.bucket]))
+  emit({'max_abs_diff_anywhere': round(border, 5),
+        f'max_abs_diff_beyond_{margin}px_of_bottom_right': round(interior, 7)})
+
+
+if __name__ == '__main__':
+  main()
