@@ -1,7 +1,8 @@
-"""Input pipeline speed: today's tf.data TrainBatches against a grain port, side by side.
+"""Input pipeline speed: xydiff.data.TrainBatches (grain) as training uses it.
 
   python benchmarks/input_pipeline.py                    # 32 synthetic 1280x720 pairs
   python benchmarks/input_pipeline.py --root=/data/GOPRO_Large --pairs=256
+  python benchmarks/input_pipeline.py --threads=1,2,4    # rounds alternate thread counts
   taskset -c 0 python benchmarks/input_pipeline.py       # the same on one core
   python benchmarks/input_pipeline.py --quick            # seconds: small frames, few pairs
 
@@ -12,42 +13,34 @@ test pair, which the gopro tfds builder requires). Each case is one JSON line:
   source   folder: FolderPairs (xydiff.images.read_image of both PNGs);
            array_record: the same pairs prepared by the gopro tfds builder and
            read through tfds's ArrayRecord data source (builders.TfdsPairs).
-  loader   tf.data: xydiff.data.TrainBatches as training uses it;
-           grain: GrainBatches below, the same slot/shard/epoch scheme on
-           grain.MapDataset -> to_iter_dataset(ReadOptions(num_threads)) -> batch.
+  threads  TrainBatches.threads, the decoding threads of its grain iterator
+           (0: this process's cores, what training uses).
   cache    on: the decode cache holds every pair (cache_pairs = pairs), timed
            after a warm-up that fills it; off: cache_pairs = 0, every crop
            decodes its pair.
 
-Reported: crops_per_s (--crop squared crops out of the loader), pairs_per_s
-(pair decodes, `load` calls, during the timed steps), both also per core of
-this process's CPU affinity, for the best of --repeats rounds in which the
-loaders alternate, with the median and each round's load average, since a
-shared machine skews every figure. Both loaders get the same cores: tf.data
-autotunes its map parallelism, grain gets --grain-threads (default: the
-cores). A `properties` line checks, for the grain port, what
-tests/test_data.py proves of TrainBatches: batch s is a function of (seed, s),
-the global batch is the same for one or two processes, the processes' shards
-are disjoint, and an iterator restored from get_state() continues bitwise.
+Reported: crops_per_s (--crop squared crops out of TrainBatches.iterate),
+pairs_per_s (pair decodes, `load` calls, during the timed steps), both also per
+core of this process's CPU affinity, for the best of --repeats rounds in which
+the thread counts alternate, with the median and each round's load average,
+since a shared machine skews every figure. The tf.data pipeline this replaced
+is gone; the README keeps the figures that compared the two (issue #12).
+What tests/test_data.py proves of TrainBatches (batch s is a function of
+(seed, s), disjoint process shards, the same global batch for any process
+count) is not re-checked here.
 """
 
 import argparse
 import collections
-import functools
 import os
 import shutil
-import sys
 import tempfile
 import threading
 import time
 
 import numpy as np
 
-from common import REPO, emit
-
-sys.path.insert(0, REPO)
-
-_SHUFFLE_STREAM, _AUGMENT_STREAM = 1, 2  # As in xydiff/data/pipeline.py.
+from common import emit  # Also puts the repository on sys.path.
 
 
 # ------------------------------------------------------------------ data
@@ -56,9 +49,10 @@ _SHUFFLE_STREAM, _AUGMENT_STREAM = 1, 2  # As in xydiff/data/pipeline.py.
 def synthesize(root: str, pairs: int, height: int, width: int) -> None:
   """`pairs` train pairs and one test pair of smooth-plus-noise RGB PNGs.
 
-  Upsampled coarse noise plus fine noise compresses and decodes like a real
-  GoPro frame (the decode time per pair is what the cache-off figures hinge
-  on); uniform noise or flat colour would not.
+  Upsampled coarse noise plus fine noise decodes about as fast as a real
+  GoPro frame (compared with the sample frames in shared/data/gopro_sample),
+  which is what the cache-off figures hinge on; uniform noise or flat colour
+  would decode at another speed.
   """
   from PIL import Image
   from xydiff import images
@@ -97,135 +91,16 @@ class Counted:
     return self.source.load(index)
 
 
-# ------------------------------------------------------------------ grain
-
-
-class GrainBatches:
-  """TrainBatches' scheme on grain: slot j walks shard j mod V, permuted per epoch.
-
-  Element p of the stream is slot offset + p mod b of step p // b; its pair
-  index and its crop corner, flip and turn are functions of (seed, step,
-  slot) alone, so a batch depends on nothing read before it and the global
-  batch is the same for any number of processes, as in TrainBatches. The
-  random numbers are numpy's, not TensorFlow's: the batches differ from
-  TrainBatches' bit for bit, their properties do not.
-  """
-
-  def __init__(self, source, *, global_batch: int, crop: int, seed: int, flip: bool = True,
-               rot90: bool = False, process_index: int = 0, process_count: int = 1,
-               cache_pairs: int = 64, threads: int = 2):
-    self.source, self.crop, self.seed, self.flip, self.rot90 = source, crop, seed, flip, rot90
-    self.global_batch = global_batch
-    self.local_batch = global_batch // process_count
-    self.offset = process_index * self.local_batch
-    self.num_shards = min(global_batch, len(source))
-    self.threads = threads
-    self._cache = collections.OrderedDict()
-    self._cache_size = cache_pairs
-    self._lock = threading.Lock()
-
-  def local_shard(self) -> np.ndarray:
-    v = self.num_shards
-    slots = range(self.offset, self.offset + self.local_batch)
-    return np.unique(np.concatenate([np.arange(j % v, len(self.source), v) for j in slots]))
-
-  @functools.lru_cache(maxsize=1024)
-  def _permutation(self, shard: int, epoch: int, size: int) -> np.ndarray:
-    return np.random.default_rng([self.seed, _SHUFFLE_STREAM, shard, epoch]).permutation(size)
-
-  def _pair_index(self, step: int, slot: int) -> int:
-    v, n, b = self.num_shards, len(self.source), self.global_batch
-    shard = slot % v
-    shard_size = (n - shard + v - 1) // v
-    users, rank = (b - shard + v - 1) // v, slot // v
-    position = step * users + rank
-    epoch, within = divmod(position, shard_size)
-    return shard + v * int(self._permutation(shard, epoch, shard_size)[within])
-
-  def _pair(self, index: int):
-    with self._lock:
-      if index in self._cache:
-        self._cache.move_to_end(index)
-        return self._cache[index]
-    pair = self.source.load(index)
-    with self._lock:
-      self._cache[index] = pair
-      while len(self._cache) > self._cache_size:
-        self._cache.popitem(last=False)
-    return pair
-
-  def _example(self, position: int) -> dict:
-    from xydiff import images
-    step, slot = divmod(position, self.local_batch)
-    slot += self.offset
-    blur, sharp = self._pair(self._pair_index(step, slot))
-    u = np.random.default_rng([self.seed, _AUGMENT_STREAM, step, slot]).random(4)
-    h, w = blur.shape[:2]
-    top, left = int(u[0] * (h - self.crop + 1)), int(u[1] * (w - self.crop + 1))
-    pair = np.stack([blur[top:top + self.crop, left:left + self.crop],
-                     sharp[top:top + self.crop, left:left + self.crop]])
-    if self.flip and u[2] < 0.5:
-      pair = pair[:, :, ::-1]
-    if self.rot90:
-      pair = np.rot90(pair, int(u[3] * 4), axes=(1, 2))
-    pair = images.to_float(np.ascontiguousarray(pair))
-    return {'blur': pair[0], 'sharp': pair[1]}
-
-  def dataset(self, start_step: int = 0, prefetch: int = 2):
-    import grain
-    b = self.local_batch
-    ds = grain.MapDataset.range(start_step * b, np.iinfo(np.int64).max).map(self._example)
-    ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=self.threads,
-                                              prefetch_buffer_size=max(prefetch * b, 1)))
-    return ds.batch(b, drop_remainder=True)
-
-  def iterate(self, start_step: int = 0, prefetch: int = 2):
-    return iter(self.dataset(start_step, prefetch))
-
-  def batch(self, step: int) -> dict:
-    return next(self.iterate(step, prefetch=1))
-
-
-def check_grain_properties(source, threads: int) -> dict:
-  """What tests/test_data.py proves of TrainBatches, asked of GrainBatches."""
-  make = lambda **kw: GrainBatches(source, global_batch=4, crop=16, threads=threads,
-                                   **{'seed': 3, **kw})
-  a = make()
-  it = a.iterate(3)
-  stream = [next(it) for _ in range(3)]
-  function_of_step = all(np.array_equal(stream[k]['blur'], a.batch(3 + k)['blur'])
-                         for k in range(3))
-  seed_matters = not np.array_equal(a.batch(3)['blur'], make(seed=4).batch(3)['blur'])
-  parts = [make(process_index=p, process_count=2) for p in range(2)]
-  same_global = np.array_equal(np.concatenate([p.batch(2)['blur'] for p in parts]),
-                               a.batch(2)['blur'])
-  disjoint = not set(parts[0].local_shard().tolist()) & set(parts[1].local_shard().tolist())
-  it = iter(a.dataset(0))
-  for _ in range(2):
-    next(it)
-  state = it.get_state()
-  expected = next(it)['sharp']
-  restored = iter(make().dataset(0))
-  restored.set_state(state)
-  resumes = np.array_equal(next(restored)['sharp'], expected)
-  return {'case': 'properties', 'loader': 'grain', 'batch_is_function_of_seed_and_step':
-          bool(function_of_step and seed_matters), 'global_batch_same_for_2_processes':
-          bool(same_global), 'process_shards_disjoint': bool(disjoint),
-          'get_state_set_state_resumes_bitwise': bool(resumes), 'state': repr(state)}
-
-
 # ------------------------------------------------------------------ timing
 
 
-def measure(loader: str, source: Counted, *, batch: int, crop: int, cache_pairs: int,
-            warmup: int, steps: int, min_seconds: float, threads: int) -> dict:
+def measure(source: Counted, *, batch: int, crop: int, cache_pairs: int, warmup: int,
+            steps: int, min_seconds: float, threads: int) -> dict:
   from xydiff.data import TrainBatches
-  kwargs = dict(global_batch=batch, crop=crop, seed=0, flip=True, rot90=False,
-                cache_pairs=cache_pairs)
-  if loader == 'tf.data':
-    iterator = TrainBatches(source, **kwargs).iterate(0)
-  else:
-    iterator = GrainBatches(source, threads=threads, **kwargs).iterate(0)
+  batches = TrainBatches(source, global_batch=batch, crop=crop, seed=0, flip=True, rot90=False,
+                         cache_pairs=cache_pairs)
+  batches.threads = threads
+  iterator = batches.iterate(0)
   for _ in range(warmup):
     next(iterator)
   loads = source.loads
@@ -254,21 +129,19 @@ def main():
   parser.add_argument('--steps', type=int, default=16, help='timed steps per case, at least')
   parser.add_argument('--min-seconds', type=float, default=5.0, help='timed seconds, at least')
   parser.add_argument('--repeats', type=int, default=3, help='rounds per case; best is shown')
-  parser.add_argument('--grain-threads', type=int, default=0, help='0: the cores')
+  parser.add_argument('--threads', default='0',
+                      help='comma-separated TrainBatches.threads to compare (0: the cores)')
   parser.add_argument('--sources', default='folder,array_record')
-  parser.add_argument('--loaders', default='tf.data,grain')
   parser.add_argument('--quick', action='store_true', help='tiny sizes: a smoke run in seconds')
   args = parser.parse_args()
   if args.quick:
     args.pairs, args.height, args.width = 4, 72, 128
     args.batch, args.crop, args.steps, args.min_seconds, args.repeats = 4, 32, 3, 0.0, 1
+  thread_counts = [int(t) for t in args.threads.split(',')]
 
-  from xydiff import tf_guard
-  tf_guard.keep_tensorflow_off_accelerators()
-  from xydiff.data import FolderPairs, builders
+  from xydiff.data import FolderPairs
 
   cores = len(os.sched_getaffinity(0))
-  threads = args.grain_threads or cores
   scratch = tempfile.mkdtemp(prefix='xydiff-input-')
   try:
     root = args.root
@@ -284,6 +157,7 @@ def main():
       if name == 'folder':
         sources[name] = FolderPairs(root, 'train')
       elif name == 'array_record':
+        from xydiff.data import builders  # TensorFlow and tfds only for this source.
         data_dir = args.data_dir or os.path.join(scratch, 'tfds')
         sources[name] = builders.build_source('gopro', root, data_dir, 'train')
       else:
@@ -291,32 +165,30 @@ def main():
       emit({'case': 'open', 'source': name, 'pairs': len(sources[name]),
             'seconds': round(time.perf_counter() - start, 2)})
 
-    if 'grain' in args.loaders.split(','):
-      emit(check_grain_properties(Counted(next(iter(sources.values())), 8), threads))
-
     rows = []
     for source_name, source in sources.items():
       n = min(args.pairs, len(source)) if args.pairs else len(source)
       for cache in ('off', 'on'):
-        # Loaders alternate, `repeats` rounds: load from others on a shared
-        # machine then hits both alike, and the best round is the least disturbed.
+        # Thread counts alternate, `repeats` rounds: load from others on a
+        # shared machine then hits all alike, and the best round is the least
+        # disturbed.
         results = collections.defaultdict(list)
         for _ in range(args.repeats):
-          for loader in args.loaders.split(','):
+          for threads in thread_counts:
             counted = Counted(source, n)
             # Cache on: fill it first (each slot walks its shard of n / batch pairs).
             warmup = 2 + (-(-n // min(args.batch, n)) if cache == 'on' else 0)
-            results[loader].append(dict(
-                measure(loader, counted, batch=args.batch, crop=args.crop,
+            results[threads].append(dict(
+                measure(counted, batch=args.batch, crop=args.crop,
                         cache_pairs=n if cache == 'on' else 0, warmup=warmup,
                         steps=args.steps, min_seconds=args.min_seconds, threads=threads),
                 load_average_1min=os.getloadavg()[0]))
-        for loader, rounds in results.items():
+        for threads, rounds in results.items():
           best = max(rounds, key=lambda r: r['crops_per_s'])
-          record = {'case': 'throughput', 'source': source_name, 'loader': loader,
-                    'cache': cache, 'pairs': n, 'size': [args.height, args.width],
-                    'crop': args.crop, 'batch': args.batch, 'cores': cores,
-                    'grain_threads': threads if loader == 'grain' else None,
+          record = {'case': 'throughput', 'source': source_name, 'loader': 'grain',
+                    'threads': threads or cores, 'cache': cache, 'pairs': n,
+                    'size': [args.height, args.width], 'crop': args.crop,
+                    'batch': args.batch, 'cores': cores,
                     'rounds': len(rounds), 'timed_steps': best['timed_steps'],
                     'seconds': round(best['seconds'], 2),
                     'crops_per_s': round(best['crops_per_s'], 2),
@@ -331,10 +203,10 @@ def main():
   finally:
     shutil.rmtree(scratch, ignore_errors=True)
 
-  print(f'\n{"source":<13}{"loader":<9}{"cache":<7}{"crops/s":>9}{"pairs/s":>9}'
+  print(f'\n{"source":<13}{"threads":>8} {"cache":<7}{"crops/s":>9}{"pairs/s":>9}'
         f'{"crops/s/core":>14}{"pairs/s/core":>14}   (best of rounds, {cores} cores)')
   for r in rows:
-    print(f'{r["source"]:<13}{r["loader"]:<9}{r["cache"]:<7}{r["crops_per_s"]:>9.1f}'
+    print(f'{r["source"]:<13}{r["threads"]:>8} {r["cache"]:<7}{r["crops_per_s"]:>9.1f}'
           f'{r["pairs_per_s"]:>9.1f}{r["crops_per_s_per_core"]:>14.1f}'
           f'{r["pairs_per_s_per_core"]:>14.1f}')
 

@@ -62,11 +62,15 @@ def _run_tiny():
   site_packages = [p for p in sys.path if p.endswith(('site-packages', 'dist-packages'))]
   env = {**os.environ, 'PYTHONPATH': os.pathsep.join([REPO, *site_packages]),
          'PYTHONUNBUFFERED': '1'}
-  env.pop('XLA_FLAGS', None)
-  procs = [subprocess.Popen([sys.executable, '-S', '-c', PRELUDE, SCRIPT, '--tiny',
-                             f'--sections={group}'],
-                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True) for group in GROUPS]
+  procs = []
+  for group in GROUPS:
+    # Two CPU devices where the device checks run, so that the sharded train
+    # step is compared with the one-device step for real.
+    flags = '--xla_force_host_platform_device_count=2' if 'device' in group else ''
+    procs.append(subprocess.Popen(
+        [sys.executable, '-S', '-c', PRELUDE, SCRIPT, '--tiny', f'--sections={group}'],
+        cwd=REPO, env={**env, 'XLA_FLAGS': flags}, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True))
   results = [p.communicate(timeout=300) for p in procs]
   return [(p.returncode, out, err) for p, (out, err) in zip(procs, results)]
 

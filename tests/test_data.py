@@ -1,12 +1,15 @@
 """Paired folders and training batches: layouts, errors that name files, determinism."""
 
 import os
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import GOPRO_SAMPLE
+from conftest import GOPRO_SAMPLE, REPO
 from xydiff import images
 from xydiff.errors import ImageReadError
 from xydiff.data import DataError, FolderPairs, TrainBatches, eval_pairs
@@ -173,8 +176,94 @@ def test_a_pair_that_fails_to_load_is_named_and_only_its_iterator_stops():
   batches = TrainBatches(source, global_batch=2, crop=8, seed=0, cache_pairs=1)
   with pytest.raises(DataError, match=r'^training pair pair_\d: ValueError: boom$'):
     batches.batch(0)
+  with pytest.raises(DataError, match=r'^training pair pair_\d: ValueError: boom$') as raised:
+    next(batches.iterate(0))
+  # The error itself, not grain's re-raise of it from a worker thread.
+  assert not getattr(raised.value, '__notes__', None)
   source.load = good_load  # The file is fixed: a new iterator reads it.
   assert len(_indices(batches.batch(0))) == 2
+  assert len(_indices(next(batches.iterate(0)))) == 2
+
+
+def test_a_bad_pair_stops_the_iterator_at_the_batch_that_reads_it():
+  source = _IndexedPairs(6)
+  batches = TrainBatches(source, global_batch=2, crop=8, seed=1, cache_pairs=0)
+  good = [_indices(b) for b, _ in zip(batches.iterate(0), range(8))]
+  bad_step = next(s for s, indices in enumerate(good) if 5 in indices)
+  assert bad_step >= 1  # Else the test would not show that earlier batches still come.
+  good_load = source.load
+
+  def load(i):
+    if i == 5:
+      raise DataError('pair_5.png is truncated')
+    time.sleep(0.05)  # The bad pair fails while the batches before it are still loading.
+    return good_load(i)
+  source.load = load
+  batches.threads = 4
+  it = batches.iterate(0, prefetch=4)  # Reads the bad pair before step 0 is yielded.
+  for step in range(bad_step):
+    assert _indices(next(it)) == good[step]
+  with pytest.raises(DataError, match=r'^pair_5\.png is truncated$'):
+    next(it)
+
+
+def test_an_unreadable_image_reaches_the_caller_as_the_read_error_naming_it(gopro_tree):
+  path = gopro_tree / 'train' / 'GOPR0002_00_00' / 'blur' / '000007.png'
+  path.write_bytes(b'not a png at all')
+  batches = TrainBatches(FolderPairs(str(gopro_tree), 'train'), global_batch=3, crop=16, seed=0)
+  with pytest.raises(ImageReadError, match=r'000007\.png'):
+    next(batches.iterate(0))
+
+
+def test_the_stream_is_the_documented_function_of_seed_step_and_slot():
+  """Pins the derivation in pipeline.py's docstring: changing it breaks resuming old runs."""
+
+  class Coordinates(_IndexedPairs):
+    """Pixel (y, x) of pair i holds (i, y, x), so a crop's corner tells where it came from."""
+
+    def load(self, i):
+      y, x = np.mgrid[:self.size, :self.size]
+      image = np.stack([np.full_like(y, i), y, x], axis=-1).astype(np.uint8)
+      return image, image
+
+  num_pairs, global_batch, crop, seed, size = 12, 4, 8, 5, 20
+  words = lambda *key, count: np.random.SeedSequence(key).generate_state(count, np.uint64)
+  shard_size = num_pairs // global_batch
+  for flip in (False, True):
+    batches = TrainBatches(Coordinates(num_pairs, size), global_batch=global_batch, crop=crop,
+                           seed=seed, flip=flip)
+    for step in (0, 2, 7):
+      corner = np.round(batches.batch(step)['blur'][:, 0, 0] * 255).astype(int)
+      for slot in range(global_batch):
+        epoch, within = divmod(step, shard_size)
+        order = np.argsort(words(seed, 1, slot, epoch, count=shard_size), kind='stable')
+        w = [int(v) for v in words(seed, 2, step, slot, count=4)]
+        top, left = w[0] % (size - crop + 1), w[1] % (size - crop + 1)
+        if flip and w[2] % 2:
+          left += crop - 1
+        assert corner[slot].tolist() == [slot + global_batch * order[within], top, left]
+
+
+def test_batches_do_not_depend_on_threads_or_prefetch(gopro_tree):
+  source = FolderPairs(str(gopro_tree), 'train')
+  batches = TrainBatches(source, global_batch=4, crop=16, seed=2, rot90=True, cache_pairs=0)
+  streams = []
+  for threads, prefetch in ((1, 0), (3, 3)):
+    batches.threads = threads
+    streams.append([b['sharp'] for b, _ in zip(batches.iterate(1, prefetch=prefetch), range(4))])
+  for a, b in zip(*streams):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_the_pipeline_does_not_import_tensorflow(gopro_tree):
+  script = ('import sys; from xydiff.data import FolderPairs, TrainBatches; '
+            f'b = TrainBatches(FolderPairs({str(gopro_tree)!r}, "train"), global_batch=2, '
+            'crop=16, seed=0); next(b.iterate(0)); b.batch(1); '
+            'print(sorted(m for m in sys.modules if m.split(".")[0] == "tensorflow"))')
+  done = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
+                        check=False, cwd=REPO, timeout=300)
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert done.stdout.strip().splitlines()[-1] == '[]'
 
 
 def test_crops_stay_paired_and_in_range(gopro_tree):

@@ -188,7 +188,7 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, sig):
   if sig == signal.SIGTERM:
     # Preemption: the run saves where it stands and exits cleanly.
     assert proc.returncode == 0, err[-3000:]
-    assert f'SIGTERM: saved step {steps[-1]}' in err
+    assert f'(SIGTERM): saved step {steps[-1]}' in err
   # Only finalised steps are listed, whatever the kill left behind (orbax
   # writes a step under a temporary name and renames it when complete).
   listed = checkpoint.Checkpointer(str(workdir), _tiny_config(num_steps)).all_steps()

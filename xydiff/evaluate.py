@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from xydiff import config_check, data, files, images, inference, metrics, models
+from xydiff import config_check, data, files, images, inference, metrics, models, tf_guard
 from xydiff.metrics import fid, lpips, realblur
 
 REALBLUR_DATA = ('realblur_j', 'realblur_r')
@@ -320,6 +320,7 @@ def evaluate_checkpoint(config, workdir: str) -> dict:
   writer = None
   if jax.process_index() == 0:
     from clu import metric_writers  # pylint: disable=import-outside-toplevel
+    tf_guard.keep_tensorflow_off_accelerators()  # clu's summary writer runs TensorFlow ops.
     writer = metric_writers.create_default_writer(os.path.join(workdir, eval_subdir(config)))
   source = data.get_source(config.data, 'eval')
   return Evaluator(config, workdir, source, writer=writer, subdir=eval_subdir(config)).run(

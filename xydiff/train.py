@@ -16,7 +16,7 @@ import numpy as np
 from absl import logging
 from clu import metric_writers, periodic_actions
 
-from xydiff import checkpoint, config_check, data, run_config
+from xydiff import checkpoint, config_check, data, run_config, tf_guard
 from xydiff import state as state_lib
 from xydiff import step as step_lib
 from xydiff import workdir as workdir_lib
@@ -95,6 +95,7 @@ def _train(config, workdir: str, is_chief: bool) -> dict:
   if is_chief:
     run_config.save(workdir, config)
 
+  tf_guard.keep_tensorflow_off_accelerators()  # clu's summary writer runs TensorFlow ops.
   writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
   if start_step == 0:
     hparams = run_config.flatten(run_config.to_plain(config))

@@ -1,7 +1,7 @@
 """Where paired images come from: one function maps config.data to sources.
 
 A source has `names`, `len()` and `load(i) -> (blur, sharp)` as HxWx3 uint8;
-pipeline.py turns a source into training batches (tf.data) or evaluation pairs.
+pipeline.py turns a source into training batches (grain) or evaluation pairs.
 """
 
 from __future__ import annotations

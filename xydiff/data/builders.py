@@ -31,7 +31,7 @@ reading gigabytes of images.
 `len()`, `load(i) -> (blur, sharp)` uint8 HxWx3) over a prepared split. Reads
 are random access through ArrayRecord (`tfds.data_sources`): opening is
 instant, memory stays flat however large the split, and `load` reads and
-decodes one pair (about 40 ms for a 1280x720 pair on one core). Only where
+decodes one pair. Only where
 records exist in TFRecord form alone (prepared elsewhere, or a platform
 without the array_record package) are the encoded PNGs of the split held in
 memory instead, about 2 MB a pair.

@@ -75,8 +75,8 @@ def filter_hw_valid(x: jax.Array, taps: np.ndarray) -> jax.Array:
   """Separable Gaussian over H then W of an NHWC array, 'valid' output.
 
   Each 1-D pass is 11 shifted multiply-adds, which XLA fuses into one
-  elementwise loop. On CPU that measured ~10x faster than a depthwise
-  `conv_general_dilated` (feature_group_count=C) on a 1280x720 frame.
+  elementwise loop: on CPU far faster than a depthwise `conv_general_dilated`
+  (feature_group_count=C), and than dm-pix's filter (README, "Metrics").
   """
   taps = [float(t) for t in taps]
   size = len(taps)

@@ -67,8 +67,17 @@ class Conv(nnx.Module):
         padding=((self.pad, self.pad), (self.pad, self.pad)),
         dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
     if self.bias is not None:
-      y = y + self.bias[...].astype(self.dtype)
+      y = _add_bias(y, self.bias[...], self.dtype)
     return y
+
+
+def _add_bias(y: jax.Array, bias: jax.Array, dtype) -> jax.Array:
+  """y + bias, added in float32 and cast back to the activation dtype.
+
+  The bias gradient is a sum over every pixel of the batch; added in bfloat16,
+  that sum would be taken in bfloat16 too and stall far from its value.
+  """
+  return (y.astype(jnp.float32) + bias).astype(dtype)
 
 
 # How the 4x4 stride-2 up-convolutions are computed; the same parameters and
@@ -76,8 +85,8 @@ class Conv(nnx.Module):
 #   'reference': `lax.conv_transpose`, what GPU/TPU convolution libraries do best.
 #   'subpixel': one 'same' 3x3 convolution to 4x the channels, then
 #     depth-to-space. XLA:CPU computes the kernel gradient of a transposed
-#     convolution with a slow generic loop (1.47 s for one 128->256, 64->32
-#     layer at batch 4, against 0.25 s this way; benchmarks/conv_ops.py).
+#     convolution with a slow generic loop, several times slower than this
+#     form (benchmarks/conv_ops.py measures both; README, "Speed").
 #   'auto': 'subpixel' on CPU, 'reference' elsewhere, decided when traced.
 UPSAMPLE_IMPLS = ('auto', 'reference', 'subpixel')
 
@@ -146,7 +155,7 @@ class ConvTranspose(nnx.Module):
       y = jax.lax.conv_transpose(
           x, kernel, strides=(2, 2), padding=((2, 2), (2, 2)),
           dimension_numbers=('NHWC', 'HWIO', 'NHWC'), transpose_kernel=True)
-    return y + self.bias[...].astype(self.dtype)
+    return _add_bias(y, self.bias[...], self.dtype)
 
 
 def pad_to_multiple(x: jax.Array, multiple: int) -> tuple[jax.Array, tuple[int, int]]:
