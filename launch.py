@@ -79,21 +79,18 @@ def main(argv):
       if not _INPUT.value or not _TARGET.value:
         cli.fail('--mode=score needs --input (restored images) and --target (sharp images)')
       score.run(config, workdir, _INPUT.value, _TARGET.value)
-    else:
-      from xydiff import inference
-      config = inference.config_for_workdir(workdir, config)
-      if mode == 'eval':
-        from xydiff import evaluate
-        evaluate.evaluate_checkpoint(config, workdir)
-      elif mode == 'sweep':
-        from xydiff import sweep
-        sweep.run_sweep(config, workdir)
-      elif mode == 'deblur':
-        from xydiff import deblur
-        if not _INPUT.value or not _OUTPUT.value:
-          cli.fail('--mode=deblur needs --input (a file, folder or glob) and --output (a folder)')
-        sys.exit(deblur.run(config, workdir, _INPUT.value, _OUTPUT.value,
-                            checkpoint=_CHECKPOINT.value))
+    elif mode == 'eval':
+      from xydiff import evaluate
+      evaluate.evaluate_checkpoint(config, workdir)
+    elif mode == 'sweep':
+      from xydiff import sweep
+      sweep.run_sweep(config, workdir)
+    elif mode == 'deblur':
+      from xydiff import deblur
+      if not _INPUT.value or not _OUTPUT.value:
+        cli.fail('--mode=deblur needs --input (a file, folder or glob) and --output (a folder)')
+      sys.exit(deblur.run(config, workdir, _INPUT.value, _OUTPUT.value,
+                          checkpoint=_CHECKPOINT.value))
   except USER_ERRORS as e:
     cli.fail(cli.one_line(e))
 

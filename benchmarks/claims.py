@@ -10,10 +10,11 @@
     dominates on x-blur and the vertical one on y-blur.
 (b) DvSR's perception-distortion trade-off. Trains the diffusion demo
     (configs/demo.py:diffusion, xydiff at small scale) and runs --mode=sweep's
-    grid on 512^2 held-out crops: PSNR of the N-sample mean and NIQE against
-    the number of steps T and of averaged samples N. The paper: many steps and
-    one sample give the most natural images (lowest NIQE), few steps and
-    sample averaging the highest PSNR, from the same weights.
+    grid on 512^2 held-out crops: PSNR of the N-sample mean, its LPIPS and
+    NIQE (and FID/KID with --inception_weights) against the number of steps T
+    and of averaged samples N. The paper: many steps and one sample give the
+    most realistic images (lowest LPIPS/FID), few steps and sample averaging
+    the highest PSNR, from the same weights.
 
 Writes <workdir>/claims.md, claims_decoupling.png and
 claims_perception_distortion.png (each file written whole, then renamed) and
@@ -66,7 +67,8 @@ def decoupling(workdir: str, steps: int) -> tuple[dict, dict]:
   return rows, setup
 
 
-def perception_distortion(workdir: str, steps: int) -> tuple[list[dict], dict]:
+def perception_distortion(workdir: str, steps: int,
+                          inception_weights: str = '') -> tuple[list[dict], dict]:
   from xydiff.configs import demo
   from xydiff import sweep, train
 
@@ -78,6 +80,7 @@ def perception_distortion(workdir: str, steps: int) -> tuple[list[dict], dict]:
   config.data.synthetic.photo_crop = 512
   config.sweep.schedules = SCHEDULES
   config.sweep.num_samples = SAMPLE_COUNTS
+  config.eval.inception_weights = inception_weights
   rows = sweep.run_sweep(config, workdir)
   setup = {'steps': steps, 'num_photos': config.data.synthetic.num_eval, 'crop': 512}
   return rows, setup
@@ -107,8 +110,10 @@ def plot_decoupling(rows, path):
 def plot_perception_distortion(rows, path):
   from matplotlib import pyplot as plt
   panels = [('psnr', 'PSNR of the N-sample mean (dB, uint8)'),
+            ('lpips', 'LPIPS (AlexNet; lower is closer)'),
             ('niqe', 'NIQE (lower is more natural)')]
-  fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+  panels += [(k, k.upper()) for k in ('fid', 'kid') if rows[0].get(k) is not None]
+  fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4))
   for ax, (key, label) in zip(axes, panels):
     for n in SAMPLE_COUNTS:
       pts = [r for r in rows if r['num_samples'] == n]
@@ -139,22 +144,25 @@ def report(decoupling_result, pd_result) -> str:
   lines += ['## (b) DvSR: perception-distortion trade-off', '',
             f'configs/demo.py:diffusion trained {pd_setup["steps"]} steps; '
             f'{pd_setup["num_photos"]} held-out photographs ({pd_setup["crop"]}² crops). '
-            'Each cell: PSNR of the N-sample mean (dB, uint8 protocol) / NIQE (lower is '
-            'more natural).', '',
+            'Each cell: PSNR of the N-sample mean (dB, uint8 protocol) / LPIPS (AlexNet, '
+            'lower is closer to the sharp image) / NIQE (lower is more natural)'
+            + (' / FID / KID' if pd_rows[0].get('fid') is not None else '') + '.', '',
             '| T | ' + ' | '.join(f'N={n}' for n in SAMPLE_COUNTS) + ' |',
             '|---|' + '---|' * len(SAMPLE_COUNTS)]
   for t in sorted({r['num_steps'] for r in pd_rows}):
     cells = []
     for n in SAMPLE_COUNTS:
       r = next(r for r in pd_rows if r['num_steps'] == t and r['num_samples'] == n)
-      cells.append(f'{r["psnr"]:.2f} / {r["niqe"]:.2f}')
+      cell = f'{r["psnr"]:.2f} / {r["lpips"]:.4f} / {r["niqe"]:.2f}'
+      if r.get('fid') is not None:
+        cell += f' / {r["fid"]:.1f} / {r["kid"]:.4f}'
+      cells.append(cell)
     lines.append(f'| {t} | ' + ' | '.join(cells) + ' |')
-  best_psnr = max(pd_rows, key=lambda r: r['psnr'])
-  best_niqe = min(pd_rows, key=lambda r: r['niqe'])
-  lines += ['', f'Highest PSNR: T={best_psnr["num_steps"]}, N={best_psnr["num_samples"]} '
-            f'({best_psnr["psnr"]:.2f} dB, NIQE {best_psnr["niqe"]:.2f}). Lowest NIQE: '
-            f'T={best_niqe["num_steps"]}, N={best_niqe["num_samples"]} '
-            f'({best_niqe["psnr"]:.2f} dB, NIQE {best_niqe["niqe"]:.2f}).', '',
+  describe = lambda r: (f'T={r["num_steps"]}, N={r["num_samples"]} ({r["psnr"]:.2f} dB, '
+                        f'LPIPS {r["lpips"]:.4f}, NIQE {r["niqe"]:.2f})')
+  lines += ['', f'Highest PSNR: {describe(max(pd_rows, key=lambda r: r["psnr"]))}. '
+            f'Lowest LPIPS: {describe(min(pd_rows, key=lambda r: r["lpips"]))}. '
+            f'Lowest NIQE: {describe(min(pd_rows, key=lambda r: r["niqe"]))}.', '',
             '![perception-distortion](claims_perception_distortion.png)', '']
   return '\n'.join(lines)
 
@@ -165,6 +173,8 @@ def main():
   parser.add_argument('--steps', type=int, default=600, help='XYDeblur training steps for (a)')
   parser.add_argument('--diffusion_steps', type=int, default=800,
                       help='diffusion demo training steps for (b)')
+  parser.add_argument('--inception_weights', default='',
+                      help="FID/KID in (b): a pt_inception-2015-12-05-6726825d.pth or 'fetch'")
   args = parser.parse_args()
 
   import matplotlib
@@ -177,12 +187,13 @@ def main():
   emit({'claim': 'xydeblur_decoupling', 'steps': args.steps, **{
       f'{axis}_blur_{name}_power': rows[axis][name] for axis in rows for name in rows[axis]}})
 
-  pd_result = perception_distortion(os.path.join(args.workdir, 'diffusion'), args.diffusion_steps)
+  pd_result = perception_distortion(os.path.join(args.workdir, 'diffusion'), args.diffusion_steps,
+                                    args.inception_weights)
   plot_perception_distortion(pd_result[0],
                              os.path.join(args.workdir, 'claims_perception_distortion.png'))
   emit({'claim': 'perception_distortion', 'steps': args.diffusion_steps,
-        'rows': [{k: r[k] for k in ('num_steps', 'num_samples', 'psnr', 'niqe')}
-                 for r in pd_result[0]]})
+        'rows': [{k: r.get(k) for k in ('num_steps', 'num_samples', 'psnr', 'lpips', 'niqe',
+                                        'fid', 'kid')} for r in pd_result[0]]})
 
   files.write_atomic(os.path.join(args.workdir, 'claims.md'), report(decoupling_result, pd_result))
 

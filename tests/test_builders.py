@@ -532,7 +532,8 @@ def test_launch_builds_gopro_once_then_trains_and_evaluates(tmp_path):
             '--config.model.xydeblur.width=4', '--config.model.xydeblur.num_res=1',
             '--config.data.crop=32', '--config.train.batch_size=2',
             '--config.train.checkpoint_every=2', '--config.train.eval_every=2',
-            '--config.data.eval_max_images=1', '--config.eval.num_image_summaries=0']
+            '--config.data.eval_max_images=1', '--config.eval.num_image_summaries=0',
+            '--config.eval.lpips=False']
   first = run_launch(*common, f'--workdir={tmp_path / "run"}', '--config.train.num_steps=2')
   assert first.returncode == 0, first.stderr[-3000:]
   records = sorted(p for p in (tmp_path / 'tfds').rglob('*') if p.is_file())

@@ -10,7 +10,6 @@ import pytest
 from PIL import Image
 
 from conftest import GOPRO_SAMPLE, REPO
-from xydiff import images
 from xydiff.errors import ImageReadError
 from xydiff.data import DataError, FolderPairs, TrainBatches, eval_pairs
 

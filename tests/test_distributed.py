@@ -21,7 +21,7 @@ TINY_ARGS = ['--config=configs/demo.py', '--config.model.xydeblur.width=4',
              '--config.train.batch_size=4', '--config.data.synthetic.photo_crop=64',
              '--config.data.synthetic.kernel_size=7',
              '--config.data.synthetic.kernel_length=(3.0,7.0)', '--config.train.eval_every=1000',
-             '--config.eval.num_image_summaries=1']
+             '--config.eval.num_image_summaries=1', '--config.eval.lpips=False']
 
 
 def _tiny_config(num_steps):
@@ -171,12 +171,23 @@ def _wait_for_checkpoint(ckpt_dir, deadline_s=300):
   raise AssertionError(f'no checkpoint appeared in {ckpt_dir}')
 
 
-@pytest.mark.parametrize('sig', [signal.SIGKILL, signal.SIGTERM])
-def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, sig):
-  num_steps = 12
-  args = [*TINY_ARGS, f'--config.train.num_steps={num_steps}', '--config.train.checkpoint_every=3']
-  straight = run_launch(*args, f'--workdir={tmp_path / "straight"}')
+_INTERRUPTED_STEPS = 12
+_INTERRUPTED_ARGS = [*TINY_ARGS, f'--config.train.num_steps={_INTERRUPTED_STEPS}',
+                     '--config.train.checkpoint_every=3']
+
+
+@pytest.fixture(scope='module')
+def straight_run(tmp_path_factory):
+  """The uninterrupted run both interruptions must end like."""
+  workdir = tmp_path_factory.mktemp('straight')
+  straight = run_launch(*_INTERRUPTED_ARGS, f'--workdir={workdir}')
   assert straight.returncode == 0, straight.stderr[-3000:]
+  return workdir
+
+
+@pytest.mark.parametrize('sig', [signal.SIGKILL, signal.SIGTERM])
+def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, straight_run, sig):
+  num_steps, args = _INTERRUPTED_STEPS, _INTERRUPTED_ARGS
 
   workdir = tmp_path / 'interrupted'
   proc = subprocess.Popen([sys.executable, 'launch.py', *args, f'--workdir={workdir}'], cwd=REPO,
@@ -202,4 +213,4 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, sig):
     assert f'at step {steps[-1]}' in resumed.stderr
   # Data order is a function of (seed, step), the RNG is folded from the step and
   # the optimizer state is restored: bitwise equal on CPU.
-  assert_same_state(_params(tmp_path / 'straight', num_steps), _params(workdir, num_steps))
+  assert_same_state(_params(straight_run, num_steps), _params(workdir, num_steps))

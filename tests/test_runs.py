@@ -82,6 +82,13 @@ def test_output_fields_leave_inference_settings_free(demo_config):
   assert run_config.differing_output_fields(demo_config, other) == []
   other.model.xydeblur.num_res = 3
   assert run_config.differing_output_fields(demo_config, other) == ['model.xydeblur.num_res']
+  from xydiff.configs import demo
+  dvsr = demo.get_config('diffusion')
+  changed = run_config.from_plain(run_config.to_plain(dvsr))
+  changed.diffusion.residual_scale, changed.diffusion.beta_end = 3.0, 0.02
+  changed.diffusion.presets.sa.num_steps = 7  # A sampling preset: free.
+  assert run_config.differing_output_fields(dvsr, changed) == [
+      'diffusion.beta_end', 'diffusion.residual_scale']
 
 
 def _truncate_data_files(step_dir):

@@ -120,7 +120,8 @@ def test_gopro_sample_trains_checkpoints_and_evaluates(tmp_path):
       f'--config.data.root={GOPRO_SAMPLE}', '--config.model.xydeblur.width=4',
       '--config.model.xydeblur.num_res=1', '--config.data.crop=64', '--config.train.batch_size=2',
       '--config.train.num_steps=2', '--config.train.checkpoint_every=2',
-      '--config.train.eval_every=2', '--config.eval.num_image_summaries=1')
+      '--config.train.eval_every=2', '--config.eval.num_image_summaries=1',
+      '--config.eval.lpips=False')
   assert result.returncode == 0, result.stderr[-3000:]
   report = json.loads((workdir / 'eval' / 'step_2.json').read_text())
   assert report['num_images'] == 2
@@ -138,7 +139,8 @@ def test_gopro_sample_trains_checkpoints_and_evaluates(tmp_path):
   # --mode=eval scores the same checkpoint again, with the same numbers.
   again = run_launch('--config=configs/xydeblur_gopro.py', f'--workdir={workdir}', '--mode=eval',
                      f'--config.data.root={GOPRO_SAMPLE}', '--config.model.xydeblur.width=4',
-                     '--config.model.xydeblur.num_res=1', '--config.eval.num_image_summaries=0')
+                     '--config.model.xydeblur.num_res=1', '--config.eval.num_image_summaries=0',
+                     '--config.eval.lpips=False')
   assert again.returncode == 0, again.stderr[-3000:]
   # Into its own folder (named by dataset and split), leaving training's eval/ alone.
   rescored = json.loads((workdir / 'eval_folder_test' / 'step_2.json').read_text())

@@ -27,7 +27,7 @@ def test_xydiff_trains_evaluates_presets_and_sweeps(tmp_path):
   assert set(report['outputs']) == {'predictor', 'perceptual', 'sa'}
   assert report['primary'] == 'sa'
   for scores in report['outputs'].values():
-    assert 5 < scores['psnr'] < 60 and 0 < scores['ssim'] <= 1
+    assert 5 < scores['psnr'] < 60 and 0 < scores['ssim'] <= 1 and 0 < scores['lpips'] < 2
   # The zero-initialised predictor starts at the identity: after 2 tiny steps g(y)
   # is still close to the blurry input.
   assert abs(report['outputs']['predictor']['psnr'] - report['input']['psnr']) < 1.0
@@ -43,6 +43,8 @@ def test_xydiff_trains_evaluates_presets_and_sweeps(tmp_path):
   # One sample has no spread; two samples do.
   assert rows[0]['spread'] == 0 and rows[1]['spread'] > 0
   assert all(r['niqe'] > 0 for r in rows)  # Full GoPro frames: NIQE is defined.
+  # LPIPS of the N-sample mean: averaging two samples moves it.
+  assert all(0 < r['lpips'] < 2 for r in rows) and rows[0]['lpips'] != rows[1]['lpips']
   with open(workdir / 'sweep' / 'step_2.csv') as f:
     assert len(list(csv.DictReader(f))) == 4
   assert (workdir / 'sweep' / 'step_2.png').stat().st_size > 10_000

@@ -24,7 +24,7 @@ from flax import nnx
 
 from xydiff import checkpoint, config_check, diffusion, images, models, run_config
 from xydiff import state as state_lib
-from xydiff.errors import CheckpointMismatchError, ConfigError
+from xydiff.errors import ConfigError
 from xydiff.models.layers import pad_to_multiple
 
 
@@ -39,27 +39,13 @@ def load_for_inference(config, workdir: str, step: int | None = None):
 
 
 def config_for_workdir(workdir: str, given=None):
-  """The config to run a stored run with: the stored one, or `given` if it agrees with it.
+  """The config to run a stored run with: `given`, else the one stored in `workdir`.
 
-  `given` may change anything but the fields that decide what the weights
-  compute (run_config.output_fields); a workdir without a stored config
-  (made before configs were stored) needs `given`.
+  `given` may differ from the stored config in inference fields only: the
+  checkpoint compares the fields that change outputs when it is restored
+  (checkpoint.Checkpointer.restore) and refuses the others by name.
   """
-  try:
-    stored = run_config.load(workdir)
-  except FileNotFoundError:
-    if given is None:
-      raise
-    return given
-  if given is None:
-    return stored
-  differ = run_config.differing_output_fields(stored, given)
-  if differ:
-    raise CheckpointMismatchError(
-        f'--config differs from the config {workdir} was trained with in '
-        f'{", ".join(differ)}; omit --config to use the stored one, or override only '
-        'inference fields (presets, deblur, eval, data)')
-  return given
+  return given if given is not None else run_config.load(workdir)
 
 
 # ------------------------------------------------------------------ restore functions
