@@ -53,8 +53,11 @@ import time
 import traceback
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:
-  sys.path.insert(0, REPO)
+for _path in (REPO, os.path.join(REPO, 'benchmarks')):  # xydiff and common, however launched.
+  if _path not in sys.path:
+    sys.path.insert(0, _path)
+
+from common import time_train_step, timed  # pylint: disable=wrong-import-position
 
 CONFIGS = ('xydeblur_gopro', 'dvsr_gopro', 'gopro')
 DTYPES = ('float32', 'bfloat16')
@@ -171,20 +174,6 @@ class Runner:
     emit({**head, **record, 'case_s': round(time.monotonic() - start, 2),
           'case_cpu_s': round(time.process_time() - cpu, 2)})
     return record
-
-
-def timed(fn, *args, repeats: int):
-  """(first-call seconds, best of `repeats` later calls); blocks on the results."""
-  import jax
-  start = time.perf_counter()
-  jax.block_until_ready(fn(*args))
-  first = time.perf_counter() - start
-  best = float('inf')
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    best = min(best, time.perf_counter() - start)
-  return first, best
 
 
 _INITIAL_STATES = {}
@@ -516,7 +505,7 @@ def sampling_section(run: Runner, sizes: Sizes):
 def train_step_section(run: Runner, sizes: Sizes):
   import jax
   import numpy as np
-  from xydiff import state as state_lib, step as step_lib
+  from xydiff import state as state_lib
   from xydiff.models import layers
 
   for name, dtype in sizes.pairs(CONFIGS):
@@ -531,18 +520,8 @@ def train_step_section(run: Runner, sizes: Sizes):
       batch = state_lib.shard_batch({'blur': rng.random(shape, np.float32),
                                      'sharp': rng.random(shape, np.float32)},
                                     state_lib.batch_sharding(mesh))
-      step = step_lib.make_train_step(config, graphdef, mesh)
-      start = time.perf_counter()
-      compiled = step.lower(state, batch).compile()
-      compile_s = time.perf_counter() - start
-      state, metrics = compiled(state, batch)  # Warm-up: the first run allocates.
-      jax.block_until_ready(metrics)
-      best = float('inf')
-      for _ in range(sizes.repeats):
-        start = time.perf_counter()
-        state, metrics = compiled(state, batch)
-        jax.block_until_ready(metrics)
-        best = min(best, time.perf_counter() - start)
+      compile_s, best, metrics = time_train_step(config, state, batch, mesh, graphdef,
+                                                 repeats=sizes.repeats)
       loss = float(metrics['loss'])
       if not np.isfinite(loss):
         raise FloatingPointError(f'loss {loss} after {sizes.repeats + 1} steps')

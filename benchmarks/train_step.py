@@ -8,9 +8,8 @@ state donated as in training) and images_per_s.
 """
 
 import argparse
-import time
 
-from common import emit, load_config
+from common import emit, load_config, time_train_step
 
 
 def main():
@@ -28,7 +27,7 @@ def main():
 
   import jax
   import numpy as np
-  from xydiff import state as state_lib, step as step_lib
+  from xydiff import state as state_lib
   from xydiff.models import layers
 
   config = load_config(args.config)
@@ -47,19 +46,7 @@ def main():
   batch = state_lib.shard_batch({'blur': rng.random(shape, np.float32),
                                  'sharp': rng.random(shape, np.float32)},
                                 state_lib.batch_sharding(mesh))
-  step = step_lib.make_train_step(config, graphdef, mesh)
-
-  start = time.perf_counter()
-  compiled = step.lower(state, batch).compile()
-  compile_s = time.perf_counter() - start
-  state, metrics = compiled(state, batch)  # Warm-up: first execution allocates.
-  jax.block_until_ready(metrics)
-  best = float('inf')
-  for _ in range(args.steps):
-    start = time.perf_counter()
-    state, metrics = compiled(state, batch)
-    jax.block_until_ready(metrics)
-    best = min(best, time.perf_counter() - start)
+  compile_s, best, _ = time_train_step(config, state, batch, mesh, graphdef, repeats=args.steps)
   emit({'config': args.config, 'backend': jax.default_backend(),
         'devices': jax.device_count(), 'dtype': config.model.dtype,
         'upsample_impl': layers.resolve_upsample_impl(config.model.upsample_impl),
