@@ -74,3 +74,28 @@ def test_unknown_eval_preset_is_named():
   config.eval.presets = ('sa', 'fast')
   with pytest.raises(ConfigError, match="'fast' is not in config.diffusion.presets"):
     config_check.validate(config)
+
+
+def test_config_flag_takes_a_packaged_name_or_the_workdirs_config(tmp_path):
+  from xydiff import cli, run_config
+  from xydiff.configs import demo
+  argv = cli.resolve_config_argv(['launch.py', '--config', 'demo:diffusion', '--workdir=w'])
+  assert argv[1] == f'--config={cli.packaged_config("demo")}:diffusion'
+  assert argv[1].endswith('configs/demo.py:diffusion')
+  run_config.save(str(tmp_path), demo.get_config())
+  for mode in ('eval', 'train'):  # Training without --config resumes with the stored one.
+    argv = cli.resolve_config_argv(['launch.py', f'--workdir={tmp_path}', f'--mode={mode}'])
+    assert argv[1] == f'--config={run_config.__file__}:{tmp_path}'
+  assert run_config.get_config(str(tmp_path)).model.xydeblur.width == 16
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--config=configs/nope.py'], '--config=configs/nope.py: no such file, nor a packaged config'),
+    (['--mode=eval'], 'holds no stored config'),
+])
+def test_a_missing_config_is_one_line(tmp_path, args, message):
+  from conftest import run_launch
+  result = run_launch(f'--workdir={tmp_path}', *args, timeout=120)
+  assert result.returncode == 1 and 'Traceback' not in result.stderr
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith('error: ') and message in last

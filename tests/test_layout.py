@@ -131,3 +131,16 @@ def test_a_checkpoint_deblurs_and_a_train_step_runs_without_tensorflow(tmp_path,
                           text=True, timeout=600, env=dict(os.environ))
   assert result.returncode == 0 and 'OK' in result.stdout, result.stderr[-3000:]
   assert (tmp_path / 'out' / 'photo.png').exists()
+
+
+def test_the_package_root_exports_the_api_lazily():
+  """`xydiff.Restorer` is the API; importing a numpy-only module does not start JAX."""
+  script = ('import sys, xydiff.data.synthetic\n'
+            'assert "jax" not in sys.modules, "jax imported"\n'
+            'import xydiff\n'
+            'from xydiff import inference\n'
+            'assert xydiff.Restorer is inference.Restorer\n'
+            'print("OK")\n')
+  result = subprocess.run([sys.executable, '-c', script], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+  assert result.returncode == 0 and 'OK' in result.stdout, result.stderr[-3000:]

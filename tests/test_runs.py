@@ -159,7 +159,10 @@ def test_an_interrupted_sweep_resumes_where_it_stopped(diffusion_run, monkeypatc
   config = run_config.load(str(diffusion_run))
   config.sweep.schedules = ((2, 1e-4, 0.5), (3, 1e-4, 0.5))
   config.sweep.num_samples = (1, 2)
+  config.eval.lpips = True
   straight = sweep.run_sweep(config, str(diffusion_run))
+  # LPIPS of the N-sample mean: averaging two samples moves it.
+  assert all(0 < r['lpips'] < 2 for r in straight) and straight[0]['lpips'] != straight[1]['lpips']
   calls = []
   real_sampler = inference.make_sampler
 

@@ -14,7 +14,7 @@ TINY = ['--config.model.predictor.base=4', '--config.model.predictor.multipliers
         '--config.diffusion.presets.sa.num_steps=2', '--config.diffusion.presets.sa.num_samples=2',
         '--config.data.eval_max_images=1', '--config.eval.num_image_summaries=1',
         '--config.sweep.schedules=((2,0.0001,0.8),(3,0.0001,0.6))',
-        '--config.sweep.num_samples=(1,2)']
+        '--config.sweep.num_samples=(1,2)', '--config.eval.lpips=False']
 
 
 def test_xydiff_trains_evaluates_presets_and_sweeps(tmp_path):
@@ -27,7 +27,7 @@ def test_xydiff_trains_evaluates_presets_and_sweeps(tmp_path):
   assert set(report['outputs']) == {'predictor', 'perceptual', 'sa'}
   assert report['primary'] == 'sa'
   for scores in report['outputs'].values():
-    assert 5 < scores['psnr'] < 60 and 0 < scores['ssim'] <= 1 and 0 < scores['lpips'] < 2
+    assert 5 < scores['psnr'] < 60 and 0 < scores['ssim'] <= 1
   # The zero-initialised predictor starts at the identity: after 2 tiny steps g(y)
   # is still close to the blurry input.
   assert abs(report['outputs']['predictor']['psnr'] - report['input']['psnr']) < 1.0
@@ -43,8 +43,7 @@ def test_xydiff_trains_evaluates_presets_and_sweeps(tmp_path):
   # One sample has no spread; two samples do.
   assert rows[0]['spread'] == 0 and rows[1]['spread'] > 0
   assert all(r['niqe'] > 0 for r in rows)  # Full GoPro frames: NIQE is defined.
-  # LPIPS of the N-sample mean: averaging two samples moves it.
-  assert all(0 < r['lpips'] < 2 for r in rows) and rows[0]['lpips'] != rows[1]['lpips']
+  assert all(r['lpips'] is None for r in rows)  # Off in this run (test_runs scores it).
   with open(workdir / 'sweep' / 'step_2.csv') as f:
     assert len(list(csv.DictReader(f))) == 4
   assert (workdir / 'sweep' / 'step_2.png').stat().st_size > 10_000
