@@ -84,13 +84,16 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def _run_two_processes(workdir, num_steps):
+def _start_two_processes(args, workdir, **popen_kwargs):
   port = _free_port()
-  procs = [subprocess.Popen(
-      [sys.executable, 'launch.py', *TINY_ARGS, f'--workdir={workdir}',
-       f'--config.train.num_steps={num_steps}', '--config.train.checkpoint_every=2',
+  return [subprocess.Popen(
+      [sys.executable, 'launch.py', *args, f'--workdir={workdir}',
        f'--coordinator_address=localhost:{port}', '--num_processes=2', f'--process_id={i}'],
-      cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+      cwd=REPO, text=True, **popen_kwargs) for i in range(2)]
+
+
+def _run_two_processes(workdir, args):
+  procs = _start_two_processes(args, workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
   outputs = [p.communicate(timeout=600)[0] for p in procs]
   for p, out in zip(procs, outputs):
     assert p.returncode == 0, out[-3000:]
@@ -101,9 +104,11 @@ def test_two_processes_match_one_and_share_checkpoints(tmp_path):
   single = run_launch(*TINY_ARGS, f'--workdir={tmp_path / "one"}', '--config.train.num_steps=4',
                       '--config.train.checkpoint_every=2')
   assert single.returncode == 0, single.stderr[-3000:]
-  _run_two_processes(tmp_path / 'two', 2)
+  steps = lambda n: [*TINY_ARGS, f'--config.train.num_steps={n}',
+                     '--config.train.checkpoint_every=2']
+  _run_two_processes(tmp_path / 'two', steps(2))
   # Both processes restore the step-2 checkpoint and go on to step 4.
-  outputs = _run_two_processes(tmp_path / 'two', 4)
+  outputs = _run_two_processes(tmp_path / 'two', steps(4))
   for out in outputs:
     assert f'Resumed from {tmp_path / "two" / "checkpoints"} at step 2' in out
   # Same global batch, split over processes: the same training, up to the
@@ -214,3 +219,20 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, straight_
   # Data order is a function of (seed, step), the RNG is folded from the step and
   # the optimizer state is restored: bitwise equal on CPU.
   assert_same_state(_params(straight_run, num_steps), _params(workdir, num_steps))
+
+
+def test_sigterm_on_one_of_two_processes_saves_the_same_step_on_both(tmp_path, straight_run):
+  """A preemption notice reaches every process: all save one step together and exit cleanly."""
+  num_steps, args = _INTERRUPTED_STEPS, _INTERRUPTED_ARGS
+  workdir = tmp_path / 'two'
+  procs = _start_two_processes(args, workdir, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+  _wait_for_checkpoint(workdir / 'checkpoints')
+  procs[1].send_signal(signal.SIGTERM)  # Only one host is told.
+  errs = [p.communicate(timeout=300)[1] for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], errs[0][-2000:] + errs[1][-2000:]
+  steps = sorted(int(d) for d in os.listdir(workdir / 'checkpoints') if d.isdigit())
+  for err in errs:
+    assert f'(SIGTERM): saved step {steps[-1]}' in err
+  _run_two_processes(workdir, args)  # Both resume and finish.
+  # The same training as one uninterrupted process, up to the all-reduce's order.
+  assert_same_state(_params(straight_run, num_steps), _params(workdir, num_steps), atol=1e-5)
