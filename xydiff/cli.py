@@ -41,6 +41,21 @@ def parse_flags(argv, *, workdir_config: bool = True):
     fail_on_override(argv, e)
 
 
+def run_tool(main) -> None:
+  """`app.run(main)` for the `python -m xydiff.tools.*` commands.
+
+  Orbax's INFO lines (a dozen per checkpoint) are dropped, flag errors are one
+  line, and `--config` keeps the tool's own default instead of a workdir's.
+  """
+  from absl import app, logging  # pylint: disable=import-outside-toplevel
+
+  def quiet(argv):
+    logging.set_verbosity(logging.WARNING)
+    main(argv)
+
+  app.run(quiet, flags_parser=lambda argv: parse_flags(argv, workdir_config=False))
+
+
 # ml_collections raises these for an override naming a field that does not exist.
 OVERRIDE_ERRORS = (AttributeError, KeyError, TypeError, ValueError)
 

@@ -198,7 +198,7 @@ def _cli() -> None:
   The flags are defined here, not at import time, so importing this module
   (tests, notebooks) leaves absl's global flag registry alone.
   """
-  from absl import app, flags, logging  # pylint: disable=import-outside-toplevel
+  from absl import app, flags  # pylint: disable=import-outside-toplevel
   from xydiff import cli  # pylint: disable=import-outside-toplevel
   from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
 
@@ -223,11 +223,7 @@ def _cli() -> None:
       cli.fail(cli.one_line(e))
     print(f'imported {argv[1]} as {step_dir}')
 
-  def quiet(argv):
-    logging.set_verbosity(logging.WARNING)  # Orbax logs a dozen INFO lines per checkpoint.
-    main(argv)
-
-  app.run(quiet, flags_parser=lambda argv: cli.parse_flags(argv, workdir_config=False))
+  cli.run_tool(main)
 
 
 if __name__ == '__main__':
