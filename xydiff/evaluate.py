@@ -120,10 +120,6 @@ class SetScores:
     if self.enabled:
       self._stats.setdefault(name, fid.FeatureStats()).add(self.features(image))
 
-  def rows(self) -> dict[str, np.ndarray]:
-    """Every set's feature rows, to store for a resumable run."""
-    return {name: stats.rows() for name, stats in self._stats.items()}
-
   def restore_rows(self, rows: dict[str, np.ndarray]) -> None:
     for name, features in rows.items():
       stats = self._stats.setdefault(name, fid.FeatureStats())
@@ -242,7 +238,7 @@ class Evaluator:
     base_key = jax.random.key(self.config.seed + 1)  # Fixed: re-evaluation is repeatable.
     per_image, tb_images = [], {}
     max_images = self.config.data.eval_max_images
-    total = len(self.source) if max_images <= 0 else min(max_images, len(self.source))
+    total = data.eval_count(self.source, max_images)
     progress = Progress(f'eval step {step}', total)
     set_scores = self.set_scores.fresh()
     for index, (name, blur, sharp) in enumerate(data.eval_pairs(self.source, max_images)):

@@ -94,7 +94,7 @@ def run_sweep(config, workdir: str) -> list[dict]:
   graphdef, params, step = inference.load_for_inference(config, workdir, step)
   source = data.get_source(config.data, 'eval')
   max_images = config.data.eval_max_images
-  num_images = len(source) if max_images <= 0 else min(max_images, len(source))
+  num_images = data.eval_count(source, max_images)
   counts = sorted(set(int(n) for n in config.sweep.num_samples))
   schedules = [(int(t), float(b0), float(b1)) for t, b0, b1 in config.sweep.schedules]
   base_key = jax.random.key(config.seed + 1)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from xydiff.data.folders import FolderPairs
 from xydiff.errors import DataError
-from xydiff.data.pipeline import TrainBatches, eval_pairs
+from xydiff.data.pipeline import TrainBatches, eval_count, eval_pairs
 
 # Benchmarks read through tensorflow-datasets builders (builders.py) from the
 # user's manual download in config.data.root.
@@ -57,5 +57,5 @@ def train_batches(config, source, process_index: int = 0, process_count: int = 1
                       cache_pairs=config.data.cache_pairs)
 
 
-__all__ = ['DataError', 'FolderPairs', 'TrainBatches', 'eval_pairs', 'get_source',
-           'train_batches']
+__all__ = ['DataError', 'FolderPairs', 'TrainBatches', 'eval_count', 'eval_pairs',
+           'get_source', 'train_batches']

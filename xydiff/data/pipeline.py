@@ -238,9 +238,13 @@ class TrainBatches:
     return {key: np.stack([e[key] for e in examples]) for key in ('blur', 'sharp')}
 
 
+def eval_count(source, max_images: int = 0) -> int:
+  """How many pairs evaluation reads: the first `max_images` (0: all)."""
+  return len(source) if max_images <= 0 else min(max_images, len(source))
+
+
 def eval_pairs(source, max_images: int = 0):
   """(name, blur, sharp) float32 HWC in [0, 1] for the first `max_images` pairs (0: all)."""
-  count = len(source) if max_images <= 0 else min(max_images, len(source))
-  for index in range(count):
+  for index in range(eval_count(source, max_images)):
     blur, sharp = source.load(index)
     yield source.names[index], images.to_float(blur), images.to_float(sharp)
