@@ -1,6 +1,6 @@
 """xydiff's one entry point: parses flags and dispatches.
 
-  python launch.py --config=configs/gopro.py --workdir=DIR [--mode=train|eval|sweep|deblur|score]
+  python launch.py --config=xydiff/configs/gopro.py --workdir=DIR [--mode=train|eval|sweep|deblur|score]
                    [--config.train.batch_size=8 ...]
 
 `--config` is a config file or a packaged config's name (`--config=gopro`,
@@ -20,7 +20,7 @@ from ml_collections import config_flags
 from xydiff import cli
 
 _CONFIG = config_flags.DEFINE_config_file(
-    'config', None, 'Config file or packaged config name, e.g. configs/gopro.py, gopro or '
+    'config', None, 'Config file or packaged config name, e.g. xydiff/configs/gopro.py, gopro or '
     'demo:diffusion; eval/sweep/deblur default to the config stored in --workdir.',
     lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Where checkpoints, logs and evaluations go.')

@@ -82,26 +82,9 @@ def emit(record: dict) -> None:
 
 
 def import_configs() -> str:
-  """Makes `xydiff.configs` importable; returns where it came from.
-
-  setup.cfg installs the top-level configs/ folder as the package
-  xydiff.configs; with only the working tree on PYTHONPATH (the device
-  machine) nothing maps it, so it is loaded here from configs/ under that name.
-  """
-  import xydiff
-  try:
-    importlib.import_module('xydiff.configs')
-    return 'installed'
-  except ModuleNotFoundError:
-    pass
-  folder = os.path.join(REPO, 'configs')
-  spec = importlib.util.spec_from_file_location(
-      'xydiff.configs', os.path.join(folder, '__init__.py'), submodule_search_locations=[folder])
-  module = importlib.util.module_from_spec(spec)
-  sys.modules['xydiff.configs'] = module
-  spec.loader.exec_module(module)
-  xydiff.configs = module
-  return 'configs/ (loaded by path)'
+  """Imports `xydiff.configs` (a subpackage, found from the working tree); returns where."""
+  module = importlib.import_module('xydiff.configs')
+  return 'installed' if 'site-packages' in module.__file__ else 'working tree'
 
 
 class Sizes:

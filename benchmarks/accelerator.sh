@@ -5,7 +5,7 @@
 # which xydiff.configs needs: benchmarks/fetch_accelerator_wheels.sh downloads
 # it into .whl/ beforehand, and it is installed here into /tmp/site (no index,
 # no dependencies, nothing compiled). The working tree goes on PYTHONPATH as
-# it is; accelerator.py finds xydiff.configs in configs/ itself. Compiled
+# it is; xydiff.configs comes with the working tree. Compiled
 # programs are cached in /tmp, so a rerun on a still-warm machine skips the
 # compiles. The JSON lines also go to $OUT/accelerator.jsonl when $OUT is set.
 set -euo pipefail

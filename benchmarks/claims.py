@@ -9,7 +9,7 @@
     (1/M)||r||^2 of each decoder's residual. The paper: the horizontal decoder
     dominates on x-blur and the vertical one on y-blur.
 (b) DvSR's perception-distortion trade-off. Trains the diffusion demo
-    (configs/demo.py:diffusion, xydiff at small scale) and runs --mode=sweep's
+    (xydiff/configs/demo.py:diffusion, xydiff at small scale) and runs --mode=sweep's
     grid on 512^2 held-out crops: PSNR of the N-sample mean, its LPIPS and
     NIQE (and FID/KID with --inception_weights) against the number of steps T
     and of averaged samples N. The paper: many steps and one sample give the
@@ -142,7 +142,7 @@ def report(decoupling_result, pd_result) -> str:
   lines += ['', '![decoupling](claims_decoupling.png)', '']
   pd_rows, pd_setup = pd_result
   lines += ['## (b) DvSR: perception-distortion trade-off', '',
-            f'configs/demo.py:diffusion trained {pd_setup["steps"]} steps; '
+            f'xydiff/configs/demo.py:diffusion trained {pd_setup["steps"]} steps; '
             f'{pd_setup["num_photos"]} held-out photographs ({pd_setup["crop"]}² crops). '
             'Each cell: PSNR of the N-sample mean (dB, uint8 protocol) / LPIPS (AlexNet, '
             'lower is closer to the sharp image) / NIQE (lower is more natural)'

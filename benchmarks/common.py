@@ -11,7 +11,7 @@ sys.path.insert(0, REPO)
 
 
 def load_config(path: str):
-  """'configs/gopro.py', 'gopro' or 'demo:diffusion' -> ConfigDict (the packaged configs)."""
+  """'xydiff/configs/gopro.py', 'gopro' or 'demo:diffusion' -> ConfigDict (the packaged configs)."""
   path, _, arg = path.partition(':')
   name = os.path.splitext(os.path.basename(path))[0]
   module = importlib.import_module(f'xydiff.configs.{name}')

@@ -1,6 +1,6 @@
 """Inference latency, FLOPs and peak memory at full GoPro resolution.
 
-  python benchmarks/inference.py --config=configs/gopro.py --height=720 --width=1280 --steps=10
+  python benchmarks/inference.py --config=xydiff/configs/gopro.py --height=720 --width=1280 --steps=10
 
 Cases (one JSON object each): the deterministic network (XYDeblur) or, for a
 diffusion config, the predictor g, one denoiser step f, and a T-step sample.
@@ -27,7 +27,7 @@ def _matmul_flops_per_s(n=4096):
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__)
-  parser.add_argument('--config', default='configs/xydeblur_gopro.py')
+  parser.add_argument('--config', default='xydiff/configs/xydeblur_gopro.py')
   parser.add_argument('--height', type=int, default=720)
   parser.add_argument('--width', type=int, default=1280)
   parser.add_argument('--steps', type=int, default=10, help='T of the sampled case')

@@ -1,6 +1,6 @@
 """Time per DvSR sampling step, for several T: it must not grow with T.
 
-  python benchmarks/sampling.py --config=configs/gopro.py --size=128 --steps=5,10,20
+  python benchmarks/sampling.py --config=xydiff/configs/gopro.py --size=128 --steps=5,10,20
 
 Prints one JSON object per T: total seconds (after compilation), seconds per
 denoiser step, and the cost of the one predictor call measured on its own.
@@ -14,7 +14,7 @@ from common import emit, load_config, timed
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__)
-  parser.add_argument('--config', default='configs/gopro.py')
+  parser.add_argument('--config', default='xydiff/configs/gopro.py')
   parser.add_argument('--size', type=int, default=128, help='square image side')
   parser.add_argument('--steps', default='5,10,20', help='comma-separated T values')
   parser.add_argument('--num_samples', type=int, default=1)

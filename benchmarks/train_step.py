@@ -1,6 +1,6 @@
 """Train-step throughput per config on the current backend, compile time apart.
 
-  python benchmarks/train_step.py --config=configs/xydeblur_gopro.py --batch_size=4 --crop=256 --steps=3
+  python benchmarks/train_step.py --config=xydiff/configs/xydeblur_gopro.py --batch_size=4 --crop=256 --steps=3
 
 Prints one JSON object: config, backend, device count, batch size, crop,
 compile_s (lowering + XLA compilation), step_s (best of --steps timed steps,
@@ -14,7 +14,7 @@ from common import emit, load_config, time_train_step
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__)
-  parser.add_argument('--config', default='configs/xydeblur_gopro.py')
+  parser.add_argument('--config', default='xydiff/configs/xydeblur_gopro.py')
   parser.add_argument('--batch_size', type=int, default=4)
   parser.add_argument('--crop', type=int, default=256)
   parser.add_argument('--steps', type=int, default=3)

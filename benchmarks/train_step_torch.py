@@ -2,7 +2,7 @@
 
   python benchmarks/train_step_torch.py --batch_size=4 --crop=256 --steps=3
 
-Same workload as `benchmarks/train_step.py --config=configs/xydeblur_gopro.py`:
+Same workload as `benchmarks/train_step.py --config=xydiff/configs/xydeblur_gopro.py`:
 the official network (xydiff/tools/torch_xydeblur.py), L1 on the restored
 image, Adam. Prints one JSON object with the same keys (compile_s is the
 first, warm-up step). Needs torch: pip install -e '.[torch]'.

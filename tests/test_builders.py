@@ -527,7 +527,7 @@ def test_unknown_names_are_data_errors(tmp_path):
 
 def test_launch_builds_gopro_once_then_trains_and_evaluates(tmp_path):
   from conftest import run_launch
-  common = ['--config=configs/xydeblur_gopro.py', '--config.data.name=gopro',
+  common = ['--config=xydiff/configs/xydeblur_gopro.py', '--config.data.name=gopro',
             f'--config.data.root={GOPRO_SAMPLE}', f'--config.data.data_dir={tmp_path / "tfds"}',
             '--config.model.xydeblur.width=4', '--config.model.xydeblur.num_res=1',
             '--config.data.crop=32', '--config.train.batch_size=2',

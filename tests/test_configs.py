@@ -81,7 +81,7 @@ def test_config_flag_takes_a_packaged_name_or_the_workdirs_config(tmp_path):
   from xydiff.configs import demo
   argv = cli.resolve_config_argv(['launch.py', '--config', 'demo:diffusion', '--workdir=w'])
   assert argv[1] == f'--config={cli.packaged_config("demo")}:diffusion'
-  assert argv[1].endswith('configs/demo.py:diffusion')
+  assert argv[1].endswith('xydiff/configs/demo.py:diffusion')
   run_config.save(str(tmp_path), demo.get_config())
   for mode in ('eval', 'train'):  # Training without --config resumes with the stored one.
     argv = cli.resolve_config_argv(['launch.py', f'--workdir={tmp_path}', f'--mode={mode}'])
@@ -90,7 +90,7 @@ def test_config_flag_takes_a_packaged_name_or_the_workdirs_config(tmp_path):
 
 
 @pytest.mark.parametrize('args, message', [
-    (['--config=configs/nope.py'], '--config=configs/nope.py: no such file, nor a packaged config'),
+    (['--config=xydiff/configs/nope.py'], '--config=xydiff/configs/nope.py: no such file, nor a packaged config'),
     (['--mode=eval'], 'holds no stored config'),
 ])
 def test_a_missing_config_is_one_line(tmp_path, args, message):

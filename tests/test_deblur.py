@@ -198,7 +198,7 @@ def test_launch_deblur_exits_non_zero_after_restoring_the_readable_files(tmp_pat
   (tmp_path / 'in').mkdir()
   images.write_png(str(tmp_path / 'in' / 'good.png'), frame[:64, :64])
   (tmp_path / 'in' / 'bad.png').write_bytes(b'\x89PNG\r\n\x1a\n broken')
-  result = run_launch('--config=configs/demo.py', f'--workdir={tmp_path / "run"}',
+  result = run_launch('--config=xydiff/configs/demo.py', f'--workdir={tmp_path / "run"}',
                       '--mode=deblur', f'--input={tmp_path / "in"}',
                       f'--output={tmp_path / "out"}', '--config.model.xydeblur.width=4',
                       '--config.model.xydeblur.num_res=1', timeout=300)

@@ -16,7 +16,7 @@ from conftest import REPO, assert_same_state, run_launch
 from xydiff import checkpoint, state as state_lib
 
 # A tiny demo run; every process count and interruption below must end the same.
-TINY_ARGS = ['--config=configs/demo.py', '--config.model.xydeblur.width=4',
+TINY_ARGS = ['--config=xydiff/configs/demo.py', '--config.model.xydeblur.width=4',
              '--config.model.xydeblur.num_res=1', '--config.data.crop=32',
              '--config.train.batch_size=4', '--config.data.synthetic.photo_crop=64',
              '--config.data.synthetic.kernel_size=7',

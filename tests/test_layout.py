@@ -18,11 +18,7 @@ def _module_name(path: pathlib.Path) -> str:
 
 
 def _modules() -> dict[str, pathlib.Path]:
-  found = {_module_name(p): p for p in PACKAGE.rglob('*.py')}
-  # configs/ is installed as xydiff.configs.
-  found.update({f'xydiff.configs.{p.stem}' if p.stem != '__init__' else 'xydiff.configs': p
-                for p in (REPO / 'configs').glob('*.py')})
-  return found
+  return {_module_name(p): p for p in PACKAGE.rglob('*.py')}
 
 
 def _imports(path: pathlib.Path, modules) -> set[str]:

@@ -116,7 +116,7 @@ def test_resumed_run_ends_where_an_uninterrupted_one_does(demo_config, tmp_path)
 def test_gopro_sample_trains_checkpoints_and_evaluates(tmp_path):
   workdir = tmp_path / 'gopro'
   result = run_launch(
-      '--config=configs/xydeblur_gopro.py', f'--workdir={workdir}',
+      '--config=xydiff/configs/xydeblur_gopro.py', f'--workdir={workdir}',
       f'--config.data.root={GOPRO_SAMPLE}', '--config.model.xydeblur.width=4',
       '--config.model.xydeblur.num_res=1', '--config.data.crop=64', '--config.train.batch_size=2',
       '--config.train.num_steps=2', '--config.train.checkpoint_every=2',
@@ -137,7 +137,7 @@ def test_gopro_sample_trains_checkpoints_and_evaluates(tmp_path):
                              atol=1e-4)
   assert (workdir / 'checkpoints' / '2').is_dir()
   # --mode=eval scores the same checkpoint again, with the same numbers.
-  again = run_launch('--config=configs/xydeblur_gopro.py', f'--workdir={workdir}', '--mode=eval',
+  again = run_launch('--config=xydiff/configs/xydeblur_gopro.py', f'--workdir={workdir}', '--mode=eval',
                      f'--config.data.root={GOPRO_SAMPLE}', '--config.model.xydeblur.width=4',
                      '--config.model.xydeblur.num_res=1', '--config.eval.num_image_summaries=0',
                      '--config.eval.lpips=False')
@@ -155,7 +155,7 @@ def test_gopro_sample_trains_checkpoints_and_evaluates(tmp_path):
     ('--config.train.batch_size=0', 'config.train.batch_size=0'),
 ])
 def test_bad_overrides_stop_with_one_line_naming_the_field(tmp_path, override, message):
-  result = run_launch('--config=configs/xydeblur_gopro.py', f'--workdir={tmp_path}',
+  result = run_launch('--config=xydiff/configs/xydeblur_gopro.py', f'--workdir={tmp_path}',
                       f'--config.data.root={GOPRO_SAMPLE}', override, timeout=120)
   assert result.returncode != 0
   last = result.stderr.strip().splitlines()[-1]
@@ -165,7 +165,7 @@ def test_bad_overrides_stop_with_one_line_naming_the_field(tmp_path, override, m
 
 
 def test_missing_data_root_is_named(tmp_path):
-  result = run_launch('--config=configs/xydeblur_gopro.py', f'--workdir={tmp_path}', timeout=120)
+  result = run_launch('--config=xydiff/configs/xydeblur_gopro.py', f'--workdir={tmp_path}', timeout=120)
   assert result.returncode != 0
   assert result.stderr.strip().splitlines()[-1].startswith("error: config.data.root=''")
 

@@ -19,7 +19,7 @@ TINY = ['--config.model.predictor.base=4', '--config.model.predictor.multipliers
 
 def test_xydiff_trains_evaluates_presets_and_sweeps(tmp_path):
   workdir = tmp_path / 'xydiff'
-  common = ['--config=configs/gopro.py', f'--workdir={workdir}',
+  common = ['--config=xydiff/configs/gopro.py', f'--workdir={workdir}',
             f'--config.data.root={GOPRO_SAMPLE}', *TINY]
   result = run_launch(*common)
   assert result.returncode == 0, result.stderr[-3000:]
@@ -50,7 +50,7 @@ def test_xydiff_trains_evaluates_presets_and_sweeps(tmp_path):
 
 
 def test_sweep_refuses_a_deterministic_model(tmp_path):
-  result = run_launch('--config=configs/xydeblur_gopro.py', f'--workdir={tmp_path}',
+  result = run_launch('--config=xydiff/configs/xydeblur_gopro.py', f'--workdir={tmp_path}',
                       f'--config.data.root={GOPRO_SAMPLE}', '--mode=sweep', timeout=120)
   assert result.returncode != 0
   assert "needs a diffusion model" in result.stderr.strip().splitlines()[-1]

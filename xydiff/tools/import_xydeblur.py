@@ -1,8 +1,8 @@
 """Imports an official XYDeblur checkpoint (PyTorch) as an xydiff checkpoint.
 
   python -m xydiff.tools.import_xydeblur XYDeblur.pkl --workdir=DIR \
-      [--config=configs/xydeblur_gopro.py] [--config.model.xydeblur.width=32 ...]
-  python launch.py --config=configs/xydeblur_gopro.py --workdir=DIR --mode=deblur \
+      [--config=xydiff/configs/xydeblur_gopro.py] [--config.model.xydeblur.width=32 ...]
+  python launch.py --config=xydiff/configs/xydeblur_gopro.py --workdir=DIR --mode=deblur \
       --input=photos/ --output=restored/
 
 The official code (Seowon-Ji/XYDeblur) saves `torch.save({'model':

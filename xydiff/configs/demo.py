@@ -1,7 +1,7 @@
 """A few minutes on a CPU: scikit-image's bundled photographs, blurred in memory.
 
-  python launch.py --config=configs/demo.py --workdir=/tmp/xydiff_demo
-  python launch.py --config=configs/demo.py:diffusion --workdir=/tmp/xydiff_demo_dvsr
+  python launch.py --config=xydiff/configs/demo.py --workdir=/tmp/xydiff_demo
+  python launch.py --config=xydiff/configs/demo.py:diffusion --workdir=/tmp/xydiff_demo_dvsr
 
 The photographs ship with scikit-image (no download); each gets a random
 camera-shake kernel (Boracchi & Foi trajectories). Two photographs are held out
@@ -47,5 +47,5 @@ def get_config(variant: str = ''):
     # the optional L1 on g(y) gets g past the blurry input much sooner.
     config.diffusion.predictor_loss_weight = 1.0
   else:
-    raise ValueError(f"configs/demo.py takes '' or 'diffusion', not {variant!r}")
+    raise ValueError(f"xydiff/configs/demo.py takes '' or 'diffusion', not {variant!r}")
   return config

@@ -5,7 +5,7 @@ turned 90 degrees (XYDeblur's decoupling, no extra parameters). Set
 `--config.model.denoiser.xy=True` for an XY denoiser too. bfloat16 activations
 for accelerators; parameters and optimizer state stay float32.
 
-  python launch.py --config=configs/gopro.py --workdir=DIR \
+  python launch.py --config=xydiff/configs/gopro.py --workdir=DIR \
       --config.data.root=/path/to/GOPRO_Large
 """
 
