@@ -258,7 +258,7 @@ def device_section(run: Runner, sizes: Sizes, configs_source: str):
     # The xydiff predictor: an XY-decoupled U-Net, at the gopro config's widths.
     model_cfg = sizes.config('gopro').model.predictor
     kwargs = dict(in_channels=3, base=model_cfg.base, multipliers=tuple(model_cfg.multipliers),
-                  num_res=model_cfg.num_res, xy=True, upsample_impl='auto')
+                  num_res=model_cfg.num_res, decoders=2, upsample_impl='auto')
     x = jax.random.uniform(jax.random.key(0), (2, side, side, 3))
     target = jax.random.uniform(jax.random.key(1), x.shape)
     _, params = nnx.split(UNet(rngs=nnx.Rngs(0), **kwargs))

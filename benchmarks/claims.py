@@ -58,9 +58,9 @@ def decoupling(workdir: str, steps: int) -> tuple[dict, dict]:
     power = {'horizontal': [], 'vertical': []}
     for i in range(len(source)):
       blur, _ = source.load(i)
-      out = forward(images.to_float(blur)[None])
-      for name in power:
-        power[name].append(float(np.mean(np.square(out[name]))))
+      residuals = forward(images.to_float(blur)[None])['residuals']
+      for name, r in zip(power, residuals):
+        power[name].append(float(np.mean(np.square(r))))
     rows[axis] = {k: float(np.mean(v)) for k, v in power.items()}
   setup = {'width': config.model.xydeblur.width, 'num_res': config.model.xydeblur.num_res,
            'steps': steps, 'num_photos': len(photos)}

@@ -37,7 +37,7 @@ def test_paper_models_have_the_papers_sizes():
   assert _num_params(dvsr) == 17_393_027 + 4_637_475
   # The XY predictor shares its decoder weights: exactly DvSR's parameter count.
   assert _num_params(dvsr) == _num_params(xydiff)
-  assert xydiff.model.predictor.xy and not dvsr.model.predictor.xy
+  assert xydiff.model.predictor.decoders == 2 and dvsr.model.predictor.decoders == 1
   assert xydiff.model.dtype == 'bfloat16'
 
 

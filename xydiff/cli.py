@@ -44,14 +44,19 @@ def parse_flags(argv, *, workdir_config: bool = True):
 def run_tool(main) -> None:
   """`app.run(main)` for the `python -m xydiff.tools.*` commands.
 
-  Orbax's INFO lines (a dozen per checkpoint) are dropped, flag errors are one
-  line, and `--config` keeps the tool's own default instead of a workdir's.
+  Orbax's INFO lines (a dozen per checkpoint) are dropped, flag errors and
+  the user's errors (errors.USER_ERRORS) are one line, and `--config` keeps
+  the tool's own default instead of a workdir's.
   """
   from absl import app, logging  # pylint: disable=import-outside-toplevel
+  from xydiff.errors import USER_ERRORS  # pylint: disable=import-outside-toplevel
 
   def quiet(argv):
     logging.set_verbosity(logging.WARNING)
-    main(argv)
+    try:
+      main(argv)
+    except USER_ERRORS as e:
+      fail(one_line(e))
 
   app.run(quiet, flags_parser=lambda argv: parse_flags(argv, workdir_config=False))
 

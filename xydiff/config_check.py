@@ -10,32 +10,30 @@ import os
 
 import jax.numpy as jnp
 
-from xydiff import data, models
+from xydiff import data, models, state as state_lib
 from xydiff.data.synthetic import KERNEL_TYPES
 from xydiff.errors import ConfigError
 from xydiff.models import layers
-
-
-def _require(ok: bool, field: str, message: str, value) -> None:
-  if not ok:
-    raise ConfigError(f'config.{field}={value!r}: {message}')
+from xydiff.models.spec import require as _require, require_positive_int
 
 
 def _positive_int(config, field: str) -> None:
   value = config
   for part in field.split('.'):
     value = value[part]
-  _require(isinstance(value, int) and value > 0, field, 'must be a positive integer', value)
+  require_positive_int(value, field)
 
 
 ALIGN_MODES = ('auto', 'ecc', 'none')
 
 
 def validate_model(config) -> int:
-  """Checks config.model (what every mode builds); returns the input-size multiple."""
+  """Checks config.model (what every mode builds); returns the input-size multiple.
+
+  The fields shared by every family here; the family's own through its spec.
+  """
   m = config.model
-  _require(m.name in models.MODEL_NAMES, 'model.name', f'must be one of {models.MODEL_NAMES}',
-           m.name)
+  _require(m.name in models.FAMILIES, 'model.name', f'must be one of {models.FAMILIES}', m.name)
   try:
     dtype_ok = jnp.dtype(m.dtype) in (jnp.float32, jnp.bfloat16, jnp.float16)
   except TypeError:
@@ -43,23 +41,9 @@ def validate_model(config) -> int:
   _require(dtype_ok, 'model.dtype', "must be 'float32', 'bfloat16' or 'float16'", m.dtype)
   _require(m.upsample_impl in layers.UPSAMPLE_IMPLS, 'model.upsample_impl',
            f'must be one of {layers.UPSAMPLE_IMPLS}', m.upsample_impl)
-  uses_xydeblur = m.name == 'xydeblur' or m.predictor.arch == 'xydeblur'
-  if m.name != 'xydeblur':
-    _require(m.predictor.arch in models.PREDICTOR_ARCHS, 'model.predictor.arch',
-             f'must be one of {models.PREDICTOR_ARCHS}', m.predictor.arch)
-    nets = ('denoiser',) if m.predictor.arch == 'xydeblur' else ('predictor', 'denoiser')
-    for net in nets:
-      for f in ('base', 'num_res'):
-        _positive_int(config, f'model.{net}.{f}')
-      mults = m[net].multipliers
-      _require(len(mults) >= 1 and all(isinstance(x, int) and x > 0 for x in mults),
-               f'model.{net}.multipliers', 'must be positive integers', mults)
-    _require(m.noise_embedding_scale > 0, 'model.noise_embedding_scale', 'must be positive',
-             m.noise_embedding_scale)
-  if uses_xydeblur:
-    for f in ('width', 'num_res'):
-      _positive_int(config, f'model.xydeblur.{f}')
-  return models.size_multiple(m)
+  spec = models.get(m)
+  spec.validate(m)
+  return spec.size_multiple(m)
 
 
 MODES = ('train', 'eval', 'sweep', 'deblur', 'score')
@@ -106,8 +90,9 @@ def _validate_diffusion(config) -> None:
 
 def _validate_sweep(config) -> None:
   if not models.is_diffusion(config.model):
-    raise ConfigError(f"config.model.name={config.model.name!r}: --mode=sweep needs a diffusion "
-                      "model ('dvsr')")
+    diffusion_families = tuple(n for n in models.FAMILIES if models.family(n).diffusion)
+    raise ConfigError(f'config.model.name={config.model.name!r}: --mode=sweep needs a diffusion '
+                      f'model {diffusion_families}')
   for i, schedule in enumerate(config.sweep.schedules):
     ok = (len(schedule) == 3 and int(schedule[0]) > 0 and 0 < schedule[1] <= schedule[2] < 1)
     _require(ok, f'sweep.schedules[{i}]', 'must be (num_steps, beta_start, beta_end) with '
@@ -172,6 +157,14 @@ def _validate_train(config, device_count: int) -> None:
   _require(t.grad_clip >= 0, 'train.grad_clip', 'must be >= 0; 0 turns clipping off', t.grad_clip)
   _require(all(int(s) > 0 for s in t.lr_halve_steps), 'train.lr_halve_steps',
            'must be positive steps', tuple(t.lr_halve_steps))
+  _require(t.lr_schedule in state_lib.LR_SCHEDULES, 'train.lr_schedule',
+           f'must be one of {state_lib.LR_SCHEDULES}', t.lr_schedule)
+  _require(0 <= t.lr_min <= t.lr, 'train.lr_min', 'must be in [0, train.lr]', t.lr_min)
+  _require(t.optimizer in state_lib.OPTIMIZERS, 'train.optimizer',
+           f'must be one of {state_lib.OPTIMIZERS}', t.optimizer)
+  _require(len(t.adam_betas) == 2 and all(0 <= b < 1 for b in t.adam_betas), 'train.adam_betas',
+           'must be two numbers in [0, 1)', tuple(t.adam_betas))
+  _require(t.weight_decay >= 0, 'train.weight_decay', 'must be >= 0', t.weight_decay)
 
 
 def _validate_eval(config) -> None:

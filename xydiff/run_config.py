@@ -80,30 +80,24 @@ def flatten(tree: dict, prefix: str = '') -> dict:
 def output_fields(config) -> dict:
   """{dotted field: value} of every field that changes what the weights compute.
 
-  The model's architecture, and for diffusion the residual scale and the
-  training noise schedule the denoiser's levels were learnt on. Left out: the
-  other model family's fields, the activation dtype and the up-convolution
-  implementation (same weights, same function), and everything about
-  training, sampling presets, data and evaluation.
+  The model family and the fields its spec names (models/spec.py): its
+  architecture and, for diffusion, the residual scale and the training noise
+  schedule the denoiser's levels were learnt on. Left out: other families'
+  fields, the activation dtype and the up-convolution implementation (same
+  weights, same function), and everything about training, sampling presets,
+  data and evaluation.
   """
+  from xydiff import models  # pylint: disable=import-outside-toplevel
   plain = to_plain(config)
-  model = plain['model']
-  keys = ['name']
-  if model['name'] == 'xydeblur':
-    keys.append('xydeblur')
-  else:
-    keys += ['predictor', 'denoiser', 'noise_embedding_scale']
-    if model['predictor'].get('arch') == 'xydeblur':
-      keys.append('xydeblur')
-  fields = flatten({k: model[k] for k in keys if k in model}, 'model.')
-  if model['name'] == 'xydeblur' or model['predictor'].get('arch') == 'xydeblur':
-    # U-Net fields of an XYDeblur predictor are unused.
-    fields = {k: v for k, v in fields.items()
-              if not k.startswith('model.predictor.') or k == 'model.predictor.arch'}
-  if model['name'] != 'xydeblur':
-    diff = plain.get('diffusion', {})
-    for key in ('residual_scale', 'num_steps', 'beta_start', 'beta_end'):
-      fields[f'diffusion.{key}'] = diff.get(key)
+  fields = {'model.name': plain['model']['name']}
+  for path in models.get(from_plain(plain['model'])).output_fields(from_plain(plain['model'])):
+    value = plain
+    for part in path.split('.'):
+      value = value.get(part) if isinstance(value, dict) else None
+    if isinstance(value, dict):
+      fields.update(flatten(value, f'{path}.'))
+    else:
+      fields[path] = value
   return fields
 
 

@@ -17,19 +17,35 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from xydiff import models
 
 
+LR_SCHEDULES = ('step', 'cosine')
+OPTIMIZERS = ('adam', 'adamw')
+
+
 def make_lr_schedule(train_config):
-  """Linear warm-up, then the base rate halved at each of `lr_halve_steps`."""
-  halving = optax.piecewise_constant_schedule(
-      train_config.lr, {int(s): 0.5 for s in train_config.lr_halve_steps})
+  """Linear warm-up, then 'step' (the base rate halved at each of `lr_halve_steps`:
+  XYDeblur, DMPHN, DeepDeblur, MIMO-UNet) or 'cosine' (annealed to `lr_min` at
+  `num_steps`: NAFNet)."""
+  if train_config.lr_schedule == 'cosine':
+    decay = optax.cosine_decay_schedule(
+        train_config.lr, int(train_config.num_steps),
+        alpha=train_config.lr_min / train_config.lr)
+  else:
+    decay = optax.piecewise_constant_schedule(
+        train_config.lr, {int(s): 0.5 for s in train_config.lr_halve_steps})
   warmup = max(int(train_config.warmup_steps), 1)
-  return lambda step: halving(step) * jnp.minimum(1.0, (step + 1) / warmup)
+  return lambda step: decay(step) * jnp.minimum(1.0, (step + 1) / warmup)
 
 
 def make_optimizer(train_config) -> optax.GradientTransformation:
-  adam = optax.adam(make_lr_schedule(train_config))
+  schedule = make_lr_schedule(train_config)
+  b1, b2 = train_config.adam_betas
+  if train_config.optimizer == 'adamw':
+    opt = optax.adamw(schedule, b1=b1, b2=b2, weight_decay=train_config.weight_decay)
+  else:
+    opt = optax.adam(schedule, b1=b1, b2=b2)
   if train_config.grad_clip > 0:
-    return optax.chain(optax.clip_by_global_norm(train_config.grad_clip), adam)
-  return adam
+    return optax.chain(optax.clip_by_global_norm(train_config.grad_clip), opt)
+  return opt
 
 
 def state_from_params(config, params) -> dict:

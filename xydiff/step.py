@@ -15,24 +15,12 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from xydiff import diffusion, models, state as state_lib
-
-
-def xydeblur_loss(model, batch, key):
-  """The official recipe: L1 on the restored image only."""
-  del key
-  restored = model(batch['blur'])['restored']
-  l1 = jnp.mean(jnp.abs(restored - batch['sharp']))
-  return l1, {'l1': l1}
+from xydiff import models, state as state_lib
 
 
 def make_loss_fn(config):
-  if models.is_diffusion(config.model):
-    d = config.diffusion
-    return functools.partial(
-        diffusion.loss, schedule=diffusion.linear_schedule(d.num_steps, d.beta_start, d.beta_end),
-        residual_scale=d.residual_scale, predictor_weight=d.predictor_loss_weight)
-  return xydeblur_loss
+  """loss_fn(model, batch, key) -> (loss, aux): the family's own training loss (its spec)."""
+  return models.get(config.model).make_loss(config)
 
 
 def _unroll_gradient_loops() -> bool:

@@ -6,6 +6,8 @@ fails in the first second with a message naming it.
 
 import ml_collections
 
+from xydiff import models
+
 
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
@@ -13,23 +15,20 @@ def get_config() -> ml_collections.ConfigDict:
 
   # ------------------------------------------------------------------ model
   config.model = model = ml_collections.ConfigDict()
-  model.name = 'xydeblur'  # 'xydeblur' (deterministic) or 'dvsr' (predict-and-refine).
+  # The model family: a module of xydiff/models/ ('xydeblur', 'dvsr', ...).
+  model.name = 'xydeblur'
   # Activation dtype; parameters and the optimizer stay float32. 'bfloat16' on TPU/GPU.
   model.dtype = 'float32'
   # How the 4x4 stride-2 up-convolutions run: 'auto' (sub-pixel on CPU, where
   # XLA's transposed-conv gradient is slow; lax.conv_transpose on GPU/TPU),
   # 'reference' or 'subpixel'. Same parameters and outputs; only speed differs.
   model.upsample_impl = 'auto'
-  model.xydeblur = ml_collections.ConfigDict(dict(width=32, num_res=6))  # 4,918,627 params.
-  # DvSR's initial predictor g(y): 'unet' (DvSR) or 'xydeblur'. `xy` makes the
-  # U-Net's decoder XY-decoupled (xydiff). arch='xydeblur' is the network of
-  # model.xydeblur above (width, num_res); the U-Net fields here are then unused.
-  model.predictor = ml_collections.ConfigDict(dict(
-      arch='unet', base=64, multipliers=(1, 2, 3, 4), num_res=3, xy=False))
-  # DvSR's denoiser f(z, level, y); `film_scale` adds a FiLM scale to the shift.
-  model.denoiser = ml_collections.ConfigDict(dict(
-      base=32, multipliers=(1, 2, 3, 4), num_res=3, xy=False, film_scale=False))
-  model.noise_embedding_scale = 5000.0  # WaveGrad's scale of the level before the sinusoid.
+  # Each family's own fields, with their defaults and meaning, from its module
+  # (SPEC.defaults in xydiff/models/<family>.py): model.xydeblur, DvSR's
+  # model.predictor / model.denoiser / model.noise_embedding_scale, ...
+  # Every encoder/decoder family has `decoders` (1, 2: XY, 4) and `share`
+  # ('rotate', or 'none' for independent decoders): xydiff/models/xy.py.
+  model.update(models.defaults())
 
   # -------------------------------------------------------------- diffusion
   config.diffusion = diffusion = ml_collections.ConfigDict()
@@ -82,7 +81,13 @@ def get_config() -> ml_collections.ConfigDict:
   train.batch_size = 4  # Global batch, over all devices and hosts.
   train.num_steps = 1_578_000  # 3000 epochs of GoPro's 2103 pairs at batch 4.
   train.lr = 1e-4
+  # 'step': halved at each of lr_halve_steps; 'cosine': annealed to lr_min at num_steps.
+  train.lr_schedule = 'step'
   train.lr_halve_steps = (263_000, 526_000, 789_000, 1_052_000, 1_315_000)
+  train.lr_min = 0.0
+  train.optimizer = 'adam'  # 'adam' or 'adamw' (decoupled weight_decay).
+  train.adam_betas = (0.9, 0.999)
+  train.weight_decay = 0.0
   train.warmup_steps = 0
   train.ema_rate = 0.0  # 0 turns the EMA off; evaluation uses the EMA when on.
   train.grad_clip = 0.0  # Global-norm clipping; 0 turns it off.

@@ -35,7 +35,7 @@ def get_config(variant: str = ''):
     config.model.xydeblur.num_res = 2
   elif variant == 'diffusion':
     config.model.name = 'dvsr'
-    config.model.predictor.update(dict(base=16, multipliers=(1, 2, 2), num_res=1, xy=True))
+    config.model.predictor.update(dict(base=16, multipliers=(1, 2, 2), num_res=1, decoders=2))
     config.model.denoiser.update(dict(base=16, multipliers=(1, 2, 2), num_res=1))
     config.diffusion.presets.perceptual.num_steps = 100
     config.diffusion.presets.perceptual.beta_end = 0.2

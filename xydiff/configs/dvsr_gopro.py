@@ -10,8 +10,8 @@ from xydiff.configs import default
 def get_config():
   config = default.get_config()
   config.model.name = 'dvsr'
-  config.model.predictor.update(dict(arch='unet', base=64, xy=False))
-  config.model.denoiser.update(dict(base=32, xy=False))
+  config.model.predictor.update(dict(arch='unet', base=64, decoders=1))
+  config.model.denoiser.update(dict(base=32, decoders=1))
   config.data.name = 'folder'
   config.data.crop = 128
   config.train.batch_size = 32

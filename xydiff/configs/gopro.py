@@ -2,7 +2,7 @@
 
 The predictor's U-Net decoder runs twice, the second time with its kernels
 turned 90 degrees (XYDeblur's decoupling, no extra parameters). Set
-`--config.model.denoiser.xy=True` for an XY denoiser too. bfloat16 activations
+`--config.model.denoiser.decoders=2` for an XY denoiser too. bfloat16 activations
 for accelerators; parameters and optimizer state stay float32.
 
   python launch.py --config=xydiff/configs/gopro.py --workdir=DIR \
@@ -14,6 +14,6 @@ from xydiff.configs import dvsr_gopro
 
 def get_config():
   config = dvsr_gopro.get_config()
-  config.model.predictor.xy = True
+  config.model.predictor.decoders = 2
   config.model.dtype = 'bfloat16'
   return config

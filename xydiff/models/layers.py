@@ -1,12 +1,15 @@
 """Building blocks shared by every xydiff network.
 
 The one idea that sets XYDeblur apart lives here: a convolution can be called
-with its kernel turned by 90 degrees (`rotated=True`). A decoder called once
-plainly and once rotated is XYDeblur's pair of weight-sharing decoders, with no
-second copy of the weights and no transposed feature maps. For 'same'-padded
-odd convolutions and for the 4x4 stride-2 transposed convolution below,
-running on unrotated features with `rot90(W, -1)` equals the official code's
-rotate-features / run / rotate-back formulation (tests/test_models.py).
+with its kernel turned by k quarter turns (`rotation=k`). A decoder called
+once plainly and once with rotation 1 is XYDeblur's pair of weight-sharing
+decoders, with no second copy of the weights and no transposed feature maps
+(xy.py runs any number of them). For 'same'-padded odd convolutions and for
+the 4x4 stride-2 transposed convolution below, running on unrotated features
+with `rot90(W, -k)` equals the official code's rotate-features / run /
+rotate-back formulation (tests/test_models.py). Layers with no such kernel
+form (pixel shuffles, odd paddings) use `rotated_call`, which is that
+formulation itself.
 """
 
 from __future__ import annotations
@@ -23,9 +26,25 @@ from flax import nnx
 _KERNEL_INIT = nnx.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform')
 
 
-def rotate_kernel(kernel: jax.Array) -> jax.Array:
-  """Turns an HWIO (or HW-OI) kernel by 90 degrees in its spatial axes."""
-  return jnp.rot90(kernel, -1, axes=(0, 1))
+def rotate_kernel(kernel: jax.Array, quarter_turns: int = 1) -> jax.Array:
+  """Turns an HWIO (or HW-OI) kernel clockwise by `quarter_turns` x 90 degrees in H and W.
+
+  Clockwise on the kernel is counter-clockwise on the features: with it, a
+  convolution computes rot90(conv(rot90(x, k)), -k), the official form.
+  """
+  return jnp.rot90(kernel, -int(quarter_turns), axes=(0, 1))
+
+
+def rotated_call(fn, x: jax.Array, quarter_turns: int) -> jax.Array:
+  """fn on the NHWC features turned counter-clockwise by k quarter turns, turned back.
+
+  The feature-rotation form of a rotated layer, for layers whose kernels
+  cannot simply be turned (a pixel shuffle, an asymmetric padding).
+  """
+  k = int(quarter_turns) % 4
+  if k == 0:
+    return fn(x)
+  return jnp.rot90(fn(jnp.rot90(x, k, axes=(1, 2))), -k, axes=(1, 2))
 
 
 def _bias_init(key, shape, fan_in, dtype=jnp.float32):
@@ -57,10 +76,10 @@ class Conv(nnx.Module):
     self.pad = kernel_size // 2
     self.dtype = dtype
 
-  def __call__(self, x: jax.Array, rotated: bool = False) -> jax.Array:
+  def __call__(self, x: jax.Array, rotation: int = 0) -> jax.Array:
     kernel = self.kernel[...]
-    if rotated:
-      kernel = rotate_kernel(kernel)
+    if rotation:
+      kernel = rotate_kernel(kernel, rotation)
     y = jax.lax.conv_general_dilated(
         x.astype(self.dtype), kernel.astype(self.dtype),
         window_strides=(self.stride, self.stride),
@@ -139,10 +158,10 @@ class ConvTranspose(nnx.Module):
     self.dtype = dtype
     self.impl = impl
 
-  def __call__(self, x: jax.Array, rotated: bool = False) -> jax.Array:
+  def __call__(self, x: jax.Array, rotation: int = 0) -> jax.Array:
     kernel = self.kernel[...]
-    if rotated:
-      kernel = rotate_kernel(kernel)
+    if rotation:
+      kernel = rotate_kernel(kernel, rotation)
     x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
     if resolve_upsample_impl(self.impl) == 'subpixel':
       n, h, w, _ = x.shape

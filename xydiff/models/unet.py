@@ -3,8 +3,8 @@
 No self-attention and no normalisation, so a network trained on 128x128 crops
 runs on a 1280x720 frame. The noise level enters every residual block as a
 FiLM shift (optionally also a scale) computed by an MLP from a sinusoidal
-embedding. With `xy=True` the decoder runs twice, the second time with every
-kernel rotated (layers.py): XYDeblur's decoupling inside DvSR, at zero extra
+embedding. With `decoders=2` the decoder runs twice, the second time with
+every kernel rotated (xy.py): XYDeblur's decoupling inside DvSR, at zero extra
 parameters.
 """
 
@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from xydiff.models import xy
 from xydiff.models.layers import Conv, ConvTranspose, pad_to_multiple, sinusoidal_embedding
 
 
@@ -32,8 +33,8 @@ class ResBlock(nnx.Module):
                             dtype=dtype, rngs=rngs) if emb_features is not None else None)
     self.film_scale = film_scale
 
-  def __call__(self, x, emb=None, rotated: bool = False):
-    h = self.conv1(jax.nn.swish(x), rotated)
+  def __call__(self, x, emb=None, rotation: int = 0):
+    h = self.conv1(jax.nn.swish(x), rotation)
     if self.film is not None:
       # DDPM/SR3 put a nonlinearity between the shared embedding MLP and each
       # block's projection; without it the two linear maps collapse into one.
@@ -43,8 +44,8 @@ class ResBlock(nnx.Module):
         h = h * (1.0 + scale) + shift
       else:
         h = h + film
-    h = self.conv2(jax.nn.swish(h), rotated)
-    skip = x if self.skip is None else self.skip(x, rotated)
+    h = self.conv2(jax.nn.swish(h), rotation)
+    skip = x if self.skip is None else self.skip(x, rotation)
     return skip + h
 
 
@@ -54,7 +55,7 @@ def _blocks(in_features, out_features, num_blocks, **kwargs):
 
 
 class UNetDecoder(nnx.Module):
-  """Upsampling half; every convolution in it honours `rotated`."""
+  """Upsampling half; every convolution in it honours `rotation`."""
 
   def __init__(self, widths: Sequence[int], num_res: int, out_channels: int, *, block_kwargs,
                dtype, upsample_impl: str, rngs: nnx.Rngs):
@@ -69,18 +70,18 @@ class UNetDecoder(nnx.Module):
     # denoiser as eps_hat = 0, so training starts from the blurry input's PSNR.
     self.out = Conv(widths[0], out_channels, 3, dtype=dtype, zero_init=True, rngs=rngs)
 
-  def __call__(self, h, skips, emb, rotated: bool = False):
+  def __call__(self, h, skips, emb, rotation: int = 0):
     for level in reversed(range(len(self.stages))):
       h = jnp.concatenate([h, skips[level]], axis=-1)
       for block in self.stages[level]:
-        h = block(h, emb, rotated)
+        h = block(h, emb, rotation)
       if level > 0:
-        h = self.ups[level - 1](h, rotated)
-    return self.out(jax.nn.swish(h), rotated)
+        h = self.ups[level - 1](h, rotation)
+    return self.out(jax.nn.swish(h), rotation)
 
 
 class UNet(nnx.Module):
-  """Encoder-decoder returning {'output'} and, when XY-decoupled, its two parts.
+  """Encoder-decoder returning {'output': the sum of its decoders, 'residuals': each one}.
 
   `noise_level` (shape [N], values in [0, 1]) is required exactly when the
   network was built with `noise_conditioned=True`.
@@ -88,12 +89,12 @@ class UNet(nnx.Module):
 
   def __init__(self, *, in_channels: int = 3, out_channels: int = 3, base: int = 64,
                multipliers: Sequence[int] = (1, 2, 3, 4), num_res: int = 3,
-               xy: bool = False, noise_conditioned: bool = False,
+               decoders: int = 1, share: str = 'rotate', noise_conditioned: bool = False,
                noise_embedding_scale: float = 5000.0, film_scale: bool = False,
                dtype=jnp.float32, upsample_impl: str = 'auto', rngs: nnx.Rngs):
     widths = [base * m for m in multipliers]
     self.size_multiple = self.multiple_for(multipliers)
-    self.xy = xy
+    self.decoders = decoders
     self.noise_embedding_scale = noise_embedding_scale
     self.base = base
     emb_features = 4 * base if noise_conditioned else None
@@ -110,8 +111,10 @@ class UNet(nnx.Module):
     self.downs = nnx.List([Conv(widths[l], widths[l], 3, stride=2, dtype=dtype, rngs=rngs)
                            for l in range(len(widths) - 1)])
     self.middle = ResBlock(widths[-1], widths[-1], rngs=rngs, **block_kwargs)
-    self.decoder = UNetDecoder(widths, num_res, out_channels, block_kwargs=block_kwargs,
-                               dtype=dtype, upsample_impl=upsample_impl, rngs=rngs)
+    self.decoder = xy.make_decoders(
+        lambda r: UNetDecoder(widths, num_res, out_channels, block_kwargs=block_kwargs,
+                              dtype=dtype, upsample_impl=upsample_impl, rngs=r),
+        decoders, share, rngs)
 
   @staticmethod
   def multiple_for(multipliers: Sequence[int]) -> int:
@@ -143,9 +146,6 @@ class UNet(nnx.Module):
     emb = self.embed(noise_level)
     padded, (h, w) = pad_to_multiple(x, self.size_multiple)
     feat, skips = self.encode(padded, emb)
-    crop = lambda t: t[:, :h, :w].astype(jnp.float32)
-    if not self.xy:
-      return {'output': crop(self.decoder(feat, skips, emb))}
-    horizontal = crop(self.decoder(feat, skips, emb))
-    vertical = crop(self.decoder(feat, skips, emb, rotated=True))
-    return {'output': horizontal + vertical, 'horizontal': horizontal, 'vertical': vertical}
+    residuals = tuple(r[:, :h, :w].astype(jnp.float32)
+                      for r in xy.run_decoders(self.decoder, self.decoders, feat, skips, emb))
+    return {'output': sum(residuals), 'residuals': residuals}

@@ -2,9 +2,11 @@
 
 Layer for layer the official PyTorch network (Seowon-Ji/XYDeblur,
 models/XYDeblur.py): with the defaults it has exactly 4,918,627 parameters.
-The vertical decoder is the horizontal one called with `rotated=True`, i.e.
+It is the XY transform (xy.py) of a plain three-scale U-Net: with
+`decoders=2, share='rotate'` the vertical decoder is the horizontal one with
 every kernel turned by `rot90(W, -1)`; see layers.py for why that equals the
-official feature-rotation formulation.
+official feature-rotation formulation. `decoders=1` is the paper's baseline
+U-Net, `share='none'` its U-Net^2D.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from xydiff.models import spec as spec_lib, xy
 from xydiff.models.layers import Conv, ConvTranspose, pad_to_multiple
 
 
@@ -23,8 +26,8 @@ class ResBlock(nnx.Module):
     self.conv1 = Conv(features, features, 3, dtype=dtype, rngs=rngs)
     self.conv2 = Conv(features, features, 3, dtype=dtype, rngs=rngs)
 
-  def __call__(self, x, rotated: bool = False):
-    return x + self.conv2(jax.nn.relu(self.conv1(x, rotated)), rotated)
+  def __call__(self, x, rotation: int = 0):
+    return x + self.conv2(jax.nn.relu(self.conv1(x, rotation)), rotation)
 
 
 class ResStack(nnx.Module):
@@ -33,9 +36,9 @@ class ResStack(nnx.Module):
     self.blocks = nnx.List([ResBlock(features, dtype=dtype, rngs=rngs)
                             for _ in range(num_blocks)])
 
-  def __call__(self, x, rotated: bool = False):
+  def __call__(self, x, rotation: int = 0):
     for block in self.blocks:
-      x = block(x, rotated)
+      x = block(x, rotation)
     return x
 
 
@@ -58,7 +61,7 @@ class Encoder(nnx.Module):
 
 
 class Decoder(nnx.Module):
-  """Decoder1_1..1_4 and Convs1_1..1_2; called twice, the second time rotated."""
+  """Decoder1_1..1_4 and Convs1_1..1_2; XYDeblur calls it twice, the second time rotated."""
 
   def __init__(self, width: int, num_res: int, out_channels: int, *, dtype, upsample_impl,
                rngs):
@@ -71,34 +74,117 @@ class Decoder(nnx.Module):
     self.res3 = ResStack(width, num_res, dtype=dtype, rngs=rngs)
     self.out = Conv(width, out_channels, 3, dtype=dtype, rngs=rngs)
 
-  def __call__(self, z, e2, e1, rotated: bool = False):
-    d = jax.nn.relu(self.up1(self.res1(z, rotated), rotated))
+  def __call__(self, z, e2, e1, rotation: int = 0):
+    d = jax.nn.relu(self.up1(self.res1(z, rotation), rotation))
     # Decoder feature first, skip second, as in the official concatenation.
     d = jax.nn.relu(self.fuse1(jnp.concatenate([d, e2], axis=-1)))
-    d = jax.nn.relu(self.up2(self.res2(d, rotated), rotated))
+    d = jax.nn.relu(self.up2(self.res2(d, rotation), rotation))
     d = jax.nn.relu(self.fuse2(jnp.concatenate([d, e1], axis=-1)))
-    return self.out(self.res3(d, rotated), rotated)
+    return self.out(self.res3(d, rotation), rotation)
 
 
 class XYDeblur(nnx.Module):
-  """Restores `x` as x + r_hor + r_ver; returns all three.
+  """Restores `x` as x + the sum of the decoders' residuals; returns both.
 
   Inputs whose height or width is not a multiple of 4 are reflect-padded and
   the outputs cropped back, so any image of at least 3x3 pixels goes through.
+  Returns {'restored', 'residuals': one [N, H, W, 3] array per decoder}.
   """
 
   size_multiple = 4
 
   def __init__(self, *, width: int = 32, num_res: int = 6, channels: int = 3,
-               dtype=jnp.float32, upsample_impl: str = 'auto', rngs: nnx.Rngs):
+               decoders: int = 2, share: str = 'rotate', dtype=jnp.float32,
+               upsample_impl: str = 'auto', rngs: nnx.Rngs):
     self.encoder = Encoder(channels, width, num_res, dtype=dtype, rngs=rngs)
-    self.decoder = Decoder(width, num_res, channels, dtype=dtype, upsample_impl=upsample_impl,
-                           rngs=rngs)
+    self.decoder = xy.make_decoders(
+        lambda r: Decoder(width, num_res, channels, dtype=dtype, upsample_impl=upsample_impl,
+                          rngs=r), decoders, share, rngs)
+    self.decoders = decoders
 
   def __call__(self, x: jax.Array) -> dict[str, jax.Array]:
     padded, (h, w) = pad_to_multiple(x, self.size_multiple)
     z, e2, e1 = self.encoder(padded)
-    horizontal = self.decoder(z, e2, e1)[:, :h, :w].astype(jnp.float32)
-    vertical = self.decoder(z, e2, e1, rotated=True)[:, :h, :w].astype(jnp.float32)
-    return {'horizontal': horizontal, 'vertical': vertical,
-            'restored': x + horizontal + vertical}
+    residuals = tuple(r[:, :h, :w].astype(jnp.float32)
+                      for r in xy.run_decoders(self.decoder, self.decoders, z, e2, e1))
+    restored = x
+    for r in residuals:  # x + r_hor + r_ver, added in the official order.
+      restored = restored + r
+    return {'restored': restored, 'residuals': residuals}
+
+
+# ------------------------------------------------------------------ the family's spec
+
+def _build(model_config, rngs):
+  section = model_config.xydeblur
+  return XYDeblur(width=section.width, num_res=section.num_res, decoders=section.decoders,
+                  share=section.share, dtype=jnp.dtype(model_config.dtype),
+                  upsample_impl=model_config.upsample_impl, rngs=rngs)
+
+
+def _validate(model_config):
+  section = model_config.xydeblur
+  for field in ('width', 'num_res'):
+    spec_lib.require_positive_int(section[field], f'model.xydeblur.{field}')
+  xy.check_section(section, 'model.xydeblur')
+
+
+def l1_loss(model, batch, key):
+  """The official recipe: L1 on the restored image only."""
+  del key
+  restored = model(batch['blur'])['restored']
+  l1 = jnp.mean(jnp.abs(restored - batch['sharp']))
+  return l1, {'l1': l1}
+
+
+def official_keys(model_config) -> dict[str, tuple]:
+  """{official state-dict key: (path of the tensor in xydiff's params, layout)}.
+
+  Official layout (models/XYDeblur.py): EBlock.layers = [BasicConv (stem or
+  stride-2 down), num_res ResBlocks]; DBlock.layers = [num_res ResBlocks,
+  then the ConvTranspose in Decoder1_1/1_2]; BasicConv.main = [conv, relu];
+  ResBlock.main = [BasicConv, BasicConv]. Decoder1_3 holds only ResBlocks and
+  Decoder1_4 is the output conv.
+  """
+  num_res = model_config.xydeblur.num_res
+  table = {}
+
+  def conv(prefix, path):
+    table[f'{prefix}.weight'] = (path + ('kernel',), spec_lib.conv_layout)
+    table[f'{prefix}.bias'] = (path + ('bias',), spec_lib.as_is)
+
+  def res_stack(module, first_layer, path):
+    for i in range(num_res):
+      for j, name in enumerate(('conv1', 'conv2')):
+        conv(f'{module}.layers.{first_layer + i}.main.{j}.main.0', path + ('blocks', i, name))
+
+  for n, (entry, stack) in enumerate((('stem', 'res1'), ('down2', 'res2'), ('down3', 'res3')), 1):
+    conv(f'Encoder{n}.layers.0.main.0', ('encoder', entry))
+    res_stack(f'Encoder{n}', 1, ('encoder', stack))
+  for n in (1, 2):
+    res_stack(f'Decoder1_{n}', 0, ('decoder', f'res{n}'))
+    conv(f'Decoder1_{n}.layers.{num_res}.main.0', ('decoder', f'up{n}'))
+    conv(f'Convs1_{n}.main.0', ('decoder', f'fuse{n}'))
+  res_stack('Decoder1_3', 0, ('decoder', 'res3'))
+  conv('Decoder1_4.main.0', ('decoder', 'out'))
+  return table
+
+
+def read_official(path: str) -> dict:
+  """`torch.save({'model': state_dict, ...})` as the official train.py writes it."""
+  return spec_lib.read_torch_state_dict(path, container_keys=('model',))
+
+
+SPEC = spec_lib.ModelSpec(
+    name='xydeblur',
+    defaults=lambda: {'xydeblur': dict(width=32, num_res=6, decoders=2, share='rotate')},
+    build=_build,
+    size_multiple=lambda model_config: XYDeblur.size_multiple,
+    validate=_validate,
+    output_fields=lambda model_config: ('model.xydeblur',),
+    make_loss=lambda config: l1_loss,
+    variants={'xydeblur': spec_lib.Variant(
+        'xydeblur', 'xydeblur_gopro', about='XYDeblur (Ji et al., CVPR 2022), 4,918,627 '
+        'parameters: github.com/Seowon-Ji/XYDeblur')},
+    official=spec_lib.OfficialWeights(read=read_official, key_map=official_keys),
+)

@@ -1,0 +1,117 @@
+"""xydiff's one entry point (the `xydiff` command): parses flags and dispatches.
+
+  xydiff --config=gopro --workdir=DIR [--mode=train|eval|sweep|deblur|score]
+         [--config.train.batch_size=8 ...]
+  xydiff TOOL ...      (import_weights, fetch_weights, summary, export, serve)
+
+`python launch.py ...` in a checkout is the same command. `--config` is a
+config file or a packaged config's name (`--config=gopro`,
+`--config=demo:diffusion`); eval, sweep and deblur may leave it out and use
+the config stored with the run in --workdir.
+"""
+
+import os
+import sys
+
+# TensorFlow (tfds, clu's summary writer) logs a lot at start-up; keep it quiet.
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from xydiff import cli
+
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'Config file or packaged config name, e.g. xydiff/configs/gopro.py, gopro or '
+    'demo:diffusion; eval/sweep/deblur default to the config stored in --workdir.',
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Where checkpoints, logs and evaluations go.')
+_MODE = flags.DEFINE_enum(
+    'mode', 'train', ['train', 'eval', 'sweep', 'deblur', 'score'],
+    'train: train (resuming) and evaluate; eval: score a checkpoint; sweep: grid of diffusion '
+    'sampling schedules on the eval split; deblur: restore your own photos; score: score a '
+    'folder of restored images against a folder of sharp ones (no model).')
+_INPUT = flags.DEFINE_string('input', None, '--mode=deblur: an image file, a folder or a glob; '
+                             '--mode=score: the folder of restored images.')
+_OUTPUT = flags.DEFINE_string('output', None, '--mode=deblur: folder for the restored PNGs.')
+_TARGET = flags.DEFINE_string('target', None, '--mode=score: the folder of sharp images.')
+_CHECKPOINT = flags.DEFINE_string(
+    'checkpoint', None, '--mode=deblur: a checkpoint folder (<workdir>/checkpoints/<step>) '
+    'instead of the workdir\'s latest.')
+
+_COORDINATOR = flags.DEFINE_string(
+    'coordinator_address', None, 'Multi-process runs: host:port of process 0. On TPU pods and '
+    'under SLURM leave it out: the platform supplies it.')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Multi-process runs: process count.')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'Multi-process runs: this process.')
+
+
+class _QuietLibraries:
+  """Drops INFO chatter of orbax and friends (a dozen lines per checkpoint)."""
+
+  _NOISY = ('/orbax/', '/jax/_src/')
+
+  def filter(self, record) -> bool:
+    return record.levelno >= logging.converter.STANDARD_WARNING or not any(
+        part in record.pathname for part in self._NOISY)
+
+
+def main(argv):
+  handler = logging.get_absl_handler()
+  for h in (handler, handler.python_handler):  # ABSLHandler delegates to its python_handler.
+    h.addFilter(_QuietLibraries())
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  config, workdir, mode = _CONFIG.value, _WORKDIR.value, _MODE.value
+
+  from xydiff import distributed
+  from xydiff.errors import USER_ERRORS
+  try:
+    distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  except ValueError as e:
+    cli.fail(cli.one_line(e))
+  logging.info('xydiff %s, workdir %s', mode, workdir)
+  # Each mode imports only what it needs: deblur and score run without TensorFlow.
+  try:
+    if mode == 'train':
+      from xydiff import train
+      train.train_and_evaluate(config, workdir)
+    elif mode == 'score':
+      from xydiff import score
+      if not _INPUT.value or not _TARGET.value:
+        cli.fail('--mode=score needs --input (restored images) and --target (sharp images)')
+      score.run(config, workdir, _INPUT.value, _TARGET.value)
+    elif mode == 'eval':
+      from xydiff import evaluate
+      evaluate.evaluate_checkpoint(config, workdir)
+    elif mode == 'sweep':
+      from xydiff import sweep
+      sweep.run_sweep(config, workdir)
+    elif mode == 'deblur':
+      from xydiff import deblur
+      if not _INPUT.value or not _OUTPUT.value:
+        cli.fail('--mode=deblur needs --input (a file, folder or glob) and --output (a folder)')
+      sys.exit(deblur.run(config, workdir, _INPUT.value, _OUTPUT.value,
+                          checkpoint=_CHECKPOINT.value))
+  except USER_ERRORS as e:
+    cli.fail(cli.one_line(e))
+
+
+# `xydiff TOOL ...`: the python -m xydiff.tools.TOOL commands under one name.
+TOOLS = ('import_weights', 'fetch_weights', 'summary', 'export', 'serve')
+
+
+def run() -> None:
+  """The `xydiff` console command."""
+  if len(sys.argv) > 1 and sys.argv[1] in TOOLS:
+    import importlib  # pylint: disable=import-outside-toplevel
+    tool = sys.argv.pop(1)
+    sys.argv[0] = f'xydiff {tool}'
+    importlib.import_module(f'xydiff.tools.{tool}').main()
+    return
+  flags.mark_flags_as_required(['workdir'])
+  app.run(main, flags_parser=cli.parse_flags)
+
+
+if __name__ == '__main__':
+  run()
