@@ -67,8 +67,9 @@ def decoupling(workdir: str, steps: int) -> tuple[dict, dict]:
   return rows, setup
 
 
-def perception_distortion(workdir: str, steps: int,
-                          inception_weights: str = '') -> tuple[list[dict], dict]:
+def perception_distortion(workdir: str, steps: int, inception_weights: str = '', *,
+                          schedules=SCHEDULES, sample_counts=SAMPLE_COUNTS
+                          ) -> tuple[list[dict], dict]:
   from xydiff.configs import demo
   from xydiff import sweep, train
 
@@ -78,12 +79,44 @@ def perception_distortion(workdir: str, steps: int,
   train.train_and_evaluate(config, workdir)
   # Larger held-out crops than training's 256^2: NIQE needs many 96x96 blocks.
   config.data.synthetic.photo_crop = 512
-  config.sweep.schedules = SCHEDULES
-  config.sweep.num_samples = SAMPLE_COUNTS
+  config.sweep.schedules = schedules
+  config.sweep.num_samples = sample_counts
   config.eval.inception_weights = inception_weights
   rows = sweep.run_sweep(config, workdir)
   setup = {'steps': steps, 'num_photos': config.data.synthetic.num_eval, 'crop': 512}
   return rows, setup
+
+
+# (c) The perceptual ordering against training length: a smaller grid, one
+# long single chain against short averaged ones.
+LENGTH_SCHEDULES = ((10, 1e-4, 0.8), (100, 1e-6, 0.2))
+LENGTH_SAMPLE_COUNTS = (1, 8)
+
+
+def training_length(workdir: str, lengths: list[int]) -> list[dict]:
+  """The diffusion demo trained from scratch for each length (its schedule scaled), swept.
+
+  Each length's result is kept in <workdir>/length_<L>.json, so a rerun resumes.
+  Returns one row per length: PSNR / LPIPS / NIQE of a single 100-step chain
+  (the paper's "Ours") and of the mean of 8 ten-step samples ("Ours-SA").
+  """
+  import json
+  results = []
+  for length in lengths:
+    path = os.path.join(workdir, f'length_{length}.json')
+    if not os.path.exists(path):
+      rows, _ = perception_distortion(os.path.join(workdir, f'diffusion_{length}'), length,
+                                      schedules=LENGTH_SCHEDULES,
+                                      sample_counts=LENGTH_SAMPLE_COUNTS)
+      pick = lambda t, n: next(r for r in rows if r['num_steps'] == t and r['num_samples'] == n)
+      row = {'steps': length}
+      for name, (t, n) in (('long_chain', (100, 1)), ('short_averaged', (10, 8)),
+                           ('short_single', (10, 1))):
+        row[name] = {k: pick(t, n)[k] for k in ('psnr', 'lpips', 'niqe')}
+      files.write_atomic(path, json.dumps(row))
+    with open(path) as f:
+      results.append(json.load(f))
+  return results
 
 
 def _save(fig, path):

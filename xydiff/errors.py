@@ -20,12 +20,21 @@ class ImageReadError(ValueError):
   """An image file could not be decoded; the message names the file."""
 
 
+class ImageValueError(ValueError):
+  """An image array's dtype, shape or values are not an image xydiff can restore."""
+
+
 class CheckpointMismatchError(ValueError):
   """The checkpoint on disk was written for a different model or config."""
 
 
 class CheckpointReadError(ValueError):
-  """A checkpoint on disk cannot be read (damaged, truncated); the message names its folder."""
+  """A checkpoint on disk cannot be read (permissions, a missing file, I/O, or damage);
+  the message names its folder and the error."""
+
+
+class CheckpointDamagedError(CheckpointReadError):
+  """A checkpoint's files are damaged (truncated, corrupt, undecodable): training sets it aside."""
 
 
 class CheckpointImportError(ValueError):
@@ -40,12 +49,17 @@ class WorkdirInUseError(RuntimeError):
   """Another run holds the workdir's lock."""
 
 
+class LinkedFileError(PermissionError):
+  """A file xydiff creates or writes in place (workdir lock, write probe, temporary) is a
+  symbolic or hard link, or not a regular file: refused, what it points to left untouched."""
+
+
 class NonFiniteLossError(FloatingPointError):
   """Training produced a non-finite loss, gradient or parameter."""
 
 
 # Errors caused by the user's input (flags, files, workdir): entry points print
 # their one-line message instead of a traceback.
-USER_ERRORS = (ConfigError, DataError, ImageReadError, CheckpointMismatchError,
+USER_ERRORS = (ConfigError, DataError, ImageReadError, ImageValueError, CheckpointMismatchError,
                CheckpointReadError, CheckpointImportError, WeightsError, WorkdirInUseError,
                FileNotFoundError, PermissionError, FloatingPointError)

@@ -6,7 +6,7 @@ DvSR: 'predictor' (g alone) plus one entry per inference preset ('perceptual',
 table protocol (PSNR on uint8-rounded RGB, peak 255; 2-D and 3-D SSIM on
 uint8 levels), or on RealBlur (config.eval.align) that dataset's protocol
 (each output saved as 8 bits, aligned to the ground truth with OpenCV's ECC,
-masked PSNR/SSIM). Images stream one at a time: memory does not grow with the
+masked PSNR/SSIM; scoring.py holds the metric table). Images stream one at a time: memory does not grow with the
 size of the split. It writes `<workdir>/<subdir>/step_<N>.json` (every metric
 named by its label) and `.csv` (one row per image), a few
 input/output/sharp PNGs beside them, and the same as TensorBoard summaries.
@@ -14,193 +14,19 @@ input/output/sharp PNGs beside them, and the same as TensorBoard summaries.
 
 from __future__ import annotations
 
-import csv
-import functools
-import io
-import json
 import os
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from xydiff import config_check, data, files, images, inference, metrics, models, tf_guard
-from xydiff.metrics import fid, lpips, realblur
-
-REALBLUR_DATA = ('realblur_j', 'realblur_r')
-
-
-def uses_alignment(config) -> bool:
-  """RealBlur's protocol: forced by config.eval.align, or 'auto' on RealBlur data."""
-  if config.eval.align == 'auto':
-    return config.data.name in REALBLUR_DATA or (
-        config.data.name == 'prepared' and config.data.tfds_config in REALBLUR_DATA)
-  return config.eval.align == 'ecc'
-
-
-@functools.partial(jax.jit, static_argnames=('with_lpips',))
-def _table_scores(pred, target, with_lpips: bool):
-  """GoPro/HIDE tables: PSNR, 2-D and 3-D SSIM on uint8 levels, and LPIPS."""
-  scores = {'psnr': metrics.psnr_uint8(pred, target)[0], 'ssim': metrics.ssim(pred, target)[0],
-            'ssim3d': metrics.ssim3d(pred, target)[0]}
-  if with_lpips:
-    scores['lpips'] = lpips.lpips(pred, target)[0]
-  return scores
-
-
-class Scorer:
-  """Full-reference scores of one restored image against its sharp image.
-
-  `labels` names every score it returns; `aligned` says whether it follows
-  RealBlur's protocol, whose scores also carry 'aligned' (False where OpenCV's
-  ECC failed and the identity warp was used).
-  """
-
-  def __init__(self, aligned: bool, with_lpips: bool = True):
-    self.aligned = aligned
-    # LPIPS on the GoPro protocol only: RealBlur's pairs are misaligned by design,
-    # and its protocol scores PSNR/SSIM of the aligned output alone.
-    self.with_lpips = with_lpips and not aligned
-    if aligned:
-      self.labels = {'psnr': metrics.REALBLUR_LABEL, 'ssim': metrics.REALBLUR_LABEL}
-    else:
-      self.labels = {'psnr': metrics.PSNR_UINT8_LABEL, 'ssim': metrics.SSIM_2D_LABEL,
-                     'ssim3d': metrics.SSIM_3D_LABEL}
-      if self.with_lpips:
-        self.labels['lpips'] = lpips.LPIPS_LABEL
-
-  def __call__(self, pred, target) -> dict:
-    """pred, target: HxWx3 float images in [0, 1]."""
-    if self.aligned:
-      scores = realblur.realblur_scores(np.asarray(pred), np.asarray(target))
-    else:
-      scores = _table_scores(jnp.asarray(pred)[None], jnp.asarray(target)[None],
-                             self.with_lpips)
-    return {k: (bool(v) if k == 'aligned' else float(v)) for k, v in scores.items()}
-
-
-class SetScores:
-  """FID and KID of named image sets against the sharp images, accumulated image by image.
-
-  `config.eval.inception_weights`: '' leaves them off (noted once in the log),
-  'fetch' downloads pytorch-fid's weights once into the user's cache, a path
-  reads that file; both fail at start-up, in one line, if the weights cannot
-  be had. The sharp images are the set called 'sharp'.
-  """
-
-  def __init__(self, inception_weights: str):
-    self.params = None
-    self.labels = {}
-    self._stats = {}
-    if not inception_weights:
-      logging.info('FID/KID off: set config.eval.inception_weights to a local %s or to '
-                   "'fetch' to download it", fid.INCEPTION_FILENAME)
-      return
-    self.params = fid.load_inception(None if inception_weights == 'fetch' else inception_weights)
-    self.labels = {'fid': fid.FID_LABEL, 'kid': fid.KID_LABEL}
-
-  @property
-  def enabled(self) -> bool:
-    return self.params is not None
-
-  def fresh(self) -> 'SetScores':
-    """An empty accumulator sharing these loaded weights (one per evaluation)."""
-    other = object.__new__(SetScores)
-    other.params, other.labels, other._stats = self.params, self.labels, {}
-    return other
-
-  def features(self, image) -> np.ndarray:
-    """The Inception features [2048] of one HxWx3 image in [0, 1]."""
-    return np.asarray(fid.inception_features(self.params, jnp.asarray(image)[None]))[0]
-
-  def add(self, name: str, image) -> None:
-    """Adds one HxWx3 image in [0, 1] to the set `name` (nothing when FID/KID are off)."""
-    if self.enabled:
-      self._stats.setdefault(name, fid.FeatureStats()).add(self.features(image))
-
-  def restore_rows(self, rows: dict[str, np.ndarray]) -> None:
-    for name, features in rows.items():
-      stats = self._stats.setdefault(name, fid.FeatureStats())
-      if len(features):
-        stats.add(features)
-
-  def results(self) -> dict[str, dict[str, float]]:
-    """{set: {'fid', 'kid'}} against 'sharp', for sets of 2 images or more."""
-    sharp = self._stats.get('sharp')
-    if not self.enabled or sharp is None or sharp.count < 2:
-      return {}
-    return {name: {'fid': stats.fid(sharp), 'kid': stats.kid(sharp)}
-            for name, stats in self._stats.items() if name != 'sharp' and stats.count >= 2}
-
+from xydiff import config_check, data, images, inference, models, tf_guard
+from xydiff.scoring import Progress, Scorer, SetScores, add_set_scores, summarize, uses_alignment
+from xydiff.scoring import write_report
 
 def _file_stem(name: str) -> str:
   return name.replace('/', '_').replace(os.sep, '_')
-
-
-class Progress:
-  """Per-image progress with an ETA, logged at most every few seconds."""
-
-  def __init__(self, what: str, total: int, every_s: float = 10.0):
-    self.what, self.total, self.every_s = what, total, every_s
-    self.start = self.last = time.time()
-
-  def __call__(self, done: int) -> None:
-    now = time.time()
-    if done < self.total and now - self.last < self.every_s and done != 1:
-      return
-    self.last = now
-    per_image = (now - self.start) / max(done, 1)
-    logging.info('%s: %d/%d images, %.2f s/image, ETA %.0f s', self.what, done, self.total,
-                 per_image, per_image * (self.total - done))
-
-
-def write_report(path_stem: str, summary: dict) -> None:
-  """`<stem>.json` (the whole summary) and `<stem>.csv` (one row per image), each atomic."""
-  rows = []
-  for entry in summary['images']:
-    row = {'name': entry['name']}
-    row.update({k: v for k, v in entry.items() if k.startswith('input_')})
-    for out_name, scores in entry['outputs'].items():
-      row.update({f'{out_name}_{k}': v for k, v in scores.items()})
-    rows.append(row)
-  text = io.StringIO()
-  if rows:
-    writer = csv.DictWriter(text, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-  files.write_atomic(f'{path_stem}.json', json.dumps(summary, indent=1))
-  files.write_atomic(f'{path_stem}.csv', text.getvalue())
-
-
-def summarize(per_image: list[dict], labels: dict, output_names, *, primary: str, split: str,
-              step: int | None, aligned: bool) -> dict:
-  """The report of one evaluation: per-image scores, their means, and what each metric is."""
-  mean = lambda values: float(np.mean(values)) if values else float('nan')
-  summary = {
-      'step': None if step is None else int(step), 'split': split,
-      'num_images': len(per_image), 'metrics': dict(labels), 'primary': primary,
-      'input': {k: mean([e[f'input_{k}'] for e in per_image if f'input_{k}' in e])
-                for k in labels if any(f'input_{k}' in e for e in per_image)},
-      'outputs': {name: {k: mean([e['outputs'][name][k] for e in per_image]) for k in labels}
-                  for name in output_names},
-      'images': per_image,
-  }
-  if aligned:
-    summary['alignment_failures'] = sum(
-        (not e.get('input_aligned', True)) + sum(not o['aligned'] for o in e['outputs'].values())
-        for e in per_image)
-  return summary
-
-
-def add_set_scores(summary: dict, set_scores: SetScores) -> None:
-  """Puts each set's FID/KID beside its per-image means ('input' included), labelled."""
-  results = set_scores.results()
-  if results:
-    summary['metrics'].update(set_scores.labels)
-  for name, scores in results.items():
-    (summary['input'] if name == 'input' else summary['outputs'][name]).update(scores)
 
 
 class Evaluator:

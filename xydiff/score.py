@@ -6,7 +6,7 @@
 Files are paired by name (the stem, so `a.png` scores against `a.jpg`); an
 unpaired file or a size mismatch is an error naming it, since a silently
 skipped image would change every average. Each pair is scored as the
-evaluator scores its own outputs (evaluate.Scorer): the GoPro table protocol
+evaluator scores its own outputs (scoring.Scorer): the GoPro table protocol
 with LPIPS, or with `config.eval.align=ecc` RealBlur's aligned one; FID and
 KID of the whole folder when `config.eval.inception_weights` is set. Writes
 `<workdir>/score.json` and `score.csv` in the evaluation's schema (the output
@@ -20,7 +20,7 @@ import os
 
 from absl import logging
 
-from xydiff import config_check, evaluate, images
+from xydiff import config_check, images, scoring
 from xydiff.data.folders import match_pairs
 from xydiff.errors import DataError
 
@@ -44,9 +44,9 @@ def run(config, workdir: str, restored_dir: str, sharp_dir: str) -> dict:
   config_check.validate(config, 'score')
   pairs = pair_files(restored_dir, sharp_dir)
   os.makedirs(workdir, exist_ok=True)
-  scorer = evaluate.Scorer(config.eval.align == 'ecc', config.eval.lpips)
-  set_scores = evaluate.SetScores(config.eval.inception_weights)
-  progress = evaluate.Progress('score', len(pairs))
+  scorer = scoring.Scorer(config.eval.align == 'ecc', config.eval.lpips)
+  set_scores = scoring.SetScores(config.eval.inception_weights)
+  progress = scoring.Progress('score', len(pairs))
   per_image = []
   for index, (name, restored_path, sharp_path) in enumerate(pairs):
     restored = images.to_float(images.read_image(restored_path))
@@ -60,12 +60,12 @@ def run(config, workdir: str, restored_dir: str, sharp_dir: str) -> dict:
     per_image.append({'name': name, 'psnr': scores['psnr'], 'ssim': scores['ssim'],
                       'outputs': {OUTPUT: scores}})
     progress(index + 1)
-  summary = evaluate.summarize(per_image, scorer.labels, [OUTPUT], primary=OUTPUT,
+  summary = scoring.summarize(per_image, scorer.labels, [OUTPUT], primary=OUTPUT,
                                split=os.path.abspath(sharp_dir), step=None,
                                aligned=scorer.aligned)
-  evaluate.add_set_scores(summary, set_scores)
+  scoring.add_set_scores(summary, set_scores)
   summary['input_dir'] = os.path.abspath(restored_dir)
-  evaluate.write_report(os.path.join(workdir, 'score'), summary)
+  scoring.write_report(os.path.join(workdir, 'score'), summary)
   means = summary['outputs'][OUTPUT]
   logging.info('score: %d images, %s', len(per_image),
                ', '.join(f'{k} {v:.4f}' for k, v in means.items()))

@@ -30,9 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from xydiff import config_check, data, diffusion, files, inference, metrics
-from xydiff.evaluate import Progress, SetScores
-from xydiff.metrics import lpips
+from xydiff import config_check, data, diffusion, files, inference
+from xydiff.scoring import METRICS, Progress, SetScores, metric_names, score
 
 
 def detail_ratio(image, sharp) -> float:
@@ -45,19 +44,10 @@ def detail_ratio(image, sharp) -> float:
   return float(energy(image) / energy(sharp))
 
 
-def _niqe_or_nan(image) -> float:
-  """NIQE, or NaN for an image too small for two 96x96 blocks (reported as null)."""
-  try:
-    return float(metrics.niqe(image)[0])
-  except ValueError:
-    return float('nan')
-
-
-METRIC_LABELS = {'psnr': metrics.PSNR_UINT8_LABEL, 'ssim': metrics.SSIM_2D_LABEL,
-                 'lpips': lpips.LPIPS_LABEL,
+# The metric table's rows the sweep reports, and two of its own.
+METRIC_LABELS = {**{name: METRICS[name].label for name in metric_names('sweep')},
                  'spread': 'mean per-pixel std over the N samples, [0, 1] units',
-                 'detail': 'Laplacian energy of the output / of the sharp image',
-                 'niqe': metrics.NIQE_LABEL}
+                 'detail': 'Laplacian energy of the output / of the sharp image'}
 
 
 def _score_samples(samples, sharp, counts, with_lpips: bool, set_scores, features_path):
@@ -74,13 +64,9 @@ def _score_samples(samples, sharp, counts, with_lpips: bool, set_scores, feature
     mean = samples[:n].mean(axis=0)
     if set_scores.enabled:
       features.append(set_scores.features(mean))
-    scores[str(n)] = {
-        'psnr': float(metrics.psnr_uint8(mean, sharp)[0]),
-        'ssim': float(metrics.ssim(mean, sharp)[0]),
-        'lpips': float(lpips.lpips(mean, sharp)[0]) if with_lpips else float('nan'),
-        'spread': float(samples[:n].std(axis=0).mean()),
-        'detail': detail_ratio(mean, sharp),
-        'niqe': _niqe_or_nan(mean)}
+    scores[str(n)] = {'lpips': float('nan'), **score(metric_names('sweep', with_lpips), mean, sharp),
+                      'spread': float(samples[:n].std(axis=0).mean()),
+                      'detail': detail_ratio(mean, sharp)}
   if features:
     with files.atomic_path(features_path) as tmp:
       with open(tmp, 'wb') as f:

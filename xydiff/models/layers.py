@@ -58,13 +58,22 @@ class Conv(nnx.Module):
   `padding` defaults to symmetric 'same' padding (k // 2 on each side), which
   for odd kernels and any stride matches PyTorch's `padding=k // 2`; that
   symmetry is also what lets a rotated kernel stand in for rotated features.
+  An explicit `padding` (pixels on every side, PyTorch's `padding=p`) is for
+  layers such as NAFNet's 2x2 stride-2 down-convolution (padding 0).
+  `groups` splits the channels as PyTorch's `groups` does (groups=in_features
+  is a depthwise convolution); the kernel is then [k, k, in/groups, out].
   """
 
   def __init__(self, in_features: int, out_features: int, kernel_size: int = 3,
                *, stride: int = 1, use_bias: bool = True,
-               dtype=jnp.float32, zero_init: bool = False, rngs: nnx.Rngs):
-    shape = (kernel_size, kernel_size, in_features, out_features)
-    fan_in = in_features * kernel_size * kernel_size
+               dtype=jnp.float32, zero_init: bool = False, groups: int = 1,
+               padding: int | None = None, rngs: nnx.Rngs):
+    if in_features % groups or out_features % groups:
+      raise ValueError(f'groups={groups} must divide in_features={in_features} and '
+                       f'out_features={out_features}')
+    shape = (kernel_size, kernel_size, in_features // groups, out_features)
+    # PyTorch's fan_in of a grouped convolution: in/groups * k * k.
+    fan_in = in_features // groups * kernel_size * kernel_size
     init = nnx.initializers.zeros_init() if zero_init else _KERNEL_INIT
     self.kernel = nnx.Param(init(rngs.params(), shape, jnp.float32))
     if use_bias:
@@ -73,7 +82,8 @@ class Conv(nnx.Module):
     else:
       self.bias = None
     self.stride = stride
-    self.pad = kernel_size // 2
+    self.pad = kernel_size // 2 if padding is None else padding
+    self.groups = groups
     self.dtype = dtype
 
   def __call__(self, x: jax.Array, rotation: int = 0) -> jax.Array:
@@ -84,7 +94,7 @@ class Conv(nnx.Module):
         x.astype(self.dtype), kernel.astype(self.dtype),
         window_strides=(self.stride, self.stride),
         padding=((self.pad, self.pad), (self.pad, self.pad)),
-        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+        dimension_numbers=('NHWC', 'HWIO', 'NHWC'), feature_group_count=self.groups)
     if self.bias is not None:
       y = _add_bias(y, self.bias[...], self.dtype)
     return y

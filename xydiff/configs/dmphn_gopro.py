@@ -1,0 +1,69 @@
+"""DMPHN (Zhang et al., CVPR 2019), its authors' PyTorch recipe on GoPro.
+
+From github.com/HongguangZhang/DMPHN-cvpr19-master, DMPHN_1_2_4.py and
+DMPHN_1_2_4_8.py (argparse defaults): MSE on the level-1 output; one Adam
+(lr 1e-4, betas 0.9/0.999, no weight decay) per network, which is one Adam
+over all of them; StepLR(step_size=1000 epochs, gamma=0.1); batch 2 of random
+256x256 crops with no flips or rotations (datasets.GoProDataset, crop=True
+only); 2400 epochs for DMPHN(1-2-4), 4000 for DMPHN(1-2-4-8). The DataLoader
+keeps the last incomplete batch, so an epoch of GoPro's 2103 pairs is 1052 steps.
+
+The default ('') is DMPHN(1-2-4), the model the authors call DMPHN_1_2_4 and
+the first checkpoint they publish; '1_2_4_8' is XYDeblur's Table 2 baseline,
+and '1_2_4_8_xy', '1_2_4_8_channel', '1_2_4_8_layer' its other DMPHN rows
+(trained, like that baseline, with the 1-2-4-8 recipe).
+
+xydiff's 'step' schedule halves the rate; the authors' gamma is 0.1. Each
+tenfold drop is taken as three halvings on consecutive steps (x0.125), the
+closest that train.lr_halve_steps can say.
+
+  python launch.py --config=dmphn_gopro --workdir=DIR --config.data.root=/path/to/GOPRO_Large
+  python launch.py --config=dmphn_gopro:1_2_4_8 ...   # or :1_2_4_8_xy, _channel, _layer
+"""
+
+from xydiff.configs import default
+
+PAIRS = 2103
+BATCH = 2
+STEPS_PER_EPOCH = -(-PAIRS // BATCH)  # DataLoader(drop_last=False): 1052.
+EPOCHS = {3: 2400, 4: 4000}  # By number of levels: DMPHN_1_2_4.py, DMPHN_1_2_4_8.py.
+TEST_EVERY_EPOCHS = {3: 200, 4: 100}  # How often the authors' scripts test on GoPro.
+DECAY_EVERY_EPOCHS = 1000  # StepLR(step_size=1000, gamma=0.1).
+HALVINGS_PER_DECAY = 3  # 0.5 ** 3 = 0.125 for the authors' 0.1.
+
+
+def get_config(variant: str = ''):
+  config = default.get_config()
+  config.model.name = 'dmphn'
+  from xydiff import models  # pylint: disable=import-outside-toplevel
+  table = models.family('dmphn').variants
+  name = 'dmphn_1_2_4' if not variant else (
+      variant if variant.startswith('dmphn') else f'dmphn_{variant}')
+  if name not in table:
+    raise ValueError(f'xydiff/configs/dmphn_gopro.py takes one of {", ".join(sorted(table))} '
+                     f'(or without the prefix), not {variant!r}')
+  config.model.dmphn.update(dict(table[name].section))
+  levels = config.model.dmphn.levels
+  epochs = EPOCHS.get(levels, EPOCHS[4])
+
+  config.data.name = 'folder'
+  config.data.crop = 256
+  config.data.flip = False
+  config.data.rot90 = False
+  config.train.batch_size = BATCH
+  config.train.num_steps = epochs * STEPS_PER_EPOCH  # 2,524,800 (1-2-4); 4,208,000 (1-2-4-8).
+  config.train.lr = 1e-4
+  config.train.lr_schedule = 'step'
+  config.train.lr_halve_steps = tuple(
+      e * STEPS_PER_EPOCH + i for e in range(DECAY_EVERY_EPOCHS, epochs, DECAY_EVERY_EPOCHS)
+      for i in range(HALVINGS_PER_DECAY))
+  config.train.optimizer = 'adam'
+  config.train.adam_betas = (0.9, 0.999)
+  config.train.weight_decay = 0.0
+  config.train.warmup_steps = 0
+  config.train.grad_clip = 0.0
+  config.train.ema_rate = 0.0
+  # The authors overwrite their checkpoint every epoch; every 10 here.
+  config.train.checkpoint_every = 10 * STEPS_PER_EPOCH
+  config.train.eval_every = TEST_EVERY_EPOCHS.get(levels, TEST_EVERY_EPOCHS[4]) * STEPS_PER_EPOCH
+  return config

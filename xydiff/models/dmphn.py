@@ -1,0 +1,396 @@
+"""DMPHN (Zhang et al., CVPR 2019): the deep multi-patch hierarchical network.
+
+Layer for layer the authors' PyTorch network (github.com/HongguangZhang/
+DMPHN-cvpr19-master: `Encoder` and `Decoder` in models.py, wired as in
+DMPHN_1_2_4_test.py and DMPHN_1_2_4_8_test.py). Each level k of the
+hierarchy has its own Encoder/Decoder pair (1,808,131 parameters at the
+authors' width 32): DMPHN(1-2-4) has 3 levels (5,424,393 parameters),
+DMPHN(1-2-4-8) 4 (7,232,524).
+
+How the levels are wired (the official scripts, with H and W exact multiples):
+- Level 1 sees the whole image, level 2 its top and bottom halves, level 3
+  each half's left and right quarter, level 4 each quarter's top and bottom
+  eighth (splits at H/2, then W/2, then H/4).
+- The coarsest level encodes its patches as they are; every other level
+  encodes its patches plus the residual that the next coarser level decoded
+  for them.
+- A level's encoder outputs are joined back in pairs (along the axis its
+  patches were split on) before its decoder runs, so level k decodes the
+  patches of level k-1 (level 1 the whole image): level 3's features of the
+  two quarters of a half are decoded as one map.
+- The coarser level's joined features are added to this level's before
+  decoding, and the sum is passed on (joined once more) to the next finer level.
+- The level-1 decoder's output is the image (minus 0.5), not a residual.
+Values: the official code feeds RGB in [0, 1] minus 0.5 and adds 0.5 to the
+level-1 output, unclamped; this module does the same, so 'restored' equals
+what DMPHN_1_2_4_test.py computes before torchvision's save clamps it.
+Padding: the official code has none (every patch must be a multiple of 4,
+the encoder's downsampling); here H and W are reflect-padded to the multiples
+the splits need (8 and 8 for 3 levels; 16 and 8 for 4 levels) and cropped
+back, so images the official code accepts go through unchanged.
+
+The XY transform (xy.py) cuts each level's network between its Encoder and
+its Decoder: the whole Decoder (ResBlocks, both up-convolutions and the
+output conv) runs `decoders` times on that level's features, turned by i
+quarter turns, and the outputs are summed. This cut is the authors' own
+module boundary and the one that reproduces XYDeblur's Table 2: counting MACs
+at 1280x720 as that table does (transposed convolutions at 4x their true
+cost, which reproduces its baseline, 1100.18 G, to 0.3%), the decoders are
+176,992 of the 297,664 MACs per pixel of a level, so doubling every level's
+decoder costs 1.5946x the baseline; the table's XY/baseline ratio is
+1754.07 / 1100.18 = 1.5943. Since a level's decoder runs on patches, the
+rotation turns each patch's features about that patch's own centre, which is
+what rotating kernels computes. `decoders=1` is the untransformed network.
+
+Table 2's wider and deeper baselines are `width` and `num_res` (variants
+'dmphn_1_2_4_8_channel' and 'dmphn_1_2_4_8_layer').
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from xydiff.models import spec as spec_lib, xy
+from xydiff.models.layers import Conv, ConvTranspose
+
+# The axis (1: H, 2: W of NHWC) on which level k+1's patches are cut from
+# level k's, for k = 1, 2, 3 (DMPHN_1_2_4_8.py: H/2, then W/2, then H/4).
+SPLIT_AXES = (1, 2, 1)
+MAX_LEVELS = len(SPLIT_AXES) + 1
+# The encoder halves H and W twice; every patch must survive that exactly.
+_ENCODER_STRIDE = 4
+
+
+class ResBlock(nnx.Module):
+  """x + conv(relu(conv(x))): the official `layerN = Sequential(conv, ReLU, conv)` plus x."""
+
+  def __init__(self, features: int, *, dtype, rngs: nnx.Rngs):
+    self.conv1 = Conv(features, features, 3, dtype=dtype, rngs=rngs)
+    self.conv2 = Conv(features, features, 3, dtype=dtype, rngs=rngs)
+
+  def __call__(self, x, rotation: int = 0):
+    return x + self.conv2(jax.nn.relu(self.conv1(x, rotation)), rotation)
+
+
+class ResStack(nnx.Module):
+
+  def __init__(self, features: int, num_blocks: int, *, dtype, rngs: nnx.Rngs):
+    self.blocks = nnx.List([ResBlock(features, dtype=dtype, rngs=rngs)
+                            for _ in range(num_blocks)])
+
+  def __call__(self, x, rotation: int = 0):
+    for block in self.blocks:
+      x = block(x, rotation)
+    return x
+
+
+class Encoder(nnx.Module):
+  """models.Encoder: conv, ResBlocks, stride-2 conv, ResBlocks, stride-2 conv, ResBlocks.
+
+  No activation outside the ResBlocks (the official stem and down convs have none).
+  """
+
+  def __init__(self, width: int, num_res: int, *, dtype, rngs: nnx.Rngs):
+    self.stem = Conv(3, width, 3, dtype=dtype, rngs=rngs)
+    self.res1 = ResStack(width, num_res, dtype=dtype, rngs=rngs)
+    self.down2 = Conv(width, 2 * width, 3, stride=2, dtype=dtype, rngs=rngs)
+    self.res2 = ResStack(2 * width, num_res, dtype=dtype, rngs=rngs)
+    self.down3 = Conv(2 * width, 4 * width, 3, stride=2, dtype=dtype, rngs=rngs)
+    self.res3 = ResStack(4 * width, num_res, dtype=dtype, rngs=rngs)
+
+  def __call__(self, x):
+    x = self.res1(self.stem(x))
+    x = self.res2(self.down2(x))
+    return self.res3(self.down3(x))
+
+
+class Decoder(nnx.Module):
+  """models.Decoder: ResBlocks and a 4x4 stride-2 up-convolution twice, ResBlocks, 3x3 to RGB.
+
+  Every layer takes `rotation` (quarter turns of its kernel), for the XY transform.
+  """
+
+  def __init__(self, width: int, num_res: int, *, dtype, upsample_impl: str, rngs: nnx.Rngs):
+    self.res1 = ResStack(4 * width, num_res, dtype=dtype, rngs=rngs)
+    self.up1 = ConvTranspose(4 * width, 2 * width, dtype=dtype, impl=upsample_impl, rngs=rngs)
+    self.res2 = ResStack(2 * width, num_res, dtype=dtype, rngs=rngs)
+    self.up2 = ConvTranspose(2 * width, width, dtype=dtype, impl=upsample_impl, rngs=rngs)
+    self.res3 = ResStack(width, num_res, dtype=dtype, rngs=rngs)
+    self.out = Conv(width, 3, 3, dtype=dtype, rngs=rngs)
+
+  def __call__(self, x, rotation: int = 0):
+    x = self.up1(self.res1(x, rotation), rotation)
+    x = self.up2(self.res2(x, rotation), rotation)
+    return self.out(self.res3(x, rotation), rotation)
+
+
+class Level(nnx.Module):
+  """One level of the hierarchy: the official encoder_lv{k} and decoder_lv{k}."""
+
+  def __init__(self, width: int, num_res: int, decoders: int, share: str, *, dtype,
+               upsample_impl: str, rngs: nnx.Rngs):
+    self.encoder = Encoder(width, num_res, dtype=dtype, rngs=rngs)
+    self.decoder = xy.make_decoders(
+        lambda r: Decoder(width, num_res, dtype=dtype, upsample_impl=upsample_impl, rngs=r),
+        decoders, share, rngs)
+
+
+def size_multiples(levels: int) -> tuple[int, int]:
+  """(H, W) multiples that make every patch of every level a multiple of the encoder's stride."""
+  axes = SPLIT_AXES[:levels - 1]
+  return (_ENCODER_STRIDE * 2 ** axes.count(1), _ENCODER_STRIDE * 2 ** axes.count(2))
+
+
+def _split(x: jax.Array, axis: int, batch: int) -> jax.Array:
+  """Patches [P*N, H, W, C] (patch-major) -> [2P*N, ...]: each patch cut in two along `axis`.
+
+  The two halves of patch p become patches 2p and 2p+1, first half first.
+  """
+  pn, h, w, c = x.shape
+  p = pn // batch
+  if axis == 1:
+    x = x.reshape(p, batch, 2, h // 2, w, c).transpose(0, 2, 1, 3, 4, 5)
+    return x.reshape(2 * p * batch, h // 2, w, c)
+  x = x.reshape(p, batch, h, 2, w // 2, c).transpose(0, 3, 1, 2, 4, 5)
+  return x.reshape(2 * p * batch, h, w // 2, c)
+
+
+def _join(x: jax.Array, axis: int, batch: int) -> jax.Array:
+  """The inverse of _split: patches 2p and 2p+1 concatenated along `axis` (torch.cat)."""
+  pn, h, w, c = x.shape
+  p = pn // (2 * batch)
+  x = x.reshape(p, 2, batch, h, w, c)
+  if axis == 1:
+    return x.transpose(0, 2, 1, 3, 4, 5).reshape(p * batch, 2 * h, w, c)
+  return x.transpose(0, 2, 3, 1, 4, 5).reshape(p * batch, h, 2 * w, c)
+
+
+def _reflect_pad(x: jax.Array, multiple_h: int, multiple_w: int) -> jax.Array:
+  h, w = x.shape[1], x.shape[2]
+  ph, pw = (-h) % multiple_h, (-w) % multiple_w
+  if ph >= h or pw >= w:
+    raise ValueError(f'image of {h}x{w} pixels is too small: DMPHN needs at least '
+                     f'{multiple_h // 2 + 1}x{multiple_w // 2 + 1}')
+  if ph or pw:
+    x = jnp.pad(x, ((0, 0), (0, ph), (0, pw), (0, 0)), mode='reflect')
+  return x
+
+
+class DMPHN(nnx.Module):
+  """Restores a batch of blurry NHWC images in [0, 1].
+
+  Returns {'restored': the level-1 output + 0.5 (float32, unclamped),
+  'decoder_outputs': the level-1 decoders' outputs one by one, on the
+  authors' scale (image - 0.5; they sum to restored - 0.5)}.
+  """
+
+  def __init__(self, *, levels: int = 3, width: int = 32, num_res: int = 2, decoders: int = 1,
+               share: str = 'rotate', dtype=jnp.float32, upsample_impl: str = 'auto',
+               rngs: nnx.Rngs):
+    if not 1 <= levels <= MAX_LEVELS:
+      raise ValueError(f'levels must be in 1..{MAX_LEVELS}, got {levels!r}')
+    # levels[0] is the official *_lv1 (whole image), levels[-1] the finest patches.
+    self.levels = nnx.List([
+        Level(width, num_res, decoders, share, dtype=dtype, upsample_impl=upsample_impl,
+              rngs=rngs) for _ in range(levels)])
+    self.decoders = decoders
+    self.multiples = size_multiples(levels)
+
+  def __call__(self, x: jax.Array) -> dict[str, jax.Array]:
+    batch, h, w = x.shape[0], x.shape[1], x.shape[2]
+    image = _reflect_pad(x.astype(jnp.float32), *self.multiples) - 0.5
+    # patches[k]: level k+1's patches, patch-major [2^k * N, ...].
+    patches = [image]
+    for axis in SPLIT_AXES[:len(self.levels) - 1]:
+      patches.append(_split(patches[-1], axis, batch))
+
+    residual = coarser = outputs = None
+    for k in reversed(range(len(self.levels))):
+      level = self.levels[k]
+      inputs = patches[k] if residual is None else patches[k] + residual
+      features = level.encoder(inputs)
+      if k > 0:  # Decoded on the patches of level k-1 (official torch.cat of pairs).
+        features = _join(features, SPLIT_AXES[k - 1], batch)
+      if coarser is not None:
+        features = features + coarser
+      outputs = xy.run_decoders(level.decoder, self.decoders, features)
+      residual = outputs[0]
+      for extra in outputs[1:]:
+        residual = residual + extra
+      # The features as the next finer level will add them (its own decoding layout).
+      coarser = _join(features, SPLIT_AXES[k - 2], batch) if k > 1 else features
+
+    restored = residual.astype(jnp.float32)[:, :h, :w] + 0.5
+    return {'restored': restored,
+            'decoder_outputs': tuple(o.astype(jnp.float32)[:, :h, :w] for o in outputs)}
+
+
+# ------------------------------------------------------------------ the family's spec
+
+def _defaults():
+  return {'dmphn': dict(
+      # Levels of the patch hierarchy: 3 is DMPHN(1-2-4), the authors' DMPHN_1_2_4
+      # (5.42M parameters); 4 is DMPHN(1-2-4-8) (7.23M), XYDeblur's Table 2 baseline.
+      levels=3,
+      # Channels at full resolution, doubled at 1/2 and 1/4 (the authors': 32).
+      width=32,
+      # ResBlocks in each of the 3 encoder and 3 decoder stages (the authors': 2).
+      num_res=2,
+      # The XY transform (xy.py) of each level's Decoder: 1 (plain), 2 (XY), 4.
+      decoders=1,
+      # 'rotate': the decoders share weights, turned by quarter turns (XYDeblur);
+      # 'none': independent decoders (U-Net^2D).
+      share='rotate',
+  )}
+
+
+def _build(model_config, rngs):
+  section = model_config.dmphn
+  return DMPHN(levels=section.levels, width=section.width, num_res=section.num_res,
+               decoders=section.decoders, share=section.share,
+               dtype=jnp.dtype(model_config.dtype), upsample_impl=model_config.upsample_impl,
+               rngs=rngs)
+
+
+def _size_multiple(model_config) -> int:
+  return max(size_multiples(model_config.dmphn.levels))  # Both are powers of two.
+
+
+def _validate(model_config):
+  section = model_config.dmphn
+  levels = section.levels
+  spec_lib.require(isinstance(levels, int) and not isinstance(levels, bool) and
+                   1 <= levels <= MAX_LEVELS, 'model.dmphn.levels',
+                   f'must be an integer in 1..{MAX_LEVELS} (3: DMPHN(1-2-4), 4: DMPHN(1-2-4-8))',
+                   levels)
+  for field in ('width', 'num_res'):
+    spec_lib.require_positive_int(section[field], f'model.dmphn.{field}')
+  xy.check_section(section, 'model.dmphn')
+
+
+def mse_loss(model, batch, key):
+  """The authors' loss (DMPHN_1_2_4.py): MSE of the level-1 output against the sharp image.
+
+  Their `nn.MSELoss()(deblur_image, gt - 0.5)` is the same number on the [0, 1] scale.
+  """
+  del key
+  restored = model(batch['blur'])['restored']
+  mse = jnp.mean(jnp.square(restored - batch['sharp']))
+  return mse, {'mse': mse}
+
+
+# ------------------------------------------------------------------ the authors' checkpoints
+
+# models.py numbers its layers as AutoEncoder does, which has three ResBlocks
+# per stage; Encoder and Decoder keep two of them and skip the third number
+# (4, 8, 12, 15, 19, 23). Per stage: (the entry conv's number or None, the
+# ResBlocks' first number).
+_ENCODER_LAYERS = (('stem', 1, 'res1', 2), ('down2', 5, 'res2', 6), ('down3', 9, 'res3', 10))
+_DECODER_LAYERS = (('res1', 13, 'up1', 16), ('res2', 17, 'up2', 20), ('res3', 21, 'out', 24))
+_SLOTS = 3  # ResBlock numbers per stage in that scheme.
+_FILES = ('encoder', 'decoder')
+
+
+def official_keys(model_config) -> dict[str, tuple]:
+  """{'<encoder|decoder>_lv<k>.<state-dict key>': (xydiff param path, layout)}.
+
+  The authors save one state dict per network (torch.save(encoder_lv1.state_dict(), ...)),
+  30 tensors each. Deeper sections (num_res 1 or 3) keep the same numbering scheme.
+  """
+  from xydiff.errors import CheckpointImportError  # pylint: disable=import-outside-toplevel
+  section = model_config.dmphn
+  if section.num_res > _SLOTS:
+    raise CheckpointImportError(
+        f'config.model.dmphn.num_res={section.num_res}: the authors\' layer numbering has room '
+        f'for at most {_SLOTS} ResBlocks per stage')
+  if section.share == 'none' and section.decoders > 1:
+    raise CheckpointImportError(
+        f"config.model.dmphn.share='none' with decoders={section.decoders}: the authors' "
+        'checkpoints hold one decoder per level')
+  table = {}
+
+  def conv(key, path):
+    table[f'{key}.weight'] = (path + ('kernel',), spec_lib.conv_layout)
+    table[f'{key}.bias'] = (path + ('bias',), spec_lib.as_is)
+
+  def res_stack(prefix, first, path):
+    for i in range(section.num_res):
+      conv(f'{prefix}.layer{first + i}.0', path + ('blocks', i, 'conv1'))
+      conv(f'{prefix}.layer{first + i}.2', path + ('blocks', i, 'conv2'))
+
+  for k in range(section.levels):
+    encoder, decoder = f'encoder_lv{k + 1}', f'decoder_lv{k + 1}'
+    enc_path, dec_path = ('levels', k, 'encoder'), ('levels', k, 'decoder')
+    for entry, entry_layer, stack, first in _ENCODER_LAYERS:
+      conv(f'{encoder}.layer{entry_layer}', enc_path + (entry,))
+      res_stack(encoder, first, enc_path + (stack,))
+    for stack, first, exit_, exit_layer in _DECODER_LAYERS:
+      res_stack(decoder, first, dec_path + (stack,))
+      conv(f'{decoder}.layer{exit_layer}', dec_path + (exit_,))
+  return table
+
+
+def read_official(path: str) -> dict:
+  """The authors' checkpoint folder (e.g. checkpoints/DMPHN_1_2_4/) as one flat dict.
+
+  Every `{encoder,decoder}_lv<k>.pkl` there (plain state dicts, torch.save's
+  legacy or zip format) contributes its tensors as '<file stem>.<key>'.
+  """
+  from xydiff.errors import CheckpointImportError  # pylint: disable=import-outside-toplevel
+  if not os.path.isdir(path):
+    if os.path.exists(path):
+      raise CheckpointImportError(
+          f'{path} is a file: DMPHN weights are a folder of encoder_lv<k>.pkl and '
+          'decoder_lv<k>.pkl files (e.g. checkpoints/DMPHN_1_2_4/)')
+    raise FileNotFoundError(f'checkpoint folder {path} does not exist')
+  names = sorted(f'{stem}_lv{k}' for stem in _FILES for k in range(1, 10)
+                 if os.path.isfile(os.path.join(path, f'{stem}_lv{k}.pkl')))
+  if not names:
+    raise CheckpointImportError(
+        f'{path} holds no encoder_lv<k>.pkl or decoder_lv<k>.pkl files (the authors\' layout)')
+  state_dict = {}
+  for name in names:
+    for key, value in spec_lib.read_torch_state_dict(os.path.join(path, f'{name}.pkl')).items():
+      state_dict[f'{name}.{key}'] = value
+  return state_dict
+
+
+_ABOUT = ('DMPHN (Zhang et al., CVPR 2019): github.com/HongguangZhang/DMPHN-cvpr19-master')
+
+SPEC = spec_lib.ModelSpec(
+    name='dmphn',
+    defaults=_defaults,
+    build=_build,
+    size_multiple=_size_multiple,
+    validate=_validate,
+    output_fields=lambda model_config: ('model.dmphn',),
+    make_loss=lambda config: mse_loss,
+    # The patch seams sit at fractions of the image's size, so a tile is split
+    # where the whole image is not: tiles cannot reproduce the whole image.
+    tile_safe=lambda model_config: False,
+    variants={
+        'dmphn_1_2_4': spec_lib.Variant(
+            'dmphn', 'dmphn_gopro', {'levels': 3},
+            about=f'DMPHN(1-2-4), 5,424,393 parameters; {_ABOUT}'),
+        'dmphn_1_2_4_8': spec_lib.Variant(
+            'dmphn', 'dmphn_gopro', {'levels': 4},
+            about=f'DMPHN(1-2-4-8), 7,232,524 parameters (XYDeblur Table 2 baseline); {_ABOUT}'),
+        'dmphn_1_2_4_8_xy': spec_lib.Variant(
+            'dmphn', 'dmphn_gopro', {'levels': 4, 'decoders': 2, 'share': 'rotate'},
+            about='XYDeblur Table 2 "XY" DMPHN: every level\'s decoder run twice, the second '
+                  'time turned 90 degrees; 7,232,524 parameters'),
+        'dmphn_1_2_4_8_channel': spec_lib.Variant(
+            'dmphn', 'dmphn_gopro', {'levels': 4, 'width': 52},
+            about='XYDeblur Table 2 "Channel" DMPHN: width 52, 19,082,764 parameters '
+                  '(table: 18.63M)'),
+        'dmphn_1_2_4_8_layer': spec_lib.Variant(
+            'dmphn', 'dmphn_gopro', {'levels': 4, 'num_res': 3},
+            about='XYDeblur Table 2 "Layer" DMPHN: 3 ResBlocks a stage, 10,332,684 parameters '
+                  '(table: 10.33M)'),
+    },
+    official=spec_lib.OfficialWeights(read=read_official, key_map=official_keys),
+)

@@ -1,0 +1,399 @@
+"""NAFNet (Chen et al., ECCV 2022, "Simple Baselines for Image Restoration").
+
+Layer for layer the official PyTorch network of megvii-research/NAFNet:
+basicsr/models/archs/NAFNet_arch.py (NAFBlock, NAFNet, NAFNetLocal),
+arch_util.py (LayerNorm2d) and local_arch.py (TLC's AvgPool2d). The GoPro
+models have 4 levels with [1, 1, 1, 28] encoder blocks, 1 middle block and
+[1, 1, 1, 1] decoder blocks: 67,888,835 parameters at width 64, 17,111,907
+at width 32. Images are RGB in [0, 1]; the network zero-pads the bottom and
+right to a multiple of 2**levels (check_image_size), adds the padded input
+to its output and crops; the output is left unclamped, as the official
+forward leaves it (the test script clamps and rounds only to save).
+
+TLC (test-time local converter; Chu et al., "Revisiting Global Statistics
+Aggregation for Improving Image Restoration"): NAFNetLocal, which the
+authors' GoPro configs train and test with, replaces each block's global
+average pool (the simplified channel attention's) by a box mean over a window
+fixed by one pass at the training size: 1.5x the feature map that a
+`train_size` image gives at the block's level (384 image pixels for 256-pixel
+training crops). A feature map no larger than its window in both directions
+is pooled globally, so NAFNetLocal equals NAFNet on images up to 384x384;
+larger ones get a box mean ('valid' positions, the rest replicate-padded, as
+AvgPool2d with auto_pad and without fast_imp). `tlc_train_size=0` is the
+plain global pool. With global pooling a tile sees other statistics than the
+whole image, hence `tile_safe` only with TLC and `for_tiles` turning it on.
+
+XY cut: the encoder is `intro`, the `encoders`/`downs` and the `middle_blks`
+(the bottleneck, shared); the decoder is what the official forward runs after
+it: each level's `ups` (1x1 conv + pixel shuffle), the skip addition, the
+level's `decoders` blocks, and `ending`. That is the official code's own
+decoder loop, and it mirrors XYDeblur's cut after the encoder's last scale.
+Each decoder returns a residual; restored = padded input + the residuals.
+Rotated decoders turn every 3x3 kernel (the depthwise convs, `ending`); the
+1x1 convs are unchanged by turning; the pixel shuffle and the TLC box mean
+(asymmetric replicate padding) run in the feature-rotation form
+(layers.rotated_call); the global mean is rotation-invariant. The decoder is
+light (4 blocks of 32): at 1280x720 and width 64 the XY network costs about
+1.28x the baseline's MACs (tests/test_nafnet.py computes the ratio).
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from xydiff.models import spec as spec_lib, xy
+from xydiff.models.layers import Conv, rotated_call
+
+# The GoPro training crop (gt_size in options/train/GoPro/NAFNet-width*.yml):
+# NAFNetLocal's train_size, and what `for_tiles` turns TLC on with.
+AUTHORS_TRAIN_SIZE = 256
+
+
+def tlc_windows(train_size: int, levels: int) -> tuple[int | None, ...]:
+  """The box-mean window (feature pixels) of a block at each level 0..levels; None: global.
+
+  NAFNetLocal fixes each AvgPool2d's kernel on a forward pass of a
+  train_size x train_size image, which check_image_size first pads to a
+  multiple of 2**levels: kernel = feature size * int(1.5 * train_size) // train_size.
+  """
+  if not train_size:
+    return (None,) * (levels + 1)
+  multiple = 2 ** levels
+  padded = -(-train_size // multiple) * multiple
+  base = int(train_size * 1.5)
+  return tuple((padded >> level) * base // train_size for level in range(levels + 1))
+
+
+def local_mean(x: jax.Array, window: int | None) -> jax.Array:
+  """NHWC mean over the whole image (window None or >= both sides) or over a window.
+
+  The windowed form is local_arch.AvgPool2d (fast_imp=False, auto_pad=True):
+  a summed-area table over the 'valid' positions of a min(h, window) x
+  min(w, window) box, replicate-padded back to h x w with the odd pixel at
+  the bottom/right. Computed in float32: the table's differences cancel.
+  """
+  _, h, w, _ = x.shape
+  x = x.astype(jnp.float32)
+  if window is None or (window >= h and window >= w):
+    return jnp.mean(x, axis=(1, 2), keepdims=True)
+  k1, k2 = min(h, window), min(w, window)
+  table = jnp.cumsum(jnp.cumsum(x, axis=2), axis=1)
+  table = jnp.pad(table, ((0, 0), (1, 0), (1, 0), (0, 0)))
+  out = (table[:, k1:, k2:] + table[:, :-k1, :-k2] - table[:, :-k1, k2:]
+         - table[:, k1:, :-k2]) / (k1 * k2)
+  dh, dw = h - out.shape[1], w - out.shape[2]
+  return jnp.pad(out, ((0, 0), (dh // 2, (dh + 1) // 2), (dw // 2, (dw + 1) // 2), (0, 0)),
+                 mode='edge')
+
+
+def pixel_shuffle(x: jax.Array, factor: int = 2) -> jax.Array:
+  """torch.nn.PixelShuffle on NHWC: channel c*f*f + i*f + j goes to (f*y + i, f*x + j)."""
+  n, h, w, c = x.shape
+  out = c // (factor * factor)
+  x = x.reshape(n, h, w, out, factor, factor).transpose(0, 1, 4, 2, 5, 3)
+  return x.reshape(n, h * factor, w * factor, out)
+
+
+class LayerNorm2d(nnx.Module):
+  """arch_util.LayerNorm2d: each pixel normalised over its channels (eps 1e-6), then affine."""
+
+  def __init__(self, channels: int, *, dtype, eps: float = 1e-6):
+    self.scale = nnx.Param(jnp.ones((channels,)))
+    self.bias = nnx.Param(jnp.zeros((channels,)))
+    self.eps = eps
+    self.dtype = dtype
+
+  def __call__(self, x):
+    x = x.astype(jnp.float32)  # Statistics in float32 whatever the activation dtype.
+    mu = jnp.mean(x, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(x - mu), axis=-1, keepdims=True)
+    y = (x - mu) / jnp.sqrt(var + self.eps)
+    return (self.scale[...] * y + self.bias[...]).astype(self.dtype)
+
+
+def simple_gate(x):
+  """SimpleGate: the first half of the channels times the second."""
+  first, second = jnp.split(x, 2, axis=-1)
+  return first * second
+
+
+class NAFBlock(nnx.Module):
+  """NAFBlock with DW_Expand = FFN_Expand = 2 and no dropout, as every GoPro model.
+
+  `pool_window`: the simplified channel attention's pooling (local_mean).
+  beta and gamma start at zero, as in the official code: a fresh block is
+  the identity.
+  """
+
+  def __init__(self, channels: int, *, pool_window: int | None, dtype, rngs: nnx.Rngs):
+    hidden = 2 * channels  # dw_channel and ffn_channel.
+    self.norm1 = LayerNorm2d(channels, dtype=dtype)
+    self.conv1 = Conv(channels, hidden, 1, dtype=dtype, rngs=rngs)
+    self.conv2 = Conv(hidden, hidden, 3, groups=hidden, dtype=dtype, rngs=rngs)
+    self.sca = Conv(hidden // 2, hidden // 2, 1, dtype=dtype, rngs=rngs)
+    self.conv3 = Conv(hidden // 2, channels, 1, dtype=dtype, rngs=rngs)
+    self.norm2 = LayerNorm2d(channels, dtype=dtype)
+    self.conv4 = Conv(channels, hidden, 1, dtype=dtype, rngs=rngs)
+    self.conv5 = Conv(hidden // 2, channels, 1, dtype=dtype, rngs=rngs)
+    self.beta = nnx.Param(jnp.zeros((channels,)))
+    self.gamma = nnx.Param(jnp.zeros((channels,)))
+    self.pool_window = pool_window
+    self.dtype = dtype
+
+  def _pool(self, x, rotation):
+    pool = lambda t: local_mean(t, self.pool_window).astype(self.dtype)
+    if self.pool_window is None:  # A global mean is the same for turned features.
+      return pool(x)
+    return rotated_call(pool, x, rotation)
+
+  def __call__(self, inp, rotation: int = 0):
+    x = self.conv1(self.norm1(inp), rotation)
+    x = simple_gate(self.conv2(x, rotation))
+    x = x * self.sca(self._pool(x, rotation), rotation)
+    x = self.conv3(x, rotation)
+    y = inp + x * self.beta[...].astype(self.dtype)
+    x = self.conv5(simple_gate(self.conv4(self.norm2(y), rotation)), rotation)
+    return y + x * self.gamma[...].astype(self.dtype)
+
+
+def _blocks(count, channels, window, dtype, rngs):
+  return nnx.List([NAFBlock(channels, pool_window=window, dtype=dtype, rngs=rngs)
+                   for _ in range(count)])
+
+
+class Encoder(nnx.Module):
+  """intro, then per level its blocks (kept as the skip) and a 2x2 stride-2 conv; the middle blocks."""
+
+  def __init__(self, channels: int, width: int, enc_blocks, middle_blocks: int, windows, *,
+               dtype, rngs: nnx.Rngs):
+    self.intro = Conv(channels, width, 3, dtype=dtype, rngs=rngs)
+    self.encoders, self.downs = nnx.List(), nnx.List()
+    chan = width
+    for level, count in enumerate(enc_blocks):
+      self.encoders.append(_blocks(count, chan, windows[level], dtype, rngs))
+      self.downs.append(Conv(chan, 2 * chan, 2, stride=2, padding=0, dtype=dtype, rngs=rngs))
+      chan *= 2
+    self.middle_blks = _blocks(middle_blocks, chan, windows[len(enc_blocks)], dtype, rngs)
+
+  def __call__(self, x):
+    x = self.intro(x)
+    skips = []
+    for blocks, down in zip(self.encoders, self.downs):
+      for block in blocks:
+        x = block(x)
+      skips.append(x)
+      x = down(x)
+    for block in self.middle_blks:
+      x = block(x)
+    return x, tuple(skips)
+
+
+class Decoder(nnx.Module):
+  """Per level from the coarsest: 1x1 conv + pixel shuffle, + the skip, the level's blocks; `ending`."""
+
+  def __init__(self, channels: int, width: int, dec_blocks, windows, *, dtype, rngs: nnx.Rngs):
+    self.ups, self.decoders = nnx.List(), nnx.List()
+    levels = len(dec_blocks)
+    chan = width * 2 ** levels
+    for i, count in enumerate(dec_blocks):
+      self.ups.append(Conv(chan, 2 * chan, 1, use_bias=False, dtype=dtype, rngs=rngs))
+      chan //= 2
+      self.decoders.append(_blocks(count, chan, windows[levels - 1 - i], dtype, rngs))
+    self.ending = Conv(width, channels, 3, dtype=dtype, rngs=rngs)
+
+  def __call__(self, x, skips, rotation: int = 0):
+    for up, blocks, skip in zip(self.ups, self.decoders, skips[::-1]):
+      x = rotated_call(pixel_shuffle, up(x, rotation), rotation)
+      x = x + skip
+      for block in blocks:
+        x = block(x, rotation)
+    return self.ending(x, rotation)
+
+
+class NAFNet(nnx.Module):
+  """Restores `x` (NHWC in [0, 1]) as the padded input + the decoders' residuals, cropped.
+
+  Returns {'restored', 'residuals': one [N, H, W, 3] array per decoder}.
+  """
+
+  def __init__(self, *, width: int = 64, enc_blocks=(1, 1, 1, 28), middle_blocks: int = 1,
+               dec_blocks=(1, 1, 1, 1), channels: int = 3, tlc_train_size: int = 0,
+               decoders: int = 1, share: str = 'rotate', dtype=jnp.float32, rngs: nnx.Rngs):
+    if len(enc_blocks) != len(dec_blocks):
+      raise ValueError(f'enc_blocks {enc_blocks} and dec_blocks {dec_blocks} need one entry '
+                       'per level each')
+    levels = len(enc_blocks)
+    windows = tlc_windows(tlc_train_size, levels)
+    self.encoder = Encoder(channels, width, enc_blocks, middle_blocks, windows, dtype=dtype,
+                           rngs=rngs)
+    self.decoder = xy.make_decoders(
+        lambda r: Decoder(channels, width, dec_blocks, windows, dtype=dtype, rngs=r),
+        decoders, share, rngs)
+    self.decoders = decoders
+    self.size_multiple = 2 ** levels  # The official padder_size.
+
+  def __call__(self, x: jax.Array) -> dict[str, jax.Array]:
+    h, w = x.shape[1], x.shape[2]
+    # check_image_size: zeros at the bottom and right, up to the padder size.
+    padded = jnp.pad(x, ((0, 0), (0, (-h) % self.size_multiple),
+                         (0, (-w) % self.size_multiple), (0, 0)))
+    bottleneck, skips = self.encoder(padded)
+    residuals = [r.astype(jnp.float32) for r in
+                 xy.run_decoders(self.decoder, self.decoders, bottleneck, skips)]
+    restored = padded
+    for r in residuals:  # The official `ending(x) + inp` for one decoder.
+      restored = restored + r
+    return {'restored': restored[:, :h, :w],
+            'residuals': tuple(r[:, :h, :w] for r in residuals)}
+
+
+# ------------------------------------------------------------------ the family's spec
+
+def _build(model_config, rngs):
+  # No transposed convolutions: model_config.upsample_impl has nothing to choose here.
+  section = model_config.nafnet
+  return NAFNet(width=section.width, enc_blocks=tuple(section.enc_blocks),
+                middle_blocks=section.middle_blocks, dec_blocks=tuple(section.dec_blocks),
+                tlc_train_size=section.tlc_train_size, decoders=section.decoders,
+                share=section.share, dtype=jnp.dtype(model_config.dtype), rngs=rngs)
+
+
+def _is_count(value, minimum: int) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def _validate(model_config):
+  section = model_config.nafnet
+  prefix = 'model.nafnet'
+  spec_lib.require_positive_int(section.width, f'{prefix}.width')
+  for field in ('enc_blocks', 'dec_blocks'):
+    value = section[field]
+    spec_lib.require(isinstance(value, (tuple, list)) and len(value) > 0
+                     and all(_is_count(v, 0) for v in value), f'{prefix}.{field}',
+                     'must be a non-empty tuple of block counts (integers >= 0), one per level',
+                     value)
+  spec_lib.require(len(section.dec_blocks) == len(section.enc_blocks), f'{prefix}.dec_blocks',
+                   f'needs one entry per level, as enc_blocks={tuple(section.enc_blocks)}',
+                   section.dec_blocks)
+  spec_lib.require(_is_count(section.middle_blocks, 0), f'{prefix}.middle_blocks',
+                   'must be an integer >= 0', section.middle_blocks)
+  spec_lib.require(_is_count(section.tlc_train_size, 0), f'{prefix}.tlc_train_size',
+                   'must be an integer >= 0 (0: global pooling; 256: the authors\' NAFNetLocal)',
+                   section.tlc_train_size)
+  xy.check_section(section, prefix)
+
+
+def _output_fields(model_config):
+  # tlc_train_size is left out: the same weights run with or without TLC
+  # (the authors train with it and test with it), so a run may switch it.
+  del model_config
+  return tuple(f'model.nafnet.{f}' for f in
+               ('width', 'enc_blocks', 'middle_blocks', 'dec_blocks', 'decoders', 'share'))
+
+
+def psnr_loss(model, batch, key):
+  """BasicSR's PSNRLoss (loss_weight 1, mean): the batch mean of 10 log10(MSE + 1e-8) per image.
+
+  That is minus the images' mean PSNR on the [0, 1] scale (the official code
+  writes it as 10 / ln 10 * mean(ln(MSE + 1e-8))).
+  """
+  del key
+  restored = model(batch['blur'])['restored']
+  mse = jnp.mean(jnp.square(restored - batch['sharp']), axis=(1, 2, 3))
+  loss = (10.0 / math.log(10.0)) * jnp.mean(jnp.log(mse + 1e-8))
+  return loss, {'psnr_loss': loss}
+
+
+def _for_tiles(model_config):
+  """The model config with TLC on (at the authors' training size unless already on)."""
+  tiled = model_config.copy_and_resolve_references()
+  if not tiled.nafnet.tlc_train_size:
+    tiled.nafnet.tlc_train_size = AUTHORS_TRAIN_SIZE
+  return tiled
+
+
+def official_keys(model_config) -> dict[str, tuple]:
+  """{official state-dict key: (path of the tensor in xydiff's params, layout)}.
+
+  Official names (NAFNet_arch.py): intro, ending; encoders.<level>.<block>,
+  middle_blks.<block>, decoders.<level>.<block> (nn.Sequential of NAFBlocks);
+  downs.<level> (conv); ups.<level>.0 (the bias-free 1x1 conv before the
+  pixel shuffle); in a block: norm1/norm2 (LayerNorm2d weight, bias), conv1-5,
+  sca.1 (the 1x1 conv after the pool), beta and gamma ([1, C, 1, 1]).
+  NAFNetLocal has the same keys (its pools hold no tensors).
+  """
+  section = model_config.nafnet
+  table = {}
+
+  def conv(prefix, path, bias=True):
+    table[f'{prefix}.weight'] = (path + ('kernel',), spec_lib.conv_layout)
+    if bias:
+      table[f'{prefix}.bias'] = (path + ('bias',), spec_lib.as_is)
+
+  def block(prefix, path):
+    for norm in ('norm1', 'norm2'):
+      table[f'{prefix}.{norm}.weight'] = (path + (norm, 'scale'), spec_lib.as_is)
+      table[f'{prefix}.{norm}.bias'] = (path + (norm, 'bias'), spec_lib.as_is)
+    for name in ('conv1', 'conv2', 'conv3', 'conv4', 'conv5'):
+      conv(f'{prefix}.{name}', path + (name,))
+    conv(f'{prefix}.sca.1', path + ('sca',))
+    for name in ('beta', 'gamma'):
+      table[f'{prefix}.{name}'] = (path + (name,), spec_lib.as_is)
+
+  conv('intro', ('encoder', 'intro'))
+  for level, count in enumerate(section.enc_blocks):
+    for j in range(count):
+      block(f'encoders.{level}.{j}', ('encoder', 'encoders', level, j))
+    conv(f'downs.{level}', ('encoder', 'downs', level))
+  for j in range(section.middle_blocks):
+    block(f'middle_blks.{j}', ('encoder', 'middle_blks', j))
+  for level, count in enumerate(section.dec_blocks):
+    conv(f'ups.{level}.0', ('decoder', 'ups', level), bias=False)
+    for j in range(count):
+      block(f'decoders.{level}.{j}', ('decoder', 'decoders', level, j))
+  conv('ending', ('decoder', 'ending'))
+  return table
+
+
+def read_official(path: str) -> dict:
+  """`torch.save({'params': state_dict})` as BasicSR's save_network writes net_g_<iter>.pth
+  (and the released NAFNet-GoPro-width{32,64}.pth); 'params_ema' if only that is there."""
+  return spec_lib.read_torch_state_dict(path, container_keys=('params', 'params_ema'))
+
+
+_ABOUT = ('NAFNet width {width} (Chen et al., ECCV 2022), {params} parameters, GoPro '
+          '{psnr} dB with TLC (README): github.com/megvii-research/NAFNet')
+
+SPEC = spec_lib.ModelSpec(
+    name='nafnet',
+    defaults=lambda: {'nafnet': dict(
+        width=64,  # Channels at full resolution; doubled at each level (GoPro: 64, or 32).
+        enc_blocks=(1, 1, 1, 28),  # NAFBlocks per encoder level, finest first.
+        middle_blocks=1,  # NAFBlocks at the bottleneck (1/2**levels resolution).
+        dec_blocks=(1, 1, 1, 1),  # NAFBlocks per decoder level, coarsest first.
+        # TLC: 0 pools the channel attention over the whole image (NAFNet);
+        # N > 0 over windows 1.5x what an N x N training crop gives
+        # (NAFNetLocal, the authors' GoPro configs: N = 256).
+        tlc_train_size=AUTHORS_TRAIN_SIZE,
+        decoders=1,  # XY transform (xy.py): 1 plain, 2 XY, 4 four rotations.
+        share='rotate',  # 'rotate': one decoder's weights turned; 'none': U-Net^2D.
+    )},
+    build=_build,
+    size_multiple=lambda model_config: 2 ** len(model_config.nafnet.enc_blocks),
+    validate=_validate,
+    output_fields=_output_fields,
+    make_loss=lambda config: psnr_loss,
+    tile_safe=lambda model_config: model_config.nafnet.tlc_train_size > 0,
+    for_tiles=_for_tiles,
+    variants={
+        'nafnet32': spec_lib.Variant('nafnet', 'nafnet_gopro', {'width': 32}, about=_ABOUT.format(
+            width=32, params='17,111,907', psnr='32.87')),
+        'nafnet64': spec_lib.Variant('nafnet', 'nafnet_gopro', {'width': 64}, about=_ABOUT.format(
+            width=64, params='67,888,835', psnr='33.71')),
+    },
+    official=spec_lib.OfficialWeights(read=read_official, key_map=official_keys),
+)
