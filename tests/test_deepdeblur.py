@@ -5,6 +5,8 @@ SeungjunNah/DeepDeblur-PyTorch, with scikit-image building the pyramid as
 their data loader does.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -30,9 +32,16 @@ def _model_config(**section):
   return config
 
 
+@functools.cache
+def _abstract_model(section: tuple):
+  """(graphdef, params) of config.model.deepdeblur updated by `section`, shapes only."""
+  model = nnx.eval_shape(lambda: models.build_model(_model_config(**dict(section))))
+  graphdef, params = nnx.split(model, nnx.Param)
+  return graphdef, nnx.to_pure_dict(params)
+
+
 def _abstract_params(**section):
-  model = nnx.eval_shape(lambda: models.build_model(_model_config(**section)))
-  return nnx.to_pure_dict(nnx.split(model, nnx.Param)[1])
+  return _abstract_model(tuple(sorted(section.items())))[1]
 
 
 def _count(params) -> int:
@@ -50,11 +59,9 @@ def tiny_pair():
   torch.manual_seed(0)
   net = ref.MSResNet(n_resblocks=TINY['num_res'], n_feats=TINY['width'],
                      kernel_size=TINY['kernel_size'], n_scales=TINY['scales']).eval()
-  config = _model_config(**TINY)
-  graphdef, params = nnx.split(models.build_model(config), nnx.Param)
+  graphdef, params = _abstract_model(tuple(sorted(TINY.items())))
   state_dict = {k: v.numpy() for k, v in net.state_dict().items()}
-  converted = weights.convert(state_dict, deepdeblur.official_keys(config),
-                              nnx.to_pure_dict(params))
+  converted = weights.convert(state_dict, deepdeblur.official_keys(_model_config(**TINY)), params)
   return net, nnx.merge(graphdef, converted)
 
 
@@ -67,9 +74,7 @@ DECODER_PARAMS = 3 * (9 * 2 * (64 * 64 * 25 + 64) + 64 * 3 * 25 + 3)  # 3 scales
 @pytest.mark.parametrize('section, expected', [
     ({}, BASELINE),
     (dict(decoders=2), BASELINE),  # XY: Table 2's 11.72M.
-    (dict(decoders=4), BASELINE),
     (dict(decoders=2, share='none'), BASELINE + DECODER_PARAMS),  # U-Net^2D.
-    (dict(decoders=4, share='none'), BASELINE + 3 * DECODER_PARAMS),
     (dict(width=101), 29_147_100),  # Table 2's "Channel": 28.94M.
     (dict(num_res=28), 17_254_377),  # Table 2's "Layer": 17.25M.
 ])
@@ -88,9 +93,17 @@ def test_decoders_are_the_last_nine_blocks_and_the_output_conv_of_every_scale():
         range(10))
 
 
+@pytest.mark.parametrize('decoders', [2, 4])
+def test_shared_decoders_add_no_parameters_and_independent_ones_add_a_decoder_each(decoders):
+  baseline = _abstract_params(**TINY)
+  decoder = sum(_count(baseline['scales'][s]['decoder']) for s in range(3))
+  assert _count(_abstract_params(**TINY, decoders=decoders)) == _count(baseline)
+  assert _count(_abstract_params(**TINY, decoders=decoders, share='none')) == (
+      _count(baseline) + (decoders - 1) * decoder)
+
+
 def _flops(section):
-  abstract = nnx.eval_shape(lambda: models.build_model(_model_config(**section)))
-  graphdef, params = nnx.split(abstract, nnx.Param)
+  graphdef, params = _abstract_model(tuple(sorted(section.items())))
   run = jax.jit(lambda p, x: nnx.merge(graphdef, p)(x)['restored'])
   return run.lower(params, jax.ShapeDtypeStruct((1, 180, 320, 3), jnp.float32)).cost_analysis()[
       'flops']
@@ -156,10 +169,9 @@ def test_bfloat16_activations_keep_float32_parameters_and_outputs(tiny_pair):
   _, model = tiny_pair
   config = _model_config(**TINY)
   config.dtype = 'bfloat16'
-  graphdef, _ = nnx.split(models.build_model(config), nnx.Param)
-  _, params = nnx.split(model, nnx.Param)
-  half = nnx.merge(graphdef, nnx.to_pure_dict(params))
-  x = jnp.asarray(_image((16, 24), 5) / 255.0)[None]
+  graphdef, _ = nnx.split(nnx.eval_shape(lambda: models.build_model(config)), nnx.Param)
+  half = nnx.merge(graphdef, nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+  x = jnp.asarray(_image((8, 12), 5) / 255.0)[None]
   out, reference = half(x), model(x)
   assert out['restored'].dtype == jnp.float32
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(nnx.state(half, nnx.Param)))
@@ -188,9 +200,8 @@ def test_official_checkpoint_imports_and_restores_like_pytorch(tiny_pair, tmp_pa
   np.testing.assert_allclose(np.asarray(ours), theirs, atol=1e-4, rtol=0)
 
   # The same file fills the XY network: its parameters are the baseline's.
-  config.model.deepdeblur.decoders = 2
-  xy_params = weights.official_params('deepdeblur_xy', str(path), config)
-  assert jax.tree.structure(xy_params) == jax.tree.structure(params)
+  xy = traverse_util.flatten_dict(_abstract_params(**TINY, decoders=2))
+  assert set(xy) == {p for p, _ in deepdeblur.official_keys(config.model).values()}
 
 
 def test_full_size_key_map_covers_every_official_tensor():
@@ -237,9 +248,8 @@ def test_one_decoder_is_the_untransformed_network():
 
 
 def test_rotated_decoder_equals_the_feature_rotation_form():
-  config = _model_config(**TINY, decoders=4)
-  model = models.build_model(config)
-  scale = model.scales[0]
+  scale = deepdeblur.Scale(6, TINY['width'], TINY['num_res'], TINY['kernel_size'], 3,
+                           decoders=4, share='rotate', dtype=jnp.float32, rngs=nnx.Rngs(0))
   features = jax.random.normal(jax.random.key(1), (1, 12, 12, TINY['width']))
   plain = scale.decoder(features)
   for i in (1, 2, 3):
@@ -253,24 +263,41 @@ def test_rotated_decoder_equals_the_feature_rotation_form():
   expected = scale.decoder(z)
   for i in (1, 2, 3):
     expected = expected + scale.decoder(z, rotation=i)
-  np.testing.assert_allclose(scale(x), expected, atol=1e-6, rtol=0)
+  out, per_decoder = scale(x)
+  assert len(per_decoder) == 4
+  np.testing.assert_allclose(out, expected, atol=1e-6, rtol=0)
+
+
+def test_xy_network_takes_the_official_weights_and_its_residuals_sum_to_the_output(tiny_pair):
+  _, model = tiny_pair
+  graphdef, _ = _abstract_model(tuple(sorted(dict(TINY, decoders=2).items())))
+  xy = nnx.merge(graphdef, nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+  x = jnp.asarray(_image((8, 12), 7) / 255.0)[None]
+  for net, count in ((model, 1), (xy, 2)):
+    out = net(x)
+    assert len(out['residuals']) == count
+    np.testing.assert_allclose(out['restored'], x + sum(out['residuals']), atol=1e-5, rtol=0)
+  assert float(jnp.abs(xy(x)['restored'] - model(x)['restored']).max()) > 1e-2
 
 
 def test_independent_decoders_are_separate_weights():
-  model = models.build_model(_model_config(**TINY, decoders=2, share='none'))
-  first, second = model.scales[2].decoder
+  scale = deepdeblur.Scale(3, 4, 2, 3, 3, decoders=2, share='none', dtype=jnp.float32,
+                           rngs=nnx.Rngs(0))
+  first, second = scale.decoder
   assert not np.array_equal(first.tail.kernel[...], second.tail.kernel[...])
-  out = model(jnp.full((1, 8, 8, 3), 0.5))
-  assert out['restored'].shape == (1, 8, 8, 3)
+  x = jax.random.normal(jax.random.key(3), (1, 4, 4, 3))
+  z = scale.encoder(x)
+  np.testing.assert_allclose(scale(x)[0], first(z) + second(z), atol=1e-6, rtol=0)
 
 
 # ------------------------------------------------------------------ config
 
 @pytest.mark.parametrize('field, value', [
-    ('kernel_size', 4), ('num_res', 1), ('width', 0), ('scales', 2.0), ('decoders', 3),
+    ('kernel_size', 4), ('num_res', 1), ('width', 0), ('scales', 0), ('decoders', 3),
     ('share', 'both')])
 def test_bad_fields_are_named(field, value):
-  config = _model_config(**{field: value})
+  config = deepdeblur_gopro.get_config()
+  config.model.deepdeblur[field] = value
   with pytest.raises(ConfigError, match=rf'config\.model\.deepdeblur\.{field}='):
     config_check.validate_model(config)
 
@@ -278,6 +305,7 @@ def test_bad_fields_are_named(field, value):
 def test_packaged_config_is_the_authors_recipe():
   config = deepdeblur_gopro.get_config()
   assert config_check.validate_model(config) == 4
+  assert deepdeblur.SPEC.size_multiple(_model_config(scales=4)) == 8
   assert (config.train.batch_size, config.data.crop, config.train.num_steps) == (16, 256, 131_000)
   assert tuple(config.train.lr_halve_steps) == (65_500, 98_250, 117_900)
   assert (config.train.lr, config.train.optimizer) == (1e-4, 'adam')

@@ -53,8 +53,27 @@ DAMAGED_SUFFIX = '.damaged'
 CHECKPOINTS = 'checkpoints'
 
 
+def storage_error(error: BaseException) -> BaseException | None:
+  """The storage error at the root of a failed restore, or None when there is none.
+
+  Orbax raises tensorstore's errors as they are (a ValueError whose message
+  starts with an absl status code, e.g. 'PERMISSION_DENIED: ...') or wrapped
+  in a bare Exception ('Encountered error while reading array index'), and
+  the filesystem's as OSErrors; metadata that does not decode is a
+  JSONDecodeError.
+  """
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, (OSError, json.JSONDecodeError, UnicodeDecodeError)) or (
+        isinstance(error, ValueError) and _STATUS.match(str(error))):
+      return error
+    error = error.__cause__ or error.__context__
+  return None
+
+
 def is_damage(error: BaseException) -> bool:
-  """Whether a restore failure means the step's files are damaged (not merely unreachable)."""
+  """Whether a storage error means the step's bytes are damaged (not merely unreachable)."""
   if isinstance(error, (json.JSONDecodeError, UnicodeDecodeError)):  # Metadata that won't decode.
     return True
   if isinstance(error, OSError):  # Permission denied, not found, I/O errors.
@@ -200,6 +219,7 @@ class Checkpointer:
 
   def _read_error(self, step: int, error: BaseException) -> CheckpointReadError:
     """The one-line error for a step that failed to read; damaged or not, by `is_damage`."""
+    error = storage_error(error) or error
     others = [s for s in self.all_steps() if s != step]
     pick = (f'other steps: {others or "none"}, picked with --config.eval.checkpoint_step=N '
             '(eval, sweep) or --checkpoint=<dir>/N (deblur)')
@@ -209,10 +229,10 @@ class Checkpointer:
           f'{_short(error)}); {pick}')
       damaged.reason = _short(error, 260)
       return damaged
+    what = _short(error) if _STATUS.match(str(error)) else f'{type(error).__name__}: {_short(error)}'
     return CheckpointReadError(
-        f'checkpoint {self._step_dir(step)} cannot be read ({type(error).__name__}: '
-        f'{_short(error)}); nothing was changed: check its permissions and filesystem, or '
-        f'use another step ({pick})')
+        f'checkpoint {self._step_dir(step)} cannot be read ({what}); nothing was changed: check '
+        f'its permissions and filesystem, or use another step ({pick})')
 
   def stored_config(self, step: int) -> dict | None:
     """The config saved with `step`, as stored (None for checkpoints that carry none)."""
@@ -223,7 +243,9 @@ class Checkpointer:
       if 'was not found' not in str(e):
         raise
       return None
-    except (ValueError, OSError) as e:
+    except Exception as e:  # pylint: disable=broad-except
+      if storage_error(e) is None and not isinstance(e, ValueError):
+        raise  # Not the files: a bug, with its traceback.
       raise self._read_error(step, e) from None
 
   def _check_config(self, step: int) -> None:
@@ -261,8 +283,10 @@ class Checkpointer:
     try:
       return self.manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(abstract)))['state']
-    except (ValueError, OSError) as e:
+    except Exception as e:  # pylint: disable=broad-except
       if not _LAYOUT_MISMATCH.search(str(e)):
+        if storage_error(e) is None and not isinstance(e, ValueError):
+          raise  # Not the files: a bug, with its traceback.
         raise self._read_error(step, e) from None
       raise CheckpointMismatchError(
           f'checkpoint {self._step_dir(step)} holds a train state of another layout than '

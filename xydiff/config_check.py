@@ -48,6 +48,16 @@ def validate_model(config) -> int:
 
 MODES = ('train', 'eval', 'sweep', 'deblur', 'score')
 
+# config.deblur.ensemble: 1 (off) or 8 (flips x rot90, the x8 self-ensemble).
+ENSEMBLES = (1, 8)
+
+
+def check_ensemble(value, field: str) -> None:
+  """Raises ConfigError('<field>=<value>: ...') unless `value` is one of ENSEMBLES."""
+  if isinstance(value, bool) or value not in ENSEMBLES:
+    raise ConfigError(f'{field}={value!r}: must be 1 (no ensemble) or 8 (flips x rot90, '
+                      'the x8 self-ensemble)')
+
 
 def validate(config, mode: str = 'train', device_count: int = 1) -> None:
   """Checks every field `mode` reads: the model always; data, training, evaluation,
@@ -55,6 +65,8 @@ def validate(config, mode: str = 'train', device_count: int = 1) -> None:
   validate_model(config)
   _require(isinstance(config.seed, int) and config.seed >= 0, 'seed', 'must be an integer >= 0',
            config.seed)
+  # Read by evaluation and deblurring; older stored configs lack it (1).
+  check_ensemble(config.deblur.get('ensemble', 1), 'config.deblur.ensemble')
   if models.is_diffusion(config.model):
     _validate_diffusion(config)
   if mode in ('train', 'eval', 'sweep'):

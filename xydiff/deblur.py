@@ -18,11 +18,15 @@ the format it came in:
 - Alpha (RGBA, grey + alpha): the colour is restored and the alpha channel is
   copied unchanged; deblurring a matte would invent edges the user never drew.
 
-Photos are turned upright by their EXIF orientation first, as a viewer shows
-them. Images of any size go through: the networks reflect-pad H and W to their
-downsampling factor and crop back; untiled images are further padded up to a
-multiple of `config.deblur.size_bucket`, so that photos of nearby sizes share
-one compiled shape. An image larger than `config.deblur.tile`
+Photos are turned upright by their EXIF orientation first (every format), as
+a viewer shows them. Images of any size go through: the networks reflect-pad
+H and W to their size multiple and crop back, so an image that is a multiple
+already is restored exactly as the network computes it. Each new size
+compiles the network once; JAX's persistent compilation cache (in the user's
+cache folder, `compilation_cache`) keeps those compiles for later runs.
+Opt-in `config.deblur.size_bucket` > 0 pads untiled images further, up to a
+multiple of it, so photos of nearby sizes share one compiled shape (outputs
+then differ near the bottom and right edges). An image larger than `config.deblur.tile`
 on either side is restored in overlapping tiles (`config.deblur.tile_overlap`)
 blended with raised-cosine ramps, so memory stays bounded and no seam shows.
 An image too small for the network (e.g. 2x2 for XYDeblur) is reported as a
@@ -51,7 +55,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from xydiff import images, inference
+from xydiff import download, images, inference
 from xydiff.errors import DataError, ImageReadError
 
 
@@ -96,7 +100,7 @@ def output_paths(files: list[str], output: str, *, std_maps: bool = False) -> li
     if std_maps:
       by_stem.setdefault(f'{stem}_std', []).append(f'{path} (its std map)')
     paths.append(os.path.join(output, f'{stem}.png'))
-    if os.path.abspath(paths[-1]) == os.path.abspath(path):
+    if _same_file(paths[-1], path):
       raise DataError(f'--output {output} would overwrite the input {path}; '
                       'choose another output folder')
   clashes = {s: p for s, p in by_stem.items() if len(p) > 1}
@@ -105,6 +109,30 @@ def output_paths(files: list[str], output: str, *, std_maps: bool = False) -> li
     raise DataError(f'--input has images that share a name and would be written to the same '
                     f'output: {names}')
   return paths
+
+
+def _same_file(a: str, b: str) -> bool:
+  """Whether writing `a` would overwrite `b`: the same real path (through symlinked
+  folders), or the same file under two names (hard links, bind mounts)."""
+  if os.path.realpath(a) == os.path.realpath(b):
+    return True
+  try:
+    return os.path.samefile(a, b)
+  except OSError:  # `a` does not exist yet.
+    return False
+
+
+def compilation_cache() -> str:
+  """Turns on JAX's persistent compilation cache, in <user cache>/jax unless set already.
+
+  Every new image size compiles the network (seconds for XYDeblur on a CPU);
+  the cache keeps those executables on disk, so later runs on photos of the
+  same sizes load them instead. JAX_COMPILATION_CACHE_DIR or jax.config
+  choose another folder. Returns the folder.
+  """
+  if not jax.config.jax_compilation_cache_dir:
+    jax.config.update('jax_compilation_cache_dir', os.path.join(download.cache_dir(), 'jax'))
+  return jax.config.jax_compilation_cache_dir
 
 
 def resolve_checkpoint(workdir: str, checkpoint: str | None) -> tuple[str, int | None]:
@@ -176,6 +204,7 @@ def run(config, workdir: str, input: str, output: str,  # pylint: disable=redefi
 
   files = list_inputs(input)
   ckpt_workdir, step = resolve_checkpoint(workdir, checkpoint)
+  compilation_cache()
   restorer = inference.Restorer.from_workdir(ckpt_workdir, step=step, config=config)
   out_paths = output_paths(files, output, std_maps=restorer.num_samples is not None)
   os.makedirs(output, exist_ok=True)

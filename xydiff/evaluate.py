@@ -76,7 +76,10 @@ class Evaluator:
         logging.warning('%s: ECC alignment of the input failed; scored unaligned.', name)
       pictures = {'input': blur, 'sharp': sharp}
       for out_name, fn in self._fns.items():
-        result = fn(params, jnp.asarray(blur)[None], jax.random.fold_in(base_key, index))
+        key = jax.random.fold_in(base_key, index)
+        # config.deblur.ensemble 8: the x8 self-ensemble around the whole restore.
+        result = inference.ensembled(lambda view: fn(params, jnp.asarray(view), key),
+                                     np.asarray(blur)[None], self.config.deblur.get('ensemble', 1))
         restored = np.asarray(result['image'][0])
         entry['outputs'][out_name] = self.scorer(restored, sharp)
         set_scores.add(out_name, restored)

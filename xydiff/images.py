@@ -13,7 +13,7 @@ import zlib
 import numpy as np
 
 from xydiff import files
-from xydiff.errors import ImageReadError
+from xydiff.errors import ImageReadError, ImageValueError
 
 UINT8_PEAK = 255.0
 UINT16_PEAK = 65535.0
@@ -27,6 +27,41 @@ def to_float(image: np.ndarray) -> np.ndarray:
   if image.dtype == np.uint16:
     return image.astype(np.float32) / UINT16_PEAK
   raise TypeError(f'expected uint8 or uint16 pixels, got {image.dtype}')
+
+
+# How far outside [0, 1] a float image may stray (filters and resampling
+# overshoot a little); an image beyond it holds other units, e.g. 0-255 levels.
+FLOAT_TOLERANCE = 0.01
+
+
+def to_unit_float(image) -> np.ndarray:
+  """An image array as float32 in [0, 1], refusing what is not one (ImageValueError).
+
+  uint8 and uint16 are scaled by their peak; floats must already be in
+  [0, 1] (to within FLOAT_TOLERANCE) and finite. Other integer types are
+  refused rather than guessed at: 0-255 and 0-65535 levels both come as int32
+  or int64, and a wrong guess would be off by a factor of 257.
+  """
+  image = np.asarray(image)
+  if image.dtype in (np.uint8, np.uint16):
+    return to_float(image)
+  if not np.issubdtype(image.dtype, np.floating):
+    raise ImageValueError(
+        f'an image of {image.dtype} values: give uint8 (0-255), uint16 (0-65535) or float in '
+        '[0, 1], e.g. image.astype(np.uint8) if these are 8-bit levels')
+  image = image.astype(np.float32)
+  finite = np.isfinite(image)
+  if not finite.all():
+    bad = image.size - int(finite.sum())
+    raise ImageValueError(f'the image holds {bad} NaN or infinite value{"s" * (bad > 1)} (of '
+                          f'{image.size}): every value must be a number in [0, 1]')
+  low, high = (float(image.min()), float(image.max())) if image.size else (0.0, 0.0)
+  if low < -FLOAT_TOLERANCE or high > 1 + FLOAT_TOLERANCE:
+    hint = (' (8-bit levels? divide by 255)' if 1 < high <= UINT8_PEAK else
+            ' (16-bit levels? divide by 65535)' if UINT8_PEAK < high <= UINT16_PEAK else '')
+    raise ImageValueError(f'float image values run from {low:g} to {high:g}, outside [0, 1]'
+                          f'{hint}; clip or rescale it to [0, 1]')
+  return image
 
 
 def to_uint8(image) -> np.ndarray:
@@ -73,17 +108,54 @@ def png_header(path: str) -> tuple[int, int, int, int] | None:
   return width, height, head[24], head[25]
 
 
+# numpy's form of each EXIF orientation (2-8), the turns Pillow's
+# ImageOps.exif_transpose makes (FLIP_LEFT_RIGHT, ROTATE_180, FLIP_TOP_BOTTOM,
+# TRANSPOSE, ROTATE_270, TRANSVERSE, ROTATE_90), for images Pillow cannot hold.
+_UPRIGHT = {
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.swapaxes(0, 1),
+    6: lambda a: np.rot90(a, -1),
+    7: lambda a: a[::-1, ::-1].swapaxes(0, 1),
+    8: lambda a: np.rot90(a, 1),
+}
+
+
+def _png_orientation(data: bytes) -> int:
+  """The EXIF Orientation of a PNG's eXIf chunk (1 when it has none), from its bytes.
+
+  Walks the chunks (length, type, data, CRC) up to IEND without decoding
+  pixels; Pillow parses the EXIF block.
+  """
+  from PIL import Image  # Local: this module is imported by code that reads no images.
+  pos = len(PNG_SIGNATURE)
+  while pos + 8 <= len(data):
+    (length,), kind = struct.unpack('>I', data[pos:pos + 4]), data[pos + 4:pos + 8]
+    if kind == b'eXIf':
+      exif = Image.Exif()
+      exif.load(data[pos + 8:pos + 8 + length])
+      orientation = exif.get(_EXIF_ORIENTATION, 1)
+      return orientation if orientation in _UPRIGHT else 1
+    if kind == b'IEND':
+      break
+    pos += 12 + length
+  return 1
+
+
 def _decode_png16(path: str, colour_type: int) -> np.ndarray:
-  """A 16-bit PNG as HxW grey, HxWx2 grey + alpha, HxWx3 RGB or HxWx4 RGBA uint16.
+  """A 16-bit PNG as HxW grey, HxWx2 grey + alpha, HxWx3 RGB or HxWx4 RGBA uint16, upright.
 
   OpenCV, because Pillow decodes 16-bit colour as 8-bit. The bytes go through
   np.fromfile + imdecode so that any path the OS accepts works. OpenCV returns
   BGR / BGRA (grey + alpha expanded to BGRA), and None rather than raising on
-  a damaged file.
+  a damaged file; IMREAD_UNCHANGED ignores EXIF, so the orientation of the
+  file's eXIf chunk is applied here, as Pillow applies it to every other file.
   """
   import cv2  # Local: only 16-bit PNGs need it.
+  data = np.fromfile(path, np.uint8)
   try:
-    array = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_UNCHANGED)
+    array = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
   except cv2.error as e:
     raise ImageReadError(f'cannot read image {path}: {str(e).strip().splitlines()[-1]}') from None
   if array is None or array.dtype != np.uint16:
@@ -96,6 +168,12 @@ def _decode_png16(path: str, colour_type: int) -> np.ndarray:
       array = array[..., ::-1]
     elif array.shape[-1] == 4:
       array = array[..., [2, 1, 0, 3]]
+  try:
+    orientation = _png_orientation(data.tobytes())
+  except (struct.error, ValueError, SyntaxError) as e:  # A damaged EXIF block.
+    raise ImageReadError(f'cannot read image {path}: its EXIF block: {e}') from None
+  if orientation != 1:
+    array = _UPRIGHT[orientation](array)
   return np.ascontiguousarray(array)
 
 

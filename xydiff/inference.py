@@ -136,8 +136,11 @@ def _windows(starts: list[int], size: int) -> list[np.ndarray]:
 def bucketed(length: int, align: int, bucket: int) -> int:
   """`length` padded up to the next multiple of `bucket` (itself a multiple of `align`).
 
-  Each distinct input shape compiles the network once; rounding sizes up to
-  buckets lets a folder of photos of nearby sizes share a few compiled shapes.
+  Opt-in (config.deblur.size_bucket > 0): each distinct input shape compiles
+  the network once, and rounding sizes up to buckets lets a folder of photos
+  of nearby sizes share a few compiled shapes, but the extra border changes
+  outputs near the bottom and right edges. Bucket 0 keeps the network's own
+  multiple `align`: a size that is one already is not padded at all.
   """
   step = math.lcm(align, bucket) if bucket > 0 else align
   return -(-length // step) * step
@@ -147,7 +150,8 @@ _OUTPUTS = ('image', 'std', 'samples')
 
 
 def restore_image(fn, params, image: np.ndarray, key: jax.Array, *, align: int,
-                  tile: int = 0, overlap: int = 0, bucket: int = 0) -> dict[str, np.ndarray]:
+                  tile: int = 0, overlap: int = 0, bucket: int = 0,
+                  ensemble: int = 1) -> dict[str, np.ndarray]:
   """Runs `fn` (from make_restore_fns / make_sampler) on one HxWx3 float image.
 
   The image is reflect-padded to a multiple of `align` exactly as the networks
@@ -160,8 +164,12 @@ def restore_image(fn, params, image: np.ndarray, key: jax.Array, *, align: int,
   and blended with `blend_window`. Returns float32 arrays cropped back to HxW:
   'image', and 'std' and 'samples' ([N, H, W, 3]) when `fn` samples a
   diffusion model. Raises ValueError ('too small') for an image below the
-  network's minimum size.
+  network's minimum size. `ensemble` 8 wraps all of this in the x8
+  self-ensemble (`ensembled`), with the same `key` for every transform.
   """
+  if ensemble != 1:
+    return ensembled(lambda view: restore_image(fn, params, view, key, align=align, tile=tile,
+                                                overlap=overlap, bucket=bucket), image, ensemble)
   padded, (h, w) = pad_to_multiple(jnp.asarray(image, jnp.float32)[None], align)
   padded = np.asarray(padded)
   height, width = padded.shape[1:3]
@@ -198,12 +206,57 @@ def restore_image(fn, params, image: np.ndarray, key: jax.Array, *, align: int,
   return {name: (acc / total)[..., :h, :w, :] for name, acc in sums.items()}
 
 
+# ------------------------------------------------------------------ test-time ensemble
+
+def dihedral(image, index: int):
+  """The `index`-th (0..7) of the 8 flips x rot90 of an image whose H, W are axes -3, -2.
+
+  0 is the identity; 1-3 rotate by 90, 180, 270 degrees; 4-7 mirror W first.
+  """
+  view = np.flip(image, axis=-2) if index >= 4 else image
+  return np.rot90(view, index % 4, axes=(-3, -2))
+
+
+def undo_dihedral(image, index: int):
+  """The inverse of `dihedral(., index)`: undo the rotation, then the mirror."""
+  view = np.rot90(image, -(index % 4), axes=(-3, -2))
+  return np.flip(view, axis=-2) if index >= 4 else view
+
+
+def ensembled(restore, image, ensemble: int) -> dict:
+  """The x8 geometric self-ensemble (KAIR, MAXIM) of `restore` on `image`; 1: `restore` alone.
+
+  `restore` maps an image (H, W on axes -3, -2) to a dict of outputs with H, W
+  on the same axes ('image', and for diffusion 'std' and 'samples'). Each of
+  the 8 flips x rot90 of the image is restored and turned back, and the 8
+  outputs are averaged: 8x the compute. A sampler draws with the key that
+  `restore` closes over, the same for every transform; sample i is the mean
+  of the 8 turned-back samples i, and 'std' stays the std over the returned
+  samples.
+  """
+  config_check.check_ensemble(ensemble, 'ensemble')
+  if ensemble == 1:
+    return restore(image)
+  image = np.asarray(image)
+  total = None
+  for index in range(ensemble):
+    out = {name: undo_dihedral(np.asarray(value), index)
+           for name, value in restore(np.ascontiguousarray(dihedral(image, index))).items()}
+    total = out if total is None else {name: total[name] + out[name] for name in total}
+  mean = {name: np.ascontiguousarray(value / ensemble) for name, value in total.items()}
+  if 'samples' in mean and 'std' in mean:
+    mean['std'] = mean['samples'].std(axis=0)
+  return mean
+
+
 # ------------------------------------------------------------------ the API
 
 def check_deblur_settings(config) -> tuple[int, int, int, int | None]:
   """(tile, overlap, bucket, num_samples) from config.deblur, checked; num_samples None if
   the model is deterministic."""
   db = config.deblur
+  # Stored configs of runs older than the ensemble have no field: 1, as they ran.
+  config_check.check_ensemble(db.get('ensemble', 1), 'config.deblur.ensemble')
   for field, minimum in (('tile', 0), ('tile_overlap', 0), ('size_bucket', 0)):
     value = db[field]
     if not (isinstance(value, int) and value >= minimum):
@@ -243,7 +296,8 @@ class Restorer:
   cache). `restore(image)` returns {'image'} for XYDeblur and {'image' (the
   mean of the samples), 'samples' [N, H, W, 3], 'std'} for diffusion models,
   sampled with `config.deblur.preset` and `config.deblur.num_samples`; large
-  images go in tiles (`config.deblur.tile`).
+  images go in tiles (`config.deblur.tile`); `config.deblur.ensemble` 8 averages
+  the x8 self-ensemble around all of it.
   """
 
   def __init__(self, config, graphdef, params, step: int):
@@ -252,6 +306,7 @@ class Restorer:
     self.step = step
     self.params = params
     tile, overlap, self.bucket, self.num_samples = check_deblur_settings(config)
+    self.ensemble = config.deblur.get('ensemble', 1)
     self.align = models.size_multiple(config.model)
     self.tile, self.overlap = aligned_tiling(tile, overlap, self.align)
     if self.num_samples is None:
@@ -263,6 +318,8 @@ class Restorer:
                               config.diffusion.residual_scale)
       self.description = (f"preset '{config.deblur.preset}', mean of {self.num_samples} "
                           'samples')
+    if self.ensemble > 1:
+      self.description += f', x{self.ensemble} self-ensemble'
 
   @classmethod
   def from_workdir(cls, workdir: str, *, step: int | None = None, config=None) -> 'Restorer':
@@ -274,21 +331,26 @@ class Restorer:
 
   @classmethod
   def from_pretrained(cls, name: str, *, workdir: str | None = None) -> 'Restorer':
-    """Official weights by name (xydiff.tools.fetch_weights), fetched and imported once
-    into `workdir` (default: a folder of the user's cache)."""
-    from xydiff.tools import fetch_weights  # pylint: disable=import-outside-toplevel
-    return cls.from_workdir(fetch_weights.pretrained_workdir(name, workdir))
+    """Official weights by name (xydiff.pretrained.WEIGHTS), fetched and imported once
+    into `workdir` (default: a folder of the user's cache); or a `.safetensors` file
+    that `xydiff export` wrote (weights and config in one file)."""
+    if name.endswith('.safetensors'):
+      from xydiff import export  # pylint: disable=import-outside-toplevel
+      return cls(*export.read_safetensors(name))
+    from xydiff import pretrained  # pylint: disable=import-outside-toplevel
+    return cls.from_workdir(pretrained.pretrained_workdir(name, workdir))
 
   def restore(self, image, *, key: jax.Array | None = None) -> dict[str, np.ndarray]:
     """Restores one HxWx3 image (uint8, uint16, or float in [0, 1]); see the class docstring.
 
     Diffusion samples draw their noise from `key` (default: jax.random.key(config.seed)).
+    Another dtype, a NaN or infinite value, or floats outside [0, 1] (0-255
+    levels, say) raise ImageValueError naming the problem.
     """
     image = np.asarray(image)
-    if image.dtype in (np.uint8, np.uint16):
-      image = images.to_float(image)
     if image.ndim != 3 or image.shape[-1] != 3:
       raise ValueError(f'restore takes one HxWx3 RGB image, got shape {image.shape}')
+    image = images.to_unit_float(image)  # uint8, uint16 or finite float in [0, 1]; else one line.
     key = jax.random.key(self.config.seed) if key is None else key
     return restore_image(self._fn, self.params, image, key, align=self.align, tile=self.tile,
-                         overlap=self.overlap, bucket=self.bucket)
+                         overlap=self.overlap, bucket=self.bucket, ensemble=self.ensemble)

@@ -1,10 +1,9 @@
-"""xydiff's one entry point (the `xydiff` command): parses flags and dispatches.
+"""The launcher (`xydiff --config=... --workdir=...`): parses flags and runs a mode.
 
   xydiff --config=gopro --workdir=DIR [--mode=train|eval|sweep|deblur|score]
          [--config.train.batch_size=8 ...]
-  xydiff TOOL ...      (import_weights, fetch_weights, summary, export, serve)
 
-`python launch.py ...` in a checkout is the same command. `--config` is a
+`python launch.py ...` in a checkout is the same command (xydiff/command.py). `--config` is a
 config file or a packaged config's name (`--config=gopro`,
 `--config=demo:diffusion`); eval, sweep and deblur may leave it out and use
 the config stored with the run in --workdir.
@@ -97,21 +96,11 @@ def main(argv):
     cli.fail(cli.one_line(e))
 
 
-# `xydiff TOOL ...`: the python -m xydiff.tools.TOOL commands under one name.
-TOOLS = ('import_weights', 'fetch_weights', 'summary', 'export', 'serve')
-
-
-def run() -> None:
-  """The `xydiff` console command."""
-  if len(sys.argv) > 1 and sys.argv[1] in TOOLS:
-    import importlib  # pylint: disable=import-outside-toplevel
-    tool = sys.argv.pop(1)
-    sys.argv[0] = f'xydiff {tool}'
-    importlib.import_module(f'xydiff.tools.{tool}').main()
-    return
+def launch() -> None:
+  """Parses the launcher's flags (defined above) and runs the mode."""
   flags.mark_flags_as_required(['workdir'])
   app.run(main, flags_parser=cli.parse_flags)
 
 
 if __name__ == '__main__':
-  run()
+  launch()

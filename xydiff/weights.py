@@ -65,9 +65,8 @@ def config_for(model: str):
   variant = models.variant(model)
   config = importlib.import_module(f'xydiff.configs.{variant.config}').get_config()
   config.model.name = variant.family
-  section = config.model[variant.family]
   for field, value in variant.section.items():
-    section[field] = value
+    config.model[variant.family][field] = value
   return config
 
 

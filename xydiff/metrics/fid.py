@@ -9,8 +9,8 @@ InceptionV3 in its weights and in three patched blocks: the 3x3 average pools
 of the A, C and first E blocks leave the zero padding out of the mean, and
 the last E block max-pools instead. No package ships the weights, so they
 come from a file the user names (`config.eval.inception_weights`) or are
-fetched from the release and checked against the sha256 prefix in the file
-name, torch.hub's convention (`load_inception`, `load_inception_or_note`).
+fetched from the release and checked against their full sha256
+(`load_inception`, `load_inception_or_note`).
 
 Protocol (`FID_LABEL`, `KID_LABEL`): whole images, as pytorch-fid scores a
 folder of PNGs:
@@ -62,7 +62,10 @@ from xydiff.images import quantize
 INCEPTION_FILENAME = 'pt_inception-2015-12-05-6726825d.pth'
 INCEPTION_URL = ('https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/'
                  + INCEPTION_FILENAME)
-INCEPTION_SHA256_PREFIX = '6726825d'  # torch.hub: the hex after the last '-' in the name.
+# The release asset's sha256 and size, as other projects pin it (it starts with
+# the 6726825d in its name, torch.hub's convention): a download must match it whole.
+INCEPTION_SHA256 = '6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2'
+INCEPTION_BYTES = 95_628_359
 
 FID_LABEL = ('fid (pytorch-fid Inception pool3, whole image, uint8, '
              'bilinear 299x299 no antialias)')
@@ -211,7 +214,7 @@ def load_inception(path: str | None = None, *, cache: str | None = None) -> dict
   Args:
     path: a local copy of `pt_inception-2015-12-05-6726825d.pth` (a
       `torch.save` file, read without torch). Empty or None: download it into
-      `cache` (verified against the sha256 prefix in its name) or reuse the
+      `cache` (verified against INCEPTION_SHA256) or reuse the
       copy there.
     cache: the download folder (`xydiff.download.fetch`'s default if None).
 
@@ -220,8 +223,8 @@ def load_inception(path: str | None = None, *, cache: str | None = None) -> dict
       these weights; the message names the file or URL.
   """
   if not path:
-    path = download.fetch(INCEPTION_URL, INCEPTION_FILENAME,
-                          sha256_prefix=INCEPTION_SHA256_PREFIX, cache=cache)
+    path = download.fetch(INCEPTION_URL, INCEPTION_FILENAME, sha256=INCEPTION_SHA256,
+                          max_bytes=INCEPTION_BYTES, cache=cache)
   elif not os.path.isfile(path):
     raise WeightsError(f'config.eval.inception_weights: no file {path}')
   state = torch_pickle.load(path)

@@ -19,7 +19,7 @@ from flax import nnx
 from xydiff.models.spec import ModelSpec, Variant
 
 # Module names under xydiff/models/; config.model.name is one of them.
-FAMILIES = ('xydeblur', 'dvsr', 'deepdeblur', 'dmphn')
+FAMILIES = ('xydeblur', 'dvsr', 'deepdeblur', 'dmphn', 'mimo_unet', 'nafnet')
 
 
 @functools.cache

@@ -190,11 +190,12 @@ class Scale(nnx.Module):
     self.decoders = decoders
 
   def __call__(self, x):
+    """(the scale's output, each decoder's output): the sum, and its terms in order."""
     outputs = xy.run_decoders(self.decoder, self.decoders, self.encoder(x))
     out = outputs[0]
     for o in outputs[1:]:
       out = out + o
-    return out
+    return out, outputs
 
 
 class UpConv(nnx.Module):
@@ -211,8 +212,15 @@ class DeepDeblur(nnx.Module):
   """The multi-scale network, from [0, 1] blurry images to [0, 1] restorations.
 
   Returns {'restored': the finest output, 'coarser': (the outputs at 1/2,
-  1/4, ... resolution)}, all float32 on the [0, 1] scale and unclamped, as the
+  1/4, ... resolution), 'residuals': one [N, H, W, 3] array per decoder of the
+  finest scale}, all float32 on the [0, 1] scale and unclamped, as the
   authors' network leaves them (their saver clamps and rounds).
+
+  The network has no global skip: the finest output is sum_i D_i + 127.5 on
+  the 0..255 scale, not the input plus residuals. So that, as for every XY
+  family, restored = x + sum(residuals), decoder i's residual is its output
+  plus an equal share of (127.5 - 255 x), divided by 255; with one decoder it
+  is simply restored - x.
   """
 
   def __init__(self, *, width: int = 64, num_res: int = 19, kernel_size: int = 5,
@@ -237,7 +245,7 @@ class DeepDeblur(nnx.Module):
     outputs = [None] * self.num_scales
     features = levels[-1]
     for s in range(self.num_scales - 1, -1, -1):  # Coarse to fine.
-      outputs[s] = self.scales[s](features.astype(self.dtype))
+      outputs[s], per_decoder = self.scales[s](features.astype(self.dtype))
       if s > 0:
         up = self.upconvs[s - 1](outputs[s])
         # The blurry level first, the coarser output second, as the authors concatenate.
@@ -246,7 +254,10 @@ class DeepDeblur(nnx.Module):
     restored = [(o.astype(jnp.float32) + MEAN) / PIXEL_RANGE for o in outputs]
     coarser = tuple(r[:, :math.ceil(h / 2 ** s), :math.ceil(w / 2 ** s)]
                     for s, r in enumerate(restored) if s > 0)
-    return {'restored': restored[0][:, :h, :w], 'coarser': coarser}
+    share = (MEAN - padded) / len(per_decoder)  # per_decoder: the finest scale's, from the loop.
+    residuals = tuple(((d.astype(jnp.float32) + share) / PIXEL_RANGE)[:, :h, :w]
+                      for d in per_decoder)
+    return {'restored': restored[0][:, :h, :w], 'coarser': coarser, 'residuals': residuals}
 
 
 # ------------------------------------------------------------------ the family's spec
@@ -368,4 +379,5 @@ SPEC = spec_lib.ModelSpec(
                   'parameters, 1.472 x the MACs; the table: 17.25M, 1.472 x)'),
     },
     official=spec_lib.OfficialWeights(read=read_official, key_map=official_keys),
+    xy_section='deepdeblur',
 )

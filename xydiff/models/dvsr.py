@@ -145,4 +145,8 @@ SPEC = spec_lib.ModelSpec(
     make_loss=_make_loss,
     diffusion=True,
     tile_safe=_tile_safe,
+    # DvSR's GoPro config; its 'xy' summary row (an XY-decoupled g) is xydiff.
+    variants={'dvsr': spec_lib.Variant('dvsr', 'dvsr_gopro', about='DvSR (Whang et al., CVPR '
+                                       '2022): U-Net g (base 64) + U-Net f (base 32)')},
+    xy_section='predictor',
 )

@@ -363,6 +363,8 @@ def _defaults():
 
 
 PLUS = {'num_res': 20, 'dropout': 0.1}
+XY = {'decoders': 2, 'share': 'rotate'}
+_REPO = 'github.com/chosj95/MIMO-UNet'
 
 SPEC = spec_lib.ModelSpec(
     name='mimo_unet',
@@ -377,12 +379,19 @@ SPEC = spec_lib.ModelSpec(
     variants={
         'mimo_unet': spec_lib.Variant(
             'mimo_unet', 'mimo_unet_gopro',
-            about='MIMO-UNet (Cho et al., ICCV 2021), 6,807,171 parameters, GoPro 31.73 dB: '
-            'github.com/chosj95/MIMO-UNet (MIMO-UNet.pkl)'),
+            about=f'MIMO-UNet (Cho et al., ICCV 2021), 6,807,171 parameters, GoPro 31.73 dB '
+            f'(README): {_REPO} (MIMO-UNet.pkl)'),
         'mimo_unet_plus': spec_lib.Variant(
             'mimo_unet', 'mimo_unet_gopro', PLUS,
-            about='MIMO-UNet+ (Cho et al., ICCV 2021), 16,107,651 parameters, GoPro 32.45 dB: '
-            'github.com/chosj95/MIMO-UNet (MIMO-UNetPlus.pkl)'),
+            about=f'MIMO-UNet+ (Cho et al., ICCV 2021), 16,107,651 parameters, GoPro 32.45 dB '
+            f'(README): {_REPO} (MIMO-UNetPlus.pkl)'),
+        'mimo_unet_xy': spec_lib.Variant(
+            'mimo_unet', 'mimo_unet_gopro', XY,
+            about='MIMO-UNet with XYDeblur\'s decoder pair (the decoder run twice, the second '
+            'time turned 90 degrees): 6,807,171 parameters, 1.48x the MACs'),
+        'mimo_unet_plus_xy': spec_lib.Variant(
+            'mimo_unet', 'mimo_unet_gopro', {**PLUS, **XY},
+            about='MIMO-UNet+ with XYDeblur\'s decoder pair: 16,107,651 parameters, 1.49x the MACs'),
     },
     official=spec_lib.OfficialWeights(read=read_official, key_map=official_keys),
 )

@@ -101,6 +101,9 @@ class ModelSpec:
   for_tiles: Callable[[Any], Any] | None = None
   variants: Mapping[str, Variant] = dataclasses.field(default_factory=dict)
   official: OfficialWeights | None = None
+  # The config section under config.model holding the XY transform's
+  # `decoders` and `share` (xy.py); None for a family without a decoder to split.
+  xy_section: str | None = None
 
 
 def read_torch_state_dict(path: str, container_keys: tuple[str, ...] = ()) -> dict[str, np.ndarray]:

@@ -187,4 +187,5 @@ SPEC = spec_lib.ModelSpec(
         'xydeblur', 'xydeblur_gopro', about='XYDeblur (Ji et al., CVPR 2022), 4,918,627 '
         'parameters: github.com/Seowon-Ji/XYDeblur')},
     official=spec_lib.OfficialWeights(read=read_official, key_map=official_keys),
+    xy_section='xydeblur',
 )

@@ -176,20 +176,9 @@ def import_checkpoint(path: str, workdir: str, config) -> str:
     raise CheckpointImportError(
         f'{path} does not fit config.model.xydeblur (width={xy.width}, '
         f'num_res={xy.num_res}){hint}: {e}') from None
-  # A fresh train state around the imported weights: step 0, the optimizer's
-  # fresh state (Adam starts from zeros whatever the weights), and the EMA
-  # (which evaluation reads) holding them too.
-  state = state_lib.state_from_params(config, params)
-  # Only now, with the weights known to fit, does the workdir get a checkpoints folder.
-  if os.path.isdir(os.path.join(workdir, 'checkpoints')) and os.listdir(
-      os.path.join(workdir, 'checkpoints')):
-    raise CheckpointImportError(
-        f'{os.path.join(workdir, "checkpoints")} already has checkpoints; '
-        'import into a fresh --workdir')
-  with checkpoint.Checkpointer(workdir, config) as ckpt:
-    ckpt.save(0, state)
-  run_config.save(workdir, config)  # --mode=deblur/eval then need no --config.
-  return os.path.join(ckpt.directory, '0')
+  # Only now, with the weights known to fit, is anything written: step 0 of a
+  # fresh train state, config.json first, renamed into place whole.
+  return checkpoint.write_imported_run(workdir, config, params)
 
 
 def _cli() -> None:

@@ -1,0 +1,297 @@
+"""MIMO-UNet / MIMO-UNet+: official sizes, equality with the authors' PyTorch network and
+training loss, checkpoint import, the XY transform.
+
+The PyTorch reference is tests/torch_refs/mimo_unet.py, transcribed from the
+authors' models/MIMOUNet.py, models/layers.py and train.py.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx, traverse_util
+
+from conftest import GOPRO_SAMPLE
+from xydiff import config_check, images, models, weights
+from xydiff.errors import CheckpointImportError, ConfigError
+from xydiff.models import mimo_unet
+from xydiff.models.mimo_unet import Decoder, MIMOUNet
+
+torch = pytest.importorskip('torch')
+import torch.nn.functional as F  # noqa: E402
+from torch_refs import mimo_unet as ref  # noqa: E402
+
+FRAME = GOPRO_SAMPLE / 'test' / 'GOPR0869_11_00' / 'blur' / '000020.png'
+SHARP = GOPRO_SAMPLE / 'test' / 'GOPR0869_11_00' / 'sharp' / '000020.png'
+BASELINE, PLUS = 6_807_171, 16_107_651
+DECODER, PLUS_DECODER = 3_280_489, 7_930_729  # Decoder[0..2], ConvsOut, feat_extract[3..5], Convs.
+
+
+def _num_params(module) -> int:
+  return sum(x.size for x in jax.tree.leaves(nnx.state(module, nnx.Param)))
+
+
+def _abstract(**kwargs):
+  return nnx.eval_shape(lambda: MIMOUNet(**kwargs, rngs=nnx.Rngs(0)))
+
+
+def _config(model, **section):
+  config = weights.config_for(model)
+  config.model.mimo_unet.update(section)
+  return config
+
+
+def _crop(path, h, w):
+  return images.to_float(images.read_image(str(path)))[300:300 + h, 500:500 + w]
+
+
+def _nchw(x):
+  return torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2)
+
+
+def _nhwc(t):
+  return t.permute(0, 2, 3, 1).numpy()
+
+
+def _imported_model(model_name, path, config):
+  graphdef, _ = nnx.split(models.build_model(config.model), nnx.Param)
+  return nnx.merge(graphdef, weights.official_params(model_name, str(path), config))
+
+
+def _save_as_train_py(net, path, *, final):
+  """As the official train.py: Final.pkl/Best.pkl hold only 'model'; model.pkl and
+  model_N.pkl also the optimizer, scheduler and epoch."""
+  payload = {'model': net.state_dict()}
+  if not final:
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-4)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, [500, 1000], 0.5)
+    payload.update(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), epoch=7)
+  torch.save(payload, str(path))
+
+
+# ------------------------------------------------------------------ sizes
+
+def test_official_parameter_counts():
+  counts = {name: _num_params(jax.eval_shape(
+      lambda n=name: models.build_model(weights.config_for(n).model)))
+            for name in ('mimo_unet', 'mimo_unet_plus', 'mimo_unet_xy', 'mimo_unet_plus_xy')}
+  assert counts == {'mimo_unet': BASELINE, 'mimo_unet_plus': PLUS,
+                    'mimo_unet_xy': BASELINE, 'mimo_unet_plus_xy': PLUS}
+  # The authors' networks (MIMOUNet(), MIMOUNetPlus()) count the same.
+  assert sum(p.numel() for p in ref.MIMOUNet(num_res=8).parameters()) == BASELINE
+  assert sum(p.numel() for p in ref.MIMOUNet(num_res=20, dropout=True).parameters()) == PLUS
+  assert _num_params(_abstract().decoder) == DECODER
+  assert _num_params(_abstract(num_res=20).decoder) == PLUS_DECODER
+
+
+def test_xy_transform_parameter_counts():
+  for num_res, baseline, decoder in ((8, BASELINE, DECODER), (20, PLUS, PLUS_DECODER)):
+    for n in (2, 4):
+      assert _num_params(_abstract(num_res=num_res, decoders=n, share='rotate')) == baseline
+      # U-Net^2D: the decoder copied n - 1 times.
+      assert _num_params(_abstract(num_res=num_res, decoders=n, share='none')) == (
+          baseline + (n - 1) * decoder)
+
+
+def test_one_decoder_is_the_untransformed_network():
+  def tree(**kwargs):
+    model = MIMOUNet(width=4, num_res=1, **kwargs, rngs=nnx.Rngs(0))
+    return model, traverse_util.flatten_dict(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+
+  default, default_tree = tree()
+  for share in ('rotate', 'none'):
+    model, params = tree(decoders=1, share=share)
+    assert params.keys() == default_tree.keys()
+    assert all(np.array_equal(params[k], default_tree[k]) for k in params)
+  # Every parameter has its place in the authors' checkpoint format.
+  config = _config('mimo_unet', width=4, num_res=1)
+  assert {path for path, _ in mimo_unet.official_keys(config.model).values()} == set(default_tree)
+  x = jax.random.uniform(jax.random.key(1), (1, 16, 16, 3))
+  np.testing.assert_array_equal(model(x)['restored'], default(x)['restored'])
+
+
+@pytest.mark.parametrize('upsample_impl', ['reference', 'subpixel'])
+def test_rotated_decoder_equals_feature_rotation(upsample_impl):
+  decoder = Decoder(4, 1, dtype=jnp.float32, upsample_impl=upsample_impl, rngs=nnx.Rngs(0))
+  keys = jax.random.split(jax.random.key(1), 3)
+  # z at 1/4 scale, the fused skips at 1/2 and full scale; non-square on purpose.
+  features = [jax.random.normal(k, (2, 3 * s, 5 * s, c))
+              for k, s, c in zip(keys, (1, 2, 4), (16, 8, 4))]
+  plain = decoder(*features)
+  for turns in (1, 2, 3):
+    rotated = decoder(*features, rotation=turns)
+    official = decoder(*[jnp.rot90(f, turns, axes=(1, 2)) for f in features])
+    for ours, theirs, unturned in zip(rotated, official, plain):
+      np.testing.assert_allclose(ours, jnp.rot90(theirs, -turns, axes=(1, 2)), atol=1e-5)
+      assert np.abs(np.asarray(ours - unturned)).max() > 1e-3
+
+
+@pytest.mark.parametrize('share', ['rotate', 'none'])
+def test_xy_outputs_are_the_sum_of_the_decoders(share):
+  model = MIMOUNet(width=4, num_res=1, decoders=2, share=share, rngs=nnx.Rngs(0))
+  x = jax.random.uniform(jax.random.key(1), (1, 16, 24, 3))
+  out = model(x)
+  first, second = out['residuals']
+  np.testing.assert_allclose(out['restored'], x + first + second, atol=1e-6)
+  assert np.abs(np.asarray(first - second)).max() > 1e-3
+  # Every scale sums the decoders' residuals onto the (nearest) downscaled input.
+  z, skip_half, skip_full = model.encoder(x, x[:, ::2, ::2], x[:, ::4, ::4])
+  decoders = model.decoder if share == 'none' else [model.decoder, model.decoder]
+  per = [d(z, skip_half, skip_full, rotation=0 if share == 'none' else i)
+         for i, d in enumerate(decoders)]
+  np.testing.assert_allclose(out['restored_half'], x[:, ::2, ::2] + per[0][1] + per[1][1],
+                             atol=1e-6)
+  np.testing.assert_allclose(out['restored_quarter'], x[:, ::4, ::4] + per[0][0] + per[1][0],
+                             atol=1e-6)
+
+
+# ------------------------------------------------------------------ the authors' network
+
+@pytest.mark.parametrize('model_name,num_res,final', [
+    ('mimo_unet', 2, True), ('mimo_unet_plus', 3, False)])
+def test_imported_checkpoints_restore_like_the_official_test(tmp_path, model_name, num_res,
+                                                             final):
+  torch.manual_seed(num_res)
+  net = ref.MIMOUNet(num_res=num_res, base_channel=4, dropout=model_name.endswith('plus')).eval()
+  pkl = tmp_path / ('Final.pkl' if final else 'model_7.pkl')
+  _save_as_train_py(net, pkl, final=final)
+  model = _imported_model(model_name, pkl, _config(model_name, width=4, num_res=num_res))
+
+  crop = _crop(FRAME, 32, 40)[None]  # H, W multiples of 4: what eval.py feeds.
+  with torch.no_grad():
+    theirs = [_nhwc(t) for t in net(_nchw(crop))]
+  out = model(jnp.asarray(crop))
+  for name, reference in zip(('restored_quarter', 'restored_half', 'restored'), theirs):
+    assert out[name].dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(out[name]), reference, atol=1e-5, err_msg=name)
+  # A real comparison: the random network moves the image a lot.
+  assert np.abs(theirs[2] - crop).max() > 0.1
+
+  # Other sizes: reflect-padded to multiples of 4 and cropped back.
+  odd = _crop(FRAME, 21, 27)[None]
+  padded = np.pad(odd, ((0, 0), (0, 3), (0, 1), (0, 0)), mode='reflect')
+  with torch.no_grad():
+    theirs = _nhwc(net(_nchw(padded))[2])[:, :21, :27]
+  np.testing.assert_allclose(np.asarray(model(jnp.asarray(odd))['restored']), theirs, atol=1e-5)
+
+
+def test_full_size_key_map_covers_the_authors_checkpoint_with_its_shapes():
+  net = ref.MIMOUNet(num_res=20, dropout=True)  # MIMOUNetPlus()
+  state_dict = {k: v.numpy() for k, v in net.state_dict().items()}
+  config = weights.config_for('mimo_unet_plus')
+  key_map = mimo_unet.official_keys(config.model)
+  assert set(key_map) == set(state_dict)
+  target = nnx.to_pure_dict(nnx.state(jax.eval_shape(lambda: models.build_model(config.model)),
+                                      nnx.Param))
+  params = weights.convert(state_dict, key_map, target)
+  np.testing.assert_array_equal(  # ConvTranspose2d [in, out, kh, kw] -> HWOI.
+      params['decoder']['up_to_half']['kernel'],
+      state_dict['feat_extract.3.main.0.weight'].transpose(2, 3, 1, 0))
+  assert params['decoder']['up_to_half']['kernel'].shape == (4, 4, 64, 128)
+  # SCM1 is the quarter-scale module (128 features), SCM2 the half-scale one.
+  np.testing.assert_array_equal(params['encoder']['scm_quarter']['convs'][3]['kernel'],
+                                state_dict['SCM1.main.3.main.0.weight'].transpose(2, 3, 1, 0))
+  assert params['encoder']['scm_quarter']['convs'][3]['kernel'].shape == (1, 1, 64, 125)
+  np.testing.assert_array_equal(params['encoder']['res_half']['blocks'][19]['conv2']['bias'],
+                                state_dict['Encoder.1.layers.19.main.1.main.0.bias'])
+
+
+def test_every_missing_extra_and_misshaped_tensor_is_listed_in_one_error(tmp_path):
+  state_dict = dict(ref.MIMOUNet(num_res=1, base_channel=4).state_dict())
+  del state_dict['AFFs.1.conv.0.main.0.bias']
+  state_dict['Decoder.2.layers.1.main.0.main.0.weight'] = torch.zeros(4, 4, 3, 3)
+  state_dict['FAM2.merge.main.0.weight'] = torch.zeros(8, 8, 1, 1)
+  pkl = tmp_path / 'bad.pkl'
+  torch.save({'model': state_dict}, str(pkl))
+  config = _config('mimo_unet', width=4, num_res=1)
+  with pytest.raises(CheckpointImportError) as error:
+    weights.official_params('mimo_unet', str(pkl), config)
+  message = str(error.value)
+  assert 'missing: AFFs.1.conv.0.main.0.bias' in message
+  assert 'unexpected: Decoder.2.layers.1.main.0.main.0.weight' in message
+  assert 'wrong shape: FAM2.merge.main.0.weight (8, 8, 1, 1)' in message
+  with pytest.raises(CheckpointImportError, match="share='none'"):
+    weights.official_params('mimo_unet', str(pkl),
+                            _config('mimo_unet', width=4, num_res=1, decoders=2, share='none'))
+
+
+# ------------------------------------------------------------------ the training loss
+
+def test_target_downscaling_is_pytorchs_bilinear_interpolation():
+  x = np.random.RandomState(0).rand(2, 13, 18, 3).astype(np.float32)  # Odd sizes too.
+  for factor in (2, 4):
+    theirs = _nhwc(F.interpolate(_nchw(x), scale_factor=1 / factor, mode='bilinear'))
+    ours = mimo_unet.torch_bilinear_downscale(jnp.asarray(x), factor)
+    np.testing.assert_allclose(np.asarray(ours), theirs, atol=1e-6)
+
+
+def test_loss_is_the_official_training_loss():
+  torch.manual_seed(0)
+  net = ref.MIMOUNet(num_res=1, base_channel=4).eval()
+  state_dict = {k: v.numpy() for k, v in net.state_dict().items()}
+  config = _config('mimo_unet', width=4, num_res=1)
+  graphdef, target = nnx.split(models.build_model(config.model), nnx.Param)
+  params = weights.convert(state_dict, mimo_unet.official_keys(config.model),
+                           nnx.to_pure_dict(target))
+  model = nnx.merge(graphdef, params)
+  blur = np.stack([_crop(FRAME, 32, 32), _crop(FRAME, 32, 32)[::-1]])
+  sharp = np.stack([_crop(SHARP, 32, 32), _crop(SHARP, 32, 32)[::-1]])
+  loss_fn = models.get(config.model).make_loss(config)
+  loss, metrics = loss_fn(model, {'blur': jnp.asarray(blur), 'sharp': jnp.asarray(sharp)},
+                          jax.random.key(0))
+  with torch.no_grad():
+    theirs, content, fft = ref.official_loss(net(_nchw(blur)), _nchw(sharp))
+  np.testing.assert_allclose(float(metrics['content']), content.item(), rtol=1e-5)
+  np.testing.assert_allclose(float(metrics['fft']), fft.item(), rtol=1e-5)
+  np.testing.assert_allclose(float(loss), theirs.item(), rtol=1e-5)
+  assert fft.item() > content.item()  # Both terms matter: the 0.1 weight is not a no-op.
+
+
+def test_plus_drops_whole_skip_channels_only_in_training():
+  x = jax.random.uniform(jax.random.key(1), (2, 16, 16, 3))
+  plain = MIMOUNet(width=8, num_res=1, rngs=nnx.Rngs(0))
+  plus = MIMOUNet(width=8, num_res=1, dropout=0.1, rngs=nnx.Rngs(0))
+  evaluated = plus(x)['restored']
+  np.testing.assert_array_equal(evaluated, plain(x)['restored'])  # Eval mode: no dropout.
+  np.testing.assert_array_equal(plain(x, dropout_key=jax.random.key(2))['restored'], evaluated)
+  trained = plus(x, dropout_key=jax.random.key(2))['restored']
+  assert np.abs(np.asarray(trained - evaluated)).max() > 1e-4
+  # nn.Dropout2d: each (image, channel) all zero or all scaled by 1 / (1 - p).
+  features = jnp.ones((64, 4, 4, 32))
+  dropped = mimo_unet._channel_dropout(features, 0.1, jax.random.key(3))
+  values = np.asarray(dropped).reshape(64, 16, 32)
+  assert (values == values[:, :1]).all()
+  assert set(np.unique(values).round(6)) == {0.0, round(1 / 0.9, 6)}
+  assert 0.05 < (values[:, 0] == 0).mean() < 0.15
+
+
+# ------------------------------------------------------------------ config
+
+def test_packaged_config_and_validation():
+  from xydiff.configs import mimo_unet_gopro
+  config = mimo_unet_gopro.get_config('plus')
+  assert dict(config.model.mimo_unet) == dict(width=32, num_res=20, dropout=0.1, decoders=1,
+                                              share='rotate')
+  assert config.train.num_steps == 3000 * 526
+  assert config.train.lr_halve_steps == (263_000, 526_000, 789_000, 1_052_000, 1_315_000)
+  config.data.root = str(GOPRO_SAMPLE)
+  config_check.validate(config)
+  for field, value in (('width', 1), ('num_res', 0), ('dropout', 1.0), ('decoders', 3),
+                       ('share', 'copy')):
+    bad = mimo_unet_gopro.get_config()
+    with bad.model.mimo_unet.ignore_type():
+      bad.model.mimo_unet[field] = value
+    with pytest.raises(ConfigError, match=rf'config\.model\.mimo_unet\.{field}='):
+      models.get(bad.model).validate(bad.model)
+  with pytest.raises(ValueError, match='mimo_unet_plus_xy'):
+    mimo_unet_gopro.get_config('plus_plus')
+
+
+def test_bfloat16_activations_give_float32_outputs():
+  model = MIMOUNet(width=4, num_res=1, decoders=2, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+  x = jax.random.uniform(jax.random.key(1), (1, 16, 16, 3))
+  out = model(x)
+  reference = MIMOUNet(width=4, num_res=1, decoders=2, rngs=nnx.Rngs(0))  # Same weights.
+  assert all(out[k].dtype == jnp.float32 for k in ('restored', 'restored_half',
+                                                   'restored_quarter'))
+  np.testing.assert_allclose(out['restored'], reference(x)['restored'], atol=0.05)

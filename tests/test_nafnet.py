@@ -1,0 +1,298 @@
+"""NAFNet: the authors' sizes, their PyTorch network (plain and TLC), checkpoints, XY, tiles."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from flax import nnx, traverse_util
+
+from conftest import GOPRO_SAMPLE
+from xydiff import images, inference, models, weights
+from xydiff.configs import nafnet_gopro
+from xydiff.errors import CheckpointImportError, ConfigError
+from xydiff.models import nafnet
+
+torch = pytest.importorskip('torch')
+from torch_refs import nafnet as ref  # noqa: E402
+
+FRAME = GOPRO_SAMPLE / 'test' / 'GOPR0869_11_00' / 'blur' / '000020.png'
+TINY = dict(width=4, enc_blocks=(1, 1, 1, 1), middle_blocks=1, dec_blocks=(1, 1, 1, 1))
+
+
+def _num_params(tree) -> int:
+  return sum(x.size for x in jax.tree.leaves(tree))
+
+
+def _abstract(**section):
+  """(graphdef, abstract params) of NAFNet(**section), nothing initialised."""
+  model = nnx.eval_shape(lambda: nafnet.NAFNet(rngs=nnx.Rngs(0), **section))
+  graphdef, params = nnx.split(model, nnx.Param)
+  return graphdef, nnx.to_pure_dict(params)
+
+
+def _model_config(**section):
+  full = dict(nafnet.SPEC.defaults()['nafnet'])
+  full.update(section)
+  return ml_collections.ConfigDict(dict(name='nafnet', dtype='float32', upsample_impl='auto',
+                                        nafnet=full))
+
+
+def _torch_net(width, enc_blocks, middle_blocks, dec_blocks, tlc_train_size=0, seed=0):
+  torch.manual_seed(seed)
+  kwargs = dict(width=width, middle_blk_num=middle_blocks, enc_blk_nums=list(enc_blocks),
+                dec_blk_nums=list(dec_blocks))
+  if tlc_train_size:
+    net = ref.NAFNetLocal(train_size=(1, 3, tlc_train_size, tlc_train_size), **kwargs)
+  else:
+    net = ref.NAFNet(**kwargs)
+  return ref.randomize(net.eval(), seed)
+
+
+def _state_dict(net):
+  return {k: v.numpy() for k, v in net.state_dict().items()}
+
+
+def _torch_restore(net, x):
+  with torch.no_grad():
+    return net(torch.from_numpy(np.asarray(x)).permute(0, 3, 1, 2)).permute(0, 2, 3, 1).numpy()
+
+
+def _apply(graphdef):
+  return jax.jit(lambda params, x: nnx.merge(graphdef, params)(x))
+
+
+def _crop(h, w, top=300, left=500):
+  return images.to_float(images.read_image(str(FRAME)))[top:top + h, left:left + w]
+
+
+# ------------------------------------------------------------------ sizes
+
+def test_the_authors_gopro_models_have_their_parameter_counts():
+  counts = {}
+  for width in (32, 64):
+    for decoders, share in ((1, 'rotate'), (2, 'rotate'), (4, 'rotate'), (2, 'none'),
+                            (4, 'none')):
+      _, params = _abstract(width=width, decoders=decoders, share=share)
+      counts[width, decoders, share] = _num_params(params)
+    baseline, decoder = counts[width, 1, 'rotate'], _num_params(_abstract(width=width)[1]['decoder'])
+    assert counts[width, 2, 'rotate'] == counts[width, 4, 'rotate'] == baseline
+    assert counts[width, 2, 'none'] == baseline + decoder
+    assert counts[width, 4, 'none'] == baseline + 3 * decoder
+  assert counts[64, 1, 'rotate'] == 67_888_835
+  assert counts[32, 1, 'rotate'] == 17_111_907
+  # The paper's model as the registry builds it, from the packaged config.
+  config = nafnet_gopro.get_config()
+  model = nnx.eval_shape(lambda: models.build_model(config.model))
+  assert _num_params(nnx.state(model, nnx.Param)) == 67_888_835
+
+
+def test_the_key_map_covers_every_tensor_of_the_full_size_checkpoint():
+  net = ref.NAFNet(width=32, middle_blk_num=1, enc_blk_nums=[1, 1, 1, 28],
+                   dec_blk_nums=[1, 1, 1, 1])
+  state_dict = _state_dict(net)
+  assert sum(v.size for v in state_dict.values()) == 17_111_907
+  _, target = _abstract(width=32)
+  params = weights.convert(state_dict, nafnet.official_keys(_model_config(width=32)), target)
+  ours, want = traverse_util.flatten_dict(params), traverse_util.flatten_dict(target)
+  assert ours.keys() == want.keys() and all(ours[k].shape == want[k].shape for k in want)
+  np.testing.assert_array_equal(  # Depthwise [C, 1, 3, 3] -> [3, 3, 1, C].
+      params['encoder']['encoders'][3][27]['conv2']['kernel'],
+      state_dict['encoders.3.27.conv2.weight'].transpose(2, 3, 1, 0))
+  assert params['encoder']['downs'][0]['kernel'].shape == (2, 2, 32, 64)
+  assert params['decoder']['ups'][0]['kernel'].shape == (1, 1, 512, 1024)
+  assert params['decoder']['decoders'][3][0]['beta'].shape == (32,)
+
+
+# ------------------------------------------------------------------ the official network
+
+@pytest.mark.parametrize('tlc_train_size', [0, 32], ids=['NAFNet', 'NAFNetLocal'])
+def test_imported_checkpoint_restores_like_the_pytorch_network(tmp_path, tlc_train_size):
+  """torch.save({'params': ...}) as BasicSR saves it, imported as the registry's nafnet32.
+
+  With train_size 32 the TLC windows are 48 pixels (and 24, 12, 6, 3 at the
+  coarser levels), so on these images every level pools locally; 45x130 is
+  padded to 48x144, where the finest level's window covers the whole height.
+  """
+  net = _torch_net(**TINY, tlc_train_size=tlc_train_size)
+  path = tmp_path / 'net_g_latest.pth'
+  ref.save_official(path, net)
+  config = weights.config_for('nafnet32')
+  config.model.nafnet.update(dict(TINY, tlc_train_size=tlc_train_size))
+  params = weights.official_params('nafnet32', str(path), config)
+  graphdef, _ = nnx.split(nnx.eval_shape(lambda: models.build_model(config.model)), nnx.Param)
+  apply = _apply(graphdef)
+  rng = np.random.default_rng(0)
+  for shape in ((45, 130), (96, 128)):
+    x = rng.uniform(size=(2, *shape, 3)).astype(np.float32)
+    ours = np.asarray(apply(params, x)['restored'])
+    theirs = _torch_restore(net, x)
+    assert np.abs(ours - theirs).max() <= 1e-5, shape
+    assert np.abs(theirs - x).max() > 0.1  # The network does something.
+  if tlc_train_size:  # The local windows matter here: the plain network differs.
+    plain = _torch_net(**TINY)
+    assert np.abs(_torch_restore(plain, x) - theirs).max() > 1e-3
+
+
+def test_tlc_equals_the_plain_network_up_to_384_pixels():
+  """NAFNetLocal at the authors' train size 256 pools globally while both sides are <= 384."""
+  graphdef_plain, _ = _abstract(**TINY)
+  graphdef_local, _ = _abstract(**TINY, tlc_train_size=256)
+  params = weights.convert(_state_dict(_torch_net(**TINY)),
+                           nafnet.official_keys(_model_config(**TINY)), _abstract(**TINY)[1])
+  rng = np.random.default_rng(1)
+  small = rng.uniform(size=(1, 384, 224, 3)).astype(np.float32)
+  np.testing.assert_array_equal(_apply(graphdef_local)(params, small)['restored'],
+                                _apply(graphdef_plain)(params, small)['restored'])
+  tall = rng.uniform(size=(1, 400, 32, 3)).astype(np.float32)  # 400 > 384: a 384-row window.
+  assert np.abs(np.asarray(_apply(graphdef_local)(params, tall)['restored'])
+                - np.asarray(_apply(graphdef_plain)(params, tall)['restored'])).max() > 1e-4
+  assert nafnet.tlc_windows(256, 4) == (384, 192, 96, 48, 24)
+  assert nafnet.tlc_windows(0, 4) == (None,) * 5
+
+
+def test_a_checkpoint_that_does_not_fit_is_one_error_listing_every_key(tmp_path):
+  state_dict = dict(_torch_net(**TINY).state_dict())
+  del state_dict['decoders.2.0.sca.1.bias']
+  state_dict['encoders.0.1.beta'] = torch.zeros(1, 4, 1, 1)
+  state_dict['ups.1.0.weight'] = torch.zeros(16, 16, 3, 3)
+  path = tmp_path / 'bad.pth'
+  torch.save({'params': state_dict}, str(path))
+  config = weights.config_for('nafnet32')
+  config.model.nafnet.update(TINY)
+  with pytest.raises(CheckpointImportError) as error:
+    weights.official_params('nafnet32', str(path), config)
+  message = str(error.value)
+  assert 'missing: decoders.2.0.sca.1.bias' in message
+  assert 'unexpected: encoders.0.1.beta' in message
+  assert 'wrong shape: ups.1.0.weight (16, 16, 3, 3)' in message
+  # BasicSR checkpoints with an EMA hold 'params_ema' too; one with only that reads.
+  torch.save({'params_ema': _torch_net(**TINY).state_dict()}, str(path))
+  assert set(nafnet.read_official(str(path))) == set(nafnet.official_keys(config.model))
+
+
+# ------------------------------------------------------------------ XY transform
+
+def test_one_decoder_is_the_official_network_whatever_the_share():
+  trees = [traverse_util.flatten_dict(_abstract(width=64, decoders=1, share=share)[1])
+           for share in ('rotate', 'none')]
+  assert trees[0].keys() == trees[1].keys()
+  assert all(trees[0][k].shape == trees[1][k].shape for k in trees[0])
+  assert {path for path, _ in nafnet.official_keys(_model_config()).values()} == set(trees[0])
+
+
+def test_rotated_decoders_equal_the_decoder_on_rotated_features():
+  """Decoder i (kernels turned, pixel shuffle and TLC box means rotated) = rot90^-i D(rot90^i f).
+
+  With TLC on (local windows at every level) and a non-square image, so
+  neither the pixel shuffle nor the asymmetric replicate padding is symmetric.
+  """
+  section = dict(TINY, tlc_train_size=32)
+  graphdef, target = _abstract(**section, decoders=4)
+  # One shared decoder has the plain network's tree: the torch weights fit as they are.
+  params = weights.convert(_state_dict(_torch_net(**section)),
+                           nafnet.official_keys(_model_config(**section)), target)
+  x = jnp.asarray(_crop(64, 96))[None]
+  rot = lambda t, k: jnp.rot90(t, k, axes=(1, 2))
+
+  @jax.jit
+  def run(params, x):
+    model = nnx.merge(graphdef, params)
+    out = model(x)
+    z, skips = model.encoder(x)
+    feature_form = [rot(model.decoder(rot(z, i), tuple(rot(s, i) for s in skips)), -i)
+                    for i in range(4)]
+    return out, feature_form
+
+  out, feature_form = run(params, x)
+  for i in range(4):
+    np.testing.assert_allclose(out['residuals'][i], feature_form[i], atol=1e-5, err_msg=str(i))
+  assert np.abs(out['residuals'][1] - out['residuals'][0]).max() > 1e-2
+  np.testing.assert_allclose(out['restored'], x + sum(out['residuals']), atol=1e-5)
+
+
+# ------------------------------------------------------------------ tiles
+
+def test_tlc_makes_tiles_agree_with_the_whole_image():
+  """A 128x192 GoPro crop restored whole and in 96x96 tiles overlapping by >= 48 pixels.
+
+  Two-level network (small receptive field), channel attention made strong.
+  Measured mean |tiled - whole|: 1.7e-4 with TLC (train size 32: 48-pixel
+  windows), 7.5e-4 with global pooling; max 2.9e-3 and 3.7e-3.
+  """
+  section = dict(width=8, enc_blocks=(1, 1), middle_blocks=1, dec_blocks=(1, 1))
+  net = _torch_net(**section)
+  with torch.no_grad():
+    for name, p in net.named_parameters():
+      if name.endswith('sca.1.weight'):
+        p.mul_(5.0)
+  state_dict = _state_dict(net)
+  image = _crop(128, 192)
+  differences = {}
+  for tlc in (0, 32):
+    graphdef, target = _abstract(**section, tlc_train_size=tlc)
+    params = weights.convert(state_dict, nafnet.official_keys(_model_config(**section)), target)
+    fn = jax.jit(lambda p, blur, key, g=graphdef: {'image': nnx.merge(g, p)(blur)['restored']})
+    whole = inference.restore_image(fn, params, image, jax.random.key(0), align=4)['image']
+    tiled = inference.restore_image(fn, params, image, jax.random.key(0), align=4, tile=96,
+                                    overlap=48)['image']
+    differences[tlc] = np.abs(tiled - whole)
+  assert differences[32].mean() <= 2.5e-4 and differences[32].max() <= 4e-3
+  assert differences[0].mean() >= 3 * differences[32].mean()
+
+  plain, local = _model_config(tlc_train_size=0), _model_config()
+  assert not nafnet.SPEC.tile_safe(plain) and nafnet.SPEC.tile_safe(local)
+  tiled_config = nafnet.SPEC.for_tiles(plain)
+  assert tiled_config.nafnet.tlc_train_size == 256 and plain.nafnet.tlc_train_size == 0
+  assert nafnet.SPEC.for_tiles(_model_config(tlc_train_size=32)).nafnet.tlc_train_size == 32
+
+
+# ------------------------------------------------------------------ loss and config
+
+def test_the_loss_is_basicsr_psnr_loss():
+  rng = np.random.default_rng(2)
+  blur, sharp = (rng.uniform(size=(3, 8, 8, 3)).astype(np.float32) for _ in range(2))
+  blur[2] = sharp[2]  # A perfect image: the 1e-8 keeps the log finite.
+  loss_fn = nafnet.SPEC.make_loss(nafnet_gopro.get_config())
+  loss, metrics = loss_fn(lambda b: {'restored': b}, {'blur': blur, 'sharp': sharp}, None)
+  # PSNRLoss: 10 / ln(10) * mean over images of ln(MSE + 1e-8), i.e. -mean PSNR.
+  mse = ((blur - sharp) ** 2).mean(axis=(1, 2, 3))
+  expected = 10 / math.log(10) * np.log(mse + 1e-8).mean()
+  assert float(loss) == pytest.approx(expected, rel=1e-5)
+  assert float(metrics['psnr_loss']) == float(loss)
+  assert float(loss) == pytest.approx(np.mean(10 * np.log10(mse + 1e-8)), rel=1e-5)
+
+
+def test_packaged_config_is_the_authors_recipe_and_bad_fields_are_named():
+  for variant, width, batch, steps, decay in (('', 64, 64, 400_000, 1e-3),
+                                              ('width64', 64, 64, 400_000, 1e-3),
+                                              ('width32', 32, 32, 200_000, 0.0)):
+    config = nafnet_gopro.get_config(variant)
+    t = config.train
+    assert (config.model.name, config.model.nafnet.width) == ('nafnet', width)
+    assert (t.batch_size, t.num_steps, t.weight_decay) == (batch, steps, decay)
+    assert (t.optimizer, t.lr, t.lr_schedule, t.lr_min) == ('adamw', 1e-3, 'cosine', 1e-7)
+    assert (tuple(t.adam_betas), t.grad_clip, config.data.crop) == ((0.9, 0.9), 0.01, 256)
+    assert config.data.flip and config.data.rot90
+    assert config.model.nafnet.tlc_train_size == 256
+  with pytest.raises(ValueError, match='width32'):
+    nafnet_gopro.get_config('width16')
+  assert models.variant('nafnet32').section == {'width': 32}
+
+  model_config = nafnet_gopro.get_config().model
+  model_config.nafnet.dec_blocks = (1, 1, 1)
+  with pytest.raises(ConfigError, match=r'config\.model\.nafnet\.dec_blocks=.*one entry per level'):
+    nafnet.SPEC.validate(model_config)
+  model_config.nafnet.dec_blocks = (1, 1, 1, 1)
+  model_config.nafnet.tlc_train_size = -1
+  with pytest.raises(ConfigError, match=r'config\.model\.nafnet\.tlc_train_size=-1'):
+    nafnet.SPEC.validate(model_config)
+  model_config.nafnet.tlc_train_size = 0
+  model_config.nafnet.decoders = 3
+  with pytest.raises(ConfigError, match=r'config\.model\.nafnet\.decoders=3'):
+    nafnet.SPEC.validate(model_config)
+  assert nafnet.SPEC.size_multiple(model_config) == 16
+  # TLC is a test-time choice: the same weights run with it or without.
+  assert 'model.nafnet.tlc_train_size' not in nafnet.SPEC.output_fields(model_config)

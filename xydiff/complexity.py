@@ -1,0 +1,164 @@
+"""What a model costs: parameters, multiply-accumulates, XLA's FLOPs, training memory.
+
+MACs follow the convention of the field's tables (XYDeblur's Table 2, ptflops,
+thop): one per multiply-accumulate of a convolution or a dense layer, nothing
+for activations, norms or additions. They are counted from the model's jaxpr
+at the given size, so nothing runs and no weights are materialised:
+
+- a convolution: output elements x kernel taps x input channels per group,
+  divided by the input dilation (a transposed convolution written as a
+  dilated one multiplies the inserted zeros, which no counter counts);
+- a dense layer / dot product: the product of batch, contracted and free sizes.
+
+Up-convolutions are traced with `upsample_impl='reference'`: the sub-pixel
+form computes the same function with 9/4 the MACs.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from xydiff import models
+
+HD = (720, 1280)
+
+
+def count_params(model_config) -> int:
+  model = nnx.eval_shape(lambda: models.build_model(model_config))
+  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(nnx.state(model, nnx.Param))))
+
+
+def _sub_jaxprs(params):
+  for value in params.values():
+    values = value if isinstance(value, (list, tuple)) else [value]
+    for v in values:
+      if isinstance(v, jax.extend.core.ClosedJaxpr):
+        yield v.jaxpr
+      elif isinstance(v, jax.extend.core.Jaxpr):
+        yield v
+
+
+def jaxpr_macs(jaxpr) -> int:
+  """Multiply-accumulates of convolutions and dot products in `jaxpr` (recursively)."""
+  total = 0
+  for eqn in jaxpr.eqns:
+    name = eqn.primitive.name
+    if name == 'conv_general_dilated':
+      out = eqn.outvars[0].aval.shape
+      rhs = eqn.invars[1].aval.shape
+      dn = eqn.params['dimension_numbers']
+      # rhs_spec: (out feature dim, in feature dim, spatial dims...).
+      in_per_group = rhs[dn.rhs_spec[1]]
+      taps = math.prod(rhs[d] for d in dn.rhs_spec[2:])
+      dilation = math.prod(eqn.params['lhs_dilation'])
+      total += math.prod(out) * taps * in_per_group // dilation
+    elif name == 'dot_general':
+      (lhs_contract, _), (lhs_batch, _) = eqn.params['dimension_numbers']
+      lhs = eqn.invars[0].aval.shape
+      out = eqn.outvars[0].aval.shape
+      total += math.prod(out) * math.prod(lhs[d] for d in lhs_contract)
+    else:
+      # Loops: a scan's body runs `length` times; other sub-programs once.
+      repeat = eqn.params.get('length', 1) if name == 'scan' else 1
+      for sub in _sub_jaxprs(eqn.params):
+        total += repeat * jaxpr_macs(sub)
+  return total
+
+
+def _forward(model_config):
+  """fn(params, x) -> the model's restored image (DvSR: g(y) plus one denoiser step)."""
+  graphdef, _ = nnx.split(nnx.eval_shape(lambda: models.build_model(model_config)), nnx.Param)
+
+  def fn(params, x):
+    model = nnx.merge(graphdef, params)
+    if models.is_diffusion(model_config):
+      restored = model.predict(x)['restored']
+      return restored + model.denoise(x, jnp.ones((x.shape[0],)), x)
+    return model(x)['restored']
+  return fn
+
+
+def _counting_config(model_config):
+  counted = copy.deepcopy(model_config)
+  counted.upsample_impl = 'reference'
+  counted.dtype = 'float32'
+  return counted
+
+
+def _abstract_params(model_config):
+  model = nnx.eval_shape(lambda: models.build_model(model_config))
+  return nnx.state(model, nnx.Param)
+
+
+def gmacs(model_config, size=HD) -> float:
+  """GMACs of one forward pass on a size[0] x size[1] image (DvSR: g plus one f step)."""
+  model_config = _counting_config(model_config)
+  x = jax.ShapeDtypeStruct((1, *size, 3), jnp.float32)
+  jaxpr = jax.make_jaxpr(_forward(model_config))(_abstract_params(model_config), x)
+  return jaxpr_macs(jaxpr.jaxpr) / 1e9
+
+
+def xla_gflops(model_config, size=HD) -> float | None:
+  """XLA's own FLOP count of the compiled forward pass (None where the backend gives none)."""
+  x = jax.ShapeDtypeStruct((1, *size, 3), jnp.float32)
+  model_config = _counting_config(model_config)
+  lowered = jax.jit(_forward(model_config)).lower(_abstract_params(model_config), x)
+  cost = lowered.compile().cost_analysis()
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else None
+  flops = (cost or {}).get('flops')
+  return None if flops is None else float(flops) / 1e9
+
+
+def train_step_memory_gb(config, crop: int = 256) -> float | None:
+  """Compiled peak memory (arguments, outputs and temporaries) of one training step on
+  config.train.batch_size crops of crop x crop, on the current backend."""
+  from xydiff import state as state_lib, step as step_lib  # pylint: disable=import-outside-toplevel
+  graphdef, state = state_lib.abstract_state(config)
+  batch = {k: jax.ShapeDtypeStruct((config.train.batch_size, crop, crop, 3), jnp.float32)
+           for k in ('blur', 'sharp')}
+  train_config = copy.deepcopy(config)
+  train_config.train.steps_per_call = 1
+  step = step_lib.make_train_step(train_config, graphdef, donate=False)
+  memory = step.lower(state, batch).compile().memory_analysis()
+  if memory is None:
+    return None
+  total = (memory.argument_size_in_bytes + memory.output_size_in_bytes
+           + memory.temp_size_in_bytes - memory.alias_size_in_bytes)
+  return total / 2 ** 30
+
+
+# The summary's variants of each model, as XYDeblur's Table 2 and Figures 3/5 use them:
+# (decoders, share) of the family's XY section, or a registered sibling variant.
+XY_VARIANTS = {'baseline': (1, 'rotate'), 'xy': (2, 'rotate'), 'unet2d': (2, 'none'),
+               'decoders4': (4, 'rotate')}
+SIZED_VARIANTS = ('channel', 'layer')  # Registered as '<model>_channel', '<model>_layer'.
+
+
+def model_names() -> list[str]:
+  """Registered models, without the Channel/Layer siblings."""
+  return sorted(name for name in models.variants()
+                if not any(name.endswith(f'_{kind}') for kind in SIZED_VARIANTS))
+
+
+def variant_configs(model: str) -> dict:
+  """{variant: config} for `model` (a registered name): baseline, xy, unet2d, decoders4,
+  and channel/layer where registered."""
+  from xydiff import weights  # pylint: disable=import-outside-toplevel
+  spec = models.family(models.variant(model).family)
+  configs = {}
+  if spec.xy_section is not None:
+    for kind, (decoders, share) in XY_VARIANTS.items():
+      config = weights.config_for(model)
+      config.model[spec.xy_section].update(dict(decoders=decoders, share=share))
+      configs[kind] = config
+  for kind in SIZED_VARIANTS:
+    if f'{model}_{kind}' in models.variants():
+      configs[kind] = weights.config_for(f'{model}_{kind}')
+  return configs

@@ -1,0 +1,240 @@
+"""Portable weights: one safetensors file, ONNX graphs, and jax.export's StableHLO.
+
+  xydiff export --workdir=DIR --format=safetensors|onnx|stablehlo --out=PATH
+
+- **safetensors** (`write_safetensors` / `read_safetensors`): every inference
+  weight (the EMA where training kept one) under its parameter path, e.g.
+  'encoder.stem.kernel' (HWIO, float32), with the run's config (JSON), step
+  and family in the file's metadata. `Restorer.from_pretrained(PATH)` loads
+  it; any safetensors reader (NumPy, PyTorch) reads the arrays.
+- **onnx** (`write_onnx`, converted by jax2onnx): deterministic families as
+  one graph `blur -> restored`; DvSR as two, `<stem>_predictor.onnx`
+  (`blur -> restored`, its g(y)) and `<stem>_denoiser.onnx` (one call of the
+  denoiser f: `noisy_residual, level, blur -> noise`), so that a runtime
+  can run any sampling schedule (xydiff.diffusion.sample is the loop).
+- **stablehlo** (`write_stablehlo`): `jax.export`'s serialized artefact of
+  what `Restorer` runs for one image batch: `blur -> restored`, or for
+  diffusion models `(blur, seed) -> {image, std, samples}` with the config's
+  deblur preset. `jax.export.deserialize(bytes).call(...)` runs it with JAX
+  alone, no xydiff.
+
+Both graph formats take NHWC float32 images in [0, 1] of any batch size and
+any height and width that are multiples of the network's size multiple M
+(stored in the ONNX metadata as 'xydiff.size_multiple'; `input_multiple`
+reads it): the networks' own reflect padding to M needs the size to be known
+when the graph is built, so callers pad, as `pad_for_graph` does, and crop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import json
+import os
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from xydiff import diffusion, models, run_config, state as state_lib
+from xydiff.errors import WeightsError
+
+FORMATS = ('safetensors', 'onnx', 'stablehlo')
+# The `format` metadata entry of xydiff's safetensors files.
+SAFETENSORS_FORMAT = 'xydiff-weights-1'
+# ONNX opset 17: onnxruntime >= 1.13 and every mainstream runtime read it.
+ONNX_OPSET = 17
+
+
+# ------------------------------------------------------------------ safetensors
+
+def _flat_name(path) -> str:
+  return '.'.join(str(getattr(k, 'key', getattr(k, 'idx', k))) for k in path)
+
+
+def flat_params(params) -> dict[str, np.ndarray]:
+  """{'encoder.stem.kernel': array, ...}: the params tree by parameter path."""
+  return {_flat_name(path): np.asarray(leaf)
+          for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
+
+
+def write_safetensors(path: str, config, params, step: int, *, ema: bool) -> None:
+  """Writes `params` (a pure dict, as state.eval_params gives it) and the config to `path`."""
+  from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
+  metadata = {'format': SAFETENSORS_FORMAT, 'model': config.model.name, 'step': str(int(step)),
+              'weights': 'ema' if ema else 'params',
+              'config': json.dumps(run_config.to_plain(config), sort_keys=True)}
+  tensors = {name: np.ascontiguousarray(value) for name, value in flat_params(params).items()}
+  _write_via_temp(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+
+def read_safetensors(path: str):
+  """(config, graphdef, params, step) from a file `write_safetensors` wrote.
+
+  Raises FileNotFoundError, or WeightsError naming the file when it is not
+  one (no xydiff metadata, damaged) or its tensors do not fit its config's
+  model (every missing, extra or mis-shaped tensor listed).
+  """
+  from safetensors import SafetensorError, safe_open  # pylint: disable=import-outside-toplevel
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'weights file {path} does not exist')
+  try:
+    with safe_open(path, framework='np') as f:
+      metadata = f.metadata() or {}
+      tensors = {name: f.get_tensor(name) for name in f.keys()}
+  except (SafetensorError, OSError, ValueError) as e:
+    raise WeightsError(f'cannot read {path}: {e}') from None
+  if metadata.get('format') != SAFETENSORS_FORMAT or 'config' not in metadata:
+    raise WeightsError(f'{path} is a safetensors file but not xydiff weights (no '
+                       f"'format': '{SAFETENSORS_FORMAT}' metadata); write one with "
+                       'xydiff export --format=safetensors')
+  config = run_config.from_plain(json.loads(metadata['config']))
+  graphdef, target = state_lib.abstract_state(config)
+  wanted = flat_params(state_lib.eval_params(target))
+  problems = [f'missing {n}' for n in wanted if n not in tensors]
+  problems += [f'unexpected {n}' for n in tensors if n not in wanted]
+  problems += [f'{n}: shape {tensors[n].shape} != {wanted[n].shape}' for n in wanted
+               if n in tensors and tuple(tensors[n].shape) != tuple(wanted[n].shape)]
+  if problems:
+    raise WeightsError(f'{path} does not fit its {config.model.name} config: '
+                       + '; '.join(problems))
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(state_lib.eval_params(target))
+  sharding = state_lib.replicated(state_lib.make_mesh())
+  params = jax.tree_util.tree_unflatten(treedef, [
+      jax.device_put(tensors[_flat_name(p)].astype(leaf.dtype), sharding) for p, leaf in leaves])
+  return config, graphdef, params, int(metadata.get('step', 0))
+
+
+def _write_via_temp(path: str, write: Callable[[str], None]) -> None:
+  """`write(tmp)`, then renamed to `path`: no half-written file under its name."""
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  tmp = os.path.join(directory, f'.{os.path.basename(path)}.tmp')
+  try:
+    write(tmp)
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+# ------------------------------------------------------------------ graphs
+
+@dataclasses.dataclass(frozen=True)
+class Graph:
+  """One exported function: `fn(*inputs) -> output array`, with symbolic input shapes."""
+  name: str
+  fn: Callable
+  inputs: tuple[tuple[str, tuple], ...]  # (name, shape with 'B', 'M*H', 'M*W' symbols)
+  output: str
+
+
+def graphs(config, graphdef, params) -> list[Graph]:
+  """What ONNX holds of this model: its restore, or DvSR's predictor and one denoiser call."""
+  multiple = models.size_multiple(config.model)
+  image = ('B', f'{multiple}*H', f'{multiple}*W', 3)
+  model = lambda: nnx.merge(graphdef, params)
+  if not models.is_diffusion(config.model):
+    return [Graph('restored', lambda blur: model()(blur)['restored'], (('blur', image),),
+                  'restored')]
+  return [
+      Graph('predictor', lambda blur: model().predict(blur)['restored'], (('blur', image),),
+            'restored'),
+      Graph('denoiser', lambda z, level, blur: model().denoise(z, level, blur),
+            (('noisy_residual', image), ('level', ('B',)), ('blur', image)), 'noise'),
+  ]
+
+
+def onnx_paths(path: str, names: list[str]) -> list[str]:
+  """`path` for one graph; `<stem>_<name>.onnx` beside it for several."""
+  if len(names) == 1:
+    return [path]
+  stem = path[:-len('.onnx')] if path.endswith('.onnx') else path
+  return [f'{stem}_{name}.onnx' for name in names]
+
+
+def write_onnx(path: str, config, graphdef, params, step: int) -> list[str]:
+  """Converts `graphs(...)` with jax2onnx; returns the files written.
+
+  Each carries metadata: the config (JSON), step, graph name and the size
+  multiple its height and width must have.
+  """
+  import jax2onnx  # pylint: disable=import-outside-toplevel
+  import onnx  # pylint: disable=import-outside-toplevel
+  todo = graphs(config, graphdef, params)
+  paths = onnx_paths(path, [g.name for g in todo])
+  for graph, out_path in zip(todo, paths):
+    # jax2onnx 0.12 prints a debug line per convolution; keep the command's output clean.
+    with contextlib.redirect_stdout(io.StringIO()):
+      proto = jax2onnx.to_onnx(graph.fn, [shape for _, shape in graph.inputs],
+                               model_name=f'xydiff_{config.model.name}_{graph.name}',
+                               opset=ONNX_OPSET, input_names=[n for n, _ in graph.inputs],
+                               output_names=[graph.output])
+    onnx.helper.set_model_props(proto, {
+        'xydiff.config': json.dumps(run_config.to_plain(config), sort_keys=True),
+        'xydiff.step': str(int(step)), 'xydiff.graph': graph.name,
+        'xydiff.size_multiple': str(models.size_multiple(config.model))})
+    _write_via_temp(out_path, lambda tmp, proto=proto: onnx.save_model(proto, tmp))
+  return paths
+
+
+def input_multiple(onnx_path: str) -> int:
+  """The size multiple M the height and width of an exported ONNX graph's images must have."""
+  import onnx  # pylint: disable=import-outside-toplevel
+  props = {p.key: p.value for p in onnx.load(onnx_path, load_external_data=False).metadata_props}
+  return int(props['xydiff.size_multiple'])
+
+
+def pad_for_graph(images: np.ndarray, multiple: int) -> tuple[np.ndarray, tuple[int, int]]:
+  """NHWC images reflect-padded to a multiple of `multiple`, as the networks pad; and (H, W)."""
+  h, w = images.shape[1:3]
+  pads = ((0, 0), (0, -h % multiple), (0, -w % multiple), (0, 0))
+  return np.pad(images, pads, mode='reflect'), (h, w)
+
+
+# ------------------------------------------------------------------ StableHLO
+
+# Lowered for each: the artefact then runs on whichever of them the user has.
+STABLEHLO_PLATFORMS = ('cpu', 'cuda', 'tpu')
+
+
+def stablehlo_function(config, graphdef, params):
+  """(fn, input specs) that `write_stablehlo` exports: what the Restorer runs on a batch."""
+  multiple = models.size_multiple(config.model)
+  image = jax.ShapeDtypeStruct(jax.export.symbolic_shape(f'b, {multiple}*h, {multiple}*w, 3'),
+                               jnp.float32)
+  if not models.is_diffusion(config.model):
+    return (lambda blur: nnx.merge(graphdef, params)(blur)['restored']), (image,)
+  preset = config.diffusion.presets[config.deblur.preset]
+  schedule = diffusion.linear_schedule(preset.num_steps, preset.beta_start, preset.beta_end)
+  num_samples = config.deblur.num_samples or preset.num_samples
+
+  def sample(blur, seed):
+    model = nnx.merge(graphdef, params)
+    keys = diffusion.sample_keys(jax.random.key(seed), num_samples)
+    out = diffusion.sample(lambda y: model.predict(y)['restored'], model.denoise, blur, keys,
+                           schedule=schedule, residual_scale=config.diffusion.residual_scale)
+    return {'image': out['mean'], 'std': out['std'], 'samples': out['samples']}
+
+  return sample, (image, jax.ShapeDtypeStruct((), jnp.uint32))
+
+
+def write_stablehlo(path: str, config, graphdef, params) -> None:
+  fn, specs = stablehlo_function(config, graphdef, params)
+  exported = jax.export.export(jax.jit(fn), platforms=STABLEHLO_PLATFORMS)(*specs)
+  data = exported.serialize()
+
+  def write(tmp):
+    with open(tmp, 'wb') as f:
+      f.write(data)
+
+  _write_via_temp(path, write)
+
+
+def load_stablehlo(path: str):
+  """The jax.export.Exported in `path`; `.call(blur[, seed])` runs it (JAX alone would do)."""
+  with open(path, 'rb') as f:
+    return jax.export.deserialize(bytearray(f.read()))

@@ -1,0 +1,56 @@
+"""Writes a run's inference weights as one portable file (or graph).
+
+  xydiff export --workdir=DIR --format=safetensors --out=model.safetensors [--step=N]
+  xydiff export --workdir=DIR --format=onnx --out=model.onnx
+  xydiff export --workdir=DIR --format=stablehlo --out=model.stablehlo
+
+The weights are the ones evaluation and deblurring use (the EMA where
+training kept one) of the workdir's latest checkpoint, or of --step. What
+each format holds and how to load it: xydiff/export.py. `--format=onnx`
+needs the `export` extra (pip install -e '.[export]').
+"""
+
+from __future__ import annotations
+
+from xydiff import cli
+
+
+def export_run(workdir: str, fmt: str, out: str, step: int | None = None) -> list[str]:
+  """Exports the run in `workdir` (its stored config) as `fmt`; returns the files written."""
+  from xydiff import export, inference  # pylint: disable=import-outside-toplevel
+  from xydiff.errors import ConfigError  # pylint: disable=import-outside-toplevel
+  if fmt not in export.FORMATS:
+    raise ConfigError(f'--format={fmt}: must be one of {", ".join(export.FORMATS)}')
+  config = inference.config_for_workdir(workdir)
+  graphdef, params, step = inference.load_for_inference(config, workdir, step)
+  if fmt == 'safetensors':
+    export.write_safetensors(out, config, params, step, ema=config.train.ema_rate > 0)
+    return [out]
+  if fmt == 'onnx':
+    return export.write_onnx(out, config, graphdef, params, step)
+  export.write_stablehlo(out, config, graphdef, params)
+  return [out]
+
+
+def main() -> None:
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  workdir = flags.DEFINE_string('workdir', None, 'The run to export.')
+  fmt = flags.DEFINE_enum('format', 'safetensors', ['safetensors', 'onnx', 'stablehlo'],
+                          'safetensors: weights + config in one file; onnx: graphs for '
+                          'onnxruntime and friends; stablehlo: jax.export artefact.')
+  out = flags.DEFINE_string('out', None, 'The file to write (DvSR ONNX: <stem>_predictor.onnx '
+                            'and <stem>_denoiser.onnx beside it).')
+  step = flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
+  flags.mark_flags_as_required(['workdir', 'out'])
+
+  def run(argv):
+    if len(argv) > 1:
+      cli.fail(f'unexpected arguments: {" ".join(argv[1:])}')
+    for path in export_run(workdir.value, fmt.value, out.value, step.value):
+      print(f'wrote {path}')
+
+  cli.run_tool(run)
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,62 @@
+"""What a model costs: parameters, GMACs at 1280x720, XLA FLOPs, training-step memory.
+
+  python -m xydiff.tools.summary --config=gopro [--config.model.predictor.decoders=4]
+  xydiff summary --all          # one JSON line per registered model x variant
+
+For one config it prints one JSON object: `params`; `gmacs_720p`, the
+multiply-accumulates of convolutions and dense layers on one 1280x720 image,
+the convention of the field's tables (xydiff.complexity; diffusion models:
+g plus one denoiser step); `xla_gflops_720p`, XLA's own FLOP count of the
+compiled forward pass; and `train_step_memory_gb`, the compiled peak memory
+of one training step at 256x256 with the config's batch, on this backend.
+`--all` prints `model`, `variant` (baseline, xy, unet2d, decoders4, channel,
+layer), `params` and `gmacs_720p` for every registered model; nothing is
+compiled or run.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from xydiff import cli
+
+
+def main() -> None:
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
+  from xydiff import complexity, config_check  # pylint: disable=import-outside-toplevel
+
+  try:
+    config_flag = config_flags.DEFINE_config_file(
+        'config', cli.packaged_config('default'), 'Config to summarise (file or packaged '
+        'name).', lock_config=True)
+  except cli.OVERRIDE_ERRORS as e:
+    cli.fail_on_override(sys.argv, e)
+  all_flag = flags.DEFINE_bool('all', False, 'Every registered model x variant, one JSON line '
+                               'each (params, GMACs).')
+
+  def run(argv):
+    if len(argv) != 1:
+      cli.fail(f'unexpected arguments: {" ".join(argv[1:])}')
+    if all_flag.value:
+      for model in complexity.model_names():
+        for kind, config in complexity.variant_configs(model).items():
+          print(json.dumps({'model': model, 'variant': kind,
+                            'params': complexity.count_params(config.model),
+                            'gmacs_720p': round(complexity.gmacs(config.model), 2)}), flush=True)
+      return
+    config = config_flag.value
+    config_check.validate_model(config)
+    print(json.dumps({
+        'model': config.model.name, 'params': complexity.count_params(config.model),
+        'gmacs_720p': round(complexity.gmacs(config.model), 2),
+        'xla_gflops_720p': complexity.xla_gflops(config.model),
+        'train_step_memory_gb': complexity.train_step_memory_gb(config),
+        'batch_size': config.train.batch_size}))
+
+  cli.run_tool(run)
+
+
+if __name__ == '__main__':
+  main()
