@@ -16,9 +16,22 @@
     most realistic images (lowest LPIPS/FID), few steps and sample averaging
     the highest PSNR, from the same weights.
 
-Writes <workdir>/claims.md, claims_decoupling.png and
-claims_perception_distortion.png (each file written whole, then renamed) and
-prints one JSON object per claim.
+(c) DvSR's perceptual ordering against training length: the diffusion demo
+    trained for each of --lengths steps, one 100-step chain against the mean
+    of 8 ten-step samples.
+(d) XYDeblur's Table 2 direction: each --backbones family (tiny) as baseline,
+    XY, Channel and Layer (and U-Net^2D, 4 decoders), trained the same steps
+    on the demo's camera shake, over --seeds: PSNR/SSIM mean and spread.
+(e) Figure 5: 1, 2 and 4 decoders, PSNR against GMACs (plotted).
+(f) Figure 3: each decoder alone (input + r_i) of XY and of U-Net^2D on a
+    blurred ColorChecker; the neutral patches' CIELAB chroma shift.
+(g) Figure 4's decoupling for every backbone's XY variant.
+
+  python benchmarks/claims.py --workdir=DIR --parts=xy --backbones=xydeblur,dmphn,deepdeblur
+
+Writes <workdir>/claims.md and its PNGs (each file written whole, then
+renamed) and prints one JSON object per claim. Every training run keeps its
+result in a JSON file of its own, so an interrupted run resumes.
 """
 
 import argparse
@@ -160,6 +173,223 @@ def plot_perception_distortion(rows, path):
   plt.close(fig)
 
 
+# ------------------------------------------------------------------ XYDeblur's Table 2, Figures 3 and 5
+
+# Backbones for (d)-(g): each family's tiny section (CPU scale) and the crop it trains on.
+BACKBONES = {
+    'xydeblur': {'width': 8, 'num_res': 1},
+}
+VARIANT_ORDER = ('baseline', 'xy', 'channel', 'layer', 'unet2d', 'decoders4')
+MEASURE_SIZE = (64, 64)  # GMACs for sizing Channel/Layer (ratios do not depend on the size).
+
+
+def backbone_config(family: str, variant: str, steps: int, seed: int):
+  """The demo's data and schedule with `family`'s tiny network as `variant`.
+
+  baseline / xy / unet2d / decoders4 set the XY transform (decoders, share);
+  channel and layer widen or deepen the baseline (the spec's width_field /
+  depth_field) to the smallest size whose MACs reach the XY variant's, as
+  XYDeblur's Table 2 sizes them ("about the XY variant's compute").
+  """
+  from xydiff import complexity, models
+  from xydiff.configs import demo
+  spec = models.family(family)
+  config = demo.get_config()
+  config.seed = seed
+  config.model.name = family
+  section = config.model[spec.xy_section]
+  section.update(dict(BACKBONES[family], decoders=1, share='rotate'))
+  config.train.update(dict(num_steps=steps, eval_every=steps, checkpoint_every=steps,
+                           lr_halve_steps=(int(steps * 0.625), int(steps * 0.875))))
+  config.eval.num_image_summaries = 0
+  xy_kinds = {'baseline': (1, 'rotate'), 'xy': (2, 'rotate'), 'unet2d': (2, 'none'),
+              'decoders4': (4, 'rotate')}
+  if variant in xy_kinds:
+    decoders, share = xy_kinds[variant]
+    section.update(dict(decoders=decoders, share=share))
+    return config
+  section.decoders = 2
+  target = complexity.gmacs(config.model, MEASURE_SIZE)
+  section.decoders = 1
+  field = spec.width_field if variant == 'channel' else spec.depth_field
+  while complexity.gmacs(config.model, MEASURE_SIZE) < target:
+    section[field] += 1
+  return config
+
+
+def train_backbone(workdir: str, family: str, variant: str, steps: int, seed: int) -> dict:
+  """Trains (or reads back) one backbone variant; returns its scores and cost."""
+  import json
+  from xydiff import complexity, train
+  path = os.path.join(workdir, f'{family}_{variant}_seed{seed}.json')
+  if os.path.exists(path):
+    with open(path) as f:
+      return json.load(f)
+  config = backbone_config(family, variant, steps, seed)
+  run_dir = os.path.join(workdir, f'{family}_{variant}_seed{seed}')
+  summary = train.train_and_evaluate(config, run_dir)
+  section = config.model[__import__('xydiff.models', fromlist=['family']).family(family).xy_section]
+  row = {'family': family, 'variant': variant, 'seed': seed, 'steps': steps,
+         'section': {k: v for k, v in section.items()},
+         'psnr': summary['outputs']['restored']['psnr'],
+         'ssim': summary['outputs']['restored']['ssim'],
+         'input_psnr': summary['input']['psnr'],
+         'params': complexity.count_params(config.model),
+         'gmacs_720p': complexity.gmacs(config.model), 'workdir': run_dir}
+  files.write_atomic(path, json.dumps(row))
+  return row
+
+
+def table2(workdir: str, families, variants, seeds, steps) -> list[dict]:
+  """Every (family, variant, seed) trained the same number of steps on the demo's camera shake."""
+  return [train_backbone(workdir, family, variant, steps, seed)
+          for family in families for variant in variants for seed in seeds]
+
+
+def summarize_runs(rows) -> list[dict]:
+  """Mean and spread (population std) over seeds of each (family, variant)."""
+  import numpy as np
+  out = []
+  for family in dict.fromkeys(r['family'] for r in rows):
+    for variant in VARIANT_ORDER:
+      runs = [r for r in rows if r['family'] == family and r['variant'] == variant]
+      if not runs:
+        continue
+      out.append({'family': family, 'variant': variant, 'seeds': len(runs),
+                  'params': runs[0]['params'], 'gmacs_720p': runs[0]['gmacs_720p'],
+                  'psnr': float(np.mean([r['psnr'] for r in runs])),
+                  'psnr_std': float(np.std([r['psnr'] for r in runs])),
+                  'ssim': float(np.mean([r['ssim'] for r in runs])),
+                  'ssim_std': float(np.std([r['ssim'] for r in runs]))})
+  return out
+
+
+# The ColorChecker Classic's 24 patches in sRGB (8 bits, D65), row by row, as
+# published for the chart (BabelColor / X-Rite); the last row is the neutral series.
+COLORCHECKER_SRGB = (
+    (115, 82, 68), (194, 150, 130), (98, 122, 157), (87, 108, 67), (133, 128, 177),
+    (103, 189, 170), (214, 126, 44), (80, 91, 166), (193, 90, 99), (94, 60, 108),
+    (157, 188, 64), (224, 163, 46), (56, 61, 150), (70, 148, 73), (175, 54, 60),
+    (231, 199, 31), (187, 86, 149), (8, 133, 161), (243, 243, 242), (200, 200, 200),
+    (160, 160, 160), (122, 122, 121), (85, 85, 85), (52, 52, 52))
+PATCH, BORDER = 40, 8
+
+
+def colorchecker():
+  """The chart as a float HxWx3 image: 4 x 6 patches on black, (H, W) multiples of 8."""
+  import numpy as np
+  h, w = 4 * (PATCH + BORDER) + BORDER, 6 * (PATCH + BORDER) + BORDER
+  chart = np.zeros((h, w, 3), np.float32)
+  for i, rgb in enumerate(COLORCHECKER_SRGB):
+    r, c = divmod(i, 6)
+    y, x = BORDER + r * (PATCH + BORDER), BORDER + c * (PATCH + BORDER)
+    chart[y:y + PATCH, x:x + PATCH] = np.asarray(rgb, np.float32) / 255
+  return chart
+
+
+def neutral_chroma(image) -> list[float]:
+  """CIELAB chroma sqrt(a*^2 + b*^2) of the six neutral patches (their inner halves)."""
+  import numpy as np
+  from skimage import color
+  lab = color.rgb2lab(np.clip(image, 0, 1))
+  values = []
+  for i in range(18, 24):
+    r, c = divmod(i, 6)
+    y = BORDER + r * (PATCH + BORDER) + PATCH // 4
+    x = BORDER + c * (PATCH + BORDER) + PATCH // 4
+    patch = lab[y:y + PATCH // 2, x:x + PATCH // 2]
+    values.append(float(np.hypot(patch[..., 1].mean(), patch[..., 2].mean())))
+  return values
+
+
+def figure3(rows, num_kernels: int = 4) -> list[dict]:
+  """For each XY and U-Net^2D model of `rows`: each decoder alone (input + r_i) on a blurred
+  ColorChecker, the neutral patches' mean chroma shift against the sharp chart."""
+  import jax
+  import numpy as np
+  from flax import nnx
+  from xydiff import inference, run_config
+  from xydiff.data import synthetic
+  chart = colorchecker()
+  sharp_chroma = np.asarray(neutral_chroma(chart))
+  rng = np.random.default_rng(11)
+  blurred = [synthetic.blur(chart, synthetic.random_trajectory_kernel(rng, 15)) for _ in range(num_kernels)]
+  out = []
+  for row in rows:
+    if row['variant'] not in ('xy', 'unet2d'):
+      continue
+    config = run_config.load(row['workdir'])
+    graphdef, params, _ = inference.load_for_inference(config, row['workdir'])
+    forward = jax.jit(lambda y: nnx.merge(graphdef, params)(y))
+    shifts = [[], []]
+    for image in blurred:
+      result = forward(image[None].astype(np.float32))
+      for i, r in enumerate(result['residuals']):
+        alone = np.asarray(image + r[0])
+        shifts[i].append(np.mean(np.abs(np.asarray(neutral_chroma(alone)) - sharp_chroma)))
+    input_shift = float(np.mean([np.mean(np.abs(np.asarray(neutral_chroma(b)) - sharp_chroma))
+                                 for b in blurred]))
+    out.append({'family': row['family'], 'variant': row['variant'], 'seed': row['seed'],
+                'input_chroma_shift': input_shift,
+                'decoder_chroma_shift': [float(np.mean(s)) for s in shifts]})
+  return out
+
+
+def decoupling_of(rows, num_photos_kernels: int = 4) -> list[dict]:
+  """Figure 4's check for every XY model of `rows`: each decoder's residual power on
+  held-out photographs blurred along x only and along y only."""
+  import jax
+  import numpy as np
+  from flax import nnx
+  from xydiff import images, inference, run_config
+  from xydiff.data import synthetic
+  out = []
+  for row in rows:
+    if row['variant'] != 'xy':
+      continue
+    config = run_config.load(row['workdir'])
+    graphdef, params, _ = inference.load_for_inference(config, row['workdir'])
+    forward = jax.jit(lambda y: nnx.merge(graphdef, params)(y)['residuals'])
+    photos = sorted(synthetic.skimage_photos())[-config.data.synthetic.num_eval:]
+    powers = {}
+    for axis in ('x', 'y'):
+      source = synthetic.SyntheticPairs(photos, kernel=axis, kernel_size=15,
+                                        kernel_length=(9.0, 15.0), seed=7,
+                                        crop=config.data.synthetic.photo_crop,
+                                        pairs_per_photo=num_photos_kernels)
+      power = [[], []]
+      for i in range(len(source)):
+        blur, _ = source.load(i)
+        for j, r in enumerate(forward(images.to_float(blur)[None])):
+          power[j].append(float(np.mean(np.square(r))))
+      powers[axis] = [float(np.mean(p)) for p in power]
+    out.append({'family': row['family'], 'seed': row['seed'], 'x_blur': powers['x'],
+                'y_blur': powers['y']})
+  return out
+
+
+def plot_figure5(summary_rows, path):
+  from matplotlib import pyplot as plt
+  fig, ax = plt.subplots(figsize=(5, 3.5))
+  for family in dict.fromkeys(r['family'] for r in summary_rows):
+    pts = [r for r in summary_rows if r['family'] == family
+           and r['variant'] in ('baseline', 'xy', 'decoders4')]
+    pts.sort(key=lambda r: r['gmacs_720p'])
+    ax.errorbar([r['gmacs_720p'] for r in pts], [r['psnr'] for r in pts],
+                yerr=[r['psnr_std'] for r in pts], marker='o', capsize=3, label=family)
+    for r in pts:
+      ax.annotate({'baseline': '1', 'xy': '2', 'decoders4': '4'}[r['variant']],
+                  (r['gmacs_720p'], r['psnr']), fontsize=8, xytext=(4, 4),
+                  textcoords='offset points')
+  ax.set_xlabel('GMACs at 1280x720')
+  ax.set_ylabel('PSNR (dB, uint8)')
+  ax.set_title('decoders: 1, 2, 4')
+  ax.grid(alpha=0.3)
+  ax.legend()
+  _save(fig, path)
+  plt.close(fig)
+
+
 def report(decoupling_result, pd_result) -> str:
   rows, setup = decoupling_result
   lines = ['# The papers\' claims at CPU scale', '',
@@ -200,35 +430,110 @@ def report(decoupling_result, pd_result) -> str:
   return '\n'.join(lines)
 
 
+def xy_report(summary_rows, fig3_rows, decoupling_rows, steps, seeds) -> str:
+  """Markdown for (d)-(g): Table 2's direction, Figure 5, Figure 3, decoupling per backbone."""
+  lines = ['## (d) XYDeblur Table 2 at CPU scale: baseline vs XY vs Channel vs Layer', '',
+           f'Each backbone tiny (benchmarks/claims.py BACKBONES), trained {steps} steps on the '
+           f'demo\'s camera shake, seeds {list(seeds)}; PSNR/SSIM on the demo\'s held-out '
+           'photographs (uint8 protocol), mean ± std over seeds. Channel and Layer are the '
+           'baseline widened / deepened to the XY variant\'s MACs, as in the paper.', '',
+           '| backbone | variant | params | GMACs 720p | PSNR | SSIM |', '|---|---|---|---|---|---|']
+  for r in summary_rows:
+    lines.append(f'| {r["family"]} | {r["variant"]} | {r["params"]:,} | {r["gmacs_720p"]:.2f} | '
+                 f'{r["psnr"]:.2f} ± {r["psnr_std"]:.2f} | {r["ssim"]:.4f} ± {r["ssim_std"]:.4f} |')
+  lines += ['', '## (e) Figure 5: 1, 2 and 4 decoders', '', '![decoders](claims_figure5.png)', '',
+            '## (f) Figure 3: each decoder alone on a blurred ColorChecker', '',
+            'Mean |ΔC*ab| of the six neutral patches against the sharp chart (CIELAB chroma; '
+            'lower keeps the greys grey), for input + r̂ᵢ of each decoder alone.', '',
+            '| backbone | model | seed | input | decoder 1 alone | decoder 2 alone |',
+            '|---|---|---|---|---|---|']
+  for r in fig3_rows:
+    d = r['decoder_chroma_shift']
+    lines.append(f'| {r["family"]} | {"XY (shared, rotated)" if r["variant"] == "xy" else "U-Net²ᴰ (independent)"}'
+                 f' | {r["seed"]} | {r["input_chroma_shift"]:.2f} | {d[0]:.2f} | {d[1]:.2f} |')
+  lines += ['', '## (g) Decoupling (Figure 4) for every backbone\'s XY variant', '',
+            'Residual power (1/M)||r||² of decoder 1 / decoder 2 on held-out photographs '
+            'blurred along x only and along y only.', '',
+            '| backbone | seed | x-blur: d1 / d2 | y-blur: d1 / d2 |', '|---|---|---|---|']
+  for r in decoupling_rows:
+    lines.append(f'| {r["family"]} | {r["seed"]} | {r["x_blur"][0]:.2e} / {r["x_blur"][1]:.2e} | '
+                 f'{r["y_blur"][0]:.2e} / {r["y_blur"][1]:.2e} |')
+  return '\n'.join(lines) + '\n'
+
+
+def length_report(rows) -> str:
+  lines = ['## (c) DvSR\'s perceptual ordering against training length', '',
+           'The diffusion demo trained from scratch for each length (its step schedule scaled). '
+           'Long chain: one 100-step sample ("Ours"); short averaged: the mean of 8 ten-step '
+           'samples ("Ours-SA"). The paper: the long chain has the better (lower) LPIPS/NIQE, '
+           'the averaged one the higher PSNR.', '',
+           '| steps | long chain PSNR / LPIPS / NIQE | short averaged PSNR / LPIPS / NIQE | '
+           'LPIPS long − averaged |', '|---|---|---|---|']
+  for r in rows:
+    a, b = r['long_chain'], r['short_averaged']
+    lines.append(f'| {r["steps"]} | {a["psnr"]:.2f} / {a["lpips"]:.4f} / {a["niqe"]:.2f} | '
+                 f'{b["psnr"]:.2f} / {b["lpips"]:.4f} / {b["niqe"]:.2f} | '
+                 f'{a["lpips"] - b["lpips"]:+.4f} |')
+  return '\n'.join(lines) + '\n'
+
+
+PARTS = ('decoupling', 'perception', 'length', 'xy')
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__)
   parser.add_argument('--workdir', required=True)
+  parser.add_argument('--parts', default=','.join(PARTS), help=f'comma-separated of {PARTS}')
   parser.add_argument('--steps', type=int, default=600, help='XYDeblur training steps for (a)')
   parser.add_argument('--diffusion_steps', type=int, default=800,
                       help='diffusion demo training steps for (b)')
+  parser.add_argument('--lengths', default='800,3200,6400',
+                      help='(c): diffusion demo training lengths')
+  parser.add_argument('--backbones', default=','.join(BACKBONES), help='(d)-(g): families')
+  parser.add_argument('--backbone_steps', type=int, default=300, help='(d)-(g): steps per run')
+  parser.add_argument('--seeds', default='0,1', help='(d)-(g): seeds')
   parser.add_argument('--inception_weights', default='',
                       help="FID/KID in (b): a pt_inception-2015-12-05-6726825d.pth or 'fetch'")
   args = parser.parse_args()
+  parts = args.parts.split(',')
 
   import matplotlib
   matplotlib.use('Agg')
 
   os.makedirs(args.workdir, exist_ok=True)
-  decoupling_result = decoupling(os.path.join(args.workdir, 'xydeblur_xy_blur'), args.steps)
-  plot_decoupling(decoupling_result[0], os.path.join(args.workdir, 'claims_decoupling.png'))
-  rows = decoupling_result[0]
-  emit({'claim': 'xydeblur_decoupling', 'steps': args.steps, **{
-      f'{axis}_blur_{name}_power': rows[axis][name] for axis in rows for name in rows[axis]}})
-
-  pd_result = perception_distortion(os.path.join(args.workdir, 'diffusion'), args.diffusion_steps,
-                                    args.inception_weights)
-  plot_perception_distortion(pd_result[0],
-                             os.path.join(args.workdir, 'claims_perception_distortion.png'))
-  emit({'claim': 'perception_distortion', 'steps': args.diffusion_steps,
-        'rows': [{k: r.get(k) for k in ('num_steps', 'num_samples', 'psnr', 'lpips', 'niqe',
-                                        'fid', 'kid')} for r in pd_result[0]]})
-
-  files.write_atomic(os.path.join(args.workdir, 'claims.md'), report(decoupling_result, pd_result))
+  sections = []
+  if 'decoupling' in parts and 'perception' in parts:
+    decoupling_result = decoupling(os.path.join(args.workdir, 'xydeblur_xy_blur'), args.steps)
+    plot_decoupling(decoupling_result[0], os.path.join(args.workdir, 'claims_decoupling.png'))
+    rows = decoupling_result[0]
+    emit({'claim': 'xydeblur_decoupling', 'steps': args.steps, **{
+        f'{axis}_blur_{name}_power': rows[axis][name] for axis in rows for name in rows[axis]}})
+    pd_result = perception_distortion(os.path.join(args.workdir, 'diffusion'),
+                                      args.diffusion_steps, args.inception_weights)
+    plot_perception_distortion(pd_result[0],
+                               os.path.join(args.workdir, 'claims_perception_distortion.png'))
+    emit({'claim': 'perception_distortion', 'steps': args.diffusion_steps,
+          'rows': [{k: r.get(k) for k in ('num_steps', 'num_samples', 'psnr', 'lpips', 'niqe',
+                                          'fid', 'kid')} for r in pd_result[0]]})
+    sections.append(report(decoupling_result, pd_result))
+  if 'length' in parts:
+    rows = training_length(os.path.join(args.workdir, 'length'),
+                           [int(x) for x in args.lengths.split(',')])
+    emit({'claim': 'perceptual_ordering_vs_training_length', 'rows': rows})
+    sections.append(length_report(rows))
+  if 'xy' in parts:
+    seeds = [int(x) for x in args.seeds.split(',')]
+    runs = table2(os.path.join(args.workdir, 'xy'), args.backbones.split(','), VARIANT_ORDER,
+                  seeds, args.backbone_steps)
+    summary_rows = summarize_runs(runs)
+    emit({'claim': 'table2_direction', 'rows': summary_rows})
+    plot_figure5(summary_rows, os.path.join(args.workdir, 'claims_figure5.png'))
+    fig3 = figure3(runs)
+    emit({'claim': 'figure3_colour', 'rows': fig3})
+    coupling = decoupling_of(runs)
+    emit({'claim': 'decoupling_every_backbone', 'rows': coupling})
+    sections.append(xy_report(summary_rows, fig3, coupling, args.backbone_steps, seeds))
+  files.write_atomic(os.path.join(args.workdir, 'claims.md'), '\n'.join(sections))
 
 
 if __name__ == '__main__':

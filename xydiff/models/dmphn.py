@@ -124,7 +124,7 @@ class Decoder(nnx.Module):
 
   def __call__(self, x, rotation: int = 0):
     x = self.up1(self.res1(x, rotation), rotation)
-    x = self.up2(self.res2(x, rotation))
+    x = self.up2(self.res2(x, rotation), rotation)
     return self.out(self.res3(x, rotation), rotation)
 
 

@@ -149,4 +149,6 @@ SPEC = spec_lib.ModelSpec(
     variants={'dvsr': spec_lib.Variant('dvsr', 'dvsr_gopro', about='DvSR (Whang et al., CVPR '
                                        '2022): U-Net g (base 64) + U-Net f (base 32)')},
     xy_section='predictor',
+    width_field='base',
+    depth_field='num_res',
 )

@@ -104,6 +104,10 @@ class ModelSpec:
   # The config section under config.model holding the XY transform's
   # `decoders` and `share` (xy.py); None for a family without a decoder to split.
   xy_section: str | None = None
+  # The fields of that section that set the network's width and depth: what
+  # XYDeblur's Table 2 turns up for its "Channel" and "Layer" baselines.
+  width_field: str | None = None
+  depth_field: str | None = None
 
 
 def read_torch_state_dict(path: str, container_keys: tuple[str, ...] = ()) -> dict[str, np.ndarray]:

@@ -188,4 +188,6 @@ SPEC = spec_lib.ModelSpec(
         'parameters: github.com/Seowon-Ji/XYDeblur')},
     official=spec_lib.OfficialWeights(read=read_official, key_map=official_keys),
     xy_section='xydeblur',
+    width_field='width',
+    depth_field='num_res',
 )

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from xydiff import checkpoint, run_config, state as state_lib
+from xydiff import checkpoint, state as state_lib
 from xydiff.errors import CheckpointImportError
 
 
