@@ -403,7 +403,7 @@ def inference_section(run: Runner, sizes: Sizes):
 
   def torch_case():
     import torch
-    from xydiff.tools.torch_xydeblur import OfficialXYDeblur
+    from torch_refs.xydeblur import OfficialXYDeblur
     device = torch_device()
     torch.backends.cudnn.benchmark = True
     net = OfficialXYDeblur(**sizes.torch_width()).to(device).eval()
@@ -517,7 +517,7 @@ def train_step_section(run: Runner, sizes: Sizes):
 
   def torch_case():
     import torch
-    from xydiff.tools.torch_xydeblur import OfficialXYDeblur
+    from torch_refs.xydeblur import OfficialXYDeblur
     device = torch_device()
     torch.manual_seed(0)
     torch.backends.cudnn.benchmark = True

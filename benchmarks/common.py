@@ -1,4 +1,4 @@
-"""Shared by the benchmark scripts: config loading and honest timing."""
+"""Shared by the benchmark scripts and the checks: configs, initial states, honest timing."""
 
 import importlib
 import json
@@ -8,14 +8,34 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.join(REPO, 'tests'))  # The PyTorch reference networks (torch_refs).
+
+# --tiny: every network at seconds-on-a-CPU size (the sections the packaged
+# configs of xydeblur and DvSR use), batches of 2 crops of 64².
+TINY_SECTIONS = {
+    'xydeblur': dict(width=4, num_res=1),
+    'predictor': dict(base=4, num_res=1, multipliers=(1, 2)),
+    'denoiser': dict(base=4, num_res=1, multipliers=(1, 2)),
+}
+TINY_BATCH, TINY_CROP = 2, 64
 
 
-def load_config(path: str):
-  """'xydiff/configs/gopro.py', 'gopro' or 'demo:diffusion' -> ConfigDict (the packaged configs)."""
+def load_config(path: str, *, dtype: str | None = None, tiny: bool = False):
+  """'xydiff/configs/gopro.py', 'gopro' or 'demo:diffusion' -> ConfigDict (the packaged configs).
+
+  `dtype` overrides config.model.dtype; `tiny` shrinks the networks, the batch and the crop.
+  """
   path, _, arg = path.partition(':')
   name = os.path.splitext(os.path.basename(path))[0]
   module = importlib.import_module(f'xydiff.configs.{name}')
-  return module.get_config(arg) if arg else module.get_config()
+  config = module.get_config(arg) if arg else module.get_config()
+  if dtype:
+    config.model.dtype = dtype
+  if tiny:
+    for section, values in TINY_SECTIONS.items():
+      config.model[section].update(values)
+    config.train.batch_size, config.data.crop = TINY_BATCH, TINY_CROP
+  return config
 
 
 def timed(fn, *args, repeats: int = 3):
@@ -32,27 +52,49 @@ def timed(fn, *args, repeats: int = 3):
   return first, best
 
 
-def time_train_step(config, state, batch, mesh, graphdef, *, repeats: int):
-  """(compile seconds, best step seconds, final metrics) of `config`'s train step.
+_INITIAL_STATES = {}
 
-  The state is donated as in training; the first execution (allocation) is
-  not timed.
+
+def initial_state(config):
+  """(graphdef, train state in host memory) of `config`, initialised once per network.
+
+  Initialising costs about as much as compiling a step, and the parameters
+  and optimizer state do not depend on the activation dtype or the batch:
+  cases that differ only there share one initialisation. The graphdef (which
+  holds the dtype) comes from the abstract state. Host copies, since a train
+  step donates the state it is given.
   """
   import jax
-  from xydiff import step as step_lib
-  step = step_lib.make_train_step(config, graphdef, mesh)
-  start = time.perf_counter()
-  compiled = step.lower(state, batch).compile()
-  compile_s = time.perf_counter() - start
-  state, metrics = compiled(state, batch)
-  jax.block_until_ready(metrics)
-  best = float('inf')
-  for _ in range(repeats):
-    start = time.perf_counter()
-    state, metrics = compiled(state, batch)
-    jax.block_until_ready(metrics)
-    best = min(best, time.perf_counter() - start)
-  return compile_s, best, metrics
+  from xydiff import state as state_lib
+  model = config.model.to_dict()
+  model.pop('dtype')
+  train = config.train.to_dict()
+  train.pop('batch_size')
+  key = repr((sorted(model.items()), sorted(train.items()), config.seed))
+  if key not in _INITIAL_STATES:
+    _, state = state_lib.init_state(config)
+    _INITIAL_STATES[key] = jax.device_get(state)
+  graphdef, _ = state_lib.abstract_state(config)
+  return graphdef, _INITIAL_STATES[key]
+
+
+def random_pairs(batch_size: int, crop: int, seed: int = 0) -> dict:
+  """A host batch {'blur', 'sharp'} of uniform noise: what a train step's speed depends on."""
+  import numpy as np
+  rng = np.random.default_rng(seed)
+  shape = (batch_size, crop, crop, 3)
+  return {'blur': rng.random(shape, np.float32), 'sharp': rng.random(shape, np.float32)}
+
+
+def peak_bytes():
+  """The largest per-device peak memory JAX reports (GPU/TPU); None where it reports none (CPU).
+
+  A process-lifetime peak: in a run of several cases, the largest so far.
+  """
+  import jax
+  peaks = [(d.memory_stats() or {}).get('peak_bytes_in_use') for d in jax.local_devices()]
+  peaks = [p for p in peaks if p is not None]
+  return max(peaks) if peaks else None
 
 
 def emit(record: dict) -> None:

@@ -4,12 +4,56 @@
 
 Prints one JSON object: config, backend, device count, batch size, crop,
 compile_s (lowering + XLA compilation), step_s (best of --steps timed steps,
-state donated as in training) and images_per_s.
+state donated as in training), images_per_s, the last step's loss and the
+device's peak memory so far (GPU/TPU).
 """
 
 import argparse
+import time
 
-from common import emit, load_config, time_train_step
+from common import emit, initial_state, load_config, peak_bytes, random_pairs
+
+
+def measure(config, *, steps: int) -> dict:
+  """Throughput of `config`'s train step on config.train.batch_size crops of config.data.crop.
+
+  Built as training builds it (step.make_train_step over every device, batch
+  sharded, state replicated and donated); the first execution (allocation)
+  is not timed. A non-finite loss raises: such a step computed nothing worth
+  timing.
+  """
+  import jax
+  import numpy as np
+  from xydiff import state as state_lib, step as step_lib
+  from xydiff.models import layers
+
+  batch_size, crop = config.train.batch_size, config.data.crop
+  mesh = state_lib.make_mesh()
+  graphdef, state = initial_state(config)
+  state = jax.device_put(state, state_lib.replicated(mesh))
+  batch = state_lib.shard_batch(random_pairs(batch_size, crop), state_lib.batch_sharding(mesh))
+  step = step_lib.make_train_step(config, graphdef, mesh)
+  start = time.perf_counter()
+  compiled = step.lower(state, batch).compile()
+  compile_s = time.perf_counter() - start
+  state, metrics = compiled(state, batch)
+  jax.block_until_ready(metrics)
+  best = float('inf')
+  for _ in range(steps):
+    start = time.perf_counter()
+    state, metrics = compiled(state, batch)
+    jax.block_until_ready(metrics)
+    best = min(best, time.perf_counter() - start)
+  loss = float(metrics['loss'])
+  if not np.isfinite(loss):
+    raise FloatingPointError(f'loss {loss} after {steps + 1} steps')
+  return {'backend': jax.default_backend(), 'devices': jax.device_count(),
+          'dtype': config.model.dtype,
+          'upsample_impl': layers.resolve_upsample_impl(config.model.upsample_impl),
+          'batch_size': batch_size, 'microbatches': config.train.microbatches, 'crop': crop,
+          'compile_s': round(compile_s, 2), 'step_s': round(best, 5),
+          'images_per_s': round(batch_size / best, 3), 'loss': round(loss, 5),
+          'peak_bytes_so_far': peak_bytes()}
 
 
 def main():
@@ -25,34 +69,13 @@ def main():
                       help='override config.model.upsample_impl (auto, reference, subpixel)')
   args = parser.parse_args()
 
-  import jax
-  import numpy as np
-  from xydiff import state as state_lib
-  from xydiff.models import layers
-
-  config = load_config(args.config)
+  config = load_config(args.config, dtype=args.dtype)
   config.train.batch_size, config.data.crop = args.batch_size, args.crop
-  if args.dtype:
-    config.model.dtype = args.dtype
   if args.upsample_impl:
     config.model.upsample_impl = args.upsample_impl
   config.train.microbatches = args.microbatches
   config.train.steps_per_call = 1
-  mesh = state_lib.make_mesh()
-  graphdef, state = state_lib.init_state(config)
-  state = jax.device_put(state, state_lib.replicated(mesh))
-  rng = np.random.default_rng(0)
-  shape = (args.batch_size, args.crop, args.crop, 3)
-  batch = state_lib.shard_batch({'blur': rng.random(shape, np.float32),
-                                 'sharp': rng.random(shape, np.float32)},
-                                state_lib.batch_sharding(mesh))
-  compile_s, best, _ = time_train_step(config, state, batch, mesh, graphdef, repeats=args.steps)
-  emit({'config': args.config, 'backend': jax.default_backend(),
-        'devices': jax.device_count(), 'dtype': config.model.dtype,
-        'upsample_impl': layers.resolve_upsample_impl(config.model.upsample_impl),
-        'batch_size': args.batch_size, 'microbatches': args.microbatches, 'crop': args.crop,
-        'compile_s': round(compile_s, 2),
-        'step_s': round(best, 4), 'images_per_s': round(args.batch_size / best, 3)})
+  emit({'config': args.config, **measure(config, steps=args.steps)})
 
 
 if __name__ == '__main__':

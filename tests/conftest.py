@@ -12,11 +12,24 @@ GOPRO_SAMPLE = REPO / 'tests' / 'data' / 'gopro_sample'  # Real GoPro frames, CC
 
 
 
+# Each family's section at seconds-on-a-CPU size (tests only; full sizes are
+# checked by parameter count).
+TINY_SECTIONS = {
+    'xydeblur': dict(width=4, num_res=1),
+    'predictor': dict(base=4, multipliers=(1, 2), num_res=1),
+    'denoiser': dict(base=4, multipliers=(1, 2), num_res=1),
+    'dmphn': dict(width=4, num_res=1),
+    'deepdeblur': dict(width=4, num_res=2),
+    'mimo_unet': dict(width=4, num_res=1),
+    'nafnet': dict(width=4, enc_blocks=(1, 1), middle_blocks=1, dec_blocks=(1, 1)),
+}
+
+
 def tiny(config, *, steps=4):
   """Shrinks any config to seconds on a CPU, keeping its model family."""
-  config.model.xydeblur.update(dict(width=4, num_res=1))
-  config.model.predictor.update(dict(base=4, multipliers=(1, 2), num_res=1))
-  config.model.denoiser.update(dict(base=4, multipliers=(1, 2), num_res=1))
+  for section, values in TINY_SECTIONS.items():
+    if section in config.model:
+      config.model[section].update(values)
   config.model.dtype = 'float32'
   config.diffusion.presets.perceptual.num_steps = 3
   config.diffusion.presets.sa.update(dict(num_steps=2, num_samples=2))

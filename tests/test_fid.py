@@ -13,9 +13,14 @@ import types
 import numpy as np
 import pytest
 
-torch = pytest.importorskip('torch')
-nn = torch.nn
-F = torch.nn.functional
+try:
+  import torch
+except ImportError:  # The FID/KID maths and the fetch test below need no torch.
+  torch = None
+else:
+  nn = torch.nn
+  F = torch.nn.functional
+needs_torch = pytest.mark.skipif(torch is None, reason='compares with PyTorch')
 
 
 def _torchvision_stub():
@@ -155,6 +160,8 @@ def _torchvision_stub():
 @pytest.fixture(scope='module')
 def pytorch_fid(monkeypatch_module):
   """pytorch_fid.inception and .fid_score, importable without torchvision."""
+  if torch is None:
+    pytest.skip('compares with PyTorch')
   pytest.importorskip('pytorch_fid')
   try:
     import torchvision  # noqa: F401
@@ -245,6 +252,7 @@ def test_features_match_pytorch_fid(random_fid_inception):
   np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
 
 
+@needs_torch
 def test_resize_and_input_match_pytorch():
   """Bilinear without antialias both ways (the FID protocol), then [-1, 1]; uint8 first."""
   from xydiff.images import to_uint8
@@ -287,24 +295,30 @@ def test_weights_errors_name_the_file(random_fid_inception, tmp_path):
     fid.load_inception(str(tmp_path / 'list.pth'))
 
 
-def test_fetch_verifies_and_a_failed_fetch_turns_the_metric_off(random_fid_inception,
-                                                                monkeypatch, tmp_path):
+def test_fetch_pins_the_whole_hash_and_a_failed_fetch_turns_the_metric_off(monkeypatch,
+                                                                          tmp_path):
+  from test_torch_pickle import tensor, write_zip
   from xydiff import download
   from xydiff.errors import WeightsError
   from xydiff.metrics import fid
-  _, _, path = random_fid_inception
+  weights = write_zip(tmp_path / 'w.pth', {'Conv2d_1a_3x3.conv.weight': tensor(
+      np.ones((2, 2), np.float32), '0')})
   calls = []
 
   def fake_fetch(url, filename, **kwargs):
     calls.append((url, filename, kwargs))
-    return str(path)
+    return str(weights)
 
   monkeypatch.setattr(download, 'fetch', fake_fetch)
+  monkeypatch.setattr(fid, 'inception_params', lambda state, source: {'keys': sorted(state),
+                                                                       'source': source})
   params, note = fid.load_inception_or_note(None, cache=str(tmp_path))
-  assert note is None and set(params) == set(fid.CONV_SPECS)
+  assert note is None and params == {'keys': ['Conv2d_1a_3x3.conv.weight'], 'source': str(weights)}
   assert calls == [(fid.INCEPTION_URL, 'pt_inception-2015-12-05-6726825d.pth',
-                    {'sha256_prefix': '6726825d', 'cache': str(tmp_path)})]
+                    {'sha256': fid.INCEPTION_SHA256, 'max_bytes': fid.INCEPTION_BYTES,
+                     'cache': str(tmp_path)})]
   assert fid.INCEPTION_URL.endswith('/' + calls[0][1])
+  assert len(fid.INCEPTION_SHA256) == 64  # The whole digest, not the name's 8 hex digits.
 
   def offline(url, filename, **kwargs):
     raise WeightsError(f'{url}: network unreachable')

@@ -1,6 +1,6 @@
 """Official XYDeblur (PyTorch) checkpoints imported into xydiff restore the same images.
 
-The PyTorch network is xydiff/tools/torch_xydeblur.py, the official
+The PyTorch network is tests/torch_refs/xydeblur.py, the official
 architecture with the official state-dict keys.
 """
 
@@ -19,7 +19,7 @@ from xydiff.tools import import_xydeblur
 from xydiff.errors import CheckpointImportError
 
 torch = pytest.importorskip('torch')
-from xydiff.tools.torch_xydeblur import OfficialXYDeblur  # noqa: E402
+from torch_refs.xydeblur import OfficialXYDeblur  # noqa: E402
 
 FRAME = GOPRO_SAMPLE / 'test' / 'GOPR0869_11_00' / 'blur' / '000020.png'
 

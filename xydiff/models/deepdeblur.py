@@ -33,7 +33,8 @@ Table 2. Each scale's "decoder" is the last num_res // 2 of its ResBlocks plus
 its output conv; the head conv and the first num_res - num_res // 2 ResBlocks
 are its "encoder". With 19 blocks that is 9 blocks + the output conv, 47.3% of
 a scale's MACs, so the XY network (decoders=2) costs 1.4732 x the baseline:
-6966.1 GMACs at 1280x720 against Table 2's 6966.13 (baseline 4728.69). Every
+4724.2 -> 6959.5 GMACs at 1280x720 (xydiff.complexity), Table 2's
+4728.69 -> 6966.13 (also 1.4732 x; no other whole-block cut comes near). Every
 scale is transformed, each with its own decoder(s); the decoders' outputs are
 summed into that scale's output, and the up-conv to the next scale takes the
 sum. The decoder holds only stride-1 'same' convolutions, so turning kernels
@@ -113,7 +114,8 @@ def gaussian_pyramid(x: jax.Array, levels: int) -> list[jax.Array]:
 
 
 def pixel_shuffle(x: jax.Array, factor: int) -> jax.Array:
-  """PyTorch's nn.PixelShuffle in NHWC: channel c * f^2 + i * f + j -> pixel (f y + i, f x + j) of c."""
+  """PyTorch's nn.PixelShuffle, NHWC: input channel c * f^2 + i * f + j goes to
+  pixel (f y + i, f x + j) of output channel c."""
   n, h, w, c = x.shape
   out = c // (factor * factor)
   x = x.reshape(n, h, w, out, factor, factor)
@@ -333,7 +335,8 @@ def official_keys(model_config) -> dict[str, tuple]:
 
 
 def read_official(path: str) -> dict:
-  """`model-<epoch>.pt`: torch.save({'G': state_dict}) as the authors' model/__init__.py saves it."""
+  """`model-<epoch>.pt`: torch.save({'G': state_dict}), as the authors' model/__init__.py
+  saves it ({'G', 'D'} when trained adversarially; 'D' is the discriminator)."""
   return spec_lib.read_torch_state_dict(path, container_keys=('G',))
 
 

@@ -33,17 +33,23 @@ The XY transform (xy.py) cuts each level's network between its Encoder and
 its Decoder: the whole Decoder (ResBlocks, both up-convolutions and the
 output conv) runs `decoders` times on that level's features, turned by i
 quarter turns, and the outputs are summed. This cut is the authors' own
-module boundary and the one that reproduces XYDeblur's Table 2: counting MACs
-at 1280x720 as that table does (transposed convolutions at 4x their true
-cost, which reproduces its baseline, 1100.18 G, to 0.3%), the decoders are
-176,992 of the 297,664 MACs per pixel of a level, so doubling every level's
-decoder costs 1.5946x the baseline; the table's XY/baseline ratio is
-1754.07 / 1100.18 = 1.5943. Since a level's decoder runs on patches, the
-rotation turns each patch's features about that patch's own centre, which is
-what rotating kernels computes. `decoders=1` is the untransformed network.
+module boundary and the one that reproduces XYDeblur's Table 2 exactly.
+That table counts MACs as thop does (every convolution, transposed ones
+included: output elements x (input channels x taps + 1 for the bias); one
+per ReLU output), which gives DMPHN(1-2-4-8) 1100.18 GMACs at 1280x720, the
+table's figure to the digit. A level then costs 121,064 (Encoder) + 177,379
+(Decoder) per pixel, whichever patches it runs on, and doubling every
+level's Decoder gives 1754.07 GMACs, the table's XY figure (1.5943x).
+Since a level's decoder runs on patches, the rotation turns each patch's
+features about that patch's own centre, which is what rotating kernels
+computes. `decoders=1` is the untransformed network.
 
 Table 2's wider and deeper baselines are `width` and `num_res` (variants
-'dmphn_1_2_4_8_channel' and 'dmphn_1_2_4_8_layer').
+'dmphn_1_2_4_8_channel' and 'dmphn_1_2_4_8_layer'). num_res=3 (one more
+ResBlock in each of the 6 stages) is the table's "Layer" row to the digit
+(10.33M parameters, 1509.11 GMACs); no uniform width gives both of the
+"Channel" row's figures (18.63M, 3060.28 GMACs), and width 52 is the closest
+(19.08M, 2895.77).
 """
 
 from __future__ import annotations
@@ -184,8 +190,12 @@ class DMPHN(nnx.Module):
   """Restores a batch of blurry NHWC images in [0, 1].
 
   Returns {'restored': the level-1 output + 0.5 (float32, unclamped),
-  'decoder_outputs': the level-1 decoders' outputs one by one, on the
-  authors' scale (image - 0.5; they sum to restored - 0.5)}.
+  'residuals': one [N, H, W, 3] array per level-1 decoder}.
+
+  The network has no global skip: the restored image is sum_i D_i + 0.5,
+  not the input plus residuals. So that, as for every XY family,
+  restored = x + sum(residuals), decoder i's residual is its output plus an
+  equal share of (0.5 - x); with one decoder it is simply restored - x.
   """
 
   def __init__(self, *, levels: int = 3, width: int = 32, num_res: int = 2, decoders: int = 1,
@@ -225,8 +235,9 @@ class DMPHN(nnx.Module):
       coarser = _join(features, SPLIT_AXES[k - 2], batch) if k > 1 else features
 
     restored = residual.astype(jnp.float32)[:, :h, :w] + 0.5
+    share = -image[:, :h, :w] / len(outputs)  # (0.5 - x) / decoders.
     return {'restored': restored,
-            'decoder_outputs': tuple(o.astype(jnp.float32)[:, :h, :w] for o in outputs)}
+            'residuals': tuple(o.astype(jnp.float32)[:, :h, :w] + share for o in outputs)}
 
 
 # ------------------------------------------------------------------ the family's spec
@@ -385,12 +396,15 @@ SPEC = spec_lib.ModelSpec(
                   'time turned 90 degrees; 7,232,524 parameters'),
         'dmphn_1_2_4_8_channel': spec_lib.Variant(
             'dmphn', 'dmphn_gopro', {'levels': 4, 'width': 52},
-            about='XYDeblur Table 2 "Channel" DMPHN: width 52, 19,082,764 parameters '
-                  '(table: 18.63M)'),
+            about='XYDeblur Table 2 "Channel" DMPHN: width 52, 19,082,764 parameters, '
+                  '2895.77 GMACs at 1280x720 counted as thop does (table: 18.63M, 3060.28)'),
         'dmphn_1_2_4_8_layer': spec_lib.Variant(
             'dmphn', 'dmphn_gopro', {'levels': 4, 'num_res': 3},
-            about='XYDeblur Table 2 "Layer" DMPHN: 3 ResBlocks a stage, 10,332,684 parameters '
-                  '(table: 10.33M)'),
+            about='XYDeblur Table 2 "Layer" DMPHN: 3 ResBlocks a stage, 10,332,684 parameters, '
+                  '1509.11 GMACs counted as thop does (table: 10.33M, 1509.11)'),
     },
     official=spec_lib.OfficialWeights(read=read_official, key_map=official_keys),
+    xy_section='dmphn',
+    width_field='width',
+    depth_field='num_res',
 )

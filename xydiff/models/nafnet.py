@@ -26,15 +26,19 @@ whole image, hence `tile_safe` only with TLC and `for_tiles` turning it on.
 XY cut: the encoder is `intro`, the `encoders`/`downs` and the `middle_blks`
 (the bottleneck, shared); the decoder is what the official forward runs after
 it: each level's `ups` (1x1 conv + pixel shuffle), the skip addition, the
-level's `decoders` blocks, and `ending`. That is the official code's own
-decoder loop, and it mirrors XYDeblur's cut after the encoder's last scale.
+level's `decoders` blocks, and `ending`: the official forward's decoder
+loop. (XYDeblur's decoder opens with blocks at the coarsest scale; here those
+are `middle_blks`, which the official code keeps apart from `decoders`, so
+they stay shared.)
 Each decoder returns a residual; restored = padded input + the residuals.
 Rotated decoders turn every 3x3 kernel (the depthwise convs, `ending`); the
 1x1 convs are unchanged by turning; the pixel shuffle and the TLC box mean
 (asymmetric replicate padding) run in the feature-rotation form
-(layers.rotated_call); the global mean is rotation-invariant. The decoder is
-light (4 blocks of 32): at 1280x720 and width 64 the XY network costs about
-1.28x the baseline's MACs (tests/test_nafnet.py computes the ratio).
+(layers.rotated_call); the global mean is rotation-invariant. NAFNet is not
+in XYDeblur's Table 2, so no compute target fixes the cut; the decoder is
+light (one block per level against the encoder's 31): at 1280x720, width 64,
+global pooling, XLA's cost analysis gives 893 G (flops / 2, about 63.5 G
+at 256x256) for the baseline, 1.14x that with 2 decoders and 1.42x with 4.
 """
 
 from __future__ import annotations
@@ -74,7 +78,8 @@ def local_mean(x: jax.Array, window: int | None) -> jax.Array:
   The windowed form is local_arch.AvgPool2d (fast_imp=False, auto_pad=True):
   a summed-area table over the 'valid' positions of a min(h, window) x
   min(w, window) box, replicate-padded back to h x w with the odd pixel at
-  the bottom/right. Computed in float32: the table's differences cancel.
+  the bottom/right. Computed in float32: the table's differences cancel large
+  partial sums, which bfloat16 would round away.
   """
   _, h, w, _ = x.shape
   x = x.astype(jnp.float32)
@@ -396,4 +401,8 @@ SPEC = spec_lib.ModelSpec(
             width=64, params='67,888,835', psnr='33.71')),
     },
     official=spec_lib.OfficialWeights(read=read_official, key_map=official_keys),
+    xy_section='nafnet',
+    width_field='width',
+    # The one integer depth: enc_blocks/dec_blocks are per-level tuples.
+    depth_field='middle_blocks',
 )

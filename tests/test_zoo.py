@@ -1,0 +1,106 @@
+"""The model registry: every family trains, evaluates and deblurs; adding one is a module
+and a registry line; nothing outside xydiff/models/ branches on a model's name."""
+
+import pathlib
+import re
+import sys
+import types
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from conftest import REPO, tiny
+from xydiff import inference, models, train
+from xydiff.configs import default, demo
+from xydiff.models import layers, spec as spec_lib
+
+
+def _run(config, workdir):
+  """Trains 2 steps (evaluating at the end), then restores one image from the workdir."""
+  summary = train.train_and_evaluate(config, str(workdir))
+  restorer = inference.Restorer.from_workdir(str(workdir))
+  image = np.random.default_rng(0).random((24, 40, 3)).astype(np.float32)
+  restored = restorer.restore(image)['image']
+  assert restored.shape == image.shape and np.isfinite(restored).all()
+  return summary
+
+
+@pytest.mark.parametrize('family', models.deterministic_families())
+def test_every_family_trains_evaluates_and_deblurs(family, tmp_path):
+  config = tiny(demo.get_config(), steps=2)
+  config.model.name = family
+  summary = _run(config, tmp_path / family)
+  assert summary['step'] == 2
+  assert np.isfinite(summary['outputs']['restored']['psnr'])
+
+
+@pytest.mark.parametrize('arch', [a for a in models.deterministic_families() if a != 'xydeblur'])
+def test_any_deterministic_family_is_dvsrs_predictor(arch, tmp_path):
+  """'xydiff with a NAFNet predictor' is a config: model.predictor.arch names the family."""
+  config = tiny(demo.get_config('diffusion'), steps=2)
+  config.model.predictor.arch = arch
+  config.eval.presets = ('sa',)
+  summary = _run(config, tmp_path / arch)
+  assert set(summary['outputs']) == {'predictor', 'sa'}
+
+
+class _TinyNet(nnx.Module):
+  """A one-convolution residual network: the smallest family there is."""
+
+  def __init__(self, width, rngs):
+    self.conv = layers.Conv(3, 3, width, rngs=rngs)
+
+  def __call__(self, x):
+    return {'restored': x + self.conv(x)}
+
+
+def _tinynet_module():
+  module = types.ModuleType('xydiff.models.tinynet')
+
+  def loss(model, batch, key):
+    del key
+    l1 = jnp.mean(jnp.abs(model(batch['blur'])['restored'] - batch['sharp']))
+    return l1, {'l1': l1}
+
+  module.SPEC = spec_lib.ModelSpec(
+      name='tinynet', defaults=lambda: {'tinynet': dict(kernel=3)},
+      build=lambda mc, rngs: _TinyNet(mc.tinynet.kernel, rngs),
+      size_multiple=lambda mc: 1,
+      validate=lambda mc: spec_lib.require(mc.tinynet.kernel % 2 == 1, 'model.tinynet.kernel',
+                                           'must be odd', mc.tinynet.kernel),
+      output_fields=lambda mc: ('model.tinynet',), make_loss=lambda config: loss)
+  return module
+
+
+def test_a_new_family_is_its_module_and_one_registry_line(tmp_path, monkeypatch):
+  monkeypatch.setitem(sys.modules, 'xydiff.models.tinynet', _tinynet_module())
+  monkeypatch.setattr(models, 'FAMILIES', models.FAMILIES + ('tinynet',))  # The registry line.
+  config = tiny(default.get_config(), steps=2)  # Its config section comes from its SPEC.
+  config.data.update(dict(name='synthetic', root=''))
+  config.model.name = 'tinynet'
+  assert config.model.tinynet.kernel == 3
+  _run(config, tmp_path / 'run')
+  # Its fields are checked and stored like any family's: a changed kernel is refused by name.
+  changed = tiny(default.get_config())
+  changed.model.name = 'tinynet'
+  changed.model.tinynet.kernel = 5
+  with pytest.raises(Exception, match='model.tinynet.kernel'):
+    inference.Restorer.from_workdir(str(tmp_path / 'run'), config=changed)
+  changed.model.tinynet.kernel = 4
+  with pytest.raises(Exception, match=r'config.model.tinynet.kernel=4: must be odd'):
+    inference.Restorer.from_workdir(str(tmp_path / 'run'), config=changed)
+
+
+def test_nothing_outside_the_models_branches_on_a_model_name():
+  pattern = re.compile(r"model(_config)?\.name\s*(==|!=|in\b)|\['name'\]\s*(==|!=)|"
+                       r"\.arch\s*(==|!=)\s*'(xydeblur|dmphn|deepdeblur|mimo_unet|nafnet|dvsr)'")
+  offenders = []
+  for path in (REPO / 'xydiff').rglob('*.py'):
+    if pathlib.Path('xydiff', 'models') in path.relative_to(REPO).parents:
+      continue
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+      if pattern.search(line):
+        offenders.append(f'{path.relative_to(REPO)}:{number}: {line.strip()}')
+  assert not offenders, offenders
