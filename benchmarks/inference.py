@@ -1,86 +1,83 @@
-"""Inference latency, FLOPs and peak memory at full GoPro resolution.
+"""Inference latency, multiply-accumulates and memory at full GoPro resolution.
 
   python benchmarks/inference.py --config=xydiff/configs/gopro.py --height=720 --width=1280 --steps=10
 
-Cases (one JSON object each): the deterministic network (XYDeblur) or, for a
-diffusion config, the predictor g, one denoiser step f, and a T-step sample.
-FLOPs come from XLA's cost analysis of the compiled program; `peak_fraction`
-divides the achieved FLOP/s by a large float32 matmul's FLOP/s measured in the
-same run on the same backend. XLA counts a loop body once, so the T-step
-sample's FLOPs are the predictor's plus T denoiser steps'. `peak_bytes` is the device's peak memory where
-the backend reports it (GPU/TPU), else XLA's temporary-buffer estimate.
+One JSON object per output of `xydiff.inference.make_restore_fns` (what
+--mode=deblur runs): XYDeblur's `restored`; for a diffusion config the
+predictor g and each sampling preset (--steps sets every preset's T). GMACs
+are xydiff.complexity's count of the timed program (so the T-step loop counts
+T denoiser calls, and CPU's sub-pixel up-convolutions their 9/4 MACs);
+`peak_fraction` divides the achieved 2 x MACs/s by a large float32 matmul's
+FLOP/s measured in the same run. `temp_bytes` is XLA's estimate of the
+program's temporaries; `peak_bytes_so_far` the device's peak (GPU/TPU).
 """
 
 import argparse
+import time
 
-from common import emit, load_config, timed
+from common import emit, initial_state, load_config, peak_bytes, timed
 
 
-def _matmul_flops_per_s(n=4096):
+def matmul_gflops_per_s(n: int = 4096) -> float:
+  """GFLOP/s of an n x n float32 matmul on the default device: the yardstick of `peak_fraction`."""
   import jax
   import jax.numpy as jnp
   a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-  matmul = jax.jit(lambda x: x @ x)
-  _, seconds = timed(matmul, a)
-  return 2 * n ** 3 / seconds
+  _, seconds = timed(jax.jit(lambda x: x @ x), a)
+  return 2 * n ** 3 / seconds / 1e9
+
+
+def measure(config, output: str, *, height: int, width: int, repeats: int = 3,
+            matmul_gflops: float | None = None) -> dict:
+  """Latency of make_restore_fns(config)[output] on one height x width image, compile apart."""
+  import jax
+  from xydiff import complexity, inference, state as state_lib
+
+  graphdef, state = initial_state(config)
+  params = jax.device_put(state_lib.eval_params(state))
+  fn = inference.make_restore_fns(config, graphdef)[output]
+  blur = jax.random.uniform(jax.random.key(0), (1, height, width, 3))
+  key = jax.random.key(1)
+  macs = complexity.jaxpr_macs(jax.make_jaxpr(fn)(params, blur, key).jaxpr)
+  start = time.perf_counter()
+  compiled = fn.lower(params, blur, key).compile()
+  compile_s = time.perf_counter() - start
+  _, seconds = timed(compiled, params, blur, key, repeats=repeats)
+  memory = compiled.memory_analysis()
+  record = {'output': output, 'backend': jax.default_backend(), 'dtype': config.model.dtype,
+            'size': [height, width], 'compile_s': round(compile_s, 2),
+            'latency_s': round(seconds, 5), 'gmacs': round(macs / 1e9, 3),
+            'gflops_per_s': round(2 * macs / seconds / 1e9, 2),
+            'temp_bytes': memory.temp_size_in_bytes if memory else None,
+            'peak_bytes_so_far': peak_bytes()}
+  if matmul_gflops:
+    record.update({'matmul_gflops_per_s': round(matmul_gflops, 2),
+                   'peak_fraction': round(record['gflops_per_s'] / matmul_gflops, 3)})
+  return record
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__)
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--config', default='xydiff/configs/xydeblur_gopro.py')
   parser.add_argument('--height', type=int, default=720)
   parser.add_argument('--width', type=int, default=1280)
-  parser.add_argument('--steps', type=int, default=10, help='T of the sampled case')
+  parser.add_argument('--steps', type=int, default=0,
+                      help="T of every sampling preset (0: each preset's own)")
+  parser.add_argument('--repeats', type=int, default=2, help='timed calls; the best is shown')
   parser.add_argument('--dtype', default=None, help='override config.model.dtype')
   args = parser.parse_args()
 
-  import jax
-  from flax import nnx
-  from xydiff import diffusion, models
-
-  config = load_config(args.config)
-  if args.dtype:
-    config.model.dtype = args.dtype
-  graphdef, params = nnx.split(models.build_model(config.model))
-  blur = jax.random.uniform(jax.random.key(0), (1, args.height, args.width, 3))
-  peak = _matmul_flops_per_s()
-
-  cases = {}
-  if models.is_diffusion(config.model):
-    level = jax.numpy.full((1,), 0.5)
-    cases['predictor'] = lambda p, y: nnx.merge(graphdef, p).predict(y)['restored']
-    cases['denoiser_step'] = lambda p, y: nnx.merge(graphdef, p).denoise(y, level, y)
-    schedule = diffusion.linear_schedule(args.steps, 1e-4, min(0.9, 10.0 / args.steps))
-
-    def sample(p, y):
-      m = nnx.merge(graphdef, p)
-      return diffusion.sample(lambda x: m.predict(x)['restored'], m.denoise, y,
-                              diffusion.sample_keys(jax.random.key(1), 1), schedule=schedule,
-                              residual_scale=config.diffusion.residual_scale)['mean']
-    cases[f'sample_T{args.steps}'] = sample
-  else:
-    cases['restore'] = lambda p, y: nnx.merge(graphdef, p)(y)['restored']
-
-  flops_of = {}
-  for name, fn in cases.items():
-    compiled = jax.jit(fn).lower(params, blur).compile()
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    flops = float(cost.get('flops', 0.0)) if cost else 0.0
-    if name.startswith('sample_'):
-      flops = flops_of['predictor'] + args.steps * flops_of['denoiser_step']
-    flops_of[name] = flops
-    memory = compiled.memory_analysis()
-    _, seconds = timed(compiled, params, blur, repeats=2)
-    stats = jax.devices()[0].memory_stats() or {}
-    peak_bytes = stats.get('peak_bytes_in_use',
-                           getattr(memory, 'temp_size_in_bytes', 0) if memory else 0)
-    emit({'config': args.config, 'case': name, 'backend': jax.default_backend(),
-          'dtype': config.model.dtype, 'size': [args.height, args.width],
-          'latency_s': round(seconds, 4), 'gflops': round(flops / 1e9, 2),
-          'achieved_gflops_per_s': round(flops / seconds / 1e9, 2),
-          'matmul_gflops_per_s': round(peak / 1e9, 2),
-          'peak_fraction': round(flops / seconds / peak, 3), 'peak_bytes': int(peak_bytes)})
+  from xydiff import inference
+  config = load_config(args.config, dtype=args.dtype)
+  if args.steps:
+    for name in config.eval.presets:
+      config.diffusion.presets[name].num_steps = args.steps
+  graphdef, _ = initial_state(config)
+  matmul = matmul_gflops_per_s()
+  for output in inference.make_restore_fns(config, graphdef):
+    emit({'config': args.config, **measure(config, output, height=args.height, width=args.width,
+                                            repeats=args.repeats, matmul_gflops=matmul)})
 
 
 if __name__ == '__main__':

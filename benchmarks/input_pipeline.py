@@ -93,9 +93,13 @@ class Counted:
 
 # ------------------------------------------------------------------ timing
 
+# --quick: seconds, small frames and few pairs.
+QUICK = dict(pairs=4, height=72, width=128, batch=4, crop=32, steps=3, min_seconds=0.0, repeats=1)
+SOURCES = ('folder', 'array_record')
 
-def measure(source: Counted, *, batch: int, crop: int, cache_pairs: int, warmup: int,
-            steps: int, min_seconds: float, threads: int) -> dict:
+
+def time_batches(source: Counted, *, batch: int, crop: int, cache_pairs: int, warmup: int,
+                 steps: int, min_seconds: float, threads: int) -> dict:
   from xydiff.data import TrainBatches
   batches = TrainBatches(source, global_batch=batch, crop=crop, seed=0, flip=True, rot90=False,
                          cache_pairs=cache_pairs)
@@ -116,6 +120,78 @@ def measure(source: Counted, *, batch: int, crop: int, cache_pairs: int, warmup:
           'pairs_per_s': (source.loads - loads) / seconds}
 
 
+def open_source(name: str, root: str, data_dir: str):
+  if name == 'folder':
+    from xydiff.data import FolderPairs
+    return FolderPairs(root, 'train')
+  if name == 'array_record':
+    from xydiff.data import builders  # TensorFlow and tfds only for this source.
+    return builders.build_source('gopro', root, data_dir, 'train')
+  raise ValueError(f'unknown source {name!r}: one of {SOURCES}')
+
+
+def measure(root: str = '', *, data_dir: str = '', pairs: int = 32, height: int = 720,
+            width: int = 1280, batch: int = 8, crop: int = 256, steps: int = 16,
+            min_seconds: float = 5.0, repeats: int = 3, threads=(0,),
+            sources=SOURCES) -> dict:
+  """Crops/s of TrainBatches from each source, cache off and on, per thread count.
+
+  Returns {'synthesize': its record or None (with --root), 'open': one record
+  per source, 'throughput': one record per (source, cache, threads)}.
+  """
+  cores = len(os.sched_getaffinity(0))
+  result = {'synthesize': None, 'open': [], 'throughput': []}
+  scratch = tempfile.mkdtemp(prefix='xydiff-input-')
+  try:
+    if not root:
+      root = os.path.join(scratch, 'GOPRO_Large')
+      start = time.perf_counter()
+      synthesize(root, pairs, height, width)
+      result['synthesize'] = {'pairs': pairs, 'size': [height, width],
+                              'seconds': round(time.perf_counter() - start, 2)}
+    opened = {}
+    for name in sources:
+      start = time.perf_counter()
+      opened[name] = open_source(name, root, data_dir or os.path.join(scratch, 'tfds'))
+      result['open'].append({'source': name, 'pairs': len(opened[name]),
+                             'seconds': round(time.perf_counter() - start, 2)})
+
+    for source_name, source in opened.items():
+      n = min(pairs, len(source)) if pairs else len(source)
+      for cache in ('off', 'on'):
+        # Thread counts alternate, `repeats` rounds: load from others on a
+        # shared machine then hits all alike, and the best round is the least
+        # disturbed.
+        results = collections.defaultdict(list)
+        for _ in range(repeats):
+          for thread_count in threads:
+            counted = Counted(source, n)
+            # Cache on: fill it first (each slot walks its shard of n / batch pairs).
+            warmup = 2 + (-(-n // min(batch, n)) if cache == 'on' else 0)
+            results[thread_count].append(dict(
+                time_batches(counted, batch=batch, crop=crop,
+                             cache_pairs=n if cache == 'on' else 0, warmup=warmup,
+                             steps=steps, min_seconds=min_seconds, threads=thread_count),
+                load_average_1min=os.getloadavg()[0]))
+        for thread_count, rounds in results.items():
+          best = max(rounds, key=lambda r: r['crops_per_s'])
+          result['throughput'].append({
+              'source': source_name, 'loader': 'grain', 'threads': thread_count or cores,
+              'cache': cache, 'pairs': n, 'size': [height, width], 'crop': crop,
+              'batch': batch, 'cores': cores, 'rounds': len(rounds),
+              'timed_steps': best['timed_steps'], 'seconds': round(best['seconds'], 2),
+              'crops_per_s': round(best['crops_per_s'], 2),
+              'pairs_per_s': round(best['pairs_per_s'], 2),
+              'crops_per_s_per_core': round(best['crops_per_s'] / cores, 2),
+              'pairs_per_s_per_core': round(best['pairs_per_s'] / cores, 2),
+              'crops_per_s_median': round(float(np.median(
+                  [r['crops_per_s'] for r in rounds])), 2),
+              'load_average_1min': [round(r['load_average_1min'], 2) for r in rounds]})
+  finally:
+    shutil.rmtree(scratch, ignore_errors=True)
+  return result
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -131,78 +207,31 @@ def main():
   parser.add_argument('--repeats', type=int, default=3, help='rounds per case; best is shown')
   parser.add_argument('--threads', default='0',
                       help='comma-separated TrainBatches.threads to compare (0: the cores)')
-  parser.add_argument('--sources', default='folder,array_record')
+  parser.add_argument('--sources', default=','.join(SOURCES))
   parser.add_argument('--quick', action='store_true', help='tiny sizes: a smoke run in seconds')
   args = parser.parse_args()
+  sizes = dict(pairs=args.pairs, height=args.height, width=args.width, batch=args.batch,
+               crop=args.crop, steps=args.steps, min_seconds=args.min_seconds,
+               repeats=args.repeats)
   if args.quick:
-    args.pairs, args.height, args.width = 4, 72, 128
-    args.batch, args.crop, args.steps, args.min_seconds, args.repeats = 4, 32, 3, 0.0, 1
-  thread_counts = [int(t) for t in args.threads.split(',')]
+    sizes.update(QUICK)
+  sources = tuple(args.sources.split(','))
+  unknown = set(sources) - set(SOURCES)
+  if unknown:
+    parser.error(f'--sources: unknown {sorted(unknown)}; known: {SOURCES}')
 
-  from xydiff.data import FolderPairs
+  result = measure(args.root, data_dir=args.data_dir,
+                   threads=tuple(int(t) for t in args.threads.split(',')), sources=sources,
+                   **sizes)
+  if result['synthesize']:
+    emit({'case': 'synthesize', **result['synthesize']})
+  for record in result['open']:
+    emit({'case': 'open', **record})
+  rows = result['throughput']
+  for record in rows:
+    emit({'case': 'throughput', **record})
 
-  cores = len(os.sched_getaffinity(0))
-  scratch = tempfile.mkdtemp(prefix='xydiff-input-')
-  try:
-    root = args.root
-    if not root:
-      root = os.path.join(scratch, 'GOPRO_Large')
-      start = time.perf_counter()
-      synthesize(root, args.pairs, args.height, args.width)
-      emit({'case': 'synthesize', 'pairs': args.pairs, 'size': [args.height, args.width],
-            'seconds': round(time.perf_counter() - start, 2)})
-    sources = {}
-    for name in args.sources.split(','):
-      start = time.perf_counter()
-      if name == 'folder':
-        sources[name] = FolderPairs(root, 'train')
-      elif name == 'array_record':
-        from xydiff.data import builders  # TensorFlow and tfds only for this source.
-        data_dir = args.data_dir or os.path.join(scratch, 'tfds')
-        sources[name] = builders.build_source('gopro', root, data_dir, 'train')
-      else:
-        parser.error(f'--sources: unknown source {name!r} (folder, array_record)')
-      emit({'case': 'open', 'source': name, 'pairs': len(sources[name]),
-            'seconds': round(time.perf_counter() - start, 2)})
-
-    rows = []
-    for source_name, source in sources.items():
-      n = min(args.pairs, len(source)) if args.pairs else len(source)
-      for cache in ('off', 'on'):
-        # Thread counts alternate, `repeats` rounds: load from others on a
-        # shared machine then hits all alike, and the best round is the least
-        # disturbed.
-        results = collections.defaultdict(list)
-        for _ in range(args.repeats):
-          for threads in thread_counts:
-            counted = Counted(source, n)
-            # Cache on: fill it first (each slot walks its shard of n / batch pairs).
-            warmup = 2 + (-(-n // min(args.batch, n)) if cache == 'on' else 0)
-            results[threads].append(dict(
-                measure(counted, batch=args.batch, crop=args.crop,
-                        cache_pairs=n if cache == 'on' else 0, warmup=warmup,
-                        steps=args.steps, min_seconds=args.min_seconds, threads=threads),
-                load_average_1min=os.getloadavg()[0]))
-        for threads, rounds in results.items():
-          best = max(rounds, key=lambda r: r['crops_per_s'])
-          record = {'case': 'throughput', 'source': source_name, 'loader': 'grain',
-                    'threads': threads or cores, 'cache': cache, 'pairs': n,
-                    'size': [args.height, args.width], 'crop': args.crop,
-                    'batch': args.batch, 'cores': cores,
-                    'rounds': len(rounds), 'timed_steps': best['timed_steps'],
-                    'seconds': round(best['seconds'], 2),
-                    'crops_per_s': round(best['crops_per_s'], 2),
-                    'pairs_per_s': round(best['pairs_per_s'], 2),
-                    'crops_per_s_per_core': round(best['crops_per_s'] / cores, 2),
-                    'pairs_per_s_per_core': round(best['pairs_per_s'] / cores, 2),
-                    'crops_per_s_median': round(float(np.median(
-                        [r['crops_per_s'] for r in rounds])), 2),
-                    'load_average_1min': [round(r['load_average_1min'], 2) for r in rounds]}
-          emit(record)
-          rows.append(record)
-  finally:
-    shutil.rmtree(scratch, ignore_errors=True)
-
+  cores = rows[0]['cores'] if rows else len(os.sched_getaffinity(0))
   print(f'\n{"source":<13}{"threads":>8} {"cache":<7}{"crops/s":>9}{"pairs/s":>9}'
         f'{"crops/s/core":>14}{"pairs/s/core":>14}   (best of rounds, {cores} cores)')
   for r in rows:

@@ -2,57 +2,81 @@
 
   python benchmarks/sampling.py --config=xydiff/configs/gopro.py --size=128 --steps=5,10,20
 
-Prints one JSON object per T: total seconds (after compilation), seconds per
-denoiser step, and the cost of the one predictor call measured on its own.
-Sampling T steps should cost about T denoiser calls plus one predictor call.
+Prints one JSON object with one bare predictor call and one bare denoiser
+call, then one per T: the first call (compiling included), the T-step sample
+(xydiff.inference.make_sampler, after compilation), the seconds per step
+(the sample minus its one predictor call, over T) and `loop_overhead`, the
+per-step time over the bare denoiser call, minus one (a one-sample call: at
+--num_samples > 1 each step denoises N samples at once).
 """
 
 import argparse
 
-from common import emit, load_config, timed
+from common import emit, initial_state, load_config, timed
+
+
+def measure_calls(config, *, height: int, width: int, repeats: int = 3) -> dict:
+  """Seconds of one bare predictor call and one bare denoiser call: a sample's parts."""
+  import jax
+  import jax.numpy as jnp
+  from flax import nnx
+  import inference as inference_benchmark  # benchmarks/inference.py
+  from xydiff import state as state_lib
+
+  predictor = inference_benchmark.measure(config, 'predictor', height=height, width=width,
+                                          repeats=repeats)
+  graphdef, state = initial_state(config)
+  params = jax.device_put(state_lib.eval_params(state))
+  denoise = jax.jit(lambda p, z, level, y: nnx.merge(graphdef, p).denoise(z, level, y))
+  blur = jax.random.uniform(jax.random.key(0), (1, height, width, 3))
+  _, denoiser_s = timed(denoise, params, blur, jnp.full((1,), 0.5), blur, repeats=repeats)
+  return {'dtype': config.model.dtype, 'size': [height, width],
+          'predictor_call_s': predictor['latency_s'], 'denoiser_call_s': round(denoiser_s, 5)}
+
+
+def measure(config, *, height: int, width: int, num_steps: int, num_samples: int = 1,
+            calls: dict | None = None) -> dict:
+  """Seconds of one `num_steps`-step sample (the first call, compiling included, and one
+  more); given measure_calls' `calls`, also per step and the loop's overhead."""
+  import jax
+  from xydiff import diffusion, inference, state as state_lib
+
+  graphdef, state = initial_state(config)
+  params = jax.device_put(state_lib.eval_params(state))
+  # The schedule's values do not change the work; its length does.
+  schedule = diffusion.linear_schedule(num_steps, 1e-4, min(0.9, 10.0 / num_steps))
+  sampler = inference.make_sampler(graphdef, schedule, num_samples,
+                                   config.diffusion.residual_scale)
+  blur = jax.random.uniform(jax.random.key(0), (1, height, width, 3))
+  first, total = timed(sampler, params, blur, jax.random.key(1), repeats=1)
+  record = {'dtype': config.model.dtype, 'size': [height, width], 'num_samples': num_samples,
+            'num_steps': num_steps, 'first_call_s': round(first, 3), 'sample_s': round(total, 4)}
+  if calls:
+    per_step = (total - calls['predictor_call_s']) / num_steps
+    record.update({'per_step_s': round(per_step, 5),
+                   'denoiser_call_s': calls['denoiser_call_s'],
+                   'loop_overhead': round(per_step / calls['denoiser_call_s'] - 1.0, 4)})
+  return record
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__)
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--config', default='xydiff/configs/gopro.py')
   parser.add_argument('--size', type=int, default=128, help='square image side')
   parser.add_argument('--steps', default='5,10,20', help='comma-separated T values')
   parser.add_argument('--num_samples', type=int, default=1)
+  parser.add_argument('--repeats', type=int, default=3, help='timed bare calls; the best is shown')
   parser.add_argument('--dtype', default=None, help='override config.model.dtype')
   args = parser.parse_args()
 
-  import jax
-  from flax import nnx
-  from xydiff import diffusion, models
-
-  config = load_config(args.config)
-  if args.dtype:
-    config.model.dtype = args.dtype
-  model = models.build_model(config.model)
-  graphdef, params = nnx.split(model)
-  blur = jax.random.uniform(jax.random.key(0), (1, args.size, args.size, 3))
-
-  @jax.jit
-  def predict(p, y):
-    return nnx.merge(graphdef, p).predict(y)['restored']
-
-  _, predictor_s = timed(predict, params, blur)
+  config = load_config(args.config, dtype=args.dtype)
+  calls = measure_calls(config, height=args.size, width=args.size, repeats=args.repeats)
+  emit({'config': args.config, 'case': 'bare_calls', **calls})
   for num_steps in [int(t) for t in args.steps.split(',')]:
-    schedule = diffusion.linear_schedule(num_steps, 1e-4, min(0.9, 10.0 / num_steps))
-
-    @jax.jit
-    def sample(p, y):
-      m = nnx.merge(graphdef, p)
-      return diffusion.sample(lambda x: m.predict(x)['restored'], m.denoise, y,
-                              diffusion.sample_keys(jax.random.key(1), args.num_samples),
-                              schedule=schedule, residual_scale=2.0)['mean']
-
-    compile_and_run, total = timed(sample, params, blur, repeats=2)
-    emit({'config': args.config, 'backend': jax.default_backend(), 'size': args.size,
-          'num_samples': args.num_samples, 'num_steps': num_steps,
-          'first_call_s': round(compile_and_run, 3), 'sample_s': round(total, 4),
-          'predictor_s': round(predictor_s, 4),
-          'per_step_s': round((total - predictor_s) / num_steps, 4)})
+    emit({'config': args.config, 'case': f'T{num_steps}',
+          **measure(config, height=args.size, width=args.size, num_steps=num_steps,
+                    num_samples=args.num_samples, calls=calls)})
 
 
 if __name__ == '__main__':

@@ -48,7 +48,7 @@ _LAYOUT_MISMATCH = re.compile(r'tree structures do not match|is not compatible w
 # they could not be reached and may well be fine.
 _DAMAGE_CODES = ('DATA_LOSS', 'OUT_OF_RANGE')
 _STATUS = re.compile(r'[A-Z_]+: ')
-_UNDECODABLE = re.compile(r'Invalid JSON|Error (decoding|parsing)')
+_UNDECODABLE = re.compile(r'Invalid JSON|Error (decoding|parsing)|Truncated')
 DAMAGED_SUFFIX = '.damaged'
 CHECKPOINTS = 'checkpoints'
 

@@ -1,17 +1,18 @@
 """What a model costs: parameters, multiply-accumulates, XLA's FLOPs, training memory.
 
-MACs follow the convention of the field's tables (XYDeblur's Table 2, ptflops,
-thop): one per multiply-accumulate of a convolution or a dense layer, nothing
-for activations, norms or additions. They are counted from the model's jaxpr
-at the given size, so nothing runs and no weights are materialised:
-
-- a convolution: output elements x kernel taps x input channels per group,
-  divided by the input dilation (a transposed convolution written as a
-  dilated one multiplies the inserted zeros, which no counter counts);
-- a dense layer / dot product: the product of batch, contracted and free sizes.
+GMACs follow the convention of the field's tables, thop's counting rules (the
+profiler XYDeblur's Table 2 and most deblurring papers report): for every
+convolution, its output elements x (input channels per group x kernel taps,
++1 where it adds a bias); for every dense layer, output elements x input
+features; for every ReLU, its output elements; nothing for other
+activations, norms or additions. A transposed convolution is charged per
+output element like any convolution, as thop charges it (4x what it
+multiplies for a 4x4 stride-2 up-convolution). `convention='true'` counts
+only real multiply-accumulates instead. Both are read off the model's jaxpr
+at the given size: nothing runs and no weights are materialised.
 
 Up-convolutions are traced with `upsample_impl='reference'`: the sub-pixel
-form computes the same function with 9/4 the MACs.
+form computes the same function with other MACs.
 """
 
 from __future__ import annotations
@@ -44,30 +45,48 @@ def _sub_jaxprs(params):
         yield v
 
 
-def jaxpr_macs(jaxpr) -> int:
-  """Multiply-accumulates of convolutions and dot products in `jaxpr` (recursively)."""
+CONVENTIONS = ('thop', 'true')
+
+
+def _is_literal_zero(var) -> bool:
+  return isinstance(var, jax.extend.core.Literal) and np.all(np.asarray(var.val) == 0)
+
+
+def jaxpr_macs(jaxpr, convention: str = 'thop') -> int:
+  """Multiply-accumulates of `jaxpr` (recursively), by `convention` (module docstring)."""
+  if convention not in CONVENTIONS:
+    raise ValueError(f'convention must be one of {CONVENTIONS}, got {convention!r}')
+  thop = convention == 'thop'
+  # Which equation made each variable: a bias add is an add of a broadcast vector.
+  made_by = {v: eqn for eqn in jaxpr.eqns for v in eqn.outvars}
   total = 0
   for eqn in jaxpr.eqns:
     name = eqn.primitive.name
+    out_elements = math.prod(eqn.outvars[0].aval.shape) if eqn.outvars else 0
     if name == 'conv_general_dilated':
-      out = eqn.outvars[0].aval.shape
       rhs = eqn.invars[1].aval.shape
       dn = eqn.params['dimension_numbers']
       # rhs_spec: (out feature dim, in feature dim, spatial dims...).
-      in_per_group = rhs[dn.rhs_spec[1]]
-      taps = math.prod(rhs[d] for d in dn.rhs_spec[2:])
-      dilation = math.prod(eqn.params['lhs_dilation'])
-      total += math.prod(out) * taps * in_per_group // dilation
+      per_output = rhs[dn.rhs_spec[1]] * math.prod(rhs[d] for d in dn.rhs_spec[2:])
+      # An input-dilated (transposed) convolution multiplies the inserted zeros too.
+      dilation = 1 if thop else math.prod(eqn.params['lhs_dilation'])
+      total += out_elements * per_output // dilation
     elif name == 'dot_general':
-      (lhs_contract, _), (lhs_batch, _) = eqn.params['dimension_numbers']
+      (lhs_contract, _), _ = eqn.params['dimension_numbers']
       lhs = eqn.invars[0].aval.shape
-      out = eqn.outvars[0].aval.shape
-      total += math.prod(out) * math.prod(lhs[d] for d in lhs_contract)
+      total += out_elements * math.prod(lhs[d] for d in lhs_contract)
+    elif thop and name == 'add' and any(
+        isinstance(v, jax.extend.core.Var) and v in made_by
+        and made_by[v].primitive.name == 'broadcast_in_dim'
+        and len(made_by[v].invars[0].aval.shape) == 1 for v in eqn.invars):
+      total += out_elements  # A convolution's bias.
+    elif thop and name == 'max' and any(_is_literal_zero(v) for v in eqn.invars):
+      total += out_elements  # A ReLU.
     else:
       # Loops: a scan's body runs `length` times; other sub-programs once.
       repeat = eqn.params.get('length', 1) if name == 'scan' else 1
       for sub in _sub_jaxprs(eqn.params):
-        total += repeat * jaxpr_macs(sub)
+        total += repeat * jaxpr_macs(sub, convention)
   return total
 
 
@@ -96,12 +115,12 @@ def _abstract_params(model_config):
   return nnx.state(model, nnx.Param)
 
 
-def gmacs(model_config, size=HD) -> float:
+def gmacs(model_config, size=HD, convention: str = 'thop') -> float:
   """GMACs of one forward pass on a size[0] x size[1] image (DvSR: g plus one f step)."""
   model_config = _counting_config(model_config)
   x = jax.ShapeDtypeStruct((1, *size, 3), jnp.float32)
   jaxpr = jax.make_jaxpr(_forward(model_config))(_abstract_params(model_config), x)
-  return jaxpr_macs(jaxpr.jaxpr) / 1e9
+  return jaxpr_macs(jaxpr.jaxpr, convention) / 1e9
 
 
 def xla_gflops(model_config, size=HD) -> float | None:
@@ -142,9 +161,10 @@ SIZED_VARIANTS = ('channel', 'layer')  # Registered as '<model>_channel', '<mode
 
 
 def model_names() -> list[str]:
-  """Registered models, without the Channel/Layer siblings."""
+  """Registered models, without their registered XY/Channel/Layer siblings (the summary
+  derives those rows itself)."""
   return sorted(name for name in models.variants()
-                if not any(name.endswith(f'_{kind}') for kind in SIZED_VARIANTS))
+                if not any(name.endswith(f'_{kind}') for kind in SIZED_VARIANTS + ('xy',)))
 
 
 def variant_configs(model: str) -> dict:

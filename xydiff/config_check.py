@@ -172,6 +172,8 @@ def _validate_train(config, device_count: int) -> None:
   _require(t.lr_schedule in state_lib.LR_SCHEDULES, 'train.lr_schedule',
            f'must be one of {state_lib.LR_SCHEDULES}', t.lr_schedule)
   _require(0 <= t.lr_min <= t.lr, 'train.lr_min', 'must be in [0, train.lr]', t.lr_min)
+  _require(0 < t.lr_decay_factor <= 1, 'train.lr_decay_factor', 'must be in (0, 1]',
+           t.lr_decay_factor)
   _require(t.optimizer in state_lib.OPTIMIZERS, 'train.optimizer',
            f'must be one of {state_lib.OPTIMIZERS}', t.optimizer)
   _require(len(t.adam_betas) == 2 and all(0 <= b < 1 for b in t.adam_betas), 'train.adam_betas',

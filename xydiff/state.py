@@ -22,8 +22,8 @@ OPTIMIZERS = ('adam', 'adamw')
 
 
 def make_lr_schedule(train_config):
-  """Linear warm-up, then 'step' (the base rate halved at each of `lr_halve_steps`:
-  XYDeblur, DMPHN, DeepDeblur, MIMO-UNet) or 'cosine' (annealed to `lr_min` at
+  """Linear warm-up, then 'step' (the rate times `lr_decay_factor`, 0.5 by default, at
+  each of `lr_halve_steps`: XYDeblur, DMPHN (0.1), DeepDeblur, MIMO-UNet) or 'cosine' (annealed to `lr_min` at
   `num_steps`: NAFNet)."""
   if train_config.lr_schedule == 'cosine':
     decay = optax.cosine_decay_schedule(
@@ -31,7 +31,8 @@ def make_lr_schedule(train_config):
         alpha=train_config.lr_min / train_config.lr)
   else:
     decay = optax.piecewise_constant_schedule(
-        train_config.lr, {int(s): 0.5 for s in train_config.lr_halve_steps})
+        train_config.lr, {int(s): train_config.lr_decay_factor
+                          for s in train_config.lr_halve_steps})
   warmup = max(int(train_config.warmup_steps), 1)
   return lambda step: decay(step) * jnp.minimum(1.0, (step + 1) / warmup)
 

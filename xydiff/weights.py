@@ -63,7 +63,9 @@ def convert(state_dict: dict, key_map: dict, target_params) -> dict:
 def config_for(model: str):
   """The packaged config of the registered model `model`, its section set for the variant."""
   variant = models.variant(model)
-  config = importlib.import_module(f'xydiff.configs.{variant.config}').get_config()
+  name, _, arg = variant.config.partition(':')  # 'dmphn_gopro:1_2_4_8' as --config takes it.
+  module = importlib.import_module(f'xydiff.configs.{name}')
+  config = module.get_config(arg) if arg else module.get_config()
   config.model.name = variant.family
   for field, value in variant.section.items():
     config.model[variant.family][field] = value

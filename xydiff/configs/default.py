@@ -81,9 +81,11 @@ def get_config() -> ml_collections.ConfigDict:
   train.batch_size = 4  # Global batch, over all devices and hosts.
   train.num_steps = 1_578_000  # 3000 epochs of GoPro's 2103 pairs at batch 4.
   train.lr = 1e-4
-  # 'step': halved at each of lr_halve_steps; 'cosine': annealed to lr_min at num_steps.
+  # 'step': times lr_decay_factor at each of lr_halve_steps; 'cosine': annealed
+  # to lr_min at num_steps.
   train.lr_schedule = 'step'
   train.lr_halve_steps = (263_000, 526_000, 789_000, 1_052_000, 1_315_000)
+  train.lr_decay_factor = 0.5
   train.lr_min = 0.0
   train.optimizer = 'adam'  # 'adam' or 'adamw' (decoupled weight_decay).
   train.adam_betas = (0.9, 0.999)

@@ -13,9 +13,6 @@ the first checkpoint they publish; '1_2_4_8' is XYDeblur's Table 2 baseline,
 and '1_2_4_8_xy', '1_2_4_8_channel', '1_2_4_8_layer' its other DMPHN rows
 (trained, like that baseline, with the 1-2-4-8 recipe).
 
-xydiff's 'step' schedule halves the rate; the authors' gamma is 0.1. Each
-tenfold drop is taken as three halvings on consecutive steps (x0.125), the
-closest that train.lr_halve_steps can say.
 
   python launch.py --config=dmphn_gopro --workdir=DIR --config.data.root=/path/to/GOPRO_Large
   python launch.py --config=dmphn_gopro:1_2_4_8 ...   # or :1_2_4_8_xy, _channel, _layer
@@ -29,7 +26,6 @@ STEPS_PER_EPOCH = -(-PAIRS // BATCH)  # DataLoader(drop_last=False): 1052.
 EPOCHS = {3: 2400, 4: 4000}  # By number of levels: DMPHN_1_2_4.py, DMPHN_1_2_4_8.py.
 TEST_EVERY_EPOCHS = {3: 200, 4: 100}  # How often the authors' scripts test on GoPro.
 DECAY_EVERY_EPOCHS = 1000  # StepLR(step_size=1000, gamma=0.1).
-HALVINGS_PER_DECAY = 3  # 0.5 ** 3 = 0.125 for the authors' 0.1.
 
 
 def get_config(variant: str = ''):
@@ -55,8 +51,8 @@ def get_config(variant: str = ''):
   config.train.lr = 1e-4
   config.train.lr_schedule = 'step'
   config.train.lr_halve_steps = tuple(
-      e * STEPS_PER_EPOCH + i for e in range(DECAY_EVERY_EPOCHS, epochs, DECAY_EVERY_EPOCHS)
-      for i in range(HALVINGS_PER_DECAY))
+      e * STEPS_PER_EPOCH for e in range(DECAY_EVERY_EPOCHS, epochs, DECAY_EVERY_EPOCHS))
+  config.train.lr_decay_factor = 0.1
   config.train.optimizer = 'adam'
   config.train.adam_betas = (0.9, 0.999)
   config.train.weight_decay = 0.0

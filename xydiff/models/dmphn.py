@@ -388,18 +388,18 @@ SPEC = spec_lib.ModelSpec(
             'dmphn', 'dmphn_gopro', {'levels': 3},
             about=f'DMPHN(1-2-4), 5,424,393 parameters; {_ABOUT}'),
         'dmphn_1_2_4_8': spec_lib.Variant(
-            'dmphn', 'dmphn_gopro', {'levels': 4},
+            'dmphn', 'dmphn_gopro:1_2_4_8', {'levels': 4},
             about=f'DMPHN(1-2-4-8), 7,232,524 parameters (XYDeblur Table 2 baseline); {_ABOUT}'),
         'dmphn_1_2_4_8_xy': spec_lib.Variant(
-            'dmphn', 'dmphn_gopro', {'levels': 4, 'decoders': 2, 'share': 'rotate'},
+            'dmphn', 'dmphn_gopro:1_2_4_8', {'levels': 4, 'decoders': 2, 'share': 'rotate'},
             about='XYDeblur Table 2 "XY" DMPHN: every level\'s decoder run twice, the second '
                   'time turned 90 degrees; 7,232,524 parameters'),
         'dmphn_1_2_4_8_channel': spec_lib.Variant(
-            'dmphn', 'dmphn_gopro', {'levels': 4, 'width': 52},
+            'dmphn', 'dmphn_gopro:1_2_4_8', {'levels': 4, 'width': 52},
             about='XYDeblur Table 2 "Channel" DMPHN: width 52, 19,082,764 parameters, '
                   '2895.77 GMACs at 1280x720 counted as thop does (table: 18.63M, 3060.28)'),
         'dmphn_1_2_4_8_layer': spec_lib.Variant(
-            'dmphn', 'dmphn_gopro', {'levels': 4, 'num_res': 3},
+            'dmphn', 'dmphn_gopro:1_2_4_8', {'levels': 4, 'num_res': 3},
             about='XYDeblur Table 2 "Layer" DMPHN: 3 ResBlocks a stage, 10,332,684 parameters, '
                   '1509.11 GMACs counted as thop does (table: 10.33M, 1509.11)'),
     },

@@ -251,7 +251,7 @@ def _fft_l1(prediction, target):
   """L1Loss between torch.rfft(·, signal_ndim=2, normalized=False, onesided=False) of both:
   the mean |difference| over the real and imaginary parts of the full, unnormalised 2-D
   FFT over H and W (by linearity, the FFT of the difference)."""
-  spectrum = jnp.fft.fft2(prediction - target, axes=(1, 2), norm='ortho')
+  spectrum = jnp.fft.fft2(prediction - target, axes=(1, 2))
   return 0.5 * (jnp.mean(jnp.abs(spectrum.real)) + jnp.mean(jnp.abs(spectrum.imag)))
 
 

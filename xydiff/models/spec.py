@@ -38,7 +38,8 @@ def require_positive_int(value, field: str) -> None:
 class Variant:
   """A named configuration of a family (the names import_weights and the summary take).
 
-  `config`: the packaged config (xydiff.configs.<config>) it trains with;
+  `config`: the packaged config it trains with, as --config names it
+  ('dmphn_gopro:1_2_4_8' is xydiff.configs.dmphn_gopro.get_config('1_2_4_8'));
   `section`: overrides of the family's config section for this variant.
   """
   family: str
