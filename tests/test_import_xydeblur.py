@@ -1,7 +1,8 @@
 """Official XYDeblur (PyTorch) checkpoints imported into xydiff restore the same images.
 
 The PyTorch network is tests/torch_refs/xydeblur.py, the official
-architecture with the official state-dict keys.
+architecture with the official state-dict keys. The import runs through the
+one path every family uses (xydiff.weights, `xydiff import_weights`).
 """
 
 import subprocess
@@ -14,9 +15,9 @@ import pytest
 from flax import nnx, traverse_util
 
 from conftest import GOPRO_SAMPLE, REPO
-from xydiff import checkpoint, images, state as state_lib
-from xydiff.tools import import_xydeblur
+from xydiff import checkpoint, images, state as state_lib, weights
 from xydiff.errors import CheckpointImportError
+from xydiff.models import xydeblur
 
 torch = pytest.importorskip('torch')
 from torch_refs.xydeblur import OfficialXYDeblur  # noqa: E402
@@ -50,8 +51,8 @@ def test_imported_checkpoint_restores_a_gopro_crop_like_pytorch(tmp_path):
   workdir = tmp_path / 'imported'
   # As a user runs it; the EMA config checks that evaluation's weights are the imported ones.
   result = subprocess.run(
-      [sys.executable, '-m', 'xydiff.tools.import_xydeblur', str(pkl), f'--workdir={workdir}',
-       '--config.model.xydeblur.width=8', '--config.model.xydeblur.num_res=2',
+      [sys.executable, '-m', 'xydiff.tools.import_weights', 'xydeblur', str(pkl),
+       f'--workdir={workdir}', '--config.model.xydeblur.width=8', '--config.model.xydeblur.num_res=2',
        '--config.train.ema_rate=0.999'],
       cwd=REPO, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-2000:]
@@ -69,14 +70,15 @@ def test_imported_checkpoint_restores_a_gopro_crop_like_pytorch(tmp_path):
   ours = model(jnp.asarray(crop)[None])
   with torch.no_grad():
     theirs = net(torch.from_numpy(crop).permute(2, 0, 1)[None])
-  for name, reference in zip(('horizontal', 'vertical', 'restored'), theirs):
+  for name, ours_out, reference in zip(('horizontal', 'vertical', 'restored'),
+                                       (*ours['residuals'], ours['restored']), theirs):
     reference = reference[0].permute(1, 2, 0).numpy()
-    assert np.abs(np.asarray(ours[name][0]) - reference).max() <= 1e-4, name
+    assert np.abs(np.asarray(ours_out[0]) - reference).max() <= 1e-4, name
   # A random network still changes the image: the comparison is not of two no-ops.
   assert np.abs(np.asarray(ours['restored'][0]) - crop).max() > 0.05
 
-  with pytest.raises(CheckpointImportError, match='already has checkpoints'):
-    import_xydeblur.import_checkpoint(str(pkl), str(workdir), config)
+  with pytest.raises(CheckpointImportError, match='already holds files'):
+    weights.import_official('xydeblur', str(pkl), str(workdir), config)
 
 
 def test_full_size_checkpoint_maps_every_tensor_with_its_shape():
@@ -84,7 +86,8 @@ def test_full_size_checkpoint_maps_every_tensor_with_its_shape():
   state_dict = {k: v.numpy() for k, v in net.state_dict().items()}
   assert sum(v.size for v in state_dict.values()) == 4_918_627
   _, state = jax.eval_shape(lambda: state_lib.init_state(_config(32, 6)))
-  params = import_xydeblur.convert(state_dict, state['params'], 6)
+  config = _config(32, 6)
+  params = weights.convert(state_dict, xydeblur.official_keys(config.model), state['params'])
   ours = traverse_util.flatten_dict(params)
   target = traverse_util.flatten_dict(state['params'])
   assert ours.keys() == target.keys()
@@ -109,22 +112,24 @@ def test_every_missing_extra_and_misshaped_tensor_is_listed_in_one_error(tmp_pat
   torch.save({'model': state_dict}, str(pkl))
   workdir = tmp_path / 'run'
   with pytest.raises(CheckpointImportError) as error:
-    import_xydeblur.import_checkpoint(str(pkl), str(workdir), _config(4, 2))
+    weights.import_official('xydeblur', str(pkl), str(workdir), _config(4, 2))
   message = str(error.value)
+  assert len(message.splitlines()) == 1
   assert 'missing: Decoder1_3.layers.1.main.0.main.0.bias' in message
   assert 'unexpected: Decoder1_5.main.0.weight' in message
-  assert 'wrong shape: Convs1_2.main.0.weight (4, 8, 3, 3) (expected (4, 8, 1, 1))' in message
+  assert "wrong shape: Convs1_2.main.0.weight (4, 8, 3, 3) (xydiff ('fuse2', 'kernel') needs " \
+         '(1, 1, 8, 4)' in message
   assert not workdir.exists()  # Nothing written for a checkpoint that does not fit.
 
-  # A checkpoint of another size says which overrides would fit it.
+  # A checkpoint of another size names the config section it does not fit.
   torch.save({'model': OfficialXYDeblur(width=4, num_res=2).state_dict()}, str(pkl))
-  with pytest.raises(CheckpointImportError, match=r'looks like width=4, num_res=2.*unexpected: '
-                     r'.*Encoder1\.layers\.2\.main\.0\.main\.0\.weight'):
-    import_xydeblur.import_checkpoint(str(pkl), str(workdir), _config(4, 1))
+  with pytest.raises(CheckpointImportError, match=r"does not fit config.model.xydeblur \(.*"
+                     r"'num_res': 1.*unexpected: .*Encoder1\.layers\.2\.main\.0\.main\.0\.weight"):
+    weights.import_official('xydeblur', str(pkl), str(workdir), _config(4, 1))
 
   pkl.write_bytes(b'not a torch file')
   with pytest.raises(CheckpointImportError, match='cannot read .*bad.pkl'):
-    import_xydeblur.import_checkpoint(str(pkl), str(workdir), _config(4, 2))
+    weights.import_official('xydeblur', str(pkl), str(workdir), _config(4, 2))
 
 
 def test_importing_needs_no_torch(tmp_path, monkeypatch):
@@ -132,7 +137,7 @@ def test_importing_needs_no_torch(tmp_path, monkeypatch):
   net = OfficialXYDeblur(width=4, num_res=1)
   _save_official(tmp_path / 'final.pkl', net)
   monkeypatch.setitem(sys.modules, 'torch', None)  # `import torch` now raises ImportError.
-  loaded = import_xydeblur.load_state_dict(str(tmp_path / 'final.pkl'))
+  loaded = xydeblur.read_official(str(tmp_path / 'final.pkl'))
   assert set(loaded) == set(net.state_dict())
   for key, tensor in net.state_dict().items():
     assert loaded[key].dtype == np.float32
@@ -141,7 +146,7 @@ def test_importing_needs_no_torch(tmp_path, monkeypatch):
 
 def test_a_misspelt_override_is_one_line_naming_it(tmp_path):
   result = subprocess.run(
-      [sys.executable, '-m', 'xydiff.tools.import_xydeblur', str(tmp_path / 'x.pkl'),
+      [sys.executable, '-m', 'xydiff.tools.import_weights', 'xydeblur', str(tmp_path / 'x.pkl'),
        f'--workdir={tmp_path / "w"}', '--config.model.xydeblur.widht=8'],
       cwd=REPO, capture_output=True, text=True, timeout=120)
   assert result.returncode == 1

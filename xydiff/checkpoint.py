@@ -48,6 +48,8 @@ _LAYOUT_MISMATCH = re.compile(r'tree structures do not match|is not compatible w
 # they could not be reached and may well be fine.
 _DAMAGE_CODES = ('DATA_LOSS', 'OUT_OF_RANGE')
 _STATUS = re.compile(r'[A-Z_]+: ')
+# Damage that tensorstore reports under other codes (FAILED_PRECONDITION):
+# metadata that does not decode, a compressed chunk cut short.
 _UNDECODABLE = re.compile(r'Invalid JSON|Error (decoding|parsing)|Truncated')
 DAMAGED_SUFFIX = '.damaged'
 CHECKPOINTS = 'checkpoints'

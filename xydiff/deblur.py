@@ -33,7 +33,7 @@ An image too small for the network (e.g. 2x2 for XYDeblur) is reported as a
 failed file with the network's minimum size; upscaling it would restore an
 image the user never took.
 
-Diffusion models (config.model.name == 'dvsr') sample with the preset
+Diffusion models (models.is_diffusion, e.g. 'dvsr') sample with the preset
 `config.deblur.preset`, average `config.deblur.num_samples` samples (0: the
 preset's own count) and also write `<stem>_std.png`, the per-pixel standard
 deviation over the samples (mean over RGB), scaled to its own maximum so the

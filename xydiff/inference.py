@@ -326,6 +326,7 @@ class Restorer:
     """The run in `workdir` at `step` (latest when None), with its stored config or `config`
     (which may differ from it in inference fields only)."""
     config = config_for_workdir(workdir, config)
+    config_check.validate_model(config)  # A bad field is named before any checkpoint is read.
     graphdef, params, step = load_for_inference(config, workdir, step)
     return cls(config, graphdef, params, step)
 
