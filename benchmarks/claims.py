@@ -178,7 +178,12 @@ def plot_perception_distortion(rows, path):
 # Backbones for (d)-(g): each family's tiny section (CPU scale) and the crop it trains on.
 BACKBONES = {
     'xydeblur': {'width': 8, 'num_res': 1},
+    'dmphn': {'levels': 4, 'width': 8, 'num_res': 1},  # Table 2's 1-2-4-8, narrow.
+    'deepdeblur': {'width': 8, 'num_res': 4},  # MSCNN: 3 scales, 4 ResBlocks (XY: the last 2).
 }
+# Table 2's rows for its backbones; Figures 3 and 5 on XYDeblur's own network.
+TABLE2_VARIANTS = ('baseline', 'xy', 'channel', 'layer')
+FIGURE_VARIANTS = ('baseline', 'xy', 'unet2d', 'decoders4')
 VARIANT_ORDER = ('baseline', 'xy', 'channel', 'layer', 'unet2d', 'decoders4')
 MEASURE_SIZE = (64, 64)  # GMACs for sizing Channel/Layer (ratios do not depend on the size).
 
@@ -489,7 +494,10 @@ def main():
                       help='diffusion demo training steps for (b)')
   parser.add_argument('--lengths', default='800,3200,6400',
                       help='(c): diffusion demo training lengths')
-  parser.add_argument('--backbones', default=','.join(BACKBONES), help='(d)-(g): families')
+  parser.add_argument('--backbones', default='dmphn,deepdeblur',
+                      help="(d): Table 2's backbones (families)")
+  parser.add_argument('--figure_backbone', default='xydeblur',
+                      help='(e), (f): the family for Figures 3 and 5')
   parser.add_argument('--backbone_steps', type=int, default=300, help='(d)-(g): steps per run')
   parser.add_argument('--seeds', default='0,1', help='(d)-(g): seeds')
   parser.add_argument('--inception_weights', default='',
@@ -523,8 +531,10 @@ def main():
     sections.append(length_report(rows))
   if 'xy' in parts:
     seeds = [int(x) for x in args.seeds.split(',')]
-    runs = table2(os.path.join(args.workdir, 'xy'), args.backbones.split(','), VARIANT_ORDER,
-                  seeds, args.backbone_steps)
+    runs = (table2(os.path.join(args.workdir, 'xy'), args.backbones.split(','),
+                   TABLE2_VARIANTS, seeds, args.backbone_steps)
+            + table2(os.path.join(args.workdir, 'xy'), [args.figure_backbone], FIGURE_VARIANTS,
+                     seeds, args.backbone_steps))
     summary_rows = summarize_runs(runs)
     emit({'claim': 'table2_direction', 'rows': summary_rows})
     plot_figure5(summary_rows, os.path.join(args.workdir, 'claims_figure5.png'))

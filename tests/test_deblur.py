@@ -206,3 +206,89 @@ def test_launch_deblur_exits_non_zero_after_restoring_the_readable_files(tmp_pat
   assert 'error: cannot read image' in result.stderr and 'bad.png' in result.stderr
   assert os.listdir(tmp_path / 'out') == ['good.png']
   assert 'Traceback' not in result.stderr
+
+
+def test_a_crop_the_network_takes_as_it_is_is_restored_as_the_official_network_does(
+    tmp_path, frame):
+  """The audit: with size buckets on by default a 256x320 crop, which needs no padding, was
+  padded to 256x384 and came out up to 5 levels off near its right edge."""
+  torch = pytest.importorskip('torch')
+  from torch_refs.xydeblur import OfficialXYDeblur
+  from xydiff import weights
+  torch.manual_seed(0)
+  net = OfficialXYDeblur(width=8, num_res=2).eval()
+  torch.save({'model': net.state_dict()}, tmp_path / 'official.pkl')
+  config = weights.config_for('xydeblur')  # The defaults: no buckets.
+  config.model.xydeblur.update(dict(width=8, num_res=2))
+  params = weights.official_params('xydeblur', str(tmp_path / 'official.pkl'), config)
+  checkpoint.write_imported_run(str(tmp_path / 'run'), config, params)
+  crop = frame[300:556, 500:820]  # 256x320: multiples of the network's 4 already.
+  images.write_png(str(tmp_path / 'crop.png'), crop)
+  assert deblur.run(None, str(tmp_path / 'run'), str(tmp_path / 'crop.png'),
+                    str(tmp_path / 'out')) == 0
+  with torch.no_grad():
+    theirs = net(torch.from_numpy(images.to_float(crop)).permute(2, 0, 1)[None])[2]
+  theirs = images.to_uint8(theirs[0].permute(1, 2, 0).numpy())
+  ours = _read(tmp_path / 'out' / 'crop.png')
+  assert ours.shape == (256, 320, 3)
+  assert np.abs(ours.astype(int) - theirs).max() <= 1  # At most one 8-bit level (rounding).
+  assert np.abs(theirs.astype(int) - crop).max() > 20  # The network does change the image.
+  # Buckets are opt-in, and the comparison sees what their padding changes.
+  config.deblur.size_bucket = 128
+  bucketed = inference.Restorer.from_workdir(str(tmp_path / 'run'), config=config)
+  assert np.abs(images.to_uint8(bucketed.restore(crop)['image']).astype(int) - theirs).max() > 1
+
+
+def test_the_restorer_refuses_what_is_not_an_image_in_one_line(xydeblur_run):
+  from xydiff.errors import ImageValueError
+  restorer = inference.Restorer.from_workdir(str(xydeblur_run['workdir']))
+  levels = _read(xydeblur_run['inputs'] / 'odd.png')
+  want = restorer.restore(levels)['image']
+  np.testing.assert_array_equal(restorer.restore(levels.astype(np.uint16) * 257)['image'], want)
+  np.testing.assert_array_equal(restorer.restore(images.to_float(levels))['image'], want)
+  with_nan = images.to_float(levels)
+  with_nan[5, 7, 1] = np.nan  # One pixel once turned the whole output to NaN.
+  for image, message in ((levels.astype(np.int64), 'int64 values'),
+                         (levels.astype(np.float32), r'run from \d+ to \d+, outside \[0, 1\] '
+                          r'\(8-bit levels\? divide by 255\)'),
+                         (with_nan, 'holds 1 NaN or infinite value ')):
+    with pytest.raises(ImageValueError, match=message) as e:
+      restorer.restore(image)
+    assert '\n' not in str(e.value)
+
+
+def test_the_overwrite_guard_sees_through_symlinked_folders(tmp_path, xydeblur_run):
+  config, workdir, inputs = (xydeblur_run[k] for k in ('config', 'workdir', 'inputs'))
+  before = (inputs / 'odd.png').read_bytes()
+  (tmp_path / 'link').symlink_to(inputs, target_is_directory=True)
+  for source, output in ((tmp_path / 'link' / 'odd.png', inputs),
+                         (inputs / 'odd.png', tmp_path / 'link')):
+    with pytest.raises(DataError, match='would overwrite the input'):
+      deblur.run(config, str(workdir), str(source), str(output))
+  os.link(inputs / 'odd.png', tmp_path / 'odd.png')  # The same file under a second name.
+  with pytest.raises(DataError, match='would overwrite the input'):
+    deblur.run(config, str(workdir), str(inputs / 'odd.png'), str(tmp_path))
+  assert (inputs / 'odd.png').read_bytes() == before
+
+
+_CACHED_DEBLUR = '''
+import sys
+from xydiff import deblur
+sys.exit(deblur.run(None, sys.argv[1], sys.argv[2], sys.argv[3]))
+'''
+
+
+def test_deblur_keeps_its_compiled_networks_in_the_users_cache(tmp_path, xydeblur_run):
+  import subprocess
+  import sys
+  from conftest import REPO
+  cache = tmp_path / 'cache'
+  env = dict(os.environ, XYDIFF_CACHE=str(cache),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')  # The tiny network compiles fast.
+  env.pop('JAX_COMPILATION_CACHE_DIR', None)
+  result = subprocess.run([sys.executable, '-c', _CACHED_DEBLUR, str(xydeblur_run['workdir']),
+                           str(xydeblur_run['inputs'] / 'odd.png'), str(tmp_path / 'out')],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert os.listdir(tmp_path / 'out') == ['odd.png']
+  assert len(os.listdir(cache / 'jax')) >= 1  # The compiled network, for the next run.

@@ -13,7 +13,7 @@ from PIL import Image
 
 from conftest import REPO
 from xydiff import images
-from xydiff.errors import ImageReadError
+from xydiff.errors import ImageReadError, ImageValueError
 
 H, W = 9, 13
 
@@ -158,3 +158,62 @@ def test_reads_and_writes_with_tensorflow_unimportable(tmp_path):
                           text=True, timeout=120, check=False)
   assert result.returncode == 0, result.stderr
   assert result.stdout.strip() == 'tensorflow unimportable'
+
+
+def _with_exif_orientation(png: bytes, orientation: int) -> bytes:
+  """`png` with an eXIf chunk after IHDR saying `orientation`, as cameras and editors write it."""
+  exif = Image.Exif()
+  exif[0x0112] = orientation
+  block = exif.tobytes()
+  block = block[6:] if block.startswith(b'Exif\0\0') else block
+  end_of_ihdr = len(images.PNG_SIGNATURE) + 25
+  return png[:end_of_ihdr] + images._png_chunk(b'eXIf', block) + png[end_of_ihdr:]  # pylint: disable=protected-access
+
+
+@pytest.mark.parametrize('orientation', range(1, 9))
+@pytest.mark.parametrize('channels', [1, 3, 4])
+def test_16_bit_pngs_honour_their_exif_orientation_as_8_bit_files_do(tmp_path, orientation,
+                                                                     channels):
+  """The audit: 16-bit PNGs (decoded by OpenCV) ignored the EXIF orientation Pillow applies."""
+  deep = _deep(channels, seed=orientation)
+  path = tmp_path / 'deep.png'
+  images.write_png(str(path), deep)
+  path.write_bytes(_with_exif_orientation(path.read_bytes(), orientation))
+  shallow = tmp_path / 'shallow.png'  # The same picture in 8 bits: Pillow turns it upright.
+  exif = Image.Exif()
+  exif[0x0112] = orientation
+  Image.fromarray((deep >> 8).astype(np.uint8).squeeze(-1) if channels == 1 else
+                  (deep >> 8).astype(np.uint8)).save(shallow, exif=exif)
+  got = images.read_image(str(path), keep_channels=True)
+  want = images.read_image(str(shallow), keep_channels=True)
+  assert got.dtype == np.uint16 and got.shape == want.shape
+  np.testing.assert_array_equal(got >> 8, want)
+  if orientation in (5, 6, 7, 8):
+    assert got.shape[:2] == (W, H)  # Turned a quarter: the file's width is now its height.
+
+
+def test_image_arrays_are_uint8_uint16_or_floats_in_0_1():
+  rng = np.random.default_rng(5)
+  levels = rng.integers(0, 256, (4, 5, 3), dtype=np.uint8)
+  unit = images.to_unit_float(levels)
+  assert unit.dtype == np.float32
+  np.testing.assert_array_equal(unit, levels / np.float32(255))
+  np.testing.assert_array_equal(images.to_unit_float(levels.astype(np.uint16) * 257), unit)
+  np.testing.assert_array_equal(images.to_unit_float(unit.astype(np.float64)), unit)
+  within = unit.copy()
+  within[0, 0] = (1.005, -0.004, 1.0)  # Resampling overshoots a little: accepted as it is.
+  np.testing.assert_array_equal(images.to_unit_float(within), within)
+  for array, message in (
+      (levels.astype(np.int64), 'an image of int64 values: give uint8'),
+      (levels.astype(np.int32), 'int32'),
+      (levels.astype(bool), 'bool'),
+      (levels.astype(np.float32), rf'run from {levels.min()} to {levels.max()}, outside \[0, 1\] '
+       r'\(8-bit levels\? divide by 255\)'),
+      (levels.astype(np.float32) * 257, r'\(16-bit levels\? divide by 65535\)'),
+      (unit - 0.5, r'run from -0.49\d+ to 0.48\d+, outside \[0, 1\]; clip'),
+      (np.where(levels == levels.max(), np.nan, unit), 'holds 1 NaN or infinite value '),
+      (np.full((2, 2, 3), np.inf, np.float32), 'holds 12 NaN or infinite values'),
+  ):
+    with pytest.raises(ImageValueError, match=message) as e:
+      images.to_unit_float(array)
+    assert '\n' not in str(e.value)

@@ -40,13 +40,14 @@ import numpy as np
 from flax import nnx
 
 from xydiff import diffusion, models, run_config, state as state_lib
-from xydiff.errors import WeightsError
+from xydiff.errors import ConfigError, WeightsError
 
 FORMATS = ('safetensors', 'onnx', 'stablehlo')
 # The `format` metadata entry of xydiff's safetensors files.
 SAFETENSORS_FORMAT = 'xydiff-weights-1'
-# ONNX opset 17: onnxruntime >= 1.13 and every mainstream runtime read it.
-ONNX_OPSET = 17
+# ONNX opset 18 (onnxruntime >= 1.14): jax2onnx writes ReduceMean's axes as an
+# input, which opset 18 introduced.
+ONNX_OPSET = 18
 
 
 # ------------------------------------------------------------------ safetensors
@@ -132,10 +133,13 @@ class Graph:
   output: str
 
 
-def graphs(config, graphdef, params) -> list[Graph]:
-  """What ONNX holds of this model: its restore, or DvSR's predictor and one denoiser call."""
+def graphs(config, graphdef, params, size: tuple[int, int] | None = None) -> list[Graph]:
+  """What ONNX holds of this model: its restore, or DvSR's predictor and one denoiser call.
+
+  Images are ('B', 'M*H', 'M*W', 3) for the size multiple M, or ('B', *size, 3).
+  """
   multiple = models.size_multiple(config.model)
-  image = ('B', f'{multiple}*H', f'{multiple}*W', 3)
+  image = ('B', f'{multiple}*H', f'{multiple}*W', 3) if size is None else ('B', *size, 3)
   model = lambda: nnx.merge(graphdef, params)
   if not models.is_diffusion(config.model):
     return [Graph('restored', lambda blur: model()(blur)['restored'], (('blur', image),),
@@ -156,29 +160,50 @@ def onnx_paths(path: str, names: list[str]) -> list[str]:
   return [f'{stem}_{name}.onnx' for name in names]
 
 
-def write_onnx(path: str, config, graphdef, params, step: int) -> list[str]:
+def write_onnx(path: str, config, graphdef, params, step: int,
+               size: tuple[int, int] | None = None) -> list[str]:
   """Converts `graphs(...)` with jax2onnx; returns the files written.
 
-  Each carries metadata: the config (JSON), step, graph name and the size
-  multiple its height and width must have.
+  `size` None: any height and width that are multiples of the size multiple.
+  Families whose graph depends on the image size (DeepDeblur's reflect-padded
+  pyramid, MIMO-UNet's bilinear pyramid, NAFNet's TLC windows) cannot be
+  traced so: ConfigError asks for `size` (--size), a fixed (height, width).
+  Each file carries metadata: the config (JSON), step, graph name, and the
+  size multiple (or the fixed size) its images must have.
   """
-  import jax2onnx  # pylint: disable=import-outside-toplevel
-  import onnx  # pylint: disable=import-outside-toplevel
-  todo = graphs(config, graphdef, params)
+  todo = graphs(config, graphdef, params, size)
   paths = onnx_paths(path, [g.name for g in todo])
-  for graph, out_path in zip(todo, paths):
-    # jax2onnx 0.12 prints a debug line per convolution; keep the command's output clean.
-    with contextlib.redirect_stdout(io.StringIO()):
-      proto = jax2onnx.to_onnx(graph.fn, [shape for _, shape in graph.inputs],
-                               model_name=f'xydiff_{config.model.name}_{graph.name}',
-                               opset=ONNX_OPSET, input_names=[n for n, _ in graph.inputs],
-                               output_names=[graph.output])
+  protos = []
+  for graph in todo:
+    try:
+      protos.append(_to_onnx(graph, f'xydiff_{config.model.name}_{graph.name}'))
+    except Exception as e:  # pylint: disable=broad-except
+      if size is not None:  # A fixed size has no symbolic dimension to blame.
+        raise
+      # The converter and JAX's shape polymorphism fail in many ways on symbolic sizes.
+      reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+      raise ConfigError(
+          f'--format=onnx: {config.model.name} does not convert with a dynamic height and '
+          f'width ({reason}); pass --size=HEIGHTxWIDTH for a fixed-size graph') from None
+  import onnx  # pylint: disable=import-outside-toplevel
+  for graph, proto, out_path in zip(todo, protos, paths):
     onnx.helper.set_model_props(proto, {
         'xydiff.config': json.dumps(run_config.to_plain(config), sort_keys=True),
         'xydiff.step': str(int(step)), 'xydiff.graph': graph.name,
-        'xydiff.size_multiple': str(models.size_multiple(config.model))})
+        'xydiff.size_multiple': str(models.size_multiple(config.model)),
+        'xydiff.size': 'dynamic' if size is None else f'{size[0]}x{size[1]}'})
     _write_via_temp(out_path, lambda tmp, proto=proto: onnx.save_model(proto, tmp))
   return paths
+
+
+def _to_onnx(graph: Graph, model_name: str):
+  import jax2onnx  # pylint: disable=import-outside-toplevel
+  # jax2onnx 0.12 prints a debug line per convolution; keep the command's output clean.
+  with contextlib.redirect_stdout(io.StringIO()):
+    return jax2onnx.to_onnx(graph.fn, [shape for _, shape in graph.inputs],
+                            model_name=model_name, opset=ONNX_OPSET,
+                            input_names=[n for n, _ in graph.inputs],
+                            output_names=[graph.output])
 
 
 def input_multiple(onnx_path: str) -> int:

@@ -20,6 +20,7 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 from flax import nnx
 
 from xydiff import checkpoint, config_check, diffusion, images, models, run_config
@@ -309,17 +310,39 @@ class Restorer:
     self.ensemble = config.deblur.get('ensemble', 1)
     self.align = models.size_multiple(config.model)
     self.tile, self.overlap = aligned_tiling(tile, overlap, self.align)
-    if self.num_samples is None:
-      self._fn = make_restore_fns(config, graphdef)['restored']
-      self.description = 'restored'
-    else:
-      preset = config.diffusion.presets[config.deblur.preset]
-      self._fn = make_sampler(graphdef, preset_schedule(preset), self.num_samples,
-                              config.diffusion.residual_scale)
-      self.description = (f"preset '{config.deblur.preset}', mean of {self.num_samples} "
-                          'samples')
+    self._fn = self._restore_fn(graphdef)
+    self.description = 'restored' if self.num_samples is None else (
+        f"preset '{config.deblur.preset}', mean of {self.num_samples} samples")
+    self._tiled_fn = self._fn
+    spec = models.get(config.model)
+    if self.tile and not spec.tile_safe(config.model):
+      # Image-wide statistics (NAFNet's channel attention, DMPHN's patch seams)
+      # would see each tile alone: tiled images run the family's tile-safe form
+      # of the same weights (NAFNet: TLC's local statistics) where it has one.
+      tiled_model = spec.for_tiles(config.model) if spec.for_tiles is not None else None
+      if tiled_model is None:
+        logging.warning('%s computes image-wide statistics: images larger than '
+                        'config.deblur.tile=%d are restored in tiles that differ from the whole '
+                        'image; set config.deblur.tile=0 to restore them whole',
+                        config.model.name, self.tile)
+      else:
+        tiled_graphdef, _ = nnx.split(
+            nnx.eval_shape(lambda: models.build_model(tiled_model)), nnx.Param)
+        self._tiled_fn = self._restore_fn(tiled_graphdef)
     if self.ensemble > 1:
       self.description += f', x{self.ensemble} self-ensemble'
+
+  def _restore_fn(self, graphdef):
+    if self.num_samples is None:
+      return make_restore_fns(self.config, graphdef)['restored']
+    preset = self.config.diffusion.presets[self.config.deblur.preset]
+    return make_sampler(graphdef, preset_schedule(preset), self.num_samples,
+                        self.config.diffusion.residual_scale)
+
+  def tiles(self, height: int, width: int) -> bool:
+    """Whether an image of this size is restored in tiles."""
+    aligned = lambda n: -(-n // self.align) * self.align
+    return self.tile > 0 and (aligned(height) > self.tile or aligned(width) > self.tile)
 
   @classmethod
   def from_workdir(cls, workdir: str, *, step: int | None = None, config=None) -> 'Restorer':
@@ -353,5 +376,6 @@ class Restorer:
       raise ValueError(f'restore takes one HxWx3 RGB image, got shape {image.shape}')
     image = images.to_unit_float(image)  # uint8, uint16 or finite float in [0, 1]; else one line.
     key = jax.random.key(self.config.seed) if key is None else key
-    return restore_image(self._fn, self.params, image, key, align=self.align, tile=self.tile,
+    fn = self._tiled_fn if self.tiles(*image.shape[:2]) else self._fn
+    return restore_image(fn, self.params, image, key, align=self.align, tile=self.tile,
                          overlap=self.overlap, bucket=self.bucket, ensemble=self.ensemble)

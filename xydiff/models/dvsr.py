@@ -121,6 +121,15 @@ def _tile_safe(model_config):
   return arch == 'unet' or _registry().family(arch).tile_safe(model_config)
 
 
+def _for_tiles(model_config):
+  """DvSR with its predictor's tile-safe form, where the predictor has one (U-Nets are)."""
+  arch = model_config.predictor.arch
+  spec = None if arch == 'unet' else _registry().family(arch)
+  if spec is None or spec.for_tiles is None:
+    return None
+  return spec.for_tiles(model_config)
+
+
 def _defaults():
   # DvSR's initial predictor g(y): 'unet' (DvSR) or any deterministic family,
   # built from that family's section (the U-Net fields here are then unused).
@@ -145,6 +154,7 @@ SPEC = spec_lib.ModelSpec(
     make_loss=_make_loss,
     diffusion=True,
     tile_safe=_tile_safe,
+    for_tiles=_for_tiles,
     # DvSR's GoPro config; its 'xy' summary row (an XY-decoupled g) is xydiff.
     variants={'dvsr': spec_lib.Variant('dvsr', 'dvsr_gopro', about='DvSR (Whang et al., CVPR '
                                        '2022): U-Net g (base 64) + U-Net f (base 32)')},

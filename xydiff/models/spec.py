@@ -97,8 +97,9 @@ class ModelSpec:
   # Whether restoring in tiles computes what the whole image would (away from
   # tile edges); False for networks with image-wide statistics.
   tile_safe: Callable[[Any], bool] = lambda model_config: True
-  # A model config that restores tiles as the whole image would (e.g. local
-  # statistics in place of global ones); None when the family cannot.
+  # A model config (same weights) that restores tiles as the whole image would
+  # (e.g. local statistics in place of global ones); None, or returning None,
+  # when the family cannot.
   for_tiles: Callable[[Any], Any] | None = None
   variants: Mapping[str, Variant] = dataclasses.field(default_factory=dict)
   official: OfficialWeights | None = None
