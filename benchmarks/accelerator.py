@@ -55,7 +55,7 @@ import input_pipeline
 import sampling
 import train_step
 import train_step_torch
-from common import TINY_BATCH, TINY_CROP, emit, load_config
+from common import compile_cheaply, emit, load_config
 
 CONFIGS = ('xydeblur_gopro', 'dvsr_gopro', 'gopro')
 DTYPES = ('float32', 'bfloat16')
@@ -217,11 +217,7 @@ def main():
   # runs on the same GPU, and the peaks reported are then what was used.
   os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
   if args.tiny:
-    # Tiny timings only show that the code runs: compile at XLA's cheapest
-    # optimisation level, which roughly halves the CPU compile time.
-    os.environ['XLA_FLAGS'] = ' '.join([os.environ.get('XLA_FLAGS', ''),
-                                        '--xla_backend_optimization_level=0',
-                                        '--xla_llvm_disable_expensive_passes=true']).strip()
+    compile_cheaply()
   run = Runner(args.budget_s)
   sizes = Sizes(args.tiny)
   try:

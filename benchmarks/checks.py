@@ -24,7 +24,7 @@ in, so a check cannot pass by comparing one thing with itself.
 import argparse
 import sys
 
-from common import emit, initial_state, load_config, random_pairs
+from common import compile_cheaply, emit, initial_state, load_config, random_pairs
 
 # bfloat16 keeps 8 significant bits (relative rounding 2^-9 per value); through
 # a dozen layers the errors add up to about a percent of the signal. Relative
@@ -244,6 +244,8 @@ def main():
   parser.add_argument('--tiny', action='store_true', help='tiny networks and images (CPU)')
   parser.add_argument('--checks', default=','.join(CHECKS), help='comma-separated subset')
   args = parser.parse_args()
+  if args.tiny:
+    compile_cheaply()
   records = [{'check': name, **CHECKS[name](args.tiny)} for name in args.checks.split(',')]
   for record in records:
     emit(record)

@@ -5,11 +5,13 @@
 One JSON object per output of `xydiff.inference.make_restore_fns` (what
 --mode=deblur runs): XYDeblur's `restored`; for a diffusion config the
 predictor g and each sampling preset (--steps sets every preset's T). GMACs
-are xydiff.complexity's count of the timed program (so the T-step loop counts
-T denoiser calls, and CPU's sub-pixel up-convolutions their 9/4 MACs);
-`peak_fraction` divides the achieved 2 x MACs/s by a large float32 matmul's
-FLOP/s measured in the same run. `temp_bytes` is XLA's estimate of the
-program's temporaries; `peak_bytes_so_far` the device's peak (GPU/TPU).
+are xydiff.complexity's count of the timed program's real multiply-accumulates
+(convention 'true', not the tables' thop rules: what the device computes, so
+a T-step loop counts T denoiser calls and CPU's sub-pixel up-convolutions
+their 9/4 MACs); `peak_fraction` divides the achieved 2 x MACs/s by a large
+float32 matmul's FLOP/s measured in the same run. `temp_bytes` is XLA's
+estimate of the program's temporaries; `peak_bytes_so_far` the device's peak
+(GPU/TPU).
 """
 
 import argparse
@@ -38,7 +40,7 @@ def measure(config, output: str, *, height: int, width: int, repeats: int = 3,
   fn = inference.make_restore_fns(config, graphdef)[output]
   blur = jax.random.uniform(jax.random.key(0), (1, height, width, 3))
   key = jax.random.key(1)
-  macs = complexity.jaxpr_macs(jax.make_jaxpr(fn)(params, blur, key).jaxpr)
+  macs = complexity.jaxpr_macs(jax.make_jaxpr(fn)(params, blur, key).jaxpr, 'true')
   start = time.perf_counter()
   compiled = fn.lower(params, blur, key).compile()
   compile_s = time.perf_counter() - start

@@ -236,3 +236,29 @@ def test_sigterm_on_one_of_two_processes_saves_the_same_step_on_both(tmp_path, s
   _run_two_processes(workdir, args)  # Both resume and finish.
   # The same training as one uninterrupted process, up to the all-reduce's order.
   assert_same_state(_params(straight_run, num_steps), _params(workdir, num_steps), atol=1e-5)
+
+
+def test_two_processes_resume_past_a_damaged_checkpoint_and_set_it_aside_once(tmp_path):
+  """Process 0 used to rename the damaged step before the others had read it: a process
+  that reached it afterwards got a bare FileNotFoundError while the rest waited."""
+  from xydiff import train
+  workdir = tmp_path / 'two'
+  config = _tiny_config(4)
+  config.train.eval_every = 1000
+  config.eval.lpips = False
+  train.train_and_evaluate(config, str(workdir))
+  assert sorted(os.listdir(workdir / 'checkpoints')) == ['2', '4']
+  for root, _, names in os.walk(workdir / 'checkpoints' / '4'):
+    for name in names:
+      if f'{os.sep}d{os.sep}' in os.path.join(root, name):
+        with open(os.path.join(root, name), 'r+b') as f:
+          f.truncate(os.path.getsize(f.name) // 3)
+  outputs = _run_two_processes(workdir, [*TINY_ARGS, '--config.train.num_steps=6',
+                                         '--config.train.checkpoint_every=2'])
+  for out in outputs:
+    assert f'Resumed from {workdir / "checkpoints"} at step 2' in out
+    damaged = [line for line in out.splitlines() if 'is damaged' in line]
+    assert len(damaged) == 1 and 'resuming from step 2' in damaged[0], out[-3000:]
+    assert 'Traceback' not in out and 'Event loop is closed' not in out
+  # Renamed once, by process 0, between barriers; both went on to step 6.
+  assert sorted(os.listdir(workdir / 'checkpoints')) == ['2', '4', '4.damaged', '6']

@@ -6,6 +6,7 @@ import re
 import sys
 import types
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -104,3 +105,32 @@ def test_nothing_outside_the_models_branches_on_a_model_name():
       if pattern.search(line):
         offenders.append(f'{path.relative_to(REPO)}:{number}: {line.strip()}')
   assert not offenders, offenders
+
+
+def test_tiled_images_of_a_global_statistics_model_use_its_tile_safe_form():
+  """NAFNet pools over the whole image; tiles run its TLC form (same weights) instead."""
+  config = tiny(default.get_config())
+  config.model.name = 'nafnet'
+  config.model.nafnet.tlc_train_size = 0  # Plain NAFNet: global pooling, not tile-safe.
+  # Tiles wider than TLC's window (1.5 x its 256 training size), so its local means differ
+  # from a tile-wide mean.
+  config.deblur.update(dict(tile=448, tile_overlap=64))
+  spec = models.get(config.model)
+  assert not spec.tile_safe(config.model)
+  model = models.build_model(config.model)
+  graphdef, params = nnx.split(model, nnx.Param)
+  # NAFNet's block scales start at zero (each block the identity): give them weight.
+  params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(jax.random.key(5), p.shape), params)
+  restorer = inference.Restorer(config, graphdef, params, 0)
+  image = np.random.default_rng(1).random((456, 520, 3)).astype(np.float32)
+  assert restorer.tiles(456, 520) and not restorer.tiles(448, 448)
+  ours = restorer.restore(image)['image']
+  tlc_graphdef, _ = nnx.split(models.build_model(spec.for_tiles(config.model)), nnx.Param)
+  key = jax.random.key(config.seed)
+  kwargs = dict(align=restorer.align, tile=restorer.tile, overlap=restorer.overlap)
+  tlc = inference.restore_image(inference.make_restore_fns(config, tlc_graphdef)['restored'],
+                                params, image, key, **kwargs)['image']
+  plain = inference.restore_image(inference.make_restore_fns(config, graphdef)['restored'],
+                                  params, image, key, **kwargs)['image']
+  np.testing.assert_array_equal(ours, tlc)
+  assert np.abs(ours - plain).max() > 1e-6  # The plain form's tiles would differ.

@@ -31,11 +31,11 @@ transposed convolution, all of which turn exactly by turning their kernels.
 The AFFs stay in the encoder: they read only encoder features and run once.
 Each decoder emits residuals at all three scales; the decoders' residuals of a
 scale are summed and added to the (nearest-neighbour) downscaled input.
-Counting multiply-accumulates of the convolutions at 1280x720 (a transposed
-convolution as input pixels x k^2 x in x out), MIMO-UNet costs 896.2 GMACs, of
-which the decoder is 428.0, so its XY form (2 decoders) costs 1324.2 GMACs
-(1.48x, about XYDeblur's 1.5x of METHOD.md's Table 2) and 4 decoders 2180.1;
-MIMO-UNet+ costs 2119.3, XY 3158.8 (1.49x), 4 decoders 5237.8.
+At 1280x720, by thop's rules (Table 2's convention: xydiff.complexity.gmacs),
+MIMO-UNet costs 944.6 GMACs, its XY form (2 decoders) 1419.2 (1.50x, the
+~1.5x of METHOD.md's Table 2) and 4 decoders 2368.6; MIMO-UNet+ 2171.4, XY
+3259.4 (1.50x), 4 decoders 5435.5. Counting true multiply-accumulates of the
+convolutions only, MIMO-UNet is 896.2 GMACs, 428.0 of them in the decoder.
 """
 
 from __future__ import annotations
@@ -382,16 +382,17 @@ SPEC = spec_lib.ModelSpec(
             about=f'MIMO-UNet (Cho et al., ICCV 2021), 6,807,171 parameters, GoPro 31.73 dB '
             f'(README): {_REPO} (MIMO-UNet.pkl)'),
         'mimo_unet_plus': spec_lib.Variant(
-            'mimo_unet', 'mimo_unet_gopro', PLUS,
+            'mimo_unet', 'mimo_unet_gopro:plus', PLUS,
             about=f'MIMO-UNet+ (Cho et al., ICCV 2021), 16,107,651 parameters, GoPro 32.45 dB '
             f'(README): {_REPO} (MIMO-UNetPlus.pkl)'),
         'mimo_unet_xy': spec_lib.Variant(
-            'mimo_unet', 'mimo_unet_gopro', XY,
+            'mimo_unet', 'mimo_unet_gopro:xy', XY,
             about='MIMO-UNet with XYDeblur\'s decoder pair (the decoder run twice, the second '
-            'time turned 90 degrees): 6,807,171 parameters, 1.48x the MACs'),
+            'time turned 90 degrees): 6,807,171 parameters, 1.50x the GMACs'),
         'mimo_unet_plus_xy': spec_lib.Variant(
-            'mimo_unet', 'mimo_unet_gopro', {**PLUS, **XY},
-            about='MIMO-UNet+ with XYDeblur\'s decoder pair: 16,107,651 parameters, 1.49x the MACs'),
+            'mimo_unet', 'mimo_unet_gopro:plus_xy', {**PLUS, **XY},
+            about='MIMO-UNet+ with XYDeblur\'s decoder pair: 16,107,651 parameters, '
+            '1.50x the GMACs'),
     },
     official=spec_lib.OfficialWeights(read=read_official, key_map=official_keys),
 )

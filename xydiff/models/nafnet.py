@@ -36,9 +36,10 @@ Rotated decoders turn every 3x3 kernel (the depthwise convs, `ending`); the
 (asymmetric replicate padding) run in the feature-rotation form
 (layers.rotated_call); the global mean is rotation-invariant. NAFNet is not
 in XYDeblur's Table 2, so no compute target fixes the cut; the decoder is
-light (one block per level against the encoder's 31): at 1280x720, width 64,
-global pooling, XLA's cost analysis gives 893 G (flops / 2, about 63.5 G
-at 256x256) for the baseline, 1.14x that with 2 decoders and 1.42x with 4.
+light (one block per level against the encoder's 31). At 1280x720, width 64,
+xydiff.complexity.gmacs counts 886.6 GMACs for the baseline with global
+pooling (1027.3 with TLC at 256, whose channel-attention 1x1 convs then run
+at every pixel), 1.14x that with 2 decoders and 1.42x with 4.
 """
 
 from __future__ import annotations
@@ -395,9 +396,9 @@ SPEC = spec_lib.ModelSpec(
     tile_safe=lambda model_config: model_config.nafnet.tlc_train_size > 0,
     for_tiles=_for_tiles,
     variants={
-        'nafnet32': spec_lib.Variant('nafnet', 'nafnet_gopro', {'width': 32}, about=_ABOUT.format(
+        'nafnet32': spec_lib.Variant('nafnet', 'nafnet_gopro:width32', {'width': 32}, about=_ABOUT.format(
             width=32, params='17,111,907', psnr='32.87')),
-        'nafnet64': spec_lib.Variant('nafnet', 'nafnet_gopro', {'width': 64}, about=_ABOUT.format(
+        'nafnet64': spec_lib.Variant('nafnet', 'nafnet_gopro:width64', {'width': 64}, about=_ABOUT.format(
             width=64, params='67,888,835', psnr='33.71')),
     },
     official=spec_lib.OfficialWeights(read=read_official, key_map=official_keys),

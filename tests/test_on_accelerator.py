@@ -1,0 +1,85 @@
+"""The device checks of benchmarks/checks.py as tests: full size on an accelerator, tiny on CPU.
+
+Each check runs at two sizes. `full` (the packaged configs' widths, 128²
+images) is what only a GPU or TPU settles, and runs where JAX's default
+backend is not the CPU: `python -m pytest tests/test_on_accelerator.py` on
+such a machine (`bash benchmarks/accelerator.sh` prints the same records
+among its figures, without pytest). `tiny` runs everywhere, so the checks
+cannot rot between accelerator runs; on CPU all of them run in one child
+process with two CPU devices (a process's device count is fixed when JAX
+starts, and the sharded check needs two) compiling at XLA's cheapest level,
+as `benchmarks/accelerator.py --tiny` does.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+sys.path.insert(0, str(REPO / 'benchmarks'))  # The checks' one home.
+import checks  # pylint: disable=wrong-import-position
+
+SIZES = ('tiny', 'full')
+FULL_SIZE_ON_CPU = ("full size is the accelerator's case (its kernels, its bfloat16 "
+                    'arithmetic, its devices); on CPU the tiny case checks the same code in '
+                    'seconds, where full size would take minutes')
+
+
+def _on_accelerator() -> bool:
+  import jax  # pylint: disable=import-outside-toplevel
+  return jax.default_backend() != 'cpu'
+
+
+def _tiny_on_cpu() -> tuple[dict, str]:
+  """({check name: record} of every check at tiny size, the child's stderr), from one child
+  process with two CPU devices."""
+  env = {**os.environ, 'JAX_NUM_CPU_DEVICES': '2', 'JAX_PLATFORMS': 'cpu'}
+  done = subprocess.run([sys.executable, str(REPO / 'benchmarks' / 'checks.py'), '--tiny'],
+                        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  records = {}
+  for line in done.stdout.splitlines():
+    if line.startswith('{'):
+      record = json.loads(line)
+      records[record.pop('check')] = record
+  return records, done.stderr
+
+
+@pytest.fixture(scope='module')
+def check_record():
+  """fn(name, size) -> the check's record, each computed once per module."""
+  cache, cpu_stderr = {}, []
+
+  def record(name: str, size: str) -> dict:
+    if (name, size) not in cache:
+      if _on_accelerator():
+        cache[name, size] = checks.CHECKS[name](size == 'tiny')
+      elif size == 'full':
+        pytest.skip(FULL_SIZE_ON_CPU)
+      elif not cpu_stderr:
+        records, stderr = _tiny_on_cpu()
+        cache.update({(n, 'tiny'): r for n, r in records.items()})
+        cpu_stderr.append(stderr)
+    assert (name, size) in cache, f'{name} printed no record:\n{cpu_stderr[0][-3000:]}'
+    return cache[name, size]
+  return record
+
+
+@pytest.mark.parametrize('size', SIZES)
+@pytest.mark.parametrize('name', list(checks.CHECKS))
+def test_device_check_passes(check_record, name, size):
+  record = check_record(name, size)
+  if record['passed'] is None:
+    pytest.skip(record['note'])
+  assert record['passed'] is True, json.dumps(record, indent=1)
+
+
+def test_the_sharded_check_compares_two_devices_on_cpu(check_record):
+  """On CPU the sharded check must not skip: the child has two devices to compare."""
+  if _on_accelerator():
+    pytest.skip('on an accelerator the device count is the machine\'s')
+  record = check_record('sharded_vs_one_device', 'tiny')
+  assert record['devices'] == 2 and record['batch_split_over'] == 2, record

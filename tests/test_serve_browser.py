@@ -1,0 +1,266 @@
+"""`xydiff serve` in a real browser: Debian's chromium, headless, driven by Selenium.
+
+One server (a tiny XYDeblur run and a tiny DvSR run, picked in the page) and
+one browser session serve every check here. Without chromium, chromedriver,
+Selenium or Gradio the checks are skipped on a developer's machine and fail
+under CI (CI=true), where .ci/run installs them.
+"""
+
+import importlib.util
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+
+from conftest import GOPRO_SAMPLE, REPO, tiny
+
+FRAME = GOPRO_SAMPLE / 'test' / 'GOPR0869_11_00' / 'blur' / '000020.png'
+STARTUP_S = 300
+RESTORE_S = 180
+
+
+def _browser_missing() -> list[str]:
+  missing = [name for name in ('chromium', 'chromedriver') if shutil.which(name) is None]
+  return missing + [name for name in ('selenium', 'gradio') if importlib.util.find_spec(name) is None]
+
+
+@pytest.fixture(scope='module')
+def runs(tmp_path_factory):
+  """A tiny deterministic run and a tiny diffusion run, as training leaves them."""
+  from xydiff import checkpoint, run_config, state as state_lib
+  from xydiff.configs import demo
+  made = {}
+  for name, variant in (('xydeblur_run', ''), ('dvsr_run', 'diffusion')):
+    config = tiny(demo.get_config(variant))
+    config.deblur.size_bucket = 0
+    graphdef, state = state_lib.init_state(config)
+    workdir = str(tmp_path_factory.mktemp('serve') / name)
+    with checkpoint.Checkpointer(workdir, config) as ckpt:
+      ckpt.save(0, state)
+    run_config.save(workdir, config)
+    made[name] = workdir
+  return made
+
+
+@pytest.fixture(scope='module')
+def server(runs, tmp_path_factory):
+  """`xydiff serve` on a free port of 127.0.0.1, two runs, a 1-megapixel limit."""
+  missing = _browser_missing()
+  if missing:
+    message = f'the browser test needs {", ".join(missing)} (.ci/run installs them)'
+    if os.environ.get('CI'):
+      pytest.fail(message)
+    pytest.skip(message)
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    port = s.getsockname()[1]
+  log_path = tmp_path_factory.mktemp('serve_log') / 'server.log'
+  log = open(log_path, 'w')
+  command = [sys.executable, '-m', 'xydiff.tools.serve', f'--workdir={runs["xydeblur_run"]}',
+             f'--workdir={runs["dvsr_run"]}', f'--port={port}', '--max_megapixels=1']
+  process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                             env=dict(os.environ, GRADIO_ANALYTICS_ENABLED='False'))
+  url = f'http://127.0.0.1:{port}/'
+  deadline = time.time() + STARTUP_S
+  try:
+    while True:
+      if process.poll() is not None:
+        pytest.fail(f'xydiff serve exited with {process.returncode}:\n{log_path.read_text()[-3000:]}')
+      try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+          if response.status == 200:
+            break
+      except OSError:
+        pass
+      if time.time() > deadline:
+        pytest.fail(f'xydiff serve did not answer at {url}:\n{log_path.read_text()[-3000:]}')
+      time.sleep(1)
+    yield {'url': url, 'log': log_path}
+  finally:
+    process.terminate()
+    try:
+      process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+      process.kill()
+    log.close()
+
+
+class Page:
+  """The served page in one headless chromium session, and what the checks do in it."""
+
+  def __init__(self, url: str, downloads, log_path):
+    from selenium import webdriver  # pylint: disable=import-outside-toplevel
+    from selenium.webdriver.chrome.service import Service  # pylint: disable=import-outside-toplevel
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which('chromium')
+    for argument in ('--headless=new', '--no-sandbox', '--disable-dev-shm-usage',
+                     '--window-size=1400,1700'):
+      options.add_argument(argument)
+    self.driver = webdriver.Chrome(service=Service(shutil.which('chromedriver')), options=options)
+    self.url, self.downloads, self.log_path = url, downloads, log_path
+    self._downloads = 0
+
+  def open(self) -> None:
+    self.driver.get(self.url)
+    self.wait(lambda: self.find('#xydiff-run'), 'the page to load')
+
+  def find(self, css):
+    from selenium.webdriver.common.by import By  # pylint: disable=import-outside-toplevel
+    return self.driver.find_elements(By.CSS_SELECTOR, css)
+
+  def wait(self, condition, what: str, timeout: float = RESTORE_S):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+      value = condition()
+      if value:
+        return value
+      time.sleep(0.3)
+    pytest.fail(f'waited {timeout} s for {what}; status: {self.status()!r}; server log:\n'
+                f'{self.log_path.read_text()[-2000:]}')
+
+  def status(self) -> str:
+    found = self.find('#xydiff-status')
+    return found[0].text if found else ''
+
+  def upload(self, *paths) -> None:
+    self.find('#xydiff-photos input[type=file]')[0].send_keys('\n'.join(str(p) for p in paths))
+    names = [os.path.basename(p) for p in paths]
+    self.wait(lambda: all(n in self.find('#xydiff-photos')[0].text for n in names),
+              f'the upload of {names}')
+
+  def clear_photos(self) -> None:
+    self.find('#xydiff-photos button[aria-label="Clear"]')[0].click()
+    self.wait(lambda: not self.find('#xydiff-photos a'), 'the photos to clear')
+
+  def deblur(self, run: int) -> str:
+    self.find('#xydiff-run')[0].click()
+    return self.wait_for_run(run)
+
+  def wait_for_run(self, run: int) -> str:
+    return self.wait(lambda: f'Run {run} ' in self.status() and self.status(), f'run {run}')
+
+  def pick(self, css: str, label: str) -> None:
+    """Chooses `label` in the Gradio dropdown `css`."""
+    self.find(f'{css} input')[0].click()
+    option = self.wait(lambda: self.find(f'li[aria-label="{label}"]'), f'option {label}')
+    option[0].click()
+
+  def download(self, name: str) -> str:
+    """Clicks the download link of `name` and returns the file the browser saved."""
+    self._downloads += 1
+    folder = self.downloads / str(self._downloads)
+    folder.mkdir()
+    self.driver.execute_cdp_cmd('Browser.setDownloadBehavior',
+                                {'behavior': 'allow', 'downloadPath': str(folder)})
+    link = self.wait(lambda: [a for a in self.find('#xydiff-downloads a')
+                              if a.get_attribute('download') == name], f'the link {name}')
+    link[0].click()
+    path = folder / name
+    self.wait(lambda: path.exists() and not list(folder.glob('*.crdownload')),
+              f'the download of {name}', timeout=60)
+    return str(path)
+
+
+@pytest.fixture(scope='module')
+def page(server, tmp_path_factory):
+  page = Page(server['url'], tmp_path_factory.mktemp('downloads'), server['log'])
+  yield page
+  page.driver.quit()
+
+
+@pytest.fixture(scope='module')
+def photos(tmp_path_factory):
+  """A 16-bit crop of the frame, a small 8-bit crop, and three bad files."""
+  from xydiff import images
+  folder = tmp_path_factory.mktemp('photos')
+  frame = images.read_image(str(FRAME))
+  crop = frame[300:364, 500:596]
+  images.write_png(str(folder / 'crop.png'), crop)
+  # Full 16-bit precision: levels that no 8-bit image has.
+  deep = crop.astype(np.uint16) * 257 + np.random.default_rng(0).integers(0, 257, crop.shape,
+                                                                          dtype=np.uint16)
+  images.write_png(str(folder / 'deep.png'), deep)
+  (folder / 'notes.png').write_text('not an image, despite its name')
+  (folder / 'truncated.png').write_bytes(FRAME.read_bytes()[:40_000])
+  images.write_png(str(folder / 'huge.png'), np.zeros((900, 1200, 3), np.uint8))  # 1.08 MP
+  return {name: str(folder / f'{name}.png') for name in ('crop', 'deep', 'notes', 'truncated',
+                                                         'huge')}
+
+
+def _restorer(workdir, **deblur):
+  from xydiff import inference, run_config
+  config = run_config.load(workdir)
+  config.deblur.update(deblur)
+  return inference.Restorer.from_workdir(workdir, config=config)
+
+
+def test_page_restores_photos_as_the_restorer_does_bit_for_bit(page, runs, photos, server):
+  """A GoPro frame (8-bit) and a 16-bit photo in one upload; each download is the Restorer's."""
+  from xydiff import images
+  assert 'Running on local URL:  http://127.0.0.1:' in server['log'].read_text()  # The default.
+  page.open()
+  page.upload(FRAME, photos['deep'])
+  status = page.deblur(1)
+  assert '2 of 2 restored' in status and '1280x720, 8-bit' in status and '16-bit' in status, status
+  assert len(page.find('#xydiff-slider img')) >= 2  # Before and after.
+  restorer = _restorer(runs['xydeblur_run'])
+  frame_png = images.read_image(page.download('000020_deblurred.png'))
+  expected = images.to_uint8(restorer.restore(images.read_image(str(FRAME)))['image'])
+  assert frame_png.dtype == np.uint8
+  np.testing.assert_array_equal(frame_png, expected)
+  deep_png = images.read_image(page.download('deep_deblurred.png'))
+  assert deep_png.dtype == np.uint16  # 16 bits in, 16 bits out.
+  np.testing.assert_array_equal(
+      deep_png, images.to_uint16(restorer.restore(images.read_image(photos['deep']))['image']))
+
+
+def test_bad_files_are_reported_in_the_page_and_the_next_photo_restores(page, runs, photos):
+  page.open()
+  page.upload(photos['notes'], photos['truncated'], photos['huge'])
+  status = page.deblur(1)
+  assert '0 of 3 restored' in status, status
+  assert 'notes.png is not an image' in status, status
+  assert 'cannot read image truncated.png' in status, status
+  assert "huge.png is 1200x900 = 1.1 MP, over this server's limit of 1 MP" in status, status
+  assert '/tmp' not in status  # Names, not the server's temporary paths.
+  page.clear_photos()
+  page.upload(photos['crop'])
+  status = page.deblur(2)
+  assert '1 of 1 restored' in status, status
+
+
+def test_the_preset_control_changes_the_diffusion_output(page, runs, photos, tmp_path):
+  """DvSR: the default preset gives the Restorer's samples; moving the preset restores again."""
+  from xydiff import images
+  page.open()
+  page.pick('#xydiff-model', os.path.basename(runs['dvsr_run']))
+  page.wait(lambda: page.find('#xydiff-preset input[value=perceptual]'), 'the preset control')
+  page.upload(photos['crop'])
+  status = page.deblur(1)
+  assert 'preset sa, 2 steps, 2 samples, seed 0' in status and 'std max' in status, status
+  assert len(page.find('#xydiff-samples-gallery img')) >= 2
+  assert page.find('#xydiff-std img')
+  sa = images.read_image(page.download('crop_deblurred.png'))
+  crop = images.read_image(photos['crop'])
+  np.testing.assert_array_equal(
+      sa, images.to_uint8(_restorer(runs['dvsr_run']).restore(crop)['image']))
+
+  page.find('#xydiff-preset input[value=perceptual]')[0].click()
+  status = page.wait_for_run(2)
+  assert 'preset perceptual, 3 steps, 1 samples' in status, status
+  perceptual = images.read_image(page.download('crop_deblurred.png'))
+  assert np.abs(perceptual.astype(int) - sa.astype(int)).mean() > 1.0  # Really another output.
+  np.testing.assert_array_equal(perceptual, images.to_uint8(_restorer(
+      runs['dvsr_run'], preset='perceptual', num_samples=1).restore(crop)['image']))
+
+  shot = tmp_path / 'serve.png'
+  page.driver.save_screenshot(str(shot))
+  assert images.read_image(str(shot)).shape[0] > 500
+  if os.environ.get('XYDIFF_SCREENSHOT'):  # Where the README's screenshot is refreshed from.
+    shutil.copy(shot, os.environ['XYDIFF_SCREENSHOT'])

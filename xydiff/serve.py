@@ -1,0 +1,401 @@
+"""The local web page of `xydiff serve`: drop photos in a browser, get them deblurred.
+
+  xydiff serve --workdir=runs/xydeblur [--workdir=runs/dvsr ...] [--pretrained=xydeblur_gopro]
+               [--host=127.0.0.1] [--port=7860] [--share] [--max_megapixels=50]
+
+Built on Gradio (pip install -e '.[app]'). Every model named is loaded once at
+start-up; the page picks one. Each model runs through `inference.Restorer`,
+the object `--mode=deblur` and Python users call, so a photo restored here is
+the Restorer's output bit for bit: EXIF orientation applied, large photos
+tiled as the CLI tiles them, a 16-bit PNG restored and saved at 16 bits.
+Requests wait in one queue and run one at a time on the device; a Restorer
+is compiled once per setting (and image shape) and kept.
+
+The page: upload one or many photos (drag and drop, or paste one), then a
+before/after slider of each, the full-resolution PNGs to download, and per
+image its size, time and, given a sharp target of the same name (or one
+target for one photo), PSNR/SSIM/LPIPS as the evaluator scores them.
+Diffusion models add the perception-distortion control (preset, steps,
+samples, seed; changing the preset restores again), the per-pixel std map
+and a gallery of the samples. A file that is not an image, is damaged, or is
+larger than --max_megapixels is reported in the page, and the others are
+restored; the server stays up.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import tempfile
+import time
+
+import jax
+import numpy as np
+from absl import logging
+
+from xydiff import images, inference, run_config, scoring, state as state_lib
+from xydiff.errors import USER_ERRORS, ImageReadError
+
+# Request folders of restored PNGs kept on disk; older ones are removed.
+KEPT_REQUESTS = 32
+
+
+# ------------------------------------------------------------------ models
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """What a request may change: sampling (diffusion models), seed and the ensemble."""
+  preset: str | None = None
+  num_steps: int | None = None
+  num_samples: int | None = None
+  seed: int = 0
+  ensemble: int = 1
+
+
+class ServedModel:
+  """One model of the page: its weights, loaded once, and a Restorer per setting."""
+
+  def __init__(self, name: str, restorer: inference.Restorer):
+    self.name = name
+    self.base = restorer
+    self.config = restorer.config
+    self.diffusion = restorer.num_samples is not None
+    self._graphdef = None
+    # The stored settings are the base Restorer itself: the page's default
+    # output is Restorer.from_workdir(...).restore(photo), nothing rebuilt.
+    self._restorers = {self._compiled_part(self.defaults()): restorer}
+
+  def defaults(self) -> Settings:
+    db, seed, ensemble = self.config.deblur, self.config.seed, self.base.ensemble
+    if not self.diffusion:
+      return Settings(seed=seed, ensemble=ensemble)
+    return Settings(db.preset, self.config.diffusion.presets[db.preset].num_steps,
+                    self.base.num_samples, seed, ensemble)
+
+  @property
+  def presets(self) -> list[str]:
+    return list(self.config.diffusion.presets) if self.diffusion else []
+
+  def preset_defaults(self, preset: str) -> tuple[int, int]:
+    """(num_steps, num_samples) of a preset, as the config defines it."""
+    values = self.config.diffusion.presets[preset]
+    return values.num_steps, values.num_samples
+
+  def describe(self) -> str:
+    family = self.config.model.name
+    kind = 'diffusion' if self.diffusion else 'deterministic'
+    return f'{family} ({kind}), step {self.base.step}'
+
+  @staticmethod
+  def _compiled_part(settings: Settings) -> Settings:
+    return dataclasses.replace(settings, seed=0)  # The seed is an input, not a compile.
+
+  def restorer(self, settings: Settings) -> inference.Restorer:
+    part = self._compiled_part(settings)
+    if part not in self._restorers:
+      config = run_config.from_plain(run_config.to_plain(self.config))
+      config.deblur.ensemble = settings.ensemble
+      if self.diffusion:
+        config.deblur.preset = settings.preset
+        config.deblur.num_samples = settings.num_samples
+        config.diffusion.presets[settings.preset].num_steps = settings.num_steps
+      if self._graphdef is None:
+        self._graphdef = state_lib.abstract_state(self.config)[0]
+      self._restorers[part] = inference.Restorer(config, self._graphdef, self.base.params,
+                                                 self.base.step)
+    return self._restorers[part]
+
+  def restore(self, image: np.ndarray, settings: Settings) -> dict[str, np.ndarray]:
+    return self.restorer(settings).restore(image, key=jax.random.key(settings.seed))
+
+
+def load_models(workdirs=(), pretrained=()) -> dict[str, ServedModel]:
+  """{name in the page: ServedModel} of the runs and pretrained names (or .safetensors files)."""
+  loaded = {}
+  sources = [(os.path.basename(os.path.normpath(w)) or w, inference.Restorer.from_workdir, w)
+             for w in workdirs]
+  sources += [(os.path.basename(p), inference.Restorer.from_pretrained, p) for p in pretrained]
+  for name, load, where in sources:
+    unique, count = name, 1
+    while unique in loaded:
+      count += 1
+      unique = f'{name} ({count})'
+    logging.info('serve: loading %s', where)
+    loaded[unique] = ServedModel(unique, load(where))
+  return loaded
+
+
+# ------------------------------------------------------------------ one photo
+
+@dataclasses.dataclass
+class Result:
+  """What the page shows of one photo; `error` set when it could not be restored."""
+  name: str
+  error: str = ''
+  size: str = ''
+  seconds: float = 0.0
+  png: str | None = None  # The full-resolution PNG, at the input's bit depth.
+  scores: dict = dataclasses.field(default_factory=dict)
+  before: str | None = None  # 8-bit PNGs for the page.
+  after: str | None = None
+  std: str | None = None
+  std_max: float = 0.0
+  samples: list = dataclasses.field(default_factory=list)
+
+
+def check_size(path: str, max_pixels: int) -> None:
+  """Refuses a file that is not an image, or larger than `max_pixels`, before decoding it."""
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  name = os.path.basename(path)
+  try:
+    with Image.open(path) as img:  # Reads the header only.
+      width, height = img.size
+  except Image.DecompressionBombError:
+    raise ImageReadError(f'{name} is too large to open safely') from None
+  except (OSError, SyntaxError, ValueError):
+    raise ImageReadError(f'{name} is not an image (PNG or JPEG), or is damaged') from None
+  if max_pixels and width * height > max_pixels:
+    raise ImageReadError(
+        f'{name} is {width}x{height} = {width * height / 1e6:.1f} MP, over this server\'s '
+        f'limit of {max_pixels / 1e6:g} MP (--max_megapixels)')
+
+
+def _short(message: str, path: str) -> str:
+  """A message without the server's temporary folders: the photo's name says which."""
+  return message.replace(path, os.path.basename(path))
+
+
+def restore_file(model: ServedModel, path: str, settings: Settings, out_dir: str, *,
+                 max_pixels: int, target: str | None = None, scorer=None) -> Result:
+  """Restores one uploaded file into `out_dir`; errors become Result.error, never raised."""
+  name = os.path.basename(path)
+  result = Result(name)
+  start = time.time()
+  try:
+    check_size(path, max_pixels)
+    photo = images.read_image(path)  # Upright by EXIF; uint8 or uint16 RGB.
+    bits = 16 if photo.dtype == np.uint16 else 8
+    result.size = f'{photo.shape[1]}x{photo.shape[0]}, {bits}-bit'
+    out = model.restore(photo, settings)
+    restored = out['image']
+    stem = os.path.splitext(name)[0]
+    result.png = os.path.join(out_dir, f'{stem}_deblurred.png')
+    images.write_png(result.png, images.to_uint16(restored) if bits == 16 else
+                     images.to_uint8(restored))
+    result.before = os.path.join(out_dir, f'{stem}_before.png')
+    images.write_png(result.before, images.to_uint8(images.to_float(photo)))
+    result.after = result.png if bits == 8 else os.path.join(out_dir, f'{stem}_after.png')
+    if bits == 16:
+      images.write_png(result.after, images.to_uint8(restored))
+    if 'std' in out:
+      std = out['std'].mean(axis=-1)
+      result.std_max = float(std.max())
+      result.std = os.path.join(out_dir, f'{stem}_std.png')
+      images.write_png(result.std, images.to_uint8(std / max(result.std_max, 1e-8)))
+      for i, sample in enumerate(out['samples']):
+        result.samples.append(os.path.join(out_dir, f'{stem}_sample{i}.png'))
+        images.write_png(result.samples[-1], images.to_uint8(sample))
+    if target is not None:
+      sharp = images.read_image(target)
+      if sharp.shape != photo.shape:
+        raise ImageReadError(f'target {os.path.basename(target)} is {sharp.shape[1]}x'
+                             f'{sharp.shape[0]}, the photo {photo.shape[1]}x{photo.shape[0]}')
+      result.scores = scorer(restored, images.to_float(sharp))
+  except (ValueError, *USER_ERRORS) as e:  # ImageReadError, 'too small', bad values.
+    result.error = _short(str(e), path) if target is None else _short(_short(str(e), path), target)
+  except Exception as e:  # pylint: disable=broad-except
+    # The server outlives any one photo: the page says what failed, the log has the rest.
+    logging.exception('serve: %s failed', name)
+    result.error = f'{type(e).__name__}: {_short(str(e), path)}'
+  result.seconds = time.time() - start
+  return result
+
+
+def _escape(text: str) -> str:
+  return text.replace('|', '\\|').replace('\n', ' ')
+
+
+def status_table(run: int, model: ServedModel, settings: Settings, results: list[Result],
+                 labels: dict) -> str:
+  """The page's Markdown report of one request: what ran, and a row per photo."""
+  what = [f'**Run {run}**', f'model `{model.name}`']
+  if model.diffusion:
+    what.append(f'preset {settings.preset}, {settings.num_steps} steps, '
+                f'{settings.num_samples} samples, seed {settings.seed}')
+  if settings.ensemble > 1:
+    what.append(f'x{settings.ensemble} self-ensemble')
+  done = sum(not r.error for r in results)
+  what.append(f'{done} of {len(results)} restored')
+  rows = ['| photo | size | time | result |', '|---|---|---|---|']
+  for r in results:
+    if r.error:
+      outcome = f'error: {r.error}'
+    else:
+      parts = ['restored']
+      parts += [f'{k.upper()} {v:.4g}' for k, v in r.scores.items() if k in labels]
+      if r.std:
+        parts.append(f'std max {r.std_max:.4f}')
+      outcome = ', '.join(parts)
+    rows.append(f'| {_escape(r.name)} | {r.size} | {r.seconds:.2f} s | {_escape(outcome)} |')
+  lines = [' · '.join(what), '', *rows]
+  if any(r.scores for r in results):
+    lines += ['', 'Scores: ' + '; '.join(f'{k.upper()}: {v}' for k, v in labels.items())]
+  return '\n'.join(lines)
+
+
+def pair_targets(photos: list[str], targets: list[str]) -> dict[str, str]:
+  """{photo: target}: targets by file name, or one target for one photo."""
+  if len(photos) == 1 and len(targets) == 1:
+    return {photos[0]: targets[0]}
+  by_name = {os.path.basename(t): t for t in targets}
+  return {p: by_name[os.path.basename(p)] for p in photos if os.path.basename(p) in by_name}
+
+
+# ------------------------------------------------------------------ the page
+
+class Outputs:
+  """Where each request writes its PNGs: one folder per request, the oldest removed."""
+
+  def __init__(self):
+    self.root = tempfile.mkdtemp(prefix='xydiff-serve-')
+    self._count = 0
+
+  def new(self) -> str:
+    self._count += 1
+    folder = os.path.join(self.root, f'{self._count:06d}')
+    os.makedirs(folder)
+    stale = sorted(os.listdir(self.root))[:-KEPT_REQUESTS]
+    for old in stale:
+      shutil.rmtree(os.path.join(self.root, old), ignore_errors=True)
+    return folder
+
+
+def build_app(served: dict[str, ServedModel], *, max_pixels: int, outputs: Outputs):
+  """The Gradio Blocks of the page (not launched)."""
+  import gradio as gr  # pylint: disable=import-outside-toplevel
+
+  names = list(served)
+  first = served[names[0]]
+  max_steps = max([m.preset_defaults(p)[0] for m in served.values() for p in m.presets] + [1])
+
+  def diffusion_updates(model: ServedModel):
+    """Controls shown for `model`, set to its defaults."""
+    d = model.defaults()
+    return (gr.update(visible=model.diffusion),
+            gr.update(choices=model.presets, value=d.preset),
+            gr.update(value=d.num_steps or 1, maximum=max(max_steps, 1000)),
+            gr.update(value=d.num_samples or 1), gr.update(value=d.seed),
+            gr.update(value=d.ensemble == 8), f'`{model.name}`: {model.describe()}',
+            gr.update(visible=model.diffusion), gr.update(visible=model.diffusion))
+
+  def shown(results: list[dict], name: str):
+    """Slider, std map and samples of the photo `name` among the results."""
+    chosen = next((r for r in results if r['name'] == name), None)
+    if chosen is None:
+      return None, None, []
+    std = (chosen['std'], f"std, max {chosen['std_max']:.4f}") if chosen['std'] else None
+    samples = [(p, f'sample {i}') for i, p in enumerate(chosen['samples'])]
+    return (chosen['before'], chosen['after']), (std[0] if std else None), samples
+
+  def run(model_name, files, pasted, targets, preset, num_steps, num_samples, seed, ensemble,
+          run_number, progress=gr.Progress()):
+    model = served[model_name]
+    photos = [f for f in (files or []) if f] + ([pasted] if pasted else [])
+    run_number = (run_number or 0) + 1
+    if not photos:
+      return (None, gr.update(choices=[], value=None), None,
+              f'**Run {run_number}**: drop, choose or paste a photo first.', None, [], [],
+              run_number)
+    settings = Settings(seed=int(seed or 0), ensemble=8 if ensemble else 1)
+    if model.diffusion:
+      settings = dataclasses.replace(settings, preset=preset, num_steps=int(num_steps),
+                                     num_samples=int(num_samples))
+    scorer = scoring.Scorer(scoring.uses_alignment(model.config), model.config.eval.lpips)
+    paired = pair_targets(photos, [t for t in (targets or []) if t])
+    folder = outputs.new()
+    results = []
+    for index, path in enumerate(photos):
+      progress((index, len(photos)), desc=f'{os.path.basename(path)}')
+      results.append(restore_file(model, path, settings, folder, max_pixels=max_pixels,
+                                  target=paired.get(path), scorer=scorer))
+    good = [dataclasses.asdict(r) for r in results if not r.error]
+    for r in results:
+      if r.error:
+        gr.Warning(f'{r.name}: {r.error}')
+    status = status_table(run_number, model, settings, results, scorer.labels)
+    first_name = good[0]['name'] if good else None
+    slider, std, samples = shown(good, first_name)
+    return (slider, gr.update(choices=[r['name'] for r in good], value=first_name),
+            [r['png'] for r in good] or None, status, std, samples, good, run_number)
+
+  with gr.Blocks(title='xydiff: deblur', analytics_enabled=False) as page:
+    gr.Markdown('# xydiff: deblur your photos\nDrop photos (PNG 8/16-bit, JPEG), or paste '
+                'one, then **Deblur**. Everything runs on this machine.')
+    with gr.Row():
+      model_choice = gr.Dropdown(names, value=names[0], label='Model', elem_id='xydiff-model',
+                                 interactive=len(names) > 1)
+      model_info = gr.Markdown(f'`{first.name}`: {first.describe()}', elem_id='xydiff-model-info')
+    with gr.Row():
+      with gr.Column():
+        files = gr.File(file_count='multiple', file_types=['image'], label='Photos',
+                        elem_id='xydiff-photos')
+        pasted = gr.Image(sources=['clipboard', 'upload'], type='filepath', format='png',
+                          label='...or paste one', elem_id='xydiff-paste', height=160)
+        targets = gr.File(file_count='multiple', file_types=['image'],
+                          label='Sharp targets (optional: scores PSNR/SSIM/LPIPS)',
+                          elem_id='xydiff-targets')
+        d = first.defaults()
+        with gr.Group(visible=first.diffusion) as sampling:
+          preset = gr.Radio(first.presets, value=d.preset, elem_id='xydiff-preset',
+                            label='Preset: perceptual (realistic) <-> sa (faithful)')
+          num_steps = gr.Slider(1, max(max_steps, 1000), value=d.num_steps or 1, step=1,
+                                label='Steps', elem_id='xydiff-steps')
+          num_samples = gr.Slider(1, 32, value=d.num_samples or 1, step=1,
+                                  label='Samples averaged', elem_id='xydiff-samples')
+          seed = gr.Number(d.seed, precision=0, label='Seed', elem_id='xydiff-seed')
+        ensemble = gr.Checkbox(d.ensemble == 8, label='x8 self-ensemble (flips x rot90, 8x the '
+                               'compute)', elem_id='xydiff-ensemble')
+        button = gr.Button('Deblur', variant='primary', elem_id='xydiff-run')
+      with gr.Column():
+        slider = gr.ImageSlider(type='filepath', label='Before / after', format='png',
+                                elem_id='xydiff-slider')
+        which = gr.Dropdown([], label='Shown photo', elem_id='xydiff-shown')
+        downloads = gr.File(file_count='multiple', label='Restored PNGs (full resolution)',
+                            elem_id='xydiff-downloads', interactive=False)
+        status = gr.Markdown(elem_id='xydiff-status')
+        std_map = gr.Image(label='Per-pixel std over the samples', visible=first.diffusion,
+                           interactive=False, format='png', elem_id='xydiff-std')
+        gallery = gr.Gallery(label='Samples', visible=first.diffusion, columns=4,
+                             format='png', elem_id='xydiff-samples-gallery')
+    results = gr.State([])
+    runs = gr.State(0)
+
+    inputs = [model_choice, files, pasted, targets, preset, num_steps, num_samples, seed,
+              ensemble, runs]
+    outs = [slider, which, downloads, status, std_map, gallery, results, runs]
+    button.click(run, inputs, outs, concurrency_id='device')
+    model_choice.change(lambda name: diffusion_updates(served[name]), model_choice,
+                        [sampling, preset, num_steps, num_samples, seed, ensemble, model_info,
+                         std_map, gallery], queue=False)
+    # The perception-distortion control: a new preset restores again at once.
+    preset.input(lambda name, p: served[name].preset_defaults(p), [model_choice, preset],
+                 [num_steps, num_samples], queue=False).then(
+                     run, inputs, outs, concurrency_id='device')
+    which.input(shown, [results, which], [slider, std_map, gallery], queue=False)
+  return page
+
+
+def serve(served: dict[str, ServedModel], *, host: str = '127.0.0.1', port: int = 7860,
+          share: bool = False, max_pixels: int = 50_000_000, max_upload_mb: int = 500) -> None:
+  """Builds and launches the page; blocks until the server stops."""
+  outputs = Outputs()
+  page = build_app(served, max_pixels=max_pixels, outputs=outputs)
+  # One request at a time on the device; the others wait in Gradio's queue.
+  page.queue(default_concurrency_limit=1)
+  try:
+    page.launch(server_name=host, server_port=port, share=share, ssr_mode=False,
+                allowed_paths=[outputs.root], max_file_size=f'{max_upload_mb}mb',
+                footer_links=['gradio'])
+  finally:
+    shutil.rmtree(outputs.root, ignore_errors=True)
