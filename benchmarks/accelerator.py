@@ -144,7 +144,7 @@ def inference_section(run: Runner, sizes: Sizes):
     run.case('inference', f'{name}_{outputs[name]}_{dtype}', lambda name=name, dtype=dtype: {
         'config': name, **inference.measure(
             sizes.config(name, dtype), outputs[name], height=sizes.height, width=sizes.width,
-            repeats=sizes.repeats, matmul_gflops=matmul and matmul['gflops_per_s'])})
+            repeats=sizes.repeats, matmul_gflops=matmul['gflops_per_s'] if matmul else None)})
   run.case('inference', 'torch_official_xydeblur_float32', lambda: train_step_torch.measure(
       'inference', height=sizes.height, width=sizes.width, steps=sizes.repeats, tiny=sizes.tiny))
 

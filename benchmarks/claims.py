@@ -181,9 +181,10 @@ BACKBONES = {
     'dmphn': {'levels': 4, 'width': 8, 'num_res': 1},  # Table 2's 1-2-4-8, narrow.
     'deepdeblur': {'width': 8, 'num_res': 4},  # MSCNN: 3 scales, 4 ResBlocks (XY: the last 2).
 }
-# Table 2's rows for its backbones; Figures 3 and 5 on XYDeblur's own network.
-TABLE2_VARIANTS = ('baseline', 'xy', 'channel', 'layer')
-FIGURE_VARIANTS = ('baseline', 'xy', 'unet2d', 'decoders4')
+# Table 2's rows for its backbones, plus 4 decoders for Figure 5; Figure 3 (XY
+# against U-Net^2D, each decoder alone) on XYDeblur's own network.
+TABLE2_VARIANTS = ('baseline', 'xy', 'channel', 'layer', 'decoders4')
+FIGURE3_VARIANTS = ('xy', 'unet2d')
 VARIANT_ORDER = ('baseline', 'xy', 'channel', 'layer', 'unet2d', 'decoders4')
 MEASURE_SIZE = (64, 64)  # GMACs for sizing Channel/Layer (ratios do not depend on the size).
 
@@ -226,12 +227,12 @@ def train_backbone(workdir: str, family: str, variant: str, steps: int, seed: in
   """Trains (or reads back) one backbone variant; returns its scores and cost."""
   import json
   from xydiff import complexity, train
-  path = os.path.join(workdir, f'{family}_{variant}_seed{seed}.json')
+  path = os.path.join(workdir, f'{family}_{variant}_seed{seed}_steps{steps}.json')
   if os.path.exists(path):
     with open(path) as f:
       return json.load(f)
   config = backbone_config(family, variant, steps, seed)
-  run_dir = os.path.join(workdir, f'{family}_{variant}_seed{seed}')
+  run_dir = os.path.join(workdir, f'{family}_{variant}_seed{seed}_steps{steps}')
   summary = train.train_and_evaluate(config, run_dir)
   section = config.model[__import__('xydiff.models', fromlist=['family']).family(family).xy_section]
   row = {'family': family, 'variant': variant, 'seed': seed, 'steps': steps,
@@ -496,8 +497,8 @@ def main():
                       help='(c): diffusion demo training lengths')
   parser.add_argument('--backbones', default='dmphn,deepdeblur',
                       help="(d): Table 2's backbones (families)")
-  parser.add_argument('--figure_backbone', default='xydeblur',
-                      help='(e), (f): the family for Figures 3 and 5')
+  parser.add_argument('--figure3_backbone', default='xydeblur',
+                      help='(f): the family for Figure 3 (XY against U-Net^2D)')
   parser.add_argument('--backbone_steps', type=int, default=300, help='(d)-(g): steps per run')
   parser.add_argument('--seeds', default='0,1', help='(d)-(g): seeds')
   parser.add_argument('--inception_weights', default='',
@@ -533,8 +534,8 @@ def main():
     seeds = [int(x) for x in args.seeds.split(',')]
     runs = (table2(os.path.join(args.workdir, 'xy'), args.backbones.split(','),
                    TABLE2_VARIANTS, seeds, args.backbone_steps)
-            + table2(os.path.join(args.workdir, 'xy'), [args.figure_backbone], FIGURE_VARIANTS,
-                     seeds, args.backbone_steps))
+            + table2(os.path.join(args.workdir, 'xy'), [args.figure3_backbone],
+                     FIGURE3_VARIANTS, seeds[:1], args.backbone_steps))
     summary_rows = summarize_runs(runs)
     emit({'claim': 'table2_direction', 'rows': summary_rows})
     plot_figure5(summary_rows, os.path.join(args.workdir, 'claims_figure5.png'))

@@ -131,8 +131,8 @@ class Page:
   def upload(self, *paths) -> None:
     self.find('#xydiff-photos input[type=file]')[0].send_keys('\n'.join(str(p) for p in paths))
     names = [os.path.basename(p) for p in paths]
-    self.wait(lambda: all(n in self.find('#xydiff-photos')[0].text for n in names),
-              f'the upload of {names}')
+    uploaded = lambda: {a.get_attribute('download') for a in self.find('#xydiff-photos a')}
+    self.wait(lambda: set(names) <= uploaded(), f'the upload of {names}')
 
   def clear_photos(self) -> None:
     self.find('#xydiff-photos button[aria-label="Clear"]')[0].click()

@@ -30,9 +30,13 @@ from xydiff import models
 HD = (720, 1280)
 
 
+def _abstract(model_config):
+  """(graphdef, abstract params) of the model, built without materialising a weight."""
+  return nnx.split(nnx.eval_shape(lambda: models.build_model(model_config)), nnx.Param)
+
+
 def count_params(model_config) -> int:
-  model = nnx.eval_shape(lambda: models.build_model(model_config))
-  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(nnx.state(model, nnx.Param))))
+  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(_abstract(model_config)[1])))
 
 
 def _sub_jaxprs(params):
@@ -90,9 +94,8 @@ def jaxpr_macs(jaxpr, convention: str = 'thop') -> int:
   return total
 
 
-def _forward(model_config):
+def _forward(graphdef, model_config):
   """fn(params, x) -> the model's restored image (DvSR: g(y) plus one denoiser step)."""
-  graphdef, _ = nnx.split(nnx.eval_shape(lambda: models.build_model(model_config)), nnx.Param)
 
   def fn(params, x):
     model = nnx.merge(graphdef, params)
@@ -110,16 +113,12 @@ def _counting_config(model_config):
   return counted
 
 
-def _abstract_params(model_config):
-  model = nnx.eval_shape(lambda: models.build_model(model_config))
-  return nnx.state(model, nnx.Param)
-
-
 def gmacs(model_config, size=HD, convention: str = 'thop') -> float:
   """GMACs of one forward pass on a size[0] x size[1] image (DvSR: g plus one f step)."""
   model_config = _counting_config(model_config)
   x = jax.ShapeDtypeStruct((1, *size, 3), jnp.float32)
-  jaxpr = jax.make_jaxpr(_forward(model_config))(_abstract_params(model_config), x)
+  graphdef, params = _abstract(model_config)
+  jaxpr = jax.make_jaxpr(_forward(graphdef, model_config))(params, x)
   return jaxpr_macs(jaxpr.jaxpr, convention) / 1e9
 
 
@@ -127,7 +126,8 @@ def xla_gflops(model_config, size=HD) -> float | None:
   """XLA's own FLOP count of the compiled forward pass (None where the backend gives none)."""
   x = jax.ShapeDtypeStruct((1, *size, 3), jnp.float32)
   model_config = _counting_config(model_config)
-  lowered = jax.jit(_forward(model_config)).lower(_abstract_params(model_config), x)
+  graphdef, params = _abstract(model_config)
+  lowered = jax.jit(_forward(graphdef, model_config)).lower(params, x)
   cost = lowered.compile().cost_analysis()
   if isinstance(cost, (list, tuple)):
     cost = cost[0] if cost else None
