@@ -245,6 +245,6 @@ def test_sizes_validation_and_packaged_config():
   assert (base.train.batch_size, base.data.crop, base.data.flip) == (2, 256, False)
   lr = jax.vmap(__import__('xydiff.state', fromlist=['_']).make_lr_schedule(base.train))(
       jnp.array([0, 1052 * 1000 - 1, 1052 * 1000 + 3, 1052 * 2000 + 3]))
-  np.testing.assert_allclose(lr, [1e-4, 1e-4, 1.25e-5, 1.5625e-6], rtol=1e-6)
-  with pytest.raises(ValueError, match='takes one of'):
+  np.testing.assert_allclose(lr, [1e-4, 1e-4, 1e-5, 1e-6], rtol=1e-6)  # StepLR gamma 0.1.
+  with pytest.raises(ValueError, match='no variant .1_2_4_16.; one of dmphn_1_2_4'):
     dmphn_gopro.get_config('1_2_4_16')

@@ -5,10 +5,10 @@ images) is what only a GPU or TPU settles, and runs where JAX's default
 backend is not the CPU: `python -m pytest tests/test_on_accelerator.py` on
 such a machine (`bash benchmarks/accelerator.sh` prints the same records
 among its figures, without pytest). `tiny` runs everywhere, so the checks
-cannot rot between accelerator runs; on CPU all of them run in one child
-process with two CPU devices (a process's device count is fixed when JAX
-starts, and the sharded check needs two) compiling at XLA's cheapest level,
-as `benchmarks/accelerator.py --tiny` does.
+cannot rot between accelerator runs; on CPU they run in two child processes
+at once (one per core) with two CPU devices each (a process's device count is
+fixed when JAX starts, and the sharded check needs two), compiling at XLA's
+cheapest level as `benchmarks/accelerator.py --tiny` does.
 """
 
 import json
@@ -35,17 +35,22 @@ def _on_accelerator() -> bool:
 
 
 def _tiny_on_cpu() -> tuple[dict, str]:
-  """({check name: record} of every check at tiny size, the child's stderr), from one child
-  process with two CPU devices."""
+  """({check name: record} of every check at tiny size, the children's stderr): two child
+  processes at once, one per core, each with two CPU devices and half of the checks."""
   env = {**os.environ, 'JAX_NUM_CPU_DEVICES': '2', 'JAX_PLATFORMS': 'cpu'}
-  done = subprocess.run([sys.executable, str(REPO / 'benchmarks' / 'checks.py'), '--tiny'],
-                        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  names = list(checks.CHECKS)
+  children = [subprocess.Popen(
+      [sys.executable, str(REPO / 'benchmarks' / 'checks.py'), '--tiny',
+       f'--checks={",".join(half)}'], cwd=REPO, env=env, stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE, text=True) for half in (names[::2], names[1::2])]
+  outputs = [child.communicate(timeout=600) for child in children]
   records = {}
-  for line in done.stdout.splitlines():
-    if line.startswith('{'):
-      record = json.loads(line)
-      records[record.pop('check')] = record
-  return records, done.stderr
+  for stdout, _ in outputs:
+    for line in stdout.splitlines():
+      if line.startswith('{'):
+        record = json.loads(line)
+        records[record.pop('check')] = record
+  return records, '\n'.join(stderr[-3000:] for _, stderr in outputs)
 
 
 @pytest.fixture(scope='module')
@@ -63,7 +68,7 @@ def check_record():
         records, stderr = _tiny_on_cpu()
         cache.update({(n, 'tiny'): r for n, r in records.items()})
         cpu_stderr.append(stderr)
-    assert (name, size) in cache, f'{name} printed no record:\n{cpu_stderr[0][-3000:]}'
+    assert (name, size) in cache, f'{name} printed no record:\n{cpu_stderr[0]}'
     return cache[name, size]
   return record
 

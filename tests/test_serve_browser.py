@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from conftest import GOPRO_SAMPLE, REPO, tiny
+from test_ensemble import random_state, save_run
 
 FRAME = GOPRO_SAMPLE / 'test' / 'GOPR0869_11_00' / 'blur' / '000020.png'
 STARTUP_S = 300
@@ -33,18 +34,13 @@ def _browser_missing() -> list[str]:
 @pytest.fixture(scope='module')
 def runs(tmp_path_factory):
   """A tiny deterministic run and a tiny diffusion run, as training leaves them."""
-  from xydiff import checkpoint, run_config, state as state_lib
   from xydiff.configs import demo
   made = {}
   for name, variant in (('xydeblur_run', ''), ('dvsr_run', 'diffusion')):
     config = tiny(demo.get_config(variant))
     config.deblur.size_bucket = 0
-    graphdef, state = state_lib.init_state(config)
-    workdir = str(tmp_path_factory.mktemp('serve') / name)
-    with checkpoint.Checkpointer(workdir, config) as ckpt:
-      ckpt.save(0, state)
-    run_config.save(workdir, config)
-    made[name] = workdir
+    made[name] = save_run(tmp_path_factory.mktemp('serve') / name, config,
+                          random_state(config)[1])
   return made
 
 
@@ -189,8 +185,15 @@ def photos(tmp_path_factory):
   (folder / 'notes.png').write_text('not an image, despite its name')
   (folder / 'truncated.png').write_bytes(FRAME.read_bytes()[:40_000])
   images.write_png(str(folder / 'huge.png'), np.zeros((900, 1200, 3), np.uint8))  # 1.08 MP
-  return {name: str(folder / f'{name}.png') for name in ('crop', 'deep', 'notes', 'truncated',
-                                                         'huge')}
+  sharp = images.read_image(str(FRAME).replace('/blur/', '/sharp/'))[300:364, 500:596]
+  images.write_png(str(folder / 'sharp.png'), sharp)
+  from PIL import Image
+  exif = Image.Exif()
+  exif[0x0112] = 6  # Stored sideways: a viewer turns it 90 degrees clockwise.
+  Image.fromarray(crop).save(folder / 'phone.jpg', exif=exif, quality=95)
+  paths = {name: str(folder / f'{name}.png') for name in ('crop', 'deep', 'notes', 'truncated',
+                                                          'huge', 'sharp')}
+  return dict(paths, phone=str(folder / 'phone.jpg'))
 
 
 def _restorer(workdir, **deblur):
@@ -205,9 +208,10 @@ def test_page_restores_photos_as_the_restorer_does_bit_for_bit(page, runs, photo
   from xydiff import images
   assert 'Running on local URL:  http://127.0.0.1:' in server['log'].read_text()  # The default.
   page.open()
-  page.upload(FRAME, photos['deep'])
+  page.upload(FRAME, photos['deep'], photos['phone'])
   status = page.deblur(1)
-  assert '2 of 2 restored' in status and '1280x720, 8-bit' in status and '16-bit' in status, status
+  assert '3 of 3 restored' in status and '1280x720, 8-bit' in status and '16-bit' in status, status
+  assert '64x96, 8-bit' in status  # The phone photo, turned upright by its EXIF tag.
   assert len(page.find('#xydiff-slider img')) >= 2  # Before and after.
   restorer = _restorer(runs['xydeblur_run'])
   frame_png = images.read_image(page.download('000020_deblurred.png'))
@@ -218,6 +222,10 @@ def test_page_restores_photos_as_the_restorer_does_bit_for_bit(page, runs, photo
   assert deep_png.dtype == np.uint16  # 16 bits in, 16 bits out.
   np.testing.assert_array_equal(
       deep_png, images.to_uint16(restorer.restore(images.read_image(photos['deep']))['image']))
+  phone_png = images.read_image(page.download('phone_deblurred.png'))
+  assert phone_png.shape == (96, 64, 3)
+  np.testing.assert_array_equal(
+      phone_png, images.to_uint8(restorer.restore(images.read_image(photos['phone']))['image']))
 
 
 def test_bad_files_are_reported_in_the_page_and_the_next_photo_restores(page, runs, photos):
@@ -231,8 +239,17 @@ def test_bad_files_are_reported_in_the_page_and_the_next_photo_restores(page, ru
   assert '/tmp' not in status  # Names, not the server's temporary paths.
   page.clear_photos()
   page.upload(photos['crop'])
+  page.find('#xydiff-targets input[type=file]')[0].send_keys(photos['sharp'])
+  page.wait(lambda: page.find('#xydiff-targets a'), 'the target upload')
   status = page.deblur(2)
   assert '1 of 1 restored' in status, status
+  # Scored as the evaluator scores: its Scorer on the Restorer's output.
+  from xydiff import images, scoring
+  restored = _restorer(runs['xydeblur_run']).restore(images.read_image(photos['crop']))['image']
+  scores = scoring.Scorer(False, False)(restored,
+                                        images.to_float(images.read_image(photos['sharp'])))
+  assert f"PSNR {scores['psnr']:.4g}, SSIM {scores['ssim']:.4g}" in status, (status, scores)
+  assert 'LPIPS ' in status
 
 
 def test_the_preset_control_changes_the_diffusion_output(page, runs, photos, tmp_path):

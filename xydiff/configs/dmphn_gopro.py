@@ -18,6 +18,7 @@ and '1_2_4_8_xy', '1_2_4_8_channel', '1_2_4_8_layer' its other DMPHN rows
   python launch.py --config=dmphn_gopro:1_2_4_8 ...   # or :1_2_4_8_xy, _channel, _layer
 """
 
+from xydiff import models
 from xydiff.configs import default
 
 PAIRS = 2103
@@ -31,14 +32,7 @@ DECAY_EVERY_EPOCHS = 1000  # StepLR(step_size=1000, gamma=0.1).
 def get_config(variant: str = ''):
   config = default.get_config()
   config.model.name = 'dmphn'
-  from xydiff import models  # pylint: disable=import-outside-toplevel
-  table = models.family('dmphn').variants
-  name = 'dmphn_1_2_4' if not variant else (
-      variant if variant.startswith('dmphn') else f'dmphn_{variant}')
-  if name not in table:
-    raise ValueError(f'xydiff/configs/dmphn_gopro.py takes one of {", ".join(sorted(table))} '
-                     f'(or without the prefix), not {variant!r}')
-  config.model.dmphn.update(dict(table[name].section))
+  config.model.dmphn.update(models.variant_section('dmphn', variant, default='dmphn_1_2_4'))
   levels = config.model.dmphn.levels
   epochs = EPOCHS.get(levels, EPOCHS[4])
 

@@ -14,6 +14,7 @@ Dropout2d(0.1) on the skips. They test on GoPro every 100 epochs.
   python launch.py --config=mimo_unet_gopro:plus ...   # or :xy, :plus_xy (XYDeblur's decoder pair)
 """
 
+from xydiff import models
 from xydiff.configs import default
 
 PAIRS = 2103
@@ -24,14 +25,7 @@ STEPS_PER_EPOCH = -(-PAIRS // BATCH)  # DataLoader(drop_last=False): 526.
 def get_config(variant: str = ''):
   config = default.get_config()
   config.model.name = 'mimo_unet'
-  if variant:
-    from xydiff import models  # pylint: disable=import-outside-toplevel
-    name = variant if variant.startswith('mimo_unet') else f'mimo_unet_{variant}'
-    table = models.family('mimo_unet').variants
-    if name not in table:
-      raise ValueError(f'xydiff/configs/mimo_unet_gopro.py takes one of '
-                       f'{", ".join(sorted(table))} (or without the prefix), not {variant!r}')
-    config.model.mimo_unet.update(dict(table[name].section))
+  config.model.mimo_unet.update(models.variant_section('mimo_unet', variant))
   config.data.name = 'folder'
   config.data.crop = 256
   config.data.flip = True

@@ -25,6 +25,7 @@ passes over the 2103 frames (200,000 of 32: about 3,000). No EMA.
   python launch.py --config=nafnet_gopro:width32 ...
 """
 
+from xydiff import models
 from xydiff.configs import default
 
 # {width: (global batch, iterations, AdamW weight decay)} from the two train configs.
@@ -35,14 +36,7 @@ VARIANTS = {'': 'nafnet64', 'width64': 'nafnet64', 'width32': 'nafnet32'}
 def get_config(variant: str = ''):
   config = default.get_config()
   config.model.name = 'nafnet'
-  name = VARIANTS.get(variant, variant)
-  from xydiff import models  # pylint: disable=import-outside-toplevel
-  table = models.family('nafnet').variants
-  if name not in table:
-    raise ValueError(f'xydiff/configs/nafnet_gopro.py takes one of '
-                     f'{", ".join(repr(v) for v in sorted(VARIANTS))} (or '
-                     f'{", ".join(sorted(table))}), not {variant!r}')
-  config.model.nafnet.update(dict(table[name].section))
+  config.model.nafnet.update(models.variant_section('nafnet', VARIANTS.get(variant, variant)))
   batch, steps, weight_decay = RECIPES[config.model.nafnet.width]
   config.data.name = 'folder'
   config.data.crop = 256

@@ -67,6 +67,24 @@ def variant(name: str) -> Variant:
   return table[name]
 
 
+def variant_section(family_name: str, name: str, default: str = '') -> dict:
+  """Section overrides of `family_name`'s registered variant `name`, for its config files.
+
+  `name` may leave out the family prefix ('1_2_4_8' for 'dmphn_1_2_4_8'); ''
+  is `default` (a registered name) or, without one, the section's defaults.
+  Raises ValueError listing the family's variants.
+  """
+  table = family(family_name).variants
+  name = name or default
+  if not name:
+    return {}
+  full = name if name in table else f'{family_name}_{name}'
+  if full not in table:
+    raise ValueError(f'{family_name}: no variant {name!r}; one of {", ".join(sorted(table))} '
+                     f'(or without the "{family_name}_" prefix)')
+  return dict(table[full].section)
+
+
 def deterministic_families() -> tuple[str, ...]:
   """Families that can serve as DvSR's initial predictor g(y)."""
   return tuple(name for name in FAMILIES if not family(name).diffusion)

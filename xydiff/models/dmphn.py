@@ -61,7 +61,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from xydiff.models import spec as spec_lib, xy
-from xydiff.models.layers import Conv, ConvTranspose
+from xydiff.models.layers import Conv, ConvTranspose, ResStack
 
 # The axis (1: H, 2: W of NHWC) on which level k+1's patches are cut from
 # level k's, for k = 1, 2, 3 (DMPHN_1_2_4_8.py: H/2, then W/2, then H/4).
@@ -69,29 +69,6 @@ SPLIT_AXES = (1, 2, 1)
 MAX_LEVELS = len(SPLIT_AXES) + 1
 # The encoder halves H and W twice; every patch must survive that exactly.
 _ENCODER_STRIDE = 4
-
-
-class ResBlock(nnx.Module):
-  """x + conv(relu(conv(x))): the official `layerN = Sequential(conv, ReLU, conv)` plus x."""
-
-  def __init__(self, features: int, *, dtype, rngs: nnx.Rngs):
-    self.conv1 = Conv(features, features, 3, dtype=dtype, rngs=rngs)
-    self.conv2 = Conv(features, features, 3, dtype=dtype, rngs=rngs)
-
-  def __call__(self, x, rotation: int = 0):
-    return x + self.conv2(jax.nn.relu(self.conv1(x, rotation)), rotation)
-
-
-class ResStack(nnx.Module):
-
-  def __init__(self, features: int, num_blocks: int, *, dtype, rngs: nnx.Rngs):
-    self.blocks = nnx.List([ResBlock(features, dtype=dtype, rngs=rngs)
-                            for _ in range(num_blocks)])
-
-  def __call__(self, x, rotation: int = 0):
-    for block in self.blocks:
-      x = block(x, rotation)
-    return x
 
 
 class Encoder(nnx.Module):

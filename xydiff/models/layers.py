@@ -187,6 +187,32 @@ class ConvTranspose(nnx.Module):
     return _add_bias(y, self.bias[...], self.dtype)
 
 
+class ResBlock(nnx.Module):
+  """x + conv(relu(conv(x))), 3x3 'same' convolutions, no normalisation, nothing after
+  the sum: the residual block of XYDeblur and DMPHN (and the ResBlocks of many
+  early deblurring networks)."""
+
+  def __init__(self, features: int, *, dtype, rngs: nnx.Rngs):
+    self.conv1 = Conv(features, features, 3, dtype=dtype, rngs=rngs)
+    self.conv2 = Conv(features, features, 3, dtype=dtype, rngs=rngs)
+
+  def __call__(self, x, rotation: int = 0):
+    return x + self.conv2(jax.nn.relu(self.conv1(x, rotation)), rotation)
+
+
+class ResStack(nnx.Module):
+  """`num_blocks` ResBlocks in a row (parameters under blocks/<i>/conv1|conv2)."""
+
+  def __init__(self, features: int, num_blocks: int, *, dtype, rngs: nnx.Rngs):
+    self.blocks = nnx.List([ResBlock(features, dtype=dtype, rngs=rngs)
+                            for _ in range(num_blocks)])
+
+  def __call__(self, x, rotation: int = 0):
+    for block in self.blocks:
+      x = block(x, rotation)
+    return x
+
+
 def pad_to_multiple(x: jax.Array, multiple: int) -> tuple[jax.Array, tuple[int, int]]:
   """Reflect-pads H and W of an NHWC batch up to a multiple; returns the original size.
 

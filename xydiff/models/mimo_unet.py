@@ -45,9 +45,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from xydiff.models import spec as spec_lib, xy
-from xydiff.models.layers import Conv, ConvTranspose, pad_to_multiple
+from xydiff.models.layers import Conv, ConvTranspose, ResStack, pad_to_multiple
 # The official ResBlock is XYDeblur's: x + conv3x3(relu(conv3x3(x))), no norm.
-from xydiff.models.xydeblur import ResStack
 
 
 def _halve(x: jax.Array) -> jax.Array:

@@ -16,30 +16,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from xydiff.models import spec as spec_lib, xy
-from xydiff.models.layers import Conv, ConvTranspose, pad_to_multiple
-
-
-class ResBlock(nnx.Module):
-  """x + conv(relu(conv(x))): no activation after the sum, no normalisation."""
-
-  def __init__(self, features: int, *, dtype, rngs: nnx.Rngs):
-    self.conv1 = Conv(features, features, 3, dtype=dtype, rngs=rngs)
-    self.conv2 = Conv(features, features, 3, dtype=dtype, rngs=rngs)
-
-  def __call__(self, x, rotation: int = 0):
-    return x + self.conv2(jax.nn.relu(self.conv1(x, rotation)), rotation)
-
-
-class ResStack(nnx.Module):
-
-  def __init__(self, features: int, num_blocks: int, *, dtype, rngs: nnx.Rngs):
-    self.blocks = nnx.List([ResBlock(features, dtype=dtype, rngs=rngs)
-                            for _ in range(num_blocks)])
-
-  def __call__(self, x, rotation: int = 0):
-    for block in self.blocks:
-      x = block(x, rotation)
-    return x
+from xydiff.models.layers import Conv, ConvTranspose, ResStack, pad_to_multiple
 
 
 class Encoder(nnx.Module):

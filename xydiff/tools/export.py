@@ -15,8 +15,13 @@ from __future__ import annotations
 from xydiff import cli
 
 
-def export_run(workdir: str, fmt: str, out: str, step: int | None = None) -> list[str]:
-  """Exports the run in `workdir` (its stored config) as `fmt`; returns the files written."""
+def export_run(workdir: str, fmt: str, out: str, step: int | None = None,
+               size: tuple[int, int] | None = None) -> list[str]:
+  """Exports the run in `workdir` (its stored config) as `fmt`; returns the files written.
+
+  `size` (height, width): a fixed-size ONNX graph, for families whose graph
+  depends on the size; None: any size that is a multiple of the network's.
+  """
   from xydiff import export, inference  # pylint: disable=import-outside-toplevel
   from xydiff.errors import ConfigError  # pylint: disable=import-outside-toplevel
   if fmt not in export.FORMATS:
@@ -27,7 +32,7 @@ def export_run(workdir: str, fmt: str, out: str, step: int | None = None) -> lis
     export.write_safetensors(out, config, params, step, ema=config.train.ema_rate > 0)
     return [out]
   if fmt == 'onnx':
-    return export.write_onnx(out, config, graphdef, params, step)
+    return export.write_onnx(out, config, params, step, size)
   export.write_stablehlo(out, config, graphdef, params)
   return [out]
 
@@ -41,12 +46,21 @@ def main() -> None:
   out = flags.DEFINE_string('out', None, 'The file to write (DvSR ONNX: <stem>_predictor.onnx '
                             'and <stem>_denoiser.onnx beside it).')
   step = flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
+  size = flags.DEFINE_string('size', None, '--format=onnx: HEIGHTxWIDTH of a fixed-size graph '
+                             '(default: any height and width that are multiples of the '
+                             "network's size multiple, where the family allows).")
   flags.mark_flags_as_required(['workdir', 'out'])
 
   def run(argv):
     if len(argv) > 1:
       cli.fail(f'unexpected arguments: {" ".join(argv[1:])}')
-    for path in export_run(workdir.value, fmt.value, out.value, step.value):
+    fixed = None
+    if size.value:
+      height, _, width = size.value.lower().partition('x')
+      if not (height.isdigit() and width.isdigit() and int(height) > 0 and int(width) > 0):
+        cli.fail(f'--size={size.value}: give HEIGHTxWIDTH, e.g. --size=720x1280')
+      fixed = (int(height), int(width))
+    for path in export_run(workdir.value, fmt.value, out.value, step.value, fixed):
       print(f'wrote {path}')
 
   cli.run_tool(run)
