@@ -136,23 +136,31 @@ def checks_section(run: Runner, sizes: Sizes):
     run.case('checks', name, lambda check=check: check(sizes.tiny))
 
 
-def inference_section(run: Runner, sizes: Sizes):
+def inference_section(run: Runner, sizes: Sizes) -> dict:
+  """Returns the records of the networks' cases, keyed (config name, dtype)."""
   matmul = run.case('inference', 'matmul_float32', lambda: {
       'side': sizes.matmul_side, 'gflops_per_s': inference.matmul_gflops_per_s(sizes.matmul_side)})
   outputs = {'xydeblur_gopro': 'restored', 'gopro': 'predictor'}
+  records = {}
   for name, dtype in sizes.pairs(tuple(outputs)):
-    run.case('inference', f'{name}_{outputs[name]}_{dtype}', lambda name=name, dtype=dtype: {
-        'config': name, **inference.measure(
-            sizes.config(name, dtype), outputs[name], height=sizes.height, width=sizes.width,
-            repeats=sizes.repeats, matmul_gflops=matmul['gflops_per_s'] if matmul else None)})
+    records[name, dtype] = run.case(
+        'inference', f'{name}_{outputs[name]}_{dtype}', lambda name=name, dtype=dtype: {
+            'config': name, **inference.measure(
+                sizes.config(name, dtype), outputs[name], height=sizes.height,
+                width=sizes.width, repeats=sizes.repeats,
+                matmul_gflops=matmul['gflops_per_s'] if matmul else None)})
   run.case('inference', 'torch_official_xydeblur_float32', lambda: train_step_torch.measure(
       'inference', height=sizes.height, width=sizes.width, steps=sizes.repeats, tiny=sizes.tiny))
+  return records
 
 
-def sampling_section(run: Runner, sizes: Sizes):
+def sampling_section(run: Runner, sizes: Sizes, inference_records: dict):
   config = sizes.config('gopro')
+  # The inference section timed this predictor already where it ran at gopro's own dtype.
+  predictor = inference_records.get(('gopro', config.model.dtype))
   calls = run.case('sampling', 'bare_calls', lambda: {'config': 'gopro', **sampling.measure_calls(
-      config, height=sizes.height, width=sizes.width, repeats=sizes.repeats)})
+      config, height=sizes.height, width=sizes.width, repeats=sizes.repeats,
+      predictor_call_s=predictor['latency_s'] if predictor else None)})
   for num_steps in sizes.sampling_steps:
     run.case('sampling', f'T{num_steps}', lambda num_steps=num_steps: {
         'config': 'gopro', **sampling.measure(config, height=sizes.height, width=sizes.width,
@@ -231,10 +239,9 @@ def main():
     device_section(run, configs_source)
   if 'checks' in sections:
     checks_section(run, sizes)
-  if 'inference' in sections:
-    inference_section(run, sizes)
+  inference_records = inference_section(run, sizes) if 'inference' in sections else {}
   if 'sampling' in sections:
-    sampling_section(run, sizes)
+    sampling_section(run, sizes, inference_records)
   if 'train_step' in sections:
     train_step_section(run, sizes)
   if 'input_pipeline' in sections:

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # The one command of an accelerator run: bash benchmarks/accelerator.sh [accelerator.py flags]
+# It prints the device checks (benchmarks/checks.py, the functions that
+# tests/test_on_accelerator.py asserts; no pytest needed here) and every figure.
 #
 # The device image has jax, flax, optax, orbax and torch but not ml_collections,
 # which xydiff.configs needs: benchmarks/fetch_accelerator_wheels.sh downloads

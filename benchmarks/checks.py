@@ -78,9 +78,10 @@ def _output_and_grads(model_fn, params, x, target):
 
 
 def _random_images(seed: int, side: int):
-  import jax
-  x = jax.random.uniform(jax.random.key(seed), (2, side, side, 3))
-  return x, jax.random.uniform(jax.random.key(seed + 1), x.shape)
+  """An input and a target batch of two side x side images (NumPy: no eager compiles)."""
+  import numpy as np
+  rng = np.random.default_rng(seed)
+  return rng.random((2, side, side, 3), np.float32), rng.random((2, side, side, 3), np.float32)
 
 
 def bf16_vs_f32(tiny: bool) -> dict:
@@ -88,6 +89,7 @@ def bf16_vs_f32(tiny: bool) -> dict:
   float32, from the same weights: output, kernel gradients and bias gradients."""
   import jax
   import jax.numpy as jnp
+  import numpy as np
   from flax import nnx
   from xydiff.models.unet import UNet
 
@@ -100,14 +102,16 @@ def bf16_vs_f32(tiny: bool) -> dict:
   _, params = nnx.split(UNet(rngs=nnx.Rngs(0), **kwargs))
   # The output convolution starts at zero (a U-Net predicts a residual);
   # random weights there make the output, and every gradient, non-trivial.
-  keys = iter(jax.random.split(jax.random.key(4), len(jax.tree.leaves(params))))
+  # (NumPy, not eager JAX: one small compile per shape would cost seconds.)
+  rng = np.random.default_rng(4)
   params = jax.tree.map(
-      lambda p: p if p.ndim < 4 or bool(jnp.any(p)) else jax.random.uniform(
-          next(keys), p.shape, p.dtype, -1.0, 1.0) / (p.shape[0] * p.shape[1] * p.shape[2]) ** 0.5,
-      params)
+      lambda p: p if p.ndim < 4 or np.any(p) else rng.uniform(-1.0, 1.0, p.shape).astype(
+          p.dtype) / (p.shape[0] * p.shape[1] * p.shape[2]) ** 0.5,
+      jax.device_get(params))
   results = {}
   for dtype in (jnp.float32, jnp.bfloat16):
-    graphdef = nnx.graphdef(UNet(dtype=dtype, rngs=nnx.Rngs(0), **kwargs))
+    graphdef = nnx.graphdef(nnx.eval_shape(lambda d=dtype: UNet(dtype=d, rngs=nnx.Rngs(0),
+                                                                **kwargs)))
     results[jnp.dtype(dtype).name] = _output_and_grads(
         lambda p, y, g=graphdef: nnx.merge(g, p)(y)['output'], params, x, target)
   (out16, g16), (out32, g32) = results['bfloat16'], results['float32']
@@ -134,21 +138,23 @@ def upsample_reference_vs_subpixel(tiny: bool) -> dict:
   """XYDeblur with lax.conv_transpose up-convolutions against the sub-pixel form, same
   weights: forward and every gradient, float32 at full precision."""
   import jax
-  import jax.numpy as jnp
+  import numpy as np
   from flax import nnx
   from xydiff.models.xydeblur import XYDeblur
 
   section = load_config('xydeblur_gopro', tiny=tiny).model.xydeblur
-  x, target = _random_images(2, image_side(tiny))
+  build = lambda impl: XYDeblur(width=section.width, num_res=section.num_res,
+                                upsample_impl=impl, rngs=nnx.Rngs(0))
+  _, params = nnx.split(build('reference'))
+  x, target = _random_images(1, image_side(tiny))
   results = {}
   for impl in ('reference', 'subpixel'):
-    graphdef, params = nnx.split(XYDeblur(width=section.width, num_res=section.num_res,
-                                          upsample_impl=impl, rngs=nnx.Rngs(0)))
+    graphdef = nnx.graphdef(nnx.eval_shape(lambda impl=impl: build(impl)))
     results[impl] = _output_and_grads(lambda p, y, g=graphdef: nnx.merge(g, p)(y)['restored'],
                                       params, x, target)
   (out_r, g_r), (out_s, g_s) = results['reference'], results['subpixel']
   forward = max_abs_diff(out_r, out_s)
-  grad_scale = max(1.0, max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(g_s)))
+  grad_scale = max(1.0, max(float(np.max(np.abs(g))) for g in jax.tree.leaves(g_s)))
   grad = max_abs_diff(g_r, g_s) / grad_scale
   # The two forms add their products in different orders, so bitwise equal
   # outputs and gradients mean one form was compared with itself.

@@ -15,23 +15,29 @@ import argparse
 from common import emit, initial_state, load_config, timed
 
 
-def measure_calls(config, *, height: int, width: int, repeats: int = 3) -> dict:
-  """Seconds of one bare predictor call and one bare denoiser call: a sample's parts."""
+def measure_calls(config, *, height: int, width: int, repeats: int = 3,
+                  predictor_call_s: float | None = None) -> dict:
+  """Seconds of one bare predictor call and one bare denoiser call: a sample's parts.
+
+  `predictor_call_s`: the predictor's latency where it is already measured
+  (benchmarks/inference.py's `predictor` output, at this config's dtype and size).
+  """
   import jax
   import jax.numpy as jnp
   from flax import nnx
   import inference as inference_benchmark  # benchmarks/inference.py
   from xydiff import state as state_lib
 
-  predictor = inference_benchmark.measure(config, 'predictor', height=height, width=width,
-                                          repeats=repeats)
+  if predictor_call_s is None:
+    predictor_call_s = inference_benchmark.measure(
+        config, 'predictor', height=height, width=width, repeats=repeats)['latency_s']
   graphdef, state = initial_state(config)
   params = jax.device_put(state_lib.eval_params(state))
   denoise = jax.jit(lambda p, z, level, y: nnx.merge(graphdef, p).denoise(z, level, y))
   blur = jax.random.uniform(jax.random.key(0), (1, height, width, 3))
   _, denoiser_s = timed(denoise, params, blur, jnp.full((1,), 0.5), blur, repeats=repeats)
   return {'dtype': config.model.dtype, 'size': [height, width],
-          'predictor_call_s': predictor['latency_s'], 'denoiser_call_s': round(denoiser_s, 5)}
+          'predictor_call_s': predictor_call_s, 'denoiser_call_s': round(denoiser_s, 5)}
 
 
 def measure(config, *, height: int, width: int, num_steps: int, num_samples: int = 1,

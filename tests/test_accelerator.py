@@ -61,8 +61,10 @@ runpy.run_path(sys.argv[0], run_name='__main__')
 
 def _run_tiny():
   site_packages = [p for p in sys.path if p.endswith(('site-packages', 'dist-packages'))]
+  # One OpenMP thread: PyTorch's waiting threads spin, which on a shared
+  # two-core machine costs seconds of CPU for timings that mean nothing here.
   env = {**os.environ, 'PYTHONPATH': os.pathsep.join([REPO, *site_packages]),
-         'PYTHONUNBUFFERED': '1'}
+         'PYTHONUNBUFFERED': '1', 'OMP_NUM_THREADS': '1'}
   procs = []
   for group in GROUPS:
     procs.append(subprocess.Popen(

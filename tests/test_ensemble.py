@@ -103,7 +103,8 @@ def test_diffusion_ensemble_samples_each_view_with_the_same_key():
   single = inference.Restorer(config, graphdef, state['params'], 0)
   eight = inference.Restorer(_with(config, ensemble=8), graphdef, state['params'], 0)
   photo, key = _photo(16, 16), jax.random.key(3)  # Square: one compiled shape for all views.
-  outs = [single.restore(np.ascontiguousarray(forward(photo)), key=key) for forward, _ in TRANSFORMS]
+  outs = [single.restore(np.ascontiguousarray(forward(photo)), key=key)
+          for forward, _ in TRANSFORMS]
   samples = np.mean([back(o['samples']) for o, (_, back) in zip(outs, TRANSFORMS)], axis=0)
   out = eight.restore(photo, key=key)
   assert out['samples'].shape == (2, 16, 16, 3)
@@ -118,14 +119,16 @@ def test_evaluation_scores_the_ensemble(tmp_path):
   class OnePair:
     names = ['pair']
     __len__ = lambda self: 1
-    load = lambda self, index: (images.to_uint8(_photo(32, 36, 1)), images.to_uint8(_photo(32, 36, 2)))
+    load = lambda self, index: (images.to_uint8(_photo(32, 36, 1)),
+                                images.to_uint8(_photo(32, 36, 2)))
 
   config, graphdef, state = _model()
   config.eval.lpips = False
   config.eval.num_image_summaries = 0
   blur, sharp = (images.to_float(a) for a in OnePair().load(0))
   fn = inference.make_restore_fns(config, graphdef)['restored']
-  restore = lambda x: np.asarray(fn(state['params'], np.ascontiguousarray(x)[None], None)['image'][0])
+  restore = lambda x: np.asarray(
+      fn(state['params'], np.ascontiguousarray(x)[None], None)['image'][0])
   expected = np.mean([back(restore(forward(blur))) for forward, back in TRANSFORMS], axis=0)
   scores = {}
   for ensemble in (1, 8):

@@ -27,6 +27,11 @@ FIXED_SIZE_ONLY = {
                  'symbolic size',
     'nafnet': "TLC's pooling windows (tlc_train_size > 0) are chosen by the image size",
 }
+# The same for jax.export (StableHLO), whose shape polymorphism is JAX's own.
+STABLEHLO_FIXED_SIZE_ONLY = {
+    'deepdeblur': 'jnp.pad reflects by amounts that depend on the size',
+    'nafnet': "TLC's pooling windows (tlc_train_size > 0) are chosen by the image size",
+}
 ATOL = 1e-4  # The issue's bound between onnxruntime and xydiff.
 # jax2onnx 0.12's Flax plugins read Variable.value, which Flax 0.12 deprecates.
 pytestmark = pytest.mark.filterwarnings('ignore::DeprecationWarning')
@@ -230,3 +235,27 @@ def test_stablehlo_artefacts_run_with_jax_alone(ema_run, tmp_path):
   for name in ('image', 'std', 'samples'):
     got = out[name][0] if name != 'samples' else out[name][:, 0]
     np.testing.assert_allclose(got, expected[name], atol=1e-5, err_msg=name)
+
+
+@pytest.mark.parametrize('family', models.FAMILIES)
+def test_every_family_exports_to_stablehlo(family, tmp_path):
+  """Dynamic sizes, or (STABLEHLO_FIXED_SIZE_ONLY) a fixed one; deterministic ones run here."""
+  config = _tiny_family(family)
+  graphdef, state = random_state(config, seed=1)
+  multiple = models.size_multiple(config.model)
+  path, size = str(tmp_path / f'{family}.stablehlo'), (2 * multiple, 3 * multiple)
+  if family in STABLEHLO_FIXED_SIZE_ONLY:
+    with pytest.raises(ConfigError, match=f'--format=stablehlo: {family} does not convert with '
+                                          'a dynamic height and width .*--size'):
+      export.write_stablehlo(path, config, graphdef, state['params'])
+    export.write_stablehlo(path, config, graphdef, state['params'], size=size)
+  else:
+    export.write_stablehlo(path, config, graphdef, state['params'])
+  exported = export.load_stablehlo(path)
+  assert len(exported.in_avals[0].shape) == 4
+  if models.is_diffusion(config.model):
+    return  # Sampled and checked against the Restorer without xydiff above.
+  photo = np.random.default_rng(0).random((1, *size, 3)).astype(np.float32)
+  reference = _reference(config, graphdef, state['params'])['restored']
+  np.testing.assert_allclose(np.asarray(exported.call(photo)), np.asarray(reference(photo)),
+                             atol=1e-5)

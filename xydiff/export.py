@@ -23,6 +23,10 @@ any height and width that are multiples of the network's size multiple M
 (stored in the ONNX metadata as 'xydiff.size_multiple'; `input_multiple`
 reads it): the networks' own reflect padding to M needs the size to be known
 when the graph is built, so callers pad, as `pad_for_graph` does, and crop.
+Families whose graph depends on the image size are refused with a ConfigError
+asking for `size` (--size=HEIGHTxWIDTH, multiples of M), a fixed-size graph:
+for ONNX DeepDeblur, MIMO-UNet and NAFNet with TLC; for StableHLO DeepDeblur
+and NAFNet with TLC.
 """
 
 from __future__ import annotations
@@ -180,26 +184,13 @@ def write_onnx(path: str, config, params, step: int,
   Each file carries metadata: the config (JSON), step, graph name, and the
   size multiple (or the fixed size) its images must have.
   """
-  multiple = models.size_multiple(config.model)
-  if size is not None and (size[0] % multiple or size[1] % multiple):
-    # The converter mis-sizes some families' internal padding otherwise.
-    raise ConfigError(f'--size={size[0]}x{size[1]}: height and width must be multiples of '
-                      f'{multiple} for {config.model.name}; reflect-pad images to it '
-                      '(xydiff.export.pad_for_graph) and crop the output')
+  _check_fixed_size(config, size)
   todo = graphs(config, params, size)
   paths = onnx_paths(path, [g.name for g in todo])
   protos = []
   for graph in todo:
-    try:
+    with _symbolic_size_errors('onnx', config, size):
       protos.append(_to_onnx(graph, f'xydiff_{config.model.name}_{graph.name}'))
-    except Exception as e:  # pylint: disable=broad-except
-      if size is not None:  # A fixed size has no symbolic dimension to blame.
-        raise
-      # The converter and JAX's shape polymorphism fail in many ways on symbolic sizes.
-      reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-      raise ConfigError(
-          f'--format=onnx: {config.model.name} does not convert with a dynamic height and '
-          f'width ({reason}); pass --size=HEIGHTxWIDTH for a fixed-size graph') from None
   import onnx  # pylint: disable=import-outside-toplevel
   for graph, proto, out_path in zip(todo, protos, paths):
     onnx.helper.set_model_props(proto, {
@@ -209,6 +200,30 @@ def write_onnx(path: str, config, params, step: int,
         'xydiff.size': 'dynamic' if size is None else f'{size[0]}x{size[1]}'})
     _write_via_temp(out_path, lambda tmp, proto=proto: onnx.save_model(proto, tmp))
   return paths
+
+
+def _check_fixed_size(config, size) -> None:
+  multiple = models.size_multiple(config.model)
+  if size is not None and (size[0] % multiple or size[1] % multiple):
+    # jax2onnx mis-sizes some families' internal padding otherwise.
+    raise ConfigError(f'--size={size[0]}x{size[1]}: height and width must be multiples of '
+                      f'{multiple} for {config.model.name}; reflect-pad images to it '
+                      '(xydiff.export.pad_for_graph) and crop the output')
+
+
+@contextlib.contextmanager
+def _symbolic_size_errors(fmt: str, config, size):
+  """Turns a failure to trace symbolic sizes into a ConfigError asking for --size."""
+  try:
+    yield
+  except Exception as e:  # pylint: disable=broad-except
+    if size is not None:  # A fixed size has no symbolic dimension to blame.
+      raise
+    # jax2onnx and JAX's shape polymorphism fail in many ways on symbolic sizes.
+    reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    raise ConfigError(
+        f'--format={fmt}: {config.model.name} does not convert with a dynamic height and '
+        f'width ({reason}); pass --size=HEIGHTxWIDTH for a fixed-size graph') from None
 
 
 def _to_onnx(graph: Graph, model_name: str):
@@ -241,11 +256,15 @@ def pad_for_graph(images: np.ndarray, multiple: int) -> tuple[np.ndarray, tuple[
 STABLEHLO_PLATFORMS = ('cpu', 'cuda', 'tpu')
 
 
-def stablehlo_function(config, graphdef, params):
-  """(fn, input specs) that `write_stablehlo` exports: what the Restorer runs on a batch."""
+def stablehlo_function(config, graphdef, params, size: tuple[int, int] | None = None):
+  """(fn, input specs) that `write_stablehlo` exports: what the Restorer runs on a batch.
+
+  Images: any batch, and height and width multiples of the size multiple M,
+  or exactly `size`.
+  """
   multiple = models.size_multiple(config.model)
-  image = jax.ShapeDtypeStruct(jax.export.symbolic_shape(f'b, {multiple}*h, {multiple}*w, 3'),
-                               jnp.float32)
+  dims = f'{multiple}*h, {multiple}*w' if size is None else f'{size[0]}, {size[1]}'
+  image = jax.ShapeDtypeStruct(jax.export.symbolic_shape(f'b, {dims}, 3'), jnp.float32)
   if not models.is_diffusion(config.model):
     return (lambda blur: nnx.merge(graphdef, params)(blur)['restored']), (image,)
   preset = config.diffusion.presets[config.deblur.preset]
@@ -262,9 +281,14 @@ def stablehlo_function(config, graphdef, params):
   return sample, (image, jax.ShapeDtypeStruct((), jnp.uint32))
 
 
-def write_stablehlo(path: str, config, graphdef, params) -> None:
-  fn, specs = stablehlo_function(config, graphdef, params)
-  exported = jax.export.export(jax.jit(fn), platforms=STABLEHLO_PLATFORMS)(*specs)
+def write_stablehlo(path: str, config, graphdef, params,
+                    size: tuple[int, int] | None = None) -> None:
+  """Exports `stablehlo_function` for every STABLEHLO_PLATFORMS; `size` as for write_onnx
+  (DeepDeblur and NAFNet with TLC need one)."""
+  _check_fixed_size(config, size)
+  fn, specs = stablehlo_function(config, graphdef, params, size)
+  with _symbolic_size_errors('stablehlo', config, size):
+    exported = jax.export.export(jax.jit(fn), platforms=STABLEHLO_PLATFORMS)(*specs)
   data = exported.serialize()
 
   def write(tmp):

@@ -181,7 +181,8 @@ def restore_file(model: ServedModel, path: str, settings: Settings, out_dir: str
     restored = out['image']
     stem = os.path.splitext(name)[0]
     result.png = os.path.join(out_dir, f'{stem}_deblurred.png')
-    images.write_png(result.png, images.to_uint8(restored))
+    images.write_png(result.png, images.to_uint16(restored) if bits == 16 else
+                     images.to_uint8(restored))
     result.before = os.path.join(out_dir, f'{stem}_before.png')
     images.write_png(result.before, images.to_uint8(images.to_float(photo)))
     result.after = result.png if bits == 8 else os.path.join(out_dir, f'{stem}_after.png')
@@ -232,7 +233,8 @@ def status_table(run: int, model: ServedModel, settings: Settings, results: list
       outcome = f'error: {r.error}'
     else:
       parts = ['restored']
-      parts += [f'{k.upper()} {v:.4g}' for k, v in r.scores.items() if k in labels]
+      parts += [f'{k.upper()} {v:.2f} dB' if k == 'psnr' else f'{k.upper()} {v:.4f}'
+                for k, v in r.scores.items() if k in labels]
       if r.std:
         parts.append(f'std max {r.std_max:.4f}')
       outcome = ', '.join(parts)
@@ -373,7 +375,7 @@ def build_app(served: dict[str, ServedModel], *, max_pixels: int, outputs: Outpu
     inputs = [model_choice, files, pasted, targets, preset, num_steps, num_samples, seed,
               ensemble, runs]
     outs = [slider, which, downloads, status, std_map, gallery, results, runs]
-    button.click(run, inputs, outs, concurrency_id='device')
+    button.click(run, inputs, outs, concurrency_id='device', api_name='deblur')
     model_choice.change(lambda name: diffusion_updates(served[name]), model_choice,
                         [sampling, preset, num_steps, num_samples, seed, ensemble, model_info,
                          std_map, gallery], queue=False)
@@ -394,7 +396,6 @@ def serve(served: dict[str, ServedModel], *, host: str = '127.0.0.1', port: int 
   page.queue(default_concurrency_limit=1)
   try:
     page.launch(server_name=host, server_port=port, share=share, ssr_mode=False,
-                allowed_paths=[outputs.root], max_file_size=f'{max_upload_mb}mb',
-                footer_links=['gradio'])
+                allowed_paths=[outputs.root], max_file_size=f'{max_upload_mb}mb')
   finally:
     shutil.rmtree(outputs.root, ignore_errors=True)

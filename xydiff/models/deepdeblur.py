@@ -383,4 +383,6 @@ SPEC = spec_lib.ModelSpec(
     },
     official=spec_lib.OfficialWeights(read=read_official, key_map=official_keys),
     xy_section='deepdeblur',
+    width_field='width',
+    depth_field='num_res',
 )

@@ -394,4 +394,7 @@ SPEC = spec_lib.ModelSpec(
             '1.50x the GMACs'),
     },
     official=spec_lib.OfficialWeights(read=read_official, key_map=official_keys),
+    xy_section='mimo_unet',
+    width_field='width',
+    depth_field='num_res',
 )

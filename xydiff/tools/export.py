@@ -19,7 +19,7 @@ def export_run(workdir: str, fmt: str, out: str, step: int | None = None,
                size: tuple[int, int] | None = None) -> list[str]:
   """Exports the run in `workdir` (its stored config) as `fmt`; returns the files written.
 
-  `size` (height, width): a fixed-size ONNX graph, for families whose graph
+  `size` (height, width): a fixed-size graph (onnx, stablehlo), for families whose graph
   depends on the size; None: any size that is a multiple of the network's.
   """
   from xydiff import export, inference  # pylint: disable=import-outside-toplevel
@@ -33,7 +33,7 @@ def export_run(workdir: str, fmt: str, out: str, step: int | None = None,
     return [out]
   if fmt == 'onnx':
     return export.write_onnx(out, config, params, step, size)
-  export.write_stablehlo(out, config, graphdef, params)
+  export.write_stablehlo(out, config, graphdef, params, size)
   return [out]
 
 
@@ -46,7 +46,7 @@ def main() -> None:
   out = flags.DEFINE_string('out', None, 'The file to write (DvSR ONNX: <stem>_predictor.onnx '
                             'and <stem>_denoiser.onnx beside it).')
   step = flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
-  size = flags.DEFINE_string('size', None, '--format=onnx: HEIGHTxWIDTH of a fixed-size graph '
+  size = flags.DEFINE_string('size', None, 'onnx, stablehlo: HEIGHTxWIDTH of a fixed-size graph '
                              '(default: any height and width that are multiples of the '
                              "network's size multiple, where the family allows).")
   flags.mark_flags_as_required(['workdir', 'out'])
