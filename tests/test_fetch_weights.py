@@ -359,7 +359,7 @@ def test_downloads_are_capped_in_size(tmp_path, server):
   endless = server.url('endless')
   with pytest.raises(WeightsError, match=rf'^cannot download {endless}: more than the 1,000,000 '):
     download.fetch(endless, 'x.pkl', git_blob_sha1='0' * 40, max_bytes=1_000_000,
-                   cache=str(tmp_path / 'cache'))
+                   deadline=20, cache=str(tmp_path / 'cache'))
   assert os.listdir(tmp_path) == []
 
 
