@@ -112,13 +112,11 @@ def output_paths(files: list[str], output: str, *, std_maps: bool = False) -> li
 
 
 def _same_file(a: str, b: str) -> bool:
-  """Whether writing `a` would overwrite `b`: the same real path (through symlinked
-  folders), or the same file under two names (hard links, bind mounts)."""
-  if os.path.realpath(a) == os.path.realpath(b):
-    return True
+  """Whether writing `a` would overwrite `b`: the same file however reached (symlinked
+  folders, hard links, bind mounts), compared by device and inode, not by path."""
   try:
     return os.path.samefile(a, b)
-  except OSError:  # `a` does not exist yet.
+  except OSError:  # `a` does not exist yet: writing it overwrites nothing.
     return False
 
 

@@ -161,9 +161,12 @@ def check_size(path: str, max_pixels: int) -> None:
         f'limit of {max_pixels / 1e6:g} MP (--max_megapixels)')
 
 
-def _short(message: str, path: str) -> str:
-  """A message without the server's temporary folders: the photo's name says which."""
-  return message.replace(path, os.path.basename(path))
+def _short(message: str, *paths) -> str:
+  """A message without the server's temporary folders: the file's name says which."""
+  for path in paths:
+    if path:
+      message = message.replace(path, os.path.basename(path))
+  return message
 
 
 def restore_file(model: ServedModel, path: str, settings: Settings, out_dir: str, *,
@@ -203,11 +206,11 @@ def restore_file(model: ServedModel, path: str, settings: Settings, out_dir: str
                              f'{sharp.shape[0]}, the photo {photo.shape[1]}x{photo.shape[0]}')
       result.scores = scorer(restored, images.to_float(sharp))
   except (ValueError, *USER_ERRORS) as e:  # ImageReadError, 'too small', bad values.
-    result.error = _short(str(e), path) if target is None else _short(_short(str(e), path), target)
+    result.error = _short(str(e), path, target)
   except Exception as e:  # pylint: disable=broad-except
     # The server outlives any one photo: the page says what failed, the log has the rest.
     logging.exception('serve: %s failed', name)
-    result.error = f'{type(e).__name__}: {_short(str(e), path)}'
+    result.error = f'{type(e).__name__}: {_short(str(e), path, target)}'
   result.seconds = time.time() - start
   return result
 
