@@ -40,10 +40,11 @@ def measure(config, output: str, *, height: int, width: int, repeats: int = 3,
   fn = inference.make_restore_fns(config, graphdef)[output]
   blur = jax.random.uniform(jax.random.key(0), (1, height, width, 3))
   key = jax.random.key(1)
-  macs = complexity.jaxpr_macs(jax.make_jaxpr(fn)(params, blur, key).jaxpr, 'true')
   start = time.perf_counter()
-  compiled = fn.lower(params, blur, key).compile()
+  traced = fn.trace(params, blur, key)
+  compiled = traced.lower().compile()
   compile_s = time.perf_counter() - start
+  macs = complexity.jaxpr_macs(traced.jaxpr.jaxpr, 'true')
   _, seconds = timed(compiled, params, blur, key, repeats=repeats)
   memory = compiled.memory_analysis()
   record = {'output': output, 'backend': jax.default_backend(), 'dtype': config.model.dtype,

@@ -99,3 +99,18 @@ def test_a_missing_config_is_one_line(tmp_path, args, message):
   assert result.returncode == 1 and 'Traceback' not in result.stderr
   last = result.stderr.strip().splitlines()[-1]
   assert last.startswith('error: ') and message in last
+
+
+def test_a_run_stored_before_new_fields_loads_with_their_defaults(tmp_path):
+  """Fields a stored config lacks take their defaults; DvSR's old `xy` is `decoders`."""
+  import json
+  from xydiff import run_config
+  from xydiff.configs import demo
+  stored = run_config.to_plain(demo.get_config('diffusion'))
+  del stored['train']['lr_decay_factor'], stored['deblur']['ensemble']
+  stored['model']['predictor'].pop('decoders')
+  stored['model']['predictor']['xy'] = True
+  (tmp_path / 'config.json').write_text(json.dumps(stored))
+  config = run_config.load(str(tmp_path))
+  assert config.train.lr_decay_factor == 0.5 and config.deblur.ensemble == 1
+  assert config.model.predictor.decoders == 2 and 'xy' not in config.model.predictor

@@ -150,3 +150,14 @@ def test_an_ensemble_other_than_1_or_8_is_refused_naming_the_field(tmp_path):
     inference.check_deblur_settings(config)
   del config.deblur['ensemble']  # A run stored before the field existed: no ensemble.
   assert inference.check_deblur_settings(config)
+
+
+def test_the_page_applies_the_ensemble_it_is_asked_for():
+  from xydiff import serve
+  config, graphdef, state = _model()
+  served = serve.ServedModel('tiny', inference.Restorer(config, graphdef, state['params'], 0))
+  photo = images.to_uint8(_photo(24, 28))
+  eight = inference.Restorer(_with(config, ensemble=8), graphdef, state['params'], 0)
+  np.testing.assert_array_equal(served.restore(photo, serve.Settings(ensemble=8))['image'],
+                                eight.restore(photo)['image'])
+  assert served.restorer(serve.Settings(ensemble=1)) is served.base  # The stored settings.

@@ -12,13 +12,15 @@ the user gave the config (`config_from_user`).
 
 A step that cannot be read is a CheckpointReadError naming it and the error.
 Only damage to its bytes (tensorstore's DATA_LOSS or OUT_OF_RANGE, i.e.
-corrupt or truncated files, or metadata that does not decode) makes it a
-CheckpointDamagedError, which training survives: it resumes from the newest
-step that restores and sets the damaged newer ones aside (renamed to
-`<step>.damaged`, never deleted), costing one save interval and one warning
-line each. A step that cannot be reached (permissions, a missing file, an
-unavailable filesystem) stops the run in one line with nothing renamed: the
-files may be fine. If no step restores, the run stops and says so.
+corrupt or truncated files, a compressed chunk cut short, or metadata that
+does not decode) makes it a CheckpointDamagedError, which training survives:
+it resumes from the newest step that restores and sets the damaged newer ones
+aside (renamed to `<step>.damaged`, never deleted), costing one save interval
+and one warning line each, with no traceback. A step that cannot be reached
+(permissions, a missing file, an unavailable filesystem) stops the run in one
+line with nothing renamed: the files may be fine. If no step restores, the
+run stops and says so. With several processes, all act on one outcome and
+process 0 renames between two barriers.
 """
 
 from __future__ import annotations

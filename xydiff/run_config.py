@@ -48,6 +48,37 @@ def save(workdir: str, config) -> str:
   return path
 
 
+def _migrate(values: dict) -> dict:
+  """Renamed fields of configs stored by earlier releases, in their new form.
+
+  DvSR's U-Nets had `xy` (bool); the XY transform made it `decoders` (2 for xy).
+  """
+  model = values.get('model', {})
+  for net in ('predictor', 'denoiser'):
+    section = model.get(net)
+    if isinstance(section, dict) and 'xy' in section:
+      section = dict(section)
+      section.setdefault('decoders', 2 if section.pop('xy') else 1)
+      model[net] = section
+  return values
+
+
+def with_defaults(stored: dict) -> dict:
+  """`stored` (a config as JSON values) with every field it lacks set to its default.
+
+  A field added after a run was stored did not exist when it trained, so the
+  run did what the field's default does (e.g. model.denoiser.film_scale=False,
+  train.lr_decay_factor=0.5); renamed fields take their new names (_migrate).
+  """
+  from xydiff.configs import default  # pylint: disable=import-outside-toplevel
+
+  def merge(defaults, values):
+    if not isinstance(defaults, dict) or not isinstance(values, dict):
+      return values
+    return {**defaults, **{k: merge(defaults.get(k), v) for k, v in values.items()}}
+  return merge(to_plain(default.get_config()), _migrate(stored))
+
+
 def load(workdir: str) -> ml_collections.ConfigDict:
   path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.isfile(path):
@@ -56,7 +87,7 @@ def load(workdir: str) -> ml_collections.ConfigDict:
         'pass --config, or point --workdir at a run')
   try:
     with open(path) as f:
-      return from_plain(json.load(f))
+      return from_plain(with_defaults(json.load(f)))
   except (OSError, ValueError) as e:
     raise FileNotFoundError(f'cannot read {path}: {e}') from None
 
