@@ -248,10 +248,17 @@ def train_backbone(workdir: str, family: str, variant: str, steps: int, seed: in
   return row
 
 
-def table2(workdir: str, families, variants, seeds, steps) -> list[dict]:
-  """Every (family, variant, seed) trained the same number of steps on the demo's camera shake."""
-  return [train_backbone(workdir, family, variant, steps, seed)
-          for family in families for variant in variants for seed in seeds]
+def table2(workdir: str, families, variants, seeds, steps, *, trained_only=False) -> list[dict]:
+  """Every (family, variant, seed) trained the same number of steps on the demo's camera shake.
+
+  `trained_only`: report the runs already finished and train nothing.
+  """
+  runs = [(family, variant, seed) for family in families for variant in variants
+          for seed in seeds]
+  if trained_only:
+    runs = [r for r in runs if os.path.exists(
+        os.path.join(workdir, f'{r[0]}_{r[1]}_seed{r[2]}_steps{steps}.json'))]
+  return [train_backbone(workdir, family, variant, steps, seed) for family, variant, seed in runs]
 
 
 def summarize_runs(rows) -> list[dict]:
@@ -503,6 +510,8 @@ def main():
                       help='(f): the family for Figure 3 (XY against U-Net^2D)')
   parser.add_argument('--backbone_steps', type=int, default=300, help='(d)-(g): steps per run')
   parser.add_argument('--seeds', default='0,1', help='(d)-(g): seeds')
+  parser.add_argument('--trained_only', action='store_true',
+                      help='(d)-(g): report the runs already trained, train no more')
   parser.add_argument('--inception_weights', default='',
                       help="FID/KID in (b): a pt_inception-2015-12-05-6726825d.pth or 'fetch'")
   args = parser.parse_args()
@@ -535,12 +544,16 @@ def main():
   if 'xy' in parts:
     seeds = [int(x) for x in args.seeds.split(',')]
     backbones = args.backbones.split(',')
-    runs = (table2(os.path.join(args.workdir, 'xy'), backbones, TABLE2_VARIANTS, seeds,
-                   args.backbone_steps)
-            + table2(os.path.join(args.workdir, 'xy'), backbones[:1], FIGURE5_VARIANTS, seeds,
-                     args.backbone_steps)
-            + table2(os.path.join(args.workdir, 'xy'), [args.figure3_backbone],
-                     FIGURE3_VARIANTS, seeds[:1], args.backbone_steps))
+    xy_dir, partial = os.path.join(args.workdir, 'xy'), dict(trained_only=args.trained_only)
+    # The first backbone's Table 2 rows, then Figures 3 and 5, then the other
+    # backbones: an interrupted run has something of every experiment.
+    runs = (table2(xy_dir, backbones[:1], TABLE2_VARIANTS, seeds, args.backbone_steps, **partial)
+            + table2(xy_dir, [args.figure3_backbone], FIGURE3_VARIANTS, seeds[:1],
+                     args.backbone_steps, **partial)
+            + table2(xy_dir, backbones[:1], FIGURE5_VARIANTS, seeds, args.backbone_steps,
+                     **partial)
+            + table2(xy_dir, backbones[1:], TABLE2_VARIANTS, seeds, args.backbone_steps,
+                     **partial))
     summary_rows = summarize_runs(runs)
     emit({'claim': 'table2_direction', 'rows': summary_rows})
     plot_figure5(summary_rows, os.path.join(args.workdir, 'claims_figure5.png'))
