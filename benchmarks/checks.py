@@ -164,33 +164,47 @@ def upsample_reference_vs_subpixel(tiny: bool) -> dict:
                          and forward <= UPSAMPLE_TOL and grad <= UPSAMPLE_TOL)}
 
 
-def _train_inputs(tiny: bool, mesh):
-  """(config, graphdef, state, batch): xydeblur_gopro's train step at 64² crops, two rows
-  per device, state and batch placed on `mesh`."""
+_TRAIN_STEPS = {}
+
+
+def _train_step_on(tiny: bool, mesh):
+  """(config, step, state, batch): xydeblur_gopro's train step as training builds it
+  (donated), at 64² crops and two rows per device, state and batch placed on `mesh`.
+
+  The step is built once per mesh (the donation and sharding checks share its
+  compile); the state and batch are fresh on every call.
+  """
   import jax
-  from xydiff import state as state_lib
+  from xydiff import state as state_lib, step as step_lib
   config = load_config('xydeblur_gopro', tiny=tiny)
   config.data.crop = min(config.data.crop, 64)  # Checks, not timings: small is enough.
   config.train.batch_size = 2 * jax.device_count()
   graphdef, state = initial_state(config)
-  # From host memory: fresh buffers that a donated step may consume.
+  if (tiny, mesh) not in _TRAIN_STEPS:
+    _TRAIN_STEPS[tiny, mesh] = step_lib.make_train_step(config, graphdef, mesh)
+  # From host memory: fresh buffers that the donated step may consume.
   state = jax.device_put(state, state_lib.replicated(mesh))
   batch = state_lib.shard_batch(random_pairs(config.train.batch_size, config.data.crop),
                                 state_lib.batch_sharding(mesh))
-  return config, graphdef, state, batch
+  return config, _TRAIN_STEPS[tiny, mesh], state, batch
+
+
+def _run_step(step, state, batch):
+  """One step, blocked on; at full matmul precision, which the sharding check needs and
+  the donation check shares, so that both run one compiled program."""
+  import jax
+  with jax.default_matmul_precision('highest'):
+    return jax.block_until_ready(step(state, batch))
 
 
 def donation(tiny: bool) -> dict:
   """step.make_train_step donates the state: after one step the old state's buffers are
   deleted, and the batch, passed to the same call undonated, is not."""
   import jax
-  from xydiff import state as state_lib, step as step_lib
-  mesh = state_lib.make_mesh()
-  config, graphdef, state, batch = _train_inputs(tiny, mesh)
-  step = step_lib.make_train_step(config, graphdef, mesh)
+  from xydiff import state as state_lib
+  _, step, state, batch = _train_step_on(tiny, state_lib.make_mesh())
   old = jax.tree.leaves(state)
-  new, metrics = step(state, batch)
-  jax.block_until_ready((new, metrics))
+  _run_step(step, state, batch)
   # The batch went through the same call undonated: it must still be there,
   # or is_deleted() proves nothing.
   batch_deleted = sum(x.is_deleted() for x in jax.tree.leaves(batch))
@@ -205,7 +219,7 @@ def sharded_vs_one_device(tiny: bool) -> dict:
   the same step on the first device alone: loss, gradient norm and the updated weights."""
   import jax
   import numpy as np
-  from xydiff import state as state_lib, step as step_lib
+  from xydiff import state as state_lib
   devices = jax.devices()
   if len(devices) == 1:
     return {'devices': 1, 'passed': None,
@@ -215,10 +229,8 @@ def sharded_vs_one_device(tiny: bool) -> dict:
                                      axis_types=(jax.sharding.AxisType.Auto,))}
   out = {}
   for name, mesh in meshes.items():
-    config, graphdef, state, batch = _train_inputs(tiny, mesh)
-    step = step_lib.make_train_step(config, graphdef, mesh, donate=False)
-    with jax.default_matmul_precision('highest'):
-      new, metrics = step(state, batch)
+    config, step, state, batch = _train_step_on(tiny, mesh)
+    new, metrics = _run_step(step, state, batch)
     out[name] = (jax.device_get(new), jax.device_get(metrics),
                  len(batch['blur'].sharding.device_set))
   (s_all, m_all, split_all), (s_one, m_one, split_one) = out['all'], out['one']

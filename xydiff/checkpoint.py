@@ -95,21 +95,6 @@ def _short(error: BaseException, limit: int = 300) -> str:
   return text[:limit] or type(error).__name__
 
 
-def with_defaults(stored: dict) -> dict:
-  """`stored` (a config as JSON values) with every field it lacks set to its default.
-
-  A run stored before a field existed was trained with what the code then
-  did, which the field's default keeps (e.g. model.denoiser.film_scale=False).
-  """
-  from xydiff.configs import default  # pylint: disable=import-outside-toplevel
-
-  def merge(defaults, values):
-    if not isinstance(defaults, dict) or not isinstance(values, dict):
-      return values
-    return {**defaults, **{k: merge(defaults.get(k), v) for k, v in values.items()}}
-  return merge(run_config.to_plain(default.get_config()), stored)
-
-
 class _QuietFailedRestore:
   """Drops the echoes of a failed orbax restore, so a damaged step costs one warning line.
 
@@ -260,7 +245,7 @@ class Checkpointer:
       raise CheckpointMismatchError(
           f'checkpoint {self._step_dir(step)} stores no config, so nothing shows which model '
           'its weights are for; give the config it was trained with (--config=...) to use it')
-    differ = run_config.differing_output_fields(with_defaults(stored), self.config)
+    differ = run_config.differing_output_fields(run_config.with_defaults(stored), self.config)
     if differ:
       raise CheckpointMismatchError(
           f'checkpoint {self._step_dir(step)} was trained with other values of '

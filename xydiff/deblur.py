@@ -189,7 +189,7 @@ def _restore_file(path: str, out_path: str, restore) -> dict:
 
 
 def run(config, workdir: str, input: str, output: str,  # pylint: disable=redefined-builtin
-        checkpoint: str | None = None) -> int:
+        checkpoint: str | None = None, *, config_from_user: bool | None = None) -> int:
   """Restores every image `input` names into the folder `output`; returns the exit status.
 
   `config` may be None: the workdir's stored config is used (inference.Restorer).
@@ -203,7 +203,8 @@ def run(config, workdir: str, input: str, output: str,  # pylint: disable=redefi
   files = list_inputs(input)
   ckpt_workdir, step = resolve_checkpoint(workdir, checkpoint)
   compilation_cache()
-  restorer = inference.Restorer.from_workdir(ckpt_workdir, step=step, config=config)
+  restorer = inference.Restorer.from_workdir(ckpt_workdir, step=step, config=config,
+                                             config_from_user=config_from_user)
   out_paths = output_paths(files, output, std_maps=restorer.num_samples is not None)
   os.makedirs(output, exist_ok=True)
   logging.info('deblur: %d images with the step-%d %s model (%s) into %s', len(files),

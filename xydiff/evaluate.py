@@ -137,11 +137,12 @@ def eval_subdir(config) -> str:
   return 'eval_' + '_'.join(p for p in parts if p)
 
 
-def evaluate_checkpoint(config, workdir: str) -> dict:
+def evaluate_checkpoint(config, workdir: str, *, config_from_user: bool = False) -> dict:
   """--mode=eval: scores the latest (or config.eval.checkpoint_step) checkpoint."""
   config_check.validate(config, 'eval', jax.device_count())
   step = None if config.eval.checkpoint_step < 0 else config.eval.checkpoint_step
-  graphdef, params, step = inference.load_for_inference(config, workdir, step)
+  graphdef, params, step = inference.load_for_inference(config, workdir, step,
+                                                        config_from_user=config_from_user)
   writer = None
   if jax.process_index() == 0:
     from clu import metric_writers  # pylint: disable=import-outside-toplevel

@@ -31,10 +31,16 @@ from xydiff.models.layers import pad_to_multiple
 
 # ------------------------------------------------------------------ weights
 
-def load_for_inference(config, workdir: str, step: int | None = None):
-  """(graphdef, eval params, step) of a workdir's checkpoint (latest when step is None)."""
+def load_for_inference(config, workdir: str, step: int | None = None, *,
+                       config_from_user: bool = False):
+  """(graphdef, eval params, step) of a workdir's checkpoint (latest when step is None).
+
+  `config_from_user`: the user gave `config` (not the workdir's stored one),
+  so a checkpoint that stores no config of its own may be read with it.
+  """
   graphdef, target = state_lib.abstract_state(config, state_lib.replicated(state_lib.make_mesh()))
-  with checkpoint.Checkpointer(workdir, config, read_only=True) as ckpt:
+  with checkpoint.Checkpointer(workdir, config, read_only=True,
+                               config_from_user=config_from_user) as ckpt:
     state = ckpt.restore(target, step)
   return graphdef, state_lib.eval_params(state), int(state['step'])
 
@@ -345,12 +351,15 @@ class Restorer:
     return self.tile > 0 and (aligned(height) > self.tile or aligned(width) > self.tile)
 
   @classmethod
-  def from_workdir(cls, workdir: str, *, step: int | None = None, config=None) -> 'Restorer':
+  def from_workdir(cls, workdir: str, *, step: int | None = None, config=None,
+                   config_from_user: bool | None = None) -> 'Restorer':
     """The run in `workdir` at `step` (latest when None), with its stored config or `config`
-    (which may differ from it in inference fields only)."""
+    (which may differ from it in inference fields only). `config_from_user` (default:
+    whether `config` is given) lets a checkpoint that stores no config be read with it."""
+    given = config is not None if config_from_user is None else config_from_user
     config = config_for_workdir(workdir, config)
     config_check.validate_model(config)  # A bad field is named before any checkpoint is read.
-    graphdef, params, step = load_for_inference(config, workdir, step)
+    graphdef, params, step = load_for_inference(config, workdir, step, config_from_user=given)
     return cls(config, graphdef, params, step)
 
   @classmethod

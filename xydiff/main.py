@@ -62,6 +62,9 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   config, workdir, mode = _CONFIG.value, _WORKDIR.value, _MODE.value
+  # Given on the command line, or the workdir's own (cli.resolve_config_argv):
+  # only a given config may read a checkpoint that stores none.
+  config_from_user = any(a == '--config' or a.startswith('--config=') for a in sys.argv[1:])
 
   from xydiff import distributed
   from xydiff.errors import USER_ERRORS
@@ -82,16 +85,16 @@ def main(argv):
       score.run(config, workdir, _INPUT.value, _TARGET.value)
     elif mode == 'eval':
       from xydiff import evaluate
-      evaluate.evaluate_checkpoint(config, workdir)
+      evaluate.evaluate_checkpoint(config, workdir, config_from_user=config_from_user)
     elif mode == 'sweep':
       from xydiff import sweep
-      sweep.run_sweep(config, workdir)
+      sweep.run_sweep(config, workdir, config_from_user=config_from_user)
     elif mode == 'deblur':
       from xydiff import deblur
       if not _INPUT.value or not _OUTPUT.value:
         cli.fail('--mode=deblur needs --input (a file, folder or glob) and --output (a folder)')
       sys.exit(deblur.run(config, workdir, _INPUT.value, _OUTPUT.value,
-                          checkpoint=_CHECKPOINT.value))
+                          checkpoint=_CHECKPOINT.value, config_from_user=config_from_user))
   except USER_ERRORS as e:
     cli.fail(cli.one_line(e))
 

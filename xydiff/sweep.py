@@ -74,10 +74,11 @@ def _score_samples(samples, sharp, counts, with_lpips: bool, set_scores, feature
   return scores
 
 
-def run_sweep(config, workdir: str) -> list[dict]:
+def run_sweep(config, workdir: str, *, config_from_user: bool = False) -> list[dict]:
   config_check.validate(config, 'sweep', jax.device_count())
   step = None if config.eval.checkpoint_step < 0 else config.eval.checkpoint_step
-  graphdef, params, step = inference.load_for_inference(config, workdir, step)
+  graphdef, params, step = inference.load_for_inference(config, workdir, step,
+                                                        config_from_user=config_from_user)
   source = data.get_source(config.data, 'eval')
   max_images = config.data.eval_max_images
   num_images = data.eval_count(source, max_images)
