@@ -8,6 +8,12 @@ import sys
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+
+# The suite's downloads and JAX's persistent compilation cache go to a folder
+# of its own, never the user's cache (subprocesses inherit it).
+if 'XYDIFF_CACHE' not in os.environ:
+  import tempfile
+  os.environ['XYDIFF_CACHE'] = tempfile.mkdtemp(prefix='xydiff-test-cache-')
 GOPRO_SAMPLE = REPO / 'tests' / 'data' / 'gopro_sample'  # Real GoPro frames, CC BY 4.0.
 
 
