@@ -64,6 +64,7 @@ def timed(fn, *args, repeats: int = 3):
 
 
 _INITIAL_STATES = {}
+_GRAPHDEFS = {}
 
 
 def initial_state(config):
@@ -71,22 +72,24 @@ def initial_state(config):
 
   Initialising costs about as much as compiling a step, and the parameters
   and optimizer state do not depend on the activation dtype or the batch:
-  cases that differ only there share one initialisation. The graphdef (which
-  holds the dtype) comes from the abstract state. Host copies, since a train
-  step donates the state it is given.
+  cases that differ only there share one initialisation. The graphdef holds
+  the dtype: one per dtype, from the abstract state where the initialisation
+  was another dtype's. Host copies, since a train step donates the state it
+  is given.
   """
   import jax
   from xydiff import state as state_lib
   model = config.model.to_dict()
-  model.pop('dtype')
+  dtype = model.pop('dtype')
   train = config.train.to_dict()
   train.pop('batch_size')
   key = repr((sorted(model.items()), sorted(train.items()), config.seed))
   if key not in _INITIAL_STATES:
-    _, state = state_lib.init_state(config)
+    _GRAPHDEFS[key, dtype], state = state_lib.init_state(config)
     _INITIAL_STATES[key] = jax.device_get(state)
-  graphdef, _ = state_lib.abstract_state(config)
-  return graphdef, _INITIAL_STATES[key]
+  if (key, dtype) not in _GRAPHDEFS:
+    _GRAPHDEFS[key, dtype], _ = state_lib.abstract_state(config)
+  return _GRAPHDEFS[key, dtype], _INITIAL_STATES[key]
 
 
 def random_pairs(batch_size: int, crop: int, seed: int = 0) -> dict:

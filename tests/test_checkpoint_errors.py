@@ -293,7 +293,7 @@ def test_fields_a_stored_config_lacks_compare_as_their_defaults(run):
     with pytest.raises(CheckpointMismatchError, match='model.xydeblur.decoders'):
       other.restore(_target(), 4)
     other.close()
-  filled = checkpoint.with_defaults({'model': {'xydeblur': {'width': 4}}})
+  filled = run_config.with_defaults({'model': {'xydeblur': {'width': 4}}})
   assert filled['model']['xydeblur'] == dict(_default_xydeblur(), width=4)
   assert filled['deblur']['size_bucket'] == 0
 

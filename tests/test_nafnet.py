@@ -292,7 +292,7 @@ def test_packaged_config_is_the_authors_recipe_and_bad_fields_are_named():
     assert (tuple(t.adam_betas), t.grad_clip, config.data.crop) == ((0.9, 0.9), 0.01, 256)
     assert config.data.flip and config.data.rot90
     assert config.model.nafnet.tlc_train_size == 256
-  with pytest.raises(ValueError, match='width32'):
+  with pytest.raises(ValueError, match='nafnet32'):
     nafnet_gopro.get_config('width16')
   assert models.variant('nafnet32').section == {'width': 32}
 
