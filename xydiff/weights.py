@@ -84,7 +84,7 @@ def official_params(model: str, path: str, config) -> dict:
   except KeyError as e:
     raise CheckpointImportError(str(e).strip('"\'')) from None
   spec = models.family(variant.family)
-  if config.model.name != variant.family:
+  if models.get(config.model) is not spec:  # The config builds another family.
     raise CheckpointImportError(
         f'config.model.name={config.model.name!r}: {model} weights need model.name='
         f'{variant.family!r}')
