@@ -90,6 +90,11 @@ def official_params(model: str, path: str, config) -> dict:
         f'{variant.family!r}')
   if spec.official is None:
     raise CheckpointImportError(f'{model}: no official checkpoint format is known')
+  section = config.model[spec.xy_section] if spec.xy_section is not None else None
+  if section is not None and section.share == 'none' and section.decoders > 1:
+    raise CheckpointImportError(
+        f"config.model.{spec.xy_section}.share='none' with decoders={section.decoders}: the "
+        "authors' checkpoints hold one decoder; use share='rotate' or decoders=1")
   state_dict = spec.official.read(path)
   key_map = spec.official.key_map(config.model)
   if not set(state_dict) & set(key_map):

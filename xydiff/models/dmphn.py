@@ -295,10 +295,6 @@ def official_keys(model_config) -> dict[str, tuple]:
     raise CheckpointImportError(
         f'config.model.dmphn.num_res={section.num_res}: the authors\' layer numbering has room '
         f'for at most {_SLOTS} ResBlocks per stage')
-  if section.share == 'none' and section.decoders > 1:
-    raise CheckpointImportError(
-        f"config.model.dmphn.share='none' with decoders={section.decoders}: the authors' "
-        'checkpoints hold one decoder per level')
   table = {}
 
   def conv(key, path):

@@ -303,11 +303,6 @@ def official_keys(model_config) -> dict[str, tuple]:
   [BasicConv 1x1, BasicConv 3x3]. Dropout2d holds no tensors.
   """
   section = model_config.mimo_unet
-  if section.share == 'none' and section.decoders > 1:
-    from xydiff.errors import CheckpointImportError  # pylint: disable=import-outside-toplevel
-    raise CheckpointImportError(
-        f'config.model.mimo_unet.share=\'none\' with decoders={section.decoders}: official '
-        'checkpoints hold one decoder; use share=\'rotate\' or decoders=1')
   table = {}
 
   def conv(prefix, path):
