@@ -176,9 +176,12 @@ def _wait_for_checkpoint(ckpt_dir, deadline_s=300):
   raise AssertionError(f'no checkpoint appeared in {ckpt_dir}')
 
 
-_INTERRUPTED_STEPS = 12
+# Long enough that a notice sent once the first checkpoint is on disk lands well
+# before the last step: with 12, a loaded CI machine finished first (the notice
+# then has nothing to do, and the test had nothing to check).
+_INTERRUPTED_STEPS = 40
 _INTERRUPTED_ARGS = [*TINY_ARGS, f'--config.train.num_steps={_INTERRUPTED_STEPS}',
-                     '--config.train.checkpoint_every=3']
+                     '--config.train.checkpoint_every=4']
 
 
 @pytest.fixture(scope='module')
@@ -231,6 +234,7 @@ def test_sigterm_on_one_of_two_processes_saves_the_same_step_on_both(tmp_path, s
   errs = [p.communicate(timeout=300)[1] for p in procs]
   assert [p.returncode for p in procs] == [0, 0], errs[0][-2000:] + errs[1][-2000:]
   steps = sorted(int(d) for d in os.listdir(workdir / 'checkpoints') if d.isdigit())
+  assert steps[-1] < num_steps, 'the notice came after the last step: raise _INTERRUPTED_STEPS'
   for err in errs:
     assert f'(SIGTERM): saved step {steps[-1]}' in err
   _run_two_processes(workdir, args)  # Both resume and finish.
