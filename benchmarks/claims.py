@@ -81,8 +81,8 @@ def decoupling(workdir: str, steps: int) -> tuple[dict, dict]:
 
 
 def perception_distortion(workdir: str, steps: int, inception_weights: str = '', *,
-                          schedules=SCHEDULES, sample_counts=SAMPLE_COUNTS
-                          ) -> tuple[list[dict], dict]:
+                          grids=((SCHEDULES, SAMPLE_COUNTS),)) -> tuple[list[dict], dict]:
+  """Trains the diffusion demo for `steps` and sweeps each (schedules, sample counts) grid."""
   from xydiff.configs import demo
   from xydiff import sweep, train
 
@@ -92,18 +92,21 @@ def perception_distortion(workdir: str, steps: int, inception_weights: str = '',
   train.train_and_evaluate(config, workdir)
   # Larger held-out crops than training's 256^2: NIQE needs many 96x96 blocks.
   config.data.synthetic.photo_crop = 512
-  config.sweep.schedules = schedules
-  config.sweep.num_samples = sample_counts
   config.eval.inception_weights = inception_weights
-  rows = sweep.run_sweep(config, workdir)
+  rows = []
+  for schedules, sample_counts in grids:
+    config.sweep.schedules = schedules
+    config.sweep.num_samples = sample_counts
+    rows += sweep.run_sweep(config, workdir)
   setup = {'steps': steps, 'num_photos': config.data.synthetic.num_eval, 'crop': 512}
   return rows, setup
 
 
-# (c) The perceptual ordering against training length: a smaller grid, one
-# long single chain against short averaged ones.
-LENGTH_SCHEDULES = ((10, 1e-4, 0.8), (100, 1e-6, 0.2))
-LENGTH_SAMPLE_COUNTS = (1, 8)
+# (c) The perceptual ordering against training length: one long single chain
+# against short averaged ones. Two grids, so the 100-step chain draws one
+# sample, not eight; sample i's noise depends only on its own key, so its
+# scores equal those of the first of eight.
+LENGTH_GRIDS = ((((10, 1e-4, 0.8),), (1, 8)), (((100, 1e-6, 0.2),), (1,)))
 
 
 def training_length(workdir: str, lengths: list[int]) -> list[dict]:
@@ -119,8 +122,7 @@ def training_length(workdir: str, lengths: list[int]) -> list[dict]:
     path = os.path.join(workdir, f'length_{length}.json')
     if not os.path.exists(path):
       rows, _ = perception_distortion(os.path.join(workdir, f'diffusion_{length}'), length,
-                                      schedules=LENGTH_SCHEDULES,
-                                      sample_counts=LENGTH_SAMPLE_COUNTS)
+                                      grids=LENGTH_GRIDS)
       pick = lambda t, n: next(r for r in rows if r['num_steps'] == t and r['num_samples'] == n)
       row = {'steps': length}
       for name, (t, n) in (('long_chain', (100, 1)), ('short_averaged', (10, 8)),

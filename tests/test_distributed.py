@@ -100,26 +100,6 @@ def _run_two_processes(workdir, args):
   return outputs
 
 
-def test_two_processes_match_one_and_share_checkpoints(tmp_path):
-  single = run_launch(*TINY_ARGS, f'--workdir={tmp_path / "one"}', '--config.train.num_steps=4',
-                      '--config.train.checkpoint_every=2')
-  assert single.returncode == 0, single.stderr[-3000:]
-  steps = lambda n: [*TINY_ARGS, f'--config.train.num_steps={n}',
-                     '--config.train.checkpoint_every=2']
-  _run_two_processes(tmp_path / 'two', steps(2))
-  # Both processes restore the step-2 checkpoint and go on to step 4.
-  outputs = _run_two_processes(tmp_path / 'two', steps(4))
-  for out in outputs:
-    assert f'Resumed from {tmp_path / "two" / "checkpoints"} at step 2' in out
-  # Same global batch, split over processes: the same training, up to the
-  # order of the gradient all-reduce.
-  assert_same_state(_params(tmp_path / 'one', 4), _params(tmp_path / 'two', 4), atol=1e-5)
-  # Only process 0 writes summaries and evaluation files.
-  events = [f for f in os.listdir(tmp_path / 'two') if f.startswith('events.out.tfevents')]
-  assert len(events) == 2  # One per run of process 0.
-  assert sorted(os.listdir(tmp_path / 'two' / 'checkpoints')) == ['2', '4']
-
-
 _SHARD_SCRIPT = textwrap.dedent('''
     import json, sys
     import jax, numpy as np
@@ -225,7 +205,10 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, straight_
 
 
 def test_sigterm_on_one_of_two_processes_saves_the_same_step_on_both(tmp_path, straight_run):
-  """A preemption notice reaches every process: all save one step together and exit cleanly."""
+  """A preemption notice reaches every process: all save one step together and exit cleanly.
+
+  Both then restore that step and train on to the same parameters as one process.
+  """
   num_steps, args = _INTERRUPTED_STEPS, _INTERRUPTED_ARGS
   workdir = tmp_path / 'two'
   procs = _start_two_processes(args, workdir, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -237,9 +220,15 @@ def test_sigterm_on_one_of_two_processes_saves_the_same_step_on_both(tmp_path, s
   assert steps[-1] < num_steps, 'the notice came after the last step: raise _INTERRUPTED_STEPS'
   for err in errs:
     assert f'(SIGTERM): saved step {steps[-1]}' in err
-  _run_two_processes(workdir, args)  # Both resume and finish.
-  # The same training as one uninterrupted process, up to the all-reduce's order.
+  outputs = _run_two_processes(workdir, args)  # Both restore that step and finish.
+  for out in outputs:
+    assert f'Resumed from {workdir / "checkpoints"} at step {steps[-1]}' in out
+  # Same global batch, split over processes: the same training as one
+  # uninterrupted process, up to the order of the gradient all-reduce.
   assert_same_state(_params(straight_run, num_steps), _params(workdir, num_steps), atol=1e-5)
+  # Only process 0 writes summaries.
+  events = [f for f in os.listdir(workdir) if f.startswith('events.out.tfevents')]
+  assert len(events) == 2  # One per run of process 0.
 
 
 def test_two_processes_resume_past_a_damaged_checkpoint_and_set_it_aside_once(tmp_path):
