@@ -10,10 +10,13 @@ import pytest
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 # The suite's downloads and JAX's persistent compilation cache go to a folder
-# of its own, never the user's cache (subprocesses inherit it).
-if 'XYDIFF_CACHE' not in os.environ:
+# of its own, never the user's cache (subprocesses inherit it). Each pytest-xdist
+# worker makes its own too, rather than inherit the controller's: two tests that
+# serve different weights under one pretrained name must not meet in one cache.
+if os.environ.get('XYDIFF_CACHE', '') in ('', os.environ.get('XYDIFF_SUITE_CACHE')):
   import tempfile
-  os.environ['XYDIFF_CACHE'] = tempfile.mkdtemp(prefix='xydiff-test-cache-')
+  os.environ['XYDIFF_CACHE'] = os.environ['XYDIFF_SUITE_CACHE'] = tempfile.mkdtemp(
+      prefix='xydiff-test-cache-')
 GOPRO_SAMPLE = REPO / 'tests' / 'data' / 'gopro_sample'  # Real GoPro frames, CC BY 4.0.
 
 
