@@ -47,6 +47,7 @@ transposed convolution, so config.model.upsample_impl does not apply.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -316,9 +317,7 @@ def official_keys(model_config) -> dict[str, tuple]:
   in_encoder = num_res - decoder_blocks(num_res)
   table = {}
 
-  def conv(prefix, path):
-    table[f'{prefix}.weight'] = (path + ('kernel',), spec_lib.conv_layout)
-    table[f'{prefix}.bias'] = (path + ('bias',), spec_lib.as_is)
+  conv = functools.partial(spec_lib.add_conv, table)
 
   for s in range(section.scales):
     body = f'body_models.{s}.body'

@@ -54,6 +54,7 @@ ResBlock in each of the 6 stages) is the table's "Layer" row to the digit
 
 from __future__ import annotations
 
+import functools
 import os
 
 import jax
@@ -297,9 +298,7 @@ def official_keys(model_config) -> dict[str, tuple]:
         f'for at most {_SLOTS} ResBlocks per stage')
   table = {}
 
-  def conv(key, path):
-    table[f'{key}.weight'] = (path + ('kernel',), spec_lib.conv_layout)
-    table[f'{key}.bias'] = (path + ('bias',), spec_lib.as_is)
+  conv = functools.partial(spec_lib.add_conv, table)
 
   def res_stack(prefix, first, path):
     for i in range(section.num_res):

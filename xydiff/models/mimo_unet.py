@@ -305,9 +305,8 @@ def official_keys(model_config) -> dict[str, tuple]:
   section = model_config.mimo_unet
   table = {}
 
-  def conv(prefix, path):
-    table[f'{prefix}.main.0.weight'] = (path + ('kernel',), spec_lib.conv_layout)
-    table[f'{prefix}.main.0.bias'] = (path + ('bias',), spec_lib.as_is)
+  def conv(prefix, path):  # BasicConv: the convolution is main.0.
+    spec_lib.add_conv(table, f'{prefix}.main.0', path)
 
   def res_stack(prefix, path):
     for i in range(section.num_res):

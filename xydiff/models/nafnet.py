@@ -44,6 +44,7 @@ at every pixel), 1.14x that with 2 decoders and 1.42x with 4.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -335,10 +336,7 @@ def official_keys(model_config) -> dict[str, tuple]:
   section = model_config.nafnet
   table = {}
 
-  def conv(prefix, path, bias=True):
-    table[f'{prefix}.weight'] = (path + ('kernel',), spec_lib.conv_layout)
-    if bias:
-      table[f'{prefix}.bias'] = (path + ('bias',), spec_lib.as_is)
+  conv = functools.partial(spec_lib.add_conv, table)
 
   def block(prefix, path):
     for norm in ('norm1', 'norm2'):

@@ -64,6 +64,13 @@ def as_is(t: np.ndarray) -> np.ndarray:
   return t
 
 
+def add_conv(table: dict, key: str, path: tuple, bias: bool = True) -> None:
+  """Maps the PyTorch convolution `key` (.weight, .bias) to the layer at `path` of a key map."""
+  table[f'{key}.weight'] = (path + ('kernel',), conv_layout)
+  if bias:
+    table[f'{key}.bias'] = (path + ('bias',), as_is)
+
+
 @dataclasses.dataclass(frozen=True)
 class OfficialWeights:
   """How an authors' checkpoint becomes xydiff parameters.

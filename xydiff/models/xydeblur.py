@@ -11,6 +11,8 @@ U-Net, `share='none'` its U-Net^2D.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -126,9 +128,7 @@ def official_keys(model_config) -> dict[str, tuple]:
   num_res = model_config.xydeblur.num_res
   table = {}
 
-  def conv(prefix, path):
-    table[f'{prefix}.weight'] = (path + ('kernel',), spec_lib.conv_layout)
-    table[f'{prefix}.bias'] = (path + ('bias',), spec_lib.as_is)
+  conv = functools.partial(spec_lib.add_conv, table)
 
   def res_stack(module, first_layer, path):
     for i in range(num_res):
