@@ -144,6 +144,24 @@ def test_importing_needs_no_torch(tmp_path, monkeypatch):
     np.testing.assert_array_equal(loaded[key], tensor.numpy())
 
 
+def test_max_bytes_caps_what_a_weight_file_may_make_and_the_flag_raises_it(tmp_path):
+  torch.manual_seed(0)
+  _save_official(tmp_path / 'final.pkl', OfficialXYDeblur(width=4, num_res=1))
+  workdir = tmp_path / 'imported'
+  result = subprocess.run(
+      [sys.executable, '-m', 'xydiff.tools.import_weights', 'xydeblur', str(tmp_path / 'final.pkl'),
+       f'--workdir={workdir}', '--config.model.xydeblur.width=4',
+       '--config.model.xydeblur.num_res=1', '--max_bytes=4096'],
+      cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 1
+  last = result.stderr.strip().splitlines()[-1]
+  assert 'final.pkl' in last and 'max_bytes=4,096' in last and '--max_bytes' in last, last
+  assert 'Traceback' not in result.stderr and not workdir.exists()
+  weights.import_official('xydeblur', str(tmp_path / 'final.pkl'), str(workdir), _config(4, 1),
+                          max_bytes=1 << 20)
+  assert (workdir / 'checkpoints' / '0').is_dir()
+
+
 def test_a_misspelt_override_is_one_line_naming_it(tmp_path):
   result = subprocess.run(
       [sys.executable, '-m', 'xydiff.tools.import_weights', 'xydeblur', str(tmp_path / 'x.pkl'),

@@ -184,7 +184,7 @@ class _Budget:
   def take(self, nbytes: int, what: str) -> None:
     if self.used + nbytes > self.limit:
       raise _TooLarge(f'{what} takes {nbytes:,} bytes, past max_bytes={self.limit:,} for this '
-                      'file (pass a larger max_bytes to read it)')
+                      'file (import_weights --max_bytes, or max_bytes=, raises the cap)')
     self.used += nbytes
 
 

@@ -72,12 +72,13 @@ def config_for(model: str):
   return config
 
 
-def official_params(model: str, path: str, config) -> dict:
+def official_params(model: str, path: str, config, *, max_bytes: int | None = None) -> dict:
   """The authors' checkpoint at `path` as params for `config.model` (variant `model`).
 
   Raises CheckpointImportError when the file is not the family's format or
   does not fit the config (listing every key at fault), FileNotFoundError
-  when it does not exist.
+  when it does not exist. `max_bytes` caps what each file may make
+  (torch_pickle.load; its default suits weights).
   """
   try:
     variant = models.variant(model)
@@ -95,7 +96,7 @@ def official_params(model: str, path: str, config) -> dict:
     raise CheckpointImportError(
         f"config.model.{spec.xy_section}.share='none' with decoders={section.decoders}: the "
         "authors' checkpoints hold one decoder; use share='rotate' or decoders=1")
-  state_dict = spec.official.read(path)
+  state_dict = spec.official.read(path, max_bytes=max_bytes)
   key_map = spec.official.key_map(config.model)
   if not set(state_dict) & set(key_map):
     raise CheckpointImportError(
@@ -114,7 +115,8 @@ def official_params(model: str, path: str, config) -> dict:
         f'{path} does not fit config.model.{variant.family} ({section}): {e}') from None
 
 
-def import_official(model: str, path: str, workdir: str, config=None) -> str:
+def import_official(model: str, path: str, workdir: str, config=None, *,
+                    max_bytes: int | None = None) -> str:
   """Imports the authors' checkpoint of `model` at `path` as step 0 of a fresh run in `workdir`.
 
   `config` defaults to the model's packaged config (config_for). The run then
@@ -122,5 +124,5 @@ def import_official(model: str, path: str, workdir: str, config=None) -> str:
   """
   from xydiff import checkpoint  # pylint: disable=import-outside-toplevel
   config = config_for(model) if config is None else config
-  params = official_params(model, path, config)
+  params = official_params(model, path, config, max_bytes=max_bytes)
   return checkpoint.write_imported_run(workdir, config, params)

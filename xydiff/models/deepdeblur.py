@@ -333,10 +333,10 @@ def official_keys(model_config) -> dict[str, tuple]:
   return table
 
 
-def read_official(path: str) -> dict:
+def read_official(path: str, max_bytes: int | None = None) -> dict:
   """`model-<epoch>.pt`: torch.save({'G': state_dict}), as the authors' model/__init__.py
   saves it ({'G', 'D'} when trained adversarially; 'D' is the discriminator)."""
-  return spec_lib.read_torch_state_dict(path, container_keys=('G',))
+  return spec_lib.read_torch_state_dict(path, container_keys=('G',), max_bytes=max_bytes)
 
 
 def _defaults():

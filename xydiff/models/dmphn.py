@@ -317,7 +317,7 @@ def official_keys(model_config) -> dict[str, tuple]:
   return table
 
 
-def read_official(path: str) -> dict:
+def read_official(path: str, max_bytes: int | None = None) -> dict:
   """The authors' checkpoint folder (e.g. checkpoints/DMPHN_1_2_4/) as one flat dict.
 
   Every `{encoder,decoder}_lv<k>.pkl` there (plain state dicts, torch.save's
@@ -337,7 +337,8 @@ def read_official(path: str) -> dict:
         f'{path} holds no encoder_lv<k>.pkl or decoder_lv<k>.pkl files (the authors\' layout)')
   state_dict = {}
   for name in names:
-    for key, value in spec_lib.read_torch_state_dict(os.path.join(path, f'{name}.pkl')).items():
+    for key, value in spec_lib.read_torch_state_dict(os.path.join(path, f'{name}.pkl'),
+                                                  max_bytes=max_bytes).items():
       state_dict[f'{name}.{key}'] = value
   return state_dict
 

@@ -339,10 +339,10 @@ def official_keys(model_config) -> dict[str, tuple]:
   return table
 
 
-def read_official(path: str) -> dict:
+def read_official(path: str, max_bytes: int | None = None) -> dict:
   """MIMO-UNet.pkl / MIMO-UNetPlus.pkl: `torch.save({'model': state_dict, ...})`, as the
   official train.py writes it and eval.py reads it."""
-  return spec_lib.read_torch_state_dict(path, container_keys=('model',))
+  return spec_lib.read_torch_state_dict(path, container_keys=('model',), max_bytes=max_bytes)
 
 
 def _defaults():

@@ -75,12 +75,13 @@ def add_conv(table: dict, key: str, path: tuple, bias: bool = True) -> None:
 class OfficialWeights:
   """How an authors' checkpoint becomes xydiff parameters.
 
-  read(path) -> {torch key: float32 array}: the file (or folder) as the
-  authors' code saves it, read without torch (xydiff.torch_pickle).
+  read(path, max_bytes=None) -> {torch key: float32 array}: the file (or
+  folder) as the authors' code saves it, read without torch
+  (xydiff.torch_pickle, whose cap on what each file may make is max_bytes).
   key_map(model_config) -> {torch key: (param path tuple, layout fn)}: every
   tensor's place; weights.convert reports missing, extra and mis-shaped keys.
   """
-  read: Callable[[str], dict[str, np.ndarray]]
+  read: Callable[..., dict[str, np.ndarray]]
   key_map: Callable[[Any], dict[str, tuple[tuple, Callable]]]
 
 
@@ -119,12 +120,14 @@ class ModelSpec:
   depth_field: str | None = None
 
 
-def read_torch_state_dict(path: str, container_keys: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+def read_torch_state_dict(path: str, container_keys: tuple[str, ...] = (),
+                          max_bytes: int | None = None) -> dict[str, np.ndarray]:
   """A `torch.save`d state dict as float32 numpy arrays, read without torch.
 
   Accepts a bare state dict or a dict holding it under one of
   `container_keys` (e.g. 'model', 'params', 'G'), in torch.save's zip or
   legacy format; strips the 'module.' prefix that nn.DataParallel adds.
+  `max_bytes` is torch_pickle.load's cap on what one file may make.
   xydiff.torch_pickle builds only tensors and containers, so a checkpoint
   cannot run code here.
   """
@@ -134,7 +137,7 @@ def read_torch_state_dict(path: str, container_keys: tuple[str, ...] = ()) -> di
   if not os.path.isfile(path):
     raise FileNotFoundError(f'checkpoint {path} does not exist')
   try:
-    loaded = torch_pickle.load(path)
+    loaded = torch_pickle.load(path, max_bytes=max_bytes)
   except WeightsError as e:  # Its message names the file and says why.
     raise CheckpointImportError(str(e)) from None
   state_dict = loaded

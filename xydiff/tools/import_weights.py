@@ -10,6 +10,8 @@ step 0 of a fresh run in DIR (xydiff.weights), which `--mode=deblur` and
 `--mode=eval` use without --config. Overrides apply to the model's packaged
 config (e.g. a reduced width); a file that does not fit is one error listing
 every missing, unexpected or mis-shaped tensor, and nothing is written.
+`--max_bytes` raises the cap on what one file may make (torch_pickle), for a
+file larger than four times its size in memory.
 """
 
 from __future__ import annotations
@@ -36,13 +38,18 @@ def main() -> None:
   except cli.OVERRIDE_ERRORS as e:
     cli.fail_on_override(sys.argv, e)
   workdir_flag = flags.DEFINE_string('workdir', None, 'Fresh workdir for the imported run.')
+  max_bytes_flag = flags.DEFINE_integer(
+      'max_bytes', None, 'Cap on what reading one weight file may make, in bytes (default: '
+      'four times its size, at least 256 MiB); raise it for a file refused as too large.',
+      lower_bound=1)
   flags.mark_flags_as_required(['workdir'])
 
   def run(argv):
     if len(argv) != 3 or argv[1] not in names:
       cli.fail(f'give MODEL ({", ".join(names)}) and PATH: '
                'python -m xydiff.tools.import_weights MODEL PATH --workdir=DIR')
-    step_dir = weights.import_official(argv[1], argv[2], workdir_flag.value, config_flag.value)
+    step_dir = weights.import_official(argv[1], argv[2], workdir_flag.value, config_flag.value,
+                                       max_bytes=max_bytes_flag.value)
     print(f'imported {argv[2]} as {step_dir}')
 
   cli.run_tool(run)
