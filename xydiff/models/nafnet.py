@@ -366,7 +366,8 @@ def official_keys(model_config) -> dict[str, tuple]:
 def read_official(path: str, max_bytes: int | None = None) -> dict:
   """`torch.save({'params': state_dict})` as BasicSR's save_network writes net_g_<iter>.pth
   (and the released NAFNet-GoPro-width{32,64}.pth); 'params_ema' if only that is there."""
-  return spec_lib.read_torch_state_dict(path, container_keys=('params', 'params_ema'), max_bytes=max_bytes)
+  return spec_lib.read_torch_state_dict(path, container_keys=('params', 'params_ema'),
+                                        max_bytes=max_bytes)
 
 
 _ABOUT = ('NAFNet width {width} (Chen et al., ECCV 2022), {params} parameters, GoPro '

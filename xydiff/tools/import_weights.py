@@ -10,8 +10,8 @@ step 0 of a fresh run in DIR (xydiff.weights), which `--mode=deblur` and
 `--mode=eval` use without --config. Overrides apply to the model's packaged
 config (e.g. a reduced width); a file that does not fit is one error listing
 every missing, unexpected or mis-shaped tensor, and nothing is written.
-`--max_bytes` raises the cap on what one file may make (torch_pickle), for a
-file larger than four times its size in memory.
+`--max_bytes` raises the cap on what reading one file may make (torch_pickle;
+by default four times the file's size, at least 256 MiB).
 """
 
 from __future__ import annotations
