@@ -1,3 +1,3 @@
-"""`python launch.py ...` in a checkout is the `xydiff` command (xydiff/command.py)."""
-from xydiff import command
-command.run()
+"""`python launch.py ...` in a checkout is the `xydiff` command (xydiff/cli)."""
+from xydiff import cli
+cli.run()

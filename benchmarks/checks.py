@@ -175,7 +175,8 @@ def _train_step_on(tiny: bool, mesh):
   compile); the state and batch are fresh on every call.
   """
   import jax
-  from xydiff import state as state_lib, step as step_lib
+  from xydiff.runs import state as state_lib
+  from xydiff.train import step as step_lib
   config = load_config('xydeblur_gopro', tiny=tiny)
   config.data.crop = min(config.data.crop, 64)  # Checks, not timings: small is enough.
   config.train.batch_size = 2 * jax.device_count()
@@ -201,7 +202,7 @@ def donation(tiny: bool) -> dict:
   """step.make_train_step donates the state: after one step the old state's buffers are
   deleted, and the batch, passed to the same call undonated, is not."""
   import jax
-  from xydiff import state as state_lib
+  from xydiff.runs import state as state_lib
   _, step, state, batch = _train_step_on(tiny, state_lib.make_mesh())
   old = jax.tree.leaves(state)
   _run_step(step, state, batch)
@@ -219,7 +220,7 @@ def sharded_vs_one_device(tiny: bool) -> dict:
   the same step on the first device alone: loss, gradient norm and the updated weights."""
   import jax
   import numpy as np
-  from xydiff import state as state_lib
+  from xydiff.runs import state as state_lib
   devices = jax.devices()
   if len(devices) == 1:
     return {'devices': 1, 'passed': None,

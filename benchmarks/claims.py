@@ -50,7 +50,9 @@ def decoupling(workdir: str, steps: int) -> tuple[dict, dict]:
   import numpy as np
   from flax import nnx
   from xydiff.configs import demo
-  from xydiff import images, inference, train
+  from xydiff import images
+  from xydiff.inference import restorer as inference
+  from xydiff.train import loop as train
   from xydiff.data import synthetic
 
   config = demo.get_config()
@@ -84,7 +86,8 @@ def perception_distortion(workdir: str, steps: int, inception_weights: str = '',
                           grids=((SCHEDULES, SAMPLE_COUNTS),)) -> tuple[list[dict], dict]:
   """Trains the diffusion demo for `steps` and sweeps each (schedules, sample counts) grid."""
   from xydiff.configs import demo
-  from xydiff import sweep, train
+  from xydiff.evaluation import sweep
+  from xydiff.train import loop as train
 
   config = demo.get_config('diffusion')
   config.train.update(dict(num_steps=steps, eval_every=steps, checkpoint_every=steps,
@@ -201,7 +204,8 @@ def backbone_config(family: str, variant: str, steps: int, seed: int):
   depth_field) to the smallest size whose MACs reach the XY variant's, as
   XYDeblur's Table 2 sizes them ("about the XY variant's compute").
   """
-  from xydiff import complexity, models
+  from xydiff import models
+  from xydiff.models import complexity
   from xydiff.configs import demo
   spec = models.family(family)
   config = demo.get_config()
@@ -230,7 +234,8 @@ def backbone_config(family: str, variant: str, steps: int, seed: int):
 def train_backbone(workdir: str, family: str, variant: str, steps: int, seed: int) -> dict:
   """Trains (or reads back) one backbone variant; returns its scores and cost."""
   import json
-  from xydiff import complexity, train
+  from xydiff.models import complexity
+  from xydiff.train import loop as train
   path = os.path.join(workdir, f'{family}_{variant}_seed{seed}_steps{steps}.json')
   if os.path.exists(path):
     with open(path) as f:
@@ -325,7 +330,8 @@ def figure3(rows, num_kernels: int = 4) -> list[dict]:
   import jax
   import numpy as np
   from flax import nnx
-  from xydiff import inference, run_config
+  from xydiff.inference import restorer as inference
+  from xydiff import config as run_config
   from xydiff.data import synthetic
   chart = colorchecker()
   sharp_chroma = np.asarray(neutral_chroma(chart))
@@ -358,7 +364,9 @@ def decoupling_of(rows, num_photos_kernels: int = 4) -> list[dict]:
   import jax
   import numpy as np
   from flax import nnx
-  from xydiff import images, inference, run_config
+  from xydiff import images
+  from xydiff.inference import restorer as inference
+  from xydiff import config as run_config
   from xydiff.data import synthetic
   out = []
   for row in rows:

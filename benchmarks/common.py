@@ -78,7 +78,7 @@ def initial_state(config):
   is given.
   """
   import jax
-  from xydiff import state as state_lib
+  from xydiff.runs import state as state_lib
   model = config.model.to_dict()
   dtype = model.pop('dtype')
   train = config.train.to_dict()

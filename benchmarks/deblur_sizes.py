@@ -27,7 +27,10 @@ def main():
 
   import jax
   import numpy as np
-  from xydiff import checkpoint, inference, run_config, state as state_lib
+  from xydiff.runs import checkpoint
+  from xydiff.inference import restorer as inference
+  from xydiff import config as run_config
+  from xydiff.runs import state as state_lib
 
   config = load_config(args.config)
   rng = np.random.default_rng(0)

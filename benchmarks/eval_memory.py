@@ -22,7 +22,9 @@ from common import REPO, emit
 
 def _child(mode, workdir, root):
   """Runs one mode in this process (called in a fresh interpreter) and reports its peak RSS."""
-  from xydiff import evaluate, run_config, sweep
+  from xydiff.evaluation import evaluator as evaluate
+  from xydiff import config as run_config
+  from xydiff.evaluation import sweep
   config = run_config.load(workdir)
   config.data.update(dict(name='folder', root=root, eval_max_images=0))
   config.eval.update(dict(num_image_summaries=0, lpips=True))
@@ -45,7 +47,10 @@ def main():
     return
 
   import numpy as np
-  from xydiff import checkpoint, images, run_config, state as state_lib
+  from xydiff import images
+  from xydiff.runs import checkpoint
+  from xydiff import config as run_config
+  from xydiff.runs import state as state_lib
   from xydiff.configs import demo
 
   config = demo.get_config('diffusion')

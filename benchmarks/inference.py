@@ -33,7 +33,9 @@ def measure(config, output: str, *, height: int, width: int, repeats: int = 3,
             matmul_gflops: float | None = None) -> dict:
   """Latency of make_restore_fns(config)[output] on one height x width image, compile apart."""
   import jax
-  from xydiff import complexity, inference, state as state_lib
+  from xydiff.models import complexity
+  from xydiff.inference import restorer as inference
+  from xydiff.runs import state as state_lib
 
   graphdef, state = initial_state(config)
   params = jax.device_put(state_lib.eval_params(state))
@@ -71,7 +73,7 @@ def main():
   parser.add_argument('--dtype', default=None, help='override config.model.dtype')
   args = parser.parse_args()
 
-  from xydiff import inference
+  from xydiff.inference import restorer as inference
   config = load_config(args.config, dtype=args.dtype)
   if args.steps:
     for name in config.eval.presets:

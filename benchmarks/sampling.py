@@ -26,7 +26,7 @@ def measure_calls(config, *, height: int, width: int, repeats: int = 3,
   import jax.numpy as jnp
   from flax import nnx
   import inference as inference_benchmark  # benchmarks/inference.py
-  from xydiff import state as state_lib
+  from xydiff.runs import state as state_lib
 
   if predictor_call_s is None:
     predictor_call_s = inference_benchmark.measure(
@@ -45,7 +45,9 @@ def measure(config, *, height: int, width: int, num_steps: int, num_samples: int
   """Seconds of one `num_steps`-step sample (the first call, compiling included, and one
   more); given measure_calls' `calls`, also per step and the loop's overhead."""
   import jax
-  from xydiff import diffusion, inference, state as state_lib
+  from xydiff import diffusion
+  from xydiff.inference import restorer as inference
+  from xydiff.runs import state as state_lib
 
   graphdef, state = initial_state(config)
   params = jax.device_put(state_lib.eval_params(state))

@@ -24,7 +24,8 @@ def measure(config, *, steps: int) -> dict:
   """
   import jax
   import numpy as np
-  from xydiff import state as state_lib, step as step_lib
+  from xydiff.runs import state as state_lib
+  from xydiff.train import step as step_lib
   from xydiff.models import layers
 
   batch_size, crop = config.train.batch_size, config.data.crop

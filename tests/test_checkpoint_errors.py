@@ -23,7 +23,10 @@ import numpy as np
 import pytest
 
 from conftest import REPO, tiny
-from xydiff import checkpoint, run_config, state as state_lib, train
+from xydiff.runs import checkpoint
+from xydiff import config as run_config
+from xydiff.runs import state as state_lib
+from xydiff.train import loop as train
 from xydiff.errors import CheckpointDamagedError, CheckpointMismatchError, CheckpointReadError
 
 
@@ -148,7 +151,8 @@ _UNREADABLE = textwrap.dedent('''
     sys.path.insert(0, {tests!r})
     from conftest import tiny
     from xydiff.configs import demo
-    from xydiff import checkpoint, state as state_lib
+    from xydiff.runs import checkpoint
+    from xydiff.runs import state as state_lib
     config = tiny(demo.get_config())
     target = state_lib.abstract_state(config)[1]
     ckpt = checkpoint.Checkpointer(sys.argv[1], config, read_only=True)
@@ -202,7 +206,8 @@ _RESUME = textwrap.dedent('''
     from absl import logging
     from conftest import tiny
     from xydiff.configs import demo
-    from xydiff import checkpoint, state as state_lib
+    from xydiff.runs import checkpoint
+    from xydiff.runs import state as state_lib
     logging.use_absl_handler()
     config = tiny(demo.get_config())
     with checkpoint.Checkpointer(sys.argv[1], config) as ckpt:

@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 
 from conftest import tiny
-from xydiff import checkpoint, run_config, state as state_lib
+from xydiff.runs import checkpoint
+from xydiff import config as run_config
+from xydiff.runs import state as state_lib
 from xydiff.errors import CheckpointImportError
 
 

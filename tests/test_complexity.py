@@ -10,7 +10,8 @@ import pytest
 from flax import nnx
 
 from conftest import REPO
-from xydiff import complexity, weights
+from xydiff.models import complexity
+from xydiff.interop import official as weights
 from xydiff.models import layers
 
 
@@ -50,7 +51,7 @@ def test_dmphn_1_2_4_8_costs_what_xydeblurs_table_2_says():
 
 def test_the_summary_command_prints_one_json_line(tmp_path):
   result = subprocess.run(
-      [sys.executable, '-m', 'xydiff.tools.summary', '--config=demo',
+      [sys.executable, '-m', 'xydiff.cli.summary', '--config=demo',
        '--config.model.xydeblur.width=4', '--config.model.xydeblur.num_res=1',
        '--config.train.batch_size=1'],
       cwd=REPO, capture_output=True, text=True, timeout=600)

@@ -77,7 +77,8 @@ def test_unknown_eval_preset_is_named():
 
 
 def test_config_flag_takes_a_packaged_name_or_the_workdirs_config(tmp_path):
-  from xydiff import cli, run_config
+  from xydiff.cli import common as cli
+  from xydiff import config as run_config
   from xydiff.configs import demo
   argv = cli.resolve_config_argv(['launch.py', '--config', 'demo:diffusion', '--workdir=w'])
   assert argv[1] == f'--config={cli.packaged_config("demo")}:diffusion'
@@ -104,7 +105,7 @@ def test_a_missing_config_is_one_line(tmp_path, args, message):
 def test_a_run_stored_before_new_fields_loads_with_their_defaults(tmp_path):
   """Fields a stored config lacks take their defaults; DvSR's old `xy` is `decoders`."""
   import json
-  from xydiff import run_config
+  from xydiff import config as run_config
   from xydiff.configs import demo
   stored = run_config.to_plain(demo.get_config('diffusion'))
   del stored['train']['lr_decay_factor'], stored['deblur']['ensemble']

@@ -11,7 +11,12 @@ import pytest
 from PIL import Image
 
 from conftest import GOPRO_SAMPLE, run_launch, tiny
-from xydiff import checkpoint, deblur, images, inference, run_config, state as state_lib
+from xydiff import images
+from xydiff.runs import checkpoint
+from xydiff.inference import photos as deblur
+from xydiff.inference import restorer as inference
+from xydiff import config as run_config
+from xydiff.runs import state as state_lib
 from xydiff.errors import DataError
 
 FRAME = GOPRO_SAMPLE / 'test' / 'GOPR0869_11_00' / 'blur' / '000020.png'
@@ -214,7 +219,7 @@ def test_a_crop_the_network_takes_as_it_is_is_restored_as_the_official_network_d
   padded to 256x384 and came out up to 5 levels off near its right edge."""
   torch = pytest.importorskip('torch')
   from torch_refs.xydeblur import OfficialXYDeblur
-  from xydiff import weights
+  from xydiff.interop import official as weights
   torch.manual_seed(0)
   net = OfficialXYDeblur(width=8, num_res=2).eval()
   torch.save({'model': net.state_dict()}, tmp_path / 'official.pkl')
@@ -273,7 +278,7 @@ def test_the_overwrite_guard_sees_through_symlinked_folders(tmp_path, xydeblur_r
 
 _CACHED_DEBLUR = '''
 import sys
-from xydiff import deblur
+from xydiff.inference import photos as deblur
 sys.exit(deblur.run(None, sys.argv[1], sys.argv[2], sys.argv[3]))
 '''
 

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from flax import nnx, traverse_util
 
-from xydiff import config_check, models, weights
+from xydiff import config_check, models
+from xydiff.interop import official as weights
 from xydiff.configs import deepdeblur_gopro
 from xydiff.errors import CheckpointImportError, ConfigError
 from xydiff.models import deepdeblur

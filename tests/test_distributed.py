@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from conftest import REPO, assert_same_state, run_launch
-from xydiff import checkpoint, state as state_lib
+from xydiff.runs import checkpoint
+from xydiff.runs import state as state_lib
 
 # A tiny demo run; every process count and interruption below must end the same.
 TINY_ARGS = ['--config=xydiff/configs/demo.py', '--config.model.xydeblur.width=4',
@@ -45,7 +46,8 @@ def test_eight_devices_match_one_device():
       from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
       from xydiff.configs import demo
       from conftest import tiny
-      from xydiff import state as state_lib, step as step_lib
+      from xydiff.runs import state as state_lib
+      from xydiff.train import step as step_lib
       assert jax.device_count() == 8
       config = tiny(demo.get_config())
       config.train.batch_size = 8
@@ -234,7 +236,7 @@ def test_sigterm_on_one_of_two_processes_saves_the_same_step_on_both(tmp_path, s
 def test_two_processes_resume_past_a_damaged_checkpoint_and_set_it_aside_once(tmp_path):
   """Process 0 used to rename the damaged step before the others had read it: a process
   that reached it afterwards got a bare FileNotFoundError while the rest waited."""
-  from xydiff import train
+  from xydiff.train import loop as train
   workdir = tmp_path / 'two'
   config = _tiny_config(4)
   config.train.eval_every = 1000

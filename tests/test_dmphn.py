@@ -11,7 +11,8 @@ import pytest
 from flax import nnx, traverse_util
 
 from conftest import GOPRO_SAMPLE
-from xydiff import images, models, weights
+from xydiff import images, models
+from xydiff.interop import official as weights
 from xydiff.errors import CheckpointImportError, ConfigError
 from xydiff.models import dmphn
 from xydiff.models.dmphn import DMPHN, Decoder
@@ -243,7 +244,7 @@ def test_sizes_validation_and_packaged_config():
                                            share='rotate')
   assert deep.train.num_steps == 4000 * 1052
   assert (base.train.batch_size, base.data.crop, base.data.flip) == (2, 256, False)
-  lr = jax.vmap(__import__('xydiff.state', fromlist=['_']).make_lr_schedule(base.train))(
+  lr = jax.vmap(__import__('xydiff.runs.state', fromlist=['_']).make_lr_schedule(base.train))(
       jnp.array([0, 1052 * 1000 - 1, 1052 * 1000 + 3, 1052 * 2000 + 3]))
   np.testing.assert_allclose(lr, [1e-4, 1e-4, 1e-5, 1e-6], rtol=1e-6)  # StepLR gamma 0.1.
   with pytest.raises(ValueError, match='no variant .1_2_4_16.; one of dmphn_1_2_4'):

@@ -5,7 +5,11 @@ import numpy as np
 import pytest
 
 from conftest import tiny
-from xydiff import config_check, images, inference, run_config, scoring, state as state_lib
+from xydiff import config_check, images
+from xydiff.inference import restorer as inference
+from xydiff import config as run_config
+from xydiff.evaluation import scoring
+from xydiff.runs import state as state_lib
 from xydiff.errors import ConfigError
 
 # The 8 flips x rot90 and their inverses, written out here independently of
@@ -61,7 +65,7 @@ def random_state(config, seed=0):
 
 def save_run(workdir, config, state):
   """A workdir as training leaves it: step-0 checkpoint and stored config."""
-  from xydiff import checkpoint
+  from xydiff.runs import checkpoint
   with checkpoint.Checkpointer(str(workdir), config) as ckpt:
     ckpt.save(0, state)
   run_config.save(str(workdir), config)
@@ -114,7 +118,7 @@ def test_diffusion_ensemble_samples_each_view_with_the_same_key():
 
 
 def test_evaluation_scores_the_ensemble(tmp_path):
-  from xydiff import evaluate
+  from xydiff.evaluation import evaluator as evaluate
 
   class OnePair:
     names = ['pair']
@@ -153,7 +157,7 @@ def test_an_ensemble_other_than_1_or_8_is_refused_naming_the_field(tmp_path):
 
 
 def test_the_page_applies_the_ensemble_it_is_asked_for():
-  from xydiff import serve
+  from xydiff.cli import page as serve
   config, graphdef, state = _model()
   served = serve.ServedModel('tiny', inference.Restorer(config, graphdef, state['params'], 0))
   photo = images.to_uint8(_photo(24, 28))

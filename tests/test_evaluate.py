@@ -9,7 +9,9 @@ from flax import nnx
 
 from conftest import GOPRO_SAMPLE, run_launch, tiny
 from test_realblur import FRAMES, TRUE_WARP, _crop, _frame, _moved_crop
-from xydiff import evaluate, images, metrics, models, score
+from xydiff import images, metrics, models
+from xydiff.evaluation import evaluator as evaluate
+from xydiff.evaluation import folders as score
 from xydiff.errors import DataError
 from xydiff.metrics import realblur
 

@@ -14,10 +14,12 @@ from flax import nnx
 
 from conftest import REPO, TINY_SECTIONS, tiny
 from test_ensemble import random_state, save_run
-from xydiff import export, images, inference, models
+from xydiff import images, models
+from xydiff.interop import export
+from xydiff.inference import restorer as inference
 from xydiff.configs import default, demo
 from xydiff.errors import ConfigError, WeightsError
-from xydiff.tools import export as export_tool
+from xydiff.cli import export as export_tool
 
 # Families whose graph depends on the image size, so that ONNX holds them only
 # at a fixed size (--size): jax2onnx traces height and width symbolically.
@@ -225,7 +227,7 @@ def test_stablehlo_artefacts_run_with_jax_alone(ema_run, tmp_path):
   """The deterministic run through the command, DvSR in-process; both reloaded without xydiff."""
   deterministic = tmp_path / 'xydeblur.stablehlo'
   result = subprocess.run(
-      [sys.executable, '-m', 'xydiff.tools.export', f'--workdir={ema_run["workdir"]}',
+      [sys.executable, '-m', 'xydiff.cli.export', f'--workdir={ema_run["workdir"]}',
        '--format=stablehlo', f'--out={deterministic}'], cwd=REPO, capture_output=True,
       text=True, timeout=600)
   assert result.returncode == 0 and f'wrote {deterministic}' in result.stdout, result.stderr[-2000:]

@@ -28,7 +28,12 @@ from flax import nnx, traverse_util
 
 from conftest import REPO
 from test_torch_pickle import tensor, write_legacy
-from xydiff import checkpoint, download, inference, models, pretrained, state as state_lib
+from xydiff import models
+from xydiff.runs import checkpoint
+from xydiff.interop import download
+from xydiff.inference import restorer as inference
+from xydiff.interop import pretrained
+from xydiff.runs import state as state_lib
 from xydiff.errors import CheckpointImportError, WeightsError
 
 WIDTH, NUM_RES = 4, 1
@@ -365,7 +370,7 @@ def test_downloads_are_capped_in_size(tmp_path, server):
 
 _KILLED_DOWNLOAD = textwrap.dedent('''
     import sys
-    from xydiff import download
+    from xydiff.interop import download
     download.fetch(sys.argv[1], 'x.pkl', git_blob_sha1='0' * 40, cache=sys.argv[2])
 ''')
 
@@ -427,7 +432,8 @@ def test_weights_of_several_files_download_into_one_folder(tmp_path, server, cac
 
 _RACER = textwrap.dedent('''
     import dataclasses, os, sys, time
-    from xydiff import checkpoint, pretrained
+    from xydiff.runs import checkpoint
+    from xydiff.interop import pretrained
     url, blob, barrier = sys.argv[1], sys.argv[2], sys.argv[3]
     entry = pretrained.WEIGHTS['xydeblur_gopro']
     pretrained.WEIGHTS['xydeblur_gopro'] = dataclasses.replace(
@@ -470,7 +476,7 @@ def test_concurrent_first_uses_import_once_and_both_use_it(tmp_path, server, cac
 
 
 def _cli(*args, cwd):
-  return subprocess.run([sys.executable, '-m', 'xydiff.tools.fetch_weights', *args], cwd=cwd,
+  return subprocess.run([sys.executable, '-m', 'xydiff.cli.fetch_weights', *args], cwd=cwd,
                         capture_output=True, text=True, timeout=300)
 
 

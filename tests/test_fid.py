@@ -298,7 +298,7 @@ def test_weights_errors_name_the_file(random_fid_inception, tmp_path):
 def test_fetch_pins_the_whole_hash_and_a_failed_fetch_turns_the_metric_off(monkeypatch,
                                                                           tmp_path):
   from test_torch_pickle import tensor, write_zip
-  from xydiff import download
+  from xydiff.interop import download
   from xydiff.errors import WeightsError
   from xydiff.metrics import fid
   weights = write_zip(tmp_path / 'w.pth', {'Conv2d_1a_3x3.conv.weight': tensor(

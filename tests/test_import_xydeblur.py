@@ -15,7 +15,10 @@ import pytest
 from flax import nnx, traverse_util
 
 from conftest import GOPRO_SAMPLE, REPO
-from xydiff import checkpoint, images, state as state_lib, weights
+from xydiff import images
+from xydiff.runs import checkpoint
+from xydiff.runs import state as state_lib
+from xydiff.interop import official as weights
 from xydiff.errors import CheckpointImportError
 from xydiff.models import xydeblur
 
@@ -51,7 +54,7 @@ def test_imported_checkpoint_restores_a_gopro_crop_like_pytorch(tmp_path):
   workdir = tmp_path / 'imported'
   # As a user runs it; the EMA config checks that evaluation's weights are the imported ones.
   result = subprocess.run(
-      [sys.executable, '-m', 'xydiff.tools.import_weights', 'xydeblur', str(pkl),
+      [sys.executable, '-m', 'xydiff.cli.import_weights', 'xydeblur', str(pkl),
        f'--workdir={workdir}', '--config.model.xydeblur.width=8', '--config.model.xydeblur.num_res=2',
        '--config.train.ema_rate=0.999'],
       cwd=REPO, capture_output=True, text=True, timeout=300)
@@ -149,7 +152,7 @@ def test_max_bytes_caps_what_a_weight_file_may_make_and_the_flag_raises_it(tmp_p
   _save_official(tmp_path / 'final.pkl', OfficialXYDeblur(width=4, num_res=1))
   workdir = tmp_path / 'imported'
   result = subprocess.run(
-      [sys.executable, '-m', 'xydiff.tools.import_weights', 'xydeblur', str(tmp_path / 'final.pkl'),
+      [sys.executable, '-m', 'xydiff.cli.import_weights', 'xydeblur', str(tmp_path / 'final.pkl'),
        f'--workdir={workdir}', '--config.model.xydeblur.width=4',
        '--config.model.xydeblur.num_res=1', '--max_bytes=4096'],
       cwd=REPO, capture_output=True, text=True, timeout=300)
@@ -164,7 +167,7 @@ def test_max_bytes_caps_what_a_weight_file_may_make_and_the_flag_raises_it(tmp_p
 
 def test_a_misspelt_override_is_one_line_naming_it(tmp_path):
   result = subprocess.run(
-      [sys.executable, '-m', 'xydiff.tools.import_weights', 'xydeblur', str(tmp_path / 'x.pkl'),
+      [sys.executable, '-m', 'xydiff.cli.import_weights', 'xydeblur', str(tmp_path / 'x.pkl'),
        f'--workdir={tmp_path / "w"}', '--config.model.xydeblur.widht=8'],
       cwd=REPO, capture_output=True, text=True, timeout=120)
   assert result.returncode == 1

@@ -6,7 +6,11 @@ import pytest
 from flax import nnx
 
 from conftest import tiny
-from xydiff import checkpoint, images, inference, run_config, state as state_lib
+from xydiff import images
+from xydiff.runs import checkpoint
+from xydiff.inference import restorer as inference
+from xydiff import config as run_config
+from xydiff.runs import state as state_lib
 
 
 @pytest.fixture(scope='module')

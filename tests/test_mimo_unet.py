@@ -12,7 +12,8 @@ import pytest
 from flax import nnx, traverse_util
 
 from conftest import GOPRO_SAMPLE
-from xydiff import config_check, images, models, weights
+from xydiff import config_check, images, models
+from xydiff.interop import official as weights
 from xydiff.errors import CheckpointImportError, ConfigError
 from xydiff.models import mimo_unet
 from xydiff.models.mimo_unet import Decoder, MIMOUNet

@@ -11,7 +11,9 @@ import pytest
 from flax import nnx, traverse_util
 
 from conftest import GOPRO_SAMPLE
-from xydiff import images, inference, models, weights
+from xydiff import images, models
+from xydiff.inference import restorer as inference
+from xydiff.interop import official as weights
 from xydiff.configs import nafnet_gopro
 from xydiff.errors import CheckpointImportError, ConfigError
 from xydiff.models import nafnet

@@ -11,7 +11,9 @@ import os
 
 import pytest
 
-from xydiff import cli, files, workdir
+from xydiff import files
+from xydiff.cli import common as cli
+from xydiff.runs import workdir
 from xydiff.errors import LinkedFileError, USER_ERRORS
 
 SECRET = b'someone else\'s file\n'

@@ -12,7 +12,12 @@ import numpy as np
 import pytest
 
 from conftest import run_launch
-from xydiff import checkpoint, inference, run_config, state as state_lib, train, workdir
+from xydiff.runs import checkpoint
+from xydiff.inference import restorer as inference
+from xydiff import config as run_config
+from xydiff.runs import state as state_lib
+from xydiff.train import loop as train
+from xydiff.runs import workdir
 from xydiff.errors import CheckpointReadError, WorkdirInUseError
 
 # Flags shrinking the diffusion demo to seconds (see conftest.tiny).
@@ -138,7 +143,7 @@ def test_a_second_run_on_a_workdir_in_use_is_refused(demo_config, tmp_path):
 def test_a_killed_run_leaves_no_stale_lock(tmp_path):
   script = textwrap.dedent(f'''
       import sys, time
-      from xydiff import workdir
+      from xydiff.runs import workdir
       with workdir.lock({str(tmp_path)!r}):
         print('locked', flush=True)
         time.sleep(60)
@@ -155,7 +160,7 @@ def test_a_killed_run_leaves_no_stale_lock(tmp_path):
 
 
 def test_an_interrupted_sweep_resumes_where_it_stopped(diffusion_run, monkeypatch):
-  from xydiff import sweep
+  from xydiff.evaluation import sweep
   config = run_config.load(str(diffusion_run))
   config.sweep.schedules = ((2, 1e-4, 0.5), (3, 1e-4, 0.5))
   config.sweep.num_samples = (1, 2)

@@ -3,7 +3,9 @@
 import jax.numpy as jnp
 import numpy as np
 
-from xydiff import images, score, scoring
+from xydiff import images
+from xydiff.evaluation import folders as score
+from xydiff.evaluation import scoring
 
 
 def _mean_abs(pred, target):

@@ -63,7 +63,7 @@ def server(runs, tmp_path_factory):
     port = s.getsockname()[1]
   log_path = tmp_path_factory.mktemp('serve_log') / 'server.log'
   log = open(log_path, 'w')
-  command = [sys.executable, '-m', 'xydiff.tools.serve', f'--workdir={runs["xydeblur_run"]}',
+  command = [sys.executable, '-m', 'xydiff.cli.serve', f'--workdir={runs["xydeblur_run"]}',
              f'--workdir={runs["dvsr_run"]}', f'--port={port}', '--max_megapixels=1']
   process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
                              env=dict(os.environ, GRADIO_ANALYTICS_ENABLED='False'))
@@ -203,7 +203,8 @@ def photos(tmp_path_factory):
 
 
 def _restorer(workdir, **deblur):
-  from xydiff import inference, run_config
+  from xydiff.inference import restorer as inference
+  from xydiff import config as run_config
   config = run_config.load(workdir)
   config.deblur.update(deblur)
   return inference.Restorer.from_workdir(workdir, config=config)
@@ -250,7 +251,8 @@ def test_bad_files_are_reported_in_the_page_and_the_next_photo_restores(page, ru
   status = page.deblur(2)
   assert '1 of 1 restored' in status, status
   # Scored as the evaluator scores: its Scorer on the Restorer's output.
-  from xydiff import images, scoring
+  from xydiff import images
+  from xydiff.evaluation import scoring
   restored = _restorer(runs['xydeblur_run']).restore(images.read_image(photos['crop']))['image']
   scores = scoring.Scorer(False, False)(restored,
                                         images.to_float(images.read_image(photos['sharp'])))

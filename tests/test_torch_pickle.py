@@ -18,7 +18,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from xydiff import torch_pickle
+from xydiff.interop import torch_pickle
 from xydiff.errors import WeightsError
 
 FORMATS = {'zip': {}, 'legacy': {'_use_new_zipfile_serialization': False}}

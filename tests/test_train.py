@@ -9,8 +9,12 @@ import numpy as np
 import pytest
 
 from conftest import GOPRO_SAMPLE, assert_same_state, run_launch, tiny
-from xydiff import checkpoint, data, state as state_lib, step as step_lib, train
-from xydiff.evaluate import Evaluator
+from xydiff import data
+from xydiff.runs import checkpoint
+from xydiff.runs import state as state_lib
+from xydiff.train import step as step_lib
+from xydiff.train import loop as train
+from xydiff.evaluation.evaluator import Evaluator
 from xydiff.errors import CheckpointMismatchError, ConfigError, NonFiniteLossError
 
 

@@ -7,7 +7,8 @@ import pytest
 from flax import nnx
 
 from conftest import tiny
-from xydiff import complexity, models
+from xydiff import models
+from xydiff.models import complexity
 from xydiff.configs import default
 from xydiff.models import layers
 

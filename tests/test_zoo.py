@@ -13,7 +13,9 @@ import pytest
 from flax import nnx
 
 from conftest import REPO, tiny
-from xydiff import inference, models, train
+from xydiff import models
+from xydiff.inference import restorer as inference
+from xydiff.train import loop as train
 from xydiff.configs import default, demo
 from xydiff.models import layers, spec as spec_lib
 

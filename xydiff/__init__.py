@@ -11,6 +11,6 @@ __all__ = ['Restorer', '__version__']
 
 def __getattr__(name):
   if name == 'Restorer':
-    from xydiff.inference import Restorer  # pylint: disable=import-outside-toplevel
+    from xydiff.inference.restorer import Restorer  # pylint: disable=import-outside-toplevel
     return Restorer
   raise AttributeError(f'module xydiff has no attribute {name!r}')

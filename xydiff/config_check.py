@@ -10,7 +10,8 @@ import os
 
 import jax.numpy as jnp
 
-from xydiff import data, models, state as state_lib
+from xydiff import data, models
+from xydiff.runs import state as state_lib
 from xydiff.data.synthetic import KERNEL_TYPES
 from xydiff.errors import ConfigError
 from xydiff.models import layers

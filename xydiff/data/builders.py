@@ -55,7 +55,8 @@ from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
-from xydiff import images, tf_guard
+from xydiff import images
+from xydiff.data import tf_cpu as tf_guard
 from xydiff.data.folders import image_files, match_pairs
 from xydiff.errors import DataError, ImageReadError
 

@@ -55,7 +55,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from xydiff import download, torch_pickle
+from xydiff.interop import download
+from xydiff.interop import torch_pickle
 from xydiff.errors import WeightsError
 from xydiff.images import quantize
 

@@ -132,7 +132,7 @@ def read_torch_state_dict(path: str, container_keys: tuple[str, ...] = (),
   cannot run code here.
   """
   import os  # pylint: disable=import-outside-toplevel
-  from xydiff import torch_pickle  # pylint: disable=import-outside-toplevel
+  from xydiff.interop import torch_pickle  # pylint: disable=import-outside-toplevel
   from xydiff.errors import CheckpointImportError, WeightsError  # pylint: disable=import-outside-toplevel
   if not os.path.isfile(path):
     raise FileNotFoundError(f'checkpoint {path} does not exist')

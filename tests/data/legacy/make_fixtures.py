@@ -18,7 +18,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, '..', '..'))
 
 from conftest import tiny  # noqa: E402
-from xydiff import checkpoint, export, inference, state as state_lib, train, weights  # noqa: E402
+from xydiff.runs import checkpoint  # noqa: E402
+from xydiff.interop import export
+from xydiff.inference import restorer as inference
+from xydiff.runs import state as state_lib
+from xydiff.train import loop as train
+from xydiff.interop import official as weights
 from xydiff.configs import demo  # noqa: E402
 
 

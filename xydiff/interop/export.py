@@ -43,7 +43,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from xydiff import diffusion, models, run_config, state as state_lib
+from xydiff import diffusion, models
+from xydiff import config as run_config
+from xydiff.runs import state as state_lib
 from xydiff.errors import ConfigError, WeightsError
 
 FORMATS = ('safetensors', 'onnx', 'stablehlo')

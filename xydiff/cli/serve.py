@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 
-from xydiff import cli
+from xydiff.cli import common as cli
 
 
 def main() -> None:
@@ -39,7 +39,7 @@ def main() -> None:
       import gradio  # pylint: disable=import-outside-toplevel,unused-import
     except ImportError:
       cli.fail("xydiff serve needs Gradio: pip install -e '.[app]'")
-    from xydiff import serve  # pylint: disable=import-outside-toplevel
+    from xydiff.cli import page as serve  # pylint: disable=import-outside-toplevel
     served = serve.load_models(workdirs.value, pretrained.value)
     serve.serve(served, host=host.value, port=port.value, share=share.value,
                 max_pixels=int(max_megapixels.value * 1e6), max_upload_mb=max_upload_mb.value)

@@ -34,7 +34,11 @@ import jax
 import numpy as np
 from absl import logging
 
-from xydiff import images, inference, run_config, scoring, state as state_lib
+from xydiff import images
+from xydiff.inference import restorer as inference
+from xydiff import config as run_config
+from xydiff.evaluation import scoring
+from xydiff.runs import state as state_lib
 from xydiff.errors import USER_ERRORS, ImageReadError
 
 # Request folders of restored PNGs kept on disk; older ones are removed.

@@ -1,6 +1,6 @@
 """Downloads official pretrained weights by name and imports them as an xydiff run.
 
-  python -m xydiff.tools.fetch_weights xydeblur_gopro --workdir=DIR
+  python -m xydiff.cli.fetch_weights xydeblur_gopro --workdir=DIR
   xydiff fetch_weights dmphn_1_2_4_gopro --workdir=DIR
   python launch.py --workdir=DIR --mode=deblur --input=photos/ --output=restored/
 
@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import sys
 
-from xydiff import cli, pretrained
+from xydiff.cli import common as cli
+from xydiff.interop import pretrained
 
 
 def main() -> None:
@@ -52,7 +53,7 @@ def main() -> None:
   def run(argv):
     if len(argv) != 2:
       cli.fail(f'give exactly one name ({", ".join(names)}): '
-               'python -m xydiff.tools.fetch_weights NAME --workdir=DIR')
+               'python -m xydiff.cli.fetch_weights NAME --workdir=DIR')
     name = argv[1]
     try:
       entry = pretrained.weights_entry(name)

@@ -12,7 +12,7 @@ needs the `export` extra (pip install -e '.[export]').
 
 from __future__ import annotations
 
-from xydiff import cli
+from xydiff.cli import common as cli
 
 
 def export_run(workdir: str, fmt: str, out: str, step: int | None = None,
@@ -22,7 +22,8 @@ def export_run(workdir: str, fmt: str, out: str, step: int | None = None,
   `size` (height, width): a fixed-size graph (onnx, stablehlo), for families whose graph
   depends on the size; None: any size that is a multiple of the network's.
   """
-  from xydiff import export, inference  # pylint: disable=import-outside-toplevel
+  from xydiff.interop import export  # pylint: disable=import-outside-toplevel
+  from xydiff.inference import restorer as inference
   from xydiff.errors import ConfigError  # pylint: disable=import-outside-toplevel
   if fmt not in export.FORMATS:
     raise ConfigError(f'--format={fmt}: must be one of {", ".join(export.FORMATS)}')

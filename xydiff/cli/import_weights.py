@@ -1,6 +1,6 @@
 """Imports an authors' PyTorch checkpoint of any registered model as an xydiff run.
 
-  python -m xydiff.tools.import_weights MODEL PATH --workdir=DIR [--config.model.<family>.<field>=...]
+  python -m xydiff.cli.import_weights MODEL PATH --workdir=DIR [--config.model.<family>.<field>=...]
   xydiff import_weights MODEL PATH --workdir=DIR
 
 MODEL is a registered model (xydeblur, dmphn_1_2_4, dmphn_1_2_4_8, deepdeblur,
@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import sys
 
-from xydiff import cli
+from xydiff.cli import common as cli
 
 
 def main() -> None:
   from absl import flags  # pylint: disable=import-outside-toplevel
   from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
-  from xydiff import models, weights  # pylint: disable=import-outside-toplevel
+  from xydiff import models  # pylint: disable=import-outside-toplevel
+  from xydiff.interop import official as weights
 
   names = sorted(models.variants())
   # --config.* overrides apply to the named model's config, which must exist
@@ -47,7 +48,7 @@ def main() -> None:
   def run(argv):
     if len(argv) != 3 or argv[1] not in names:
       cli.fail(f'give MODEL ({", ".join(names)}) and PATH: '
-               'python -m xydiff.tools.import_weights MODEL PATH --workdir=DIR')
+               'python -m xydiff.cli.import_weights MODEL PATH --workdir=DIR')
     step_dir = weights.import_official(argv[1], argv[2], workdir_flag.value, config_flag.value,
                                        max_bytes=max_bytes_flag.value)
     print(f'imported {argv[2]} as {step_dir}')

@@ -1,6 +1,6 @@
 """Official pretrained weights by name: fetched once, verified, imported once as a run.
 
-  from xydiff import pretrained
+  from xydiff.interop import pretrained
   workdir = pretrained.pretrained_workdir('xydeblur_gopro')   # Restorer.from_pretrained's run
   step_dir = pretrained.fetch_weights('dmphn_1_2_4_gopro', 'runs/dmphn')
 
@@ -115,13 +115,13 @@ def weights_entry(name: str) -> Weights:
 
 def config_for(name: str):
   """The packaged config that the weights `name` fit, set to their model variant."""
-  from xydiff import weights  # pylint: disable=import-outside-toplevel
+  from xydiff.interop import official as weights  # pylint: disable=import-outside-toplevel
   return weights.config_for(weights_entry(name).model)
 
 
 def _files(name: str, url: str | None, blob_sha1: str | None) -> tuple[WeightFile, ...]:
   """The registry's files of `name`, or those at a mirror `url` / of another pinned version."""
-  from xydiff import download  # pylint: disable=import-outside-toplevel
+  from xydiff.interop import download  # pylint: disable=import-outside-toplevel
   files = weights_entry(name).files
   if blob_sha1 is not None:
     if len(files) > 1:
@@ -147,7 +147,7 @@ def fetch_files(name: str, *, url: str | None = None, blob_sha1: str | None = No
   They go to `<cache>/weights/<name>-<id>/` (cache: xydiff.download.cache_dir()),
   where <id> comes from the files' pins: another pinned version is another folder.
   """
-  from xydiff import download  # pylint: disable=import-outside-toplevel
+  from xydiff.interop import download  # pylint: disable=import-outside-toplevel
   files = _files(name, url, blob_sha1)
   pins = hashlib.sha1('\n'.join(f.git_blob_sha1 for f in files).encode()).hexdigest()
   folder = os.path.join(cache or download.cache_dir(), 'weights', f'{name}-{pins[:12]}')
@@ -175,7 +175,8 @@ def fetch_weights(name: str, workdir: str, *, url: str | None = None,
     CheckpointImportError: the files do not fit `config`'s model, or
       `workdir` already holds files.
   """
-  from xydiff import checkpoint, weights  # pylint: disable=import-outside-toplevel
+  from xydiff.runs import checkpoint  # pylint: disable=import-outside-toplevel
+  from xydiff.interop import official as weights
   entry = weights_entry(name)
   checkpoint.check_fresh_workdir(workdir)  # Before the download, not after.
   path = fetch_files(name, url=url, blob_sha1=blob_sha1)
@@ -191,7 +192,8 @@ def pretrained_workdir(name: str, workdir: str | None = None) -> str:
   Concurrent first calls both import, into temporary folders; one rename
   wins and every caller gets the winner's run.
   """
-  from xydiff import checkpoint, download  # pylint: disable=import-outside-toplevel
+  from xydiff.runs import checkpoint  # pylint: disable=import-outside-toplevel
+  from xydiff.interop import download
   weights_entry(name)
   workdir = workdir or os.path.join(download.cache_dir(), 'runs', name)
   if not checkpoint.holds_imported_run(workdir):

@@ -42,7 +42,7 @@ def parse_flags(argv, *, workdir_config: bool = True):
 
 
 def run_tool(main) -> None:
-  """`app.run(main)` for the `python -m xydiff.tools.*` commands.
+  """`app.run(main)` for the `python -m xydiff.cli.*` commands.
 
   Orbax's INFO lines (a dozen per checkpoint) are dropped, flag errors and
   the user's errors (errors.USER_ERRORS) are one line, and `--config` keeps
@@ -129,7 +129,7 @@ def resolve_config_argv(argv: list[str], *, workdir_config: bool = True):
     if mode == 'deblur' and checkpoint:  # <workdir>/checkpoints/<step>
       workdir = os.path.dirname(os.path.dirname(os.path.abspath(checkpoint)))
     if workdir:
-      from xydiff import run_config  # pylint: disable=import-outside-toplevel
+      from xydiff import config as run_config  # pylint: disable=import-outside-toplevel
       if not os.path.isfile(os.path.join(workdir, run_config.CONFIG_FILE)):
         fail(f'--config is missing and {workdir} holds no stored config '
              f'({run_config.CONFIG_FILE}); pass --config')

@@ -55,7 +55,9 @@ import jax
 import numpy as np
 from absl import logging
 
-from xydiff import download, images, inference
+from xydiff import images
+from xydiff.interop import download
+from xydiff.inference import restorer as inference
 from xydiff.errors import DataError, ImageReadError
 
 
@@ -139,7 +141,7 @@ def resolve_checkpoint(workdir: str, checkpoint: str | None) -> tuple[str, int |
     if not os.path.isdir(os.path.join(workdir, 'checkpoints')):
       raise FileNotFoundError(
           f'no checkpoint in {workdir}: train there, fetch official weights '
-          '(python -m xydiff.tools.fetch_weights xydeblur_gopro --workdir=DIR), or pass '
+          '(python -m xydiff.cli.fetch_weights xydeblur_gopro --workdir=DIR), or pass '
           '--checkpoint')
     return workdir, None
   path = os.path.abspath(checkpoint)

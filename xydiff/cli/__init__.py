@@ -19,6 +19,6 @@ def run() -> None:
   if len(sys.argv) > 1 and sys.argv[1] in TOOLS:
     tool = sys.argv.pop(1)
     sys.argv[0] = f'xydiff {tool}'
-    importlib.import_module(f'xydiff.tools.{tool}').main()
+    importlib.import_module(f'xydiff.cli.{tool}').main()
     return
-  importlib.import_module('xydiff.main').launch()
+  importlib.import_module('xydiff.cli.launch').launch()

@@ -18,7 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from xydiff import models, state as state_lib
+from xydiff import models
+from xydiff.runs import state as state_lib
 from xydiff.errors import CheckpointImportError
 
 
@@ -122,7 +123,7 @@ def import_official(model: str, path: str, workdir: str, config=None, *,
   `config` defaults to the model's packaged config (config_for). The run then
   deblurs, evaluates and fine-tunes without --config. Returns the step folder.
   """
-  from xydiff import checkpoint  # pylint: disable=import-outside-toplevel
+  from xydiff.runs import checkpoint  # pylint: disable=import-outside-toplevel
   config = config_for(model) if config is None else config
   params = official_params(model, path, config, max_bytes=max_bytes)
   return checkpoint.write_imported_run(workdir, config, params)

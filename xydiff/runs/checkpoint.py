@@ -38,7 +38,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
-from xydiff import run_config
+from xydiff import config as run_config
 from xydiff.errors import (CheckpointDamagedError, CheckpointImportError,
                            CheckpointMismatchError, CheckpointReadError)
 
@@ -374,7 +374,7 @@ def write_imported_run(workdir: str, config, params) -> str:
   gets CheckpointImportError, finds the winner's run (holds_imported_run)
   and uses it. Nothing but this call's own temporary folder is ever removed.
   """
-  from xydiff import state as state_lib  # pylint: disable=import-outside-toplevel
+  from xydiff.runs import state as state_lib  # pylint: disable=import-outside-toplevel
   workdir = os.path.abspath(workdir)
   check_fresh_workdir(workdir)
   state = state_lib.state_from_params(config, params)

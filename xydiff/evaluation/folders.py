@@ -20,7 +20,8 @@ import os
 
 from absl import logging
 
-from xydiff import config_check, images, scoring
+from xydiff import config_check, images
+from xydiff.evaluation import scoring
 from xydiff.data.folders import match_pairs
 from xydiff.errors import DataError
 

@@ -1,6 +1,6 @@
 """What a model costs: parameters, GMACs at 1280x720, XLA FLOPs, training-step memory.
 
-  python -m xydiff.tools.summary --config=gopro [--config.model.predictor.decoders=4]
+  python -m xydiff.cli.summary --config=gopro [--config.model.predictor.decoders=4]
   xydiff summary --all          # one JSON line per registered model x variant
 
 For one config it prints one JSON object: `params`; `gmacs_720p`, the
@@ -19,13 +19,14 @@ from __future__ import annotations
 import json
 import sys
 
-from xydiff import cli
+from xydiff.cli import common as cli
 
 
 def main() -> None:
   from absl import flags  # pylint: disable=import-outside-toplevel
   from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
-  from xydiff import complexity, config_check  # pylint: disable=import-outside-toplevel
+  from xydiff import config_check  # pylint: disable=import-outside-toplevel
+  from xydiff.models import complexity
 
   try:
     config_flag = config_flags.DEFINE_config_file(

@@ -30,8 +30,9 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from xydiff import config_check, data, diffusion, files, inference
-from xydiff.scoring import METRICS, Progress, SetScores, metric_names, score
+from xydiff import config_check, data, diffusion, files
+from xydiff.inference import restorer as inference
+from xydiff.evaluation.scoring import METRICS, Progress, SetScores, metric_names, score
 
 
 def detail_ratio(image, sharp) -> float:

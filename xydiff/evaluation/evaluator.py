@@ -21,9 +21,11 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from xydiff import config_check, data, images, inference, models, tf_guard
-from xydiff.scoring import Progress, Scorer, SetScores, add_set_scores, summarize, uses_alignment
-from xydiff.scoring import write_report
+from xydiff import config_check, data, images, models
+from xydiff.inference import restorer as inference
+from xydiff.data import tf_cpu as tf_guard
+from xydiff.evaluation.scoring import Progress, Scorer, SetScores, add_set_scores, summarize, uses_alignment
+from xydiff.evaluation.scoring import write_report
 
 def _file_stem(name: str) -> str:
   return name.replace('/', '_').replace(os.sep, '_')

@@ -23,8 +23,10 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from xydiff import checkpoint, config_check, diffusion, images, models, run_config
-from xydiff import state as state_lib
+from xydiff import config_check, diffusion, images, models
+from xydiff.runs import checkpoint
+from xydiff import config as run_config
+from xydiff.runs import state as state_lib
 from xydiff.errors import ConfigError
 from xydiff.models.layers import pad_to_multiple
 
@@ -368,9 +370,9 @@ class Restorer:
     into `workdir` (default: a folder of the user's cache); or a `.safetensors` file
     that `xydiff export` wrote (weights and config in one file)."""
     if name.endswith('.safetensors'):
-      from xydiff import export  # pylint: disable=import-outside-toplevel
+      from xydiff.interop import export  # pylint: disable=import-outside-toplevel
       return cls(*export.read_safetensors(name))
-    from xydiff import pretrained  # pylint: disable=import-outside-toplevel
+    from xydiff.interop import pretrained  # pylint: disable=import-outside-toplevel
     return cls.from_workdir(pretrained.pretrained_workdir(name, workdir))
 
   def restore(self, image, *, key: jax.Array | None = None) -> dict[str, np.ndarray]:

@@ -18,7 +18,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from xydiff import cli
+from xydiff.cli import common as cli
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Config file or packaged config name, e.g. xydiff/configs/gopro.py, gopro or '
@@ -66,7 +66,7 @@ def main(argv):
   # only a given config may read a checkpoint that stores none.
   config_from_user = any(a == '--config' or a.startswith('--config=') for a in sys.argv[1:])
 
-  from xydiff import distributed
+  from xydiff.runs import distributed
   from xydiff.errors import USER_ERRORS
   try:
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
@@ -76,21 +76,21 @@ def main(argv):
   # Each mode imports only what it needs: deblur and score run without TensorFlow.
   try:
     if mode == 'train':
-      from xydiff import train
+      from xydiff.train import loop as train
       train.train_and_evaluate(config, workdir)
     elif mode == 'score':
-      from xydiff import score
+      from xydiff.evaluation import folders as score
       if not _INPUT.value or not _TARGET.value:
         cli.fail('--mode=score needs --input (restored images) and --target (sharp images)')
       score.run(config, workdir, _INPUT.value, _TARGET.value)
     elif mode == 'eval':
-      from xydiff import evaluate
+      from xydiff.evaluation import evaluator as evaluate
       evaluate.evaluate_checkpoint(config, workdir, config_from_user=config_from_user)
     elif mode == 'sweep':
-      from xydiff import sweep
+      from xydiff.evaluation import sweep
       sweep.run_sweep(config, workdir, config_from_user=config_from_user)
     elif mode == 'deblur':
-      from xydiff import deblur
+      from xydiff.inference import photos as deblur
       if not _INPUT.value or not _OUTPUT.value:
         cli.fail('--mode=deblur needs --input (a file, folder or glob) and --output (a folder)')
       sys.exit(deblur.run(config, workdir, _INPUT.value, _OUTPUT.value,

@@ -16,12 +16,15 @@ import numpy as np
 from absl import logging
 from clu import metric_writers, periodic_actions
 
-from xydiff import checkpoint, config_check, data, run_config, tf_guard
-from xydiff import state as state_lib
-from xydiff import step as step_lib
-from xydiff import workdir as workdir_lib
+from xydiff import config_check, data
+from xydiff.runs import checkpoint
+from xydiff import config as run_config
+from xydiff.data import tf_cpu as tf_guard
+from xydiff.runs import state as state_lib
+from xydiff.train import step as step_lib
+from xydiff.runs import workdir as workdir_lib
 from xydiff.errors import ConfigError, NonFiniteLossError
-from xydiff.evaluate import Evaluator
+from xydiff.evaluation.evaluator import Evaluator
 
 
 class _Preemption:

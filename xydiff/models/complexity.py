@@ -138,7 +138,8 @@ def xla_gflops(model_config, size=HD) -> float | None:
 def train_step_memory_gb(config, crop: int = 256) -> float | None:
   """Compiled peak memory (arguments, outputs and temporaries) of one training step on
   config.train.batch_size crops of crop x crop, on the current backend."""
-  from xydiff import state as state_lib, step as step_lib  # pylint: disable=import-outside-toplevel
+  from xydiff.runs import state as state_lib  # pylint: disable=import-outside-toplevel
+  from xydiff.train import step as step_lib
   graphdef, state = state_lib.abstract_state(config)
   batch = {k: jax.ShapeDtypeStruct((config.train.batch_size, crop, crop, 3), jnp.float32)
            for k in ('blur', 'sharp')}
@@ -170,7 +171,7 @@ def model_names() -> list[str]:
 def variant_configs(model: str) -> dict:
   """{variant: config} for `model` (a registered name): baseline, xy, unet2d, decoders4,
   and channel/layer where registered."""
-  from xydiff import weights  # pylint: disable=import-outside-toplevel
+  from xydiff.interop import official as weights  # pylint: disable=import-outside-toplevel
   spec = models.family(models.variant(model).family)
   configs = {}
   if spec.xy_section is not None:

@@ -15,7 +15,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from xydiff import models, state as state_lib
+from xydiff import models
+from xydiff.runs import state as state_lib
 
 
 def make_loss_fn(config):

@@ -1,1 +1,0 @@
-"""Command-line tools beside launch.py, each run as `python -m xydiff.tools.<name>`."""
