@@ -1,22 +1,30 @@
-"""A run remembers its config: stored with it, read back, compared field by field.
+"""A run remembers its config: stored with it, read back (migrated), compared field by field.
 
 Training writes the resolved config to `<workdir>/config.json` (and into every
-checkpoint). `--mode=eval`, `sweep` and `deblur` without `--config` use it
-(launch.py passes this file as the config file, `get_config(workdir)`), so
-`--config.deblur.tile=...` style overrides still work. Fields that decide
-what the weights compute (`OUTPUT_FIELDS`) must match the stored ones;
-everything else (sampling presets, tiles, evaluation data, seeds) may be
-overridden at inference.
+checkpoint). Deblurring, evaluation, the sweep and export without `--config`
+use it. Fields that decide what the weights compute (`output_fields`: the
+model section as its family says) must match the stored ones; everything
+else (inference settings, tiles, evaluation data, seeds) may be overridden.
+
+Configs stored by earlier layouts are migrated on read (`migrate`): layout 1
+held every family's section under `config.model`, DvSR's schedule and
+presets in `config.diffusion` and the inference settings in
+`config.deblur`; layout 2 (`config.version = 2`) holds one family's section
+and `config.inference`. Fields a stored config lacks (it predates them)
+take their defaults, which is what the code that wrote it did.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 
 import ml_collections
 
-from xydiff import files
+from xydiff import files, models
+from xydiff.configs import base
+from xydiff.errors import ConfigError, require
 
 CONFIG_FILE = 'config.json'
 
@@ -48,43 +56,100 @@ def save(workdir: str, config) -> str:
   return path
 
 
-def _migrate(values: dict) -> dict:
-  """Renamed fields of configs stored by earlier releases, in their new form.
+# ------------------------------------------------------------------ migration
 
-  DvSR's U-Nets had `xy` (bool); the XY transform made it `decoders` (2 for xy).
-  """
-  model = values.get('model', {})
-  for net in ('predictor', 'denoiser'):
-    section = model.get(net)
-    if isinstance(section, dict) and 'xy' in section:
-      section = dict(section)
-      section.setdefault('decoders', 2 if section.pop('xy') else 1)
-      model[net] = section
+def _layout1_model(model: dict, diffusion: dict) -> dict:
+  """Layout 1's config.model (every family's section) as layout 2's: one family's section."""
+  name = model.get('name', 'xydeblur')
+  common = {'dtype': model.get('dtype', 'float32')}
+  impl = model.get('upsample_impl', 'auto')
+
+  def section_of(family_name, fields):
+    section = {'name': family_name, **fields}
+    if 'upsample_impl' in models.family(family_name).defaults():
+      section['upsample_impl'] = impl
+    return section
+
+  if name != 'dvsr':
+    return {**common, **section_of(name, dict(model.get(name, {})))}
+  predictor = dict(model.get('predictor', {}))
+  if 'xy' in predictor:  # Before the XY transform: a bool, now `decoders`.
+    predictor.setdefault('decoders', 2 if predictor.pop('xy') else 1)
+  arch = predictor.pop('arch', 'unet')
+  predictor = section_of(arch, predictor if arch == 'unet' else dict(model.get(arch, {})))
+  denoiser = dict(model.get('denoiser', {}))
+  if 'xy' in denoiser:
+    denoiser.setdefault('decoders', 2 if denoiser.pop('xy') else 1)
+  denoiser['upsample_impl'] = impl
+  out = {**common, 'name': 'dvsr', 'predictor': predictor, 'denoiser': denoiser,
+         'diffusion': {k: v for k, v in diffusion.items() if k != 'presets'}}
+  if 'noise_embedding_scale' in model:
+    out['noise_embedding_scale'] = model['noise_embedding_scale']
+  return out
+
+
+def _from_layout1(values: dict) -> dict:
+  values = copy.deepcopy(values)
+  diffusion = values.pop('diffusion', {})
+  sweep = values.pop('sweep', {})
+  deblur = values.pop('deblur', {})
+  model = _layout1_model(values.pop('model', {}), diffusion)
+  out = {**values, 'version': 2, 'model': model}
+  inference = {k: v for k, v in deblur.items() if k not in ('preset', 'num_samples')}
+  evaluation = dict(values.get('eval', {}))
+  if model['name'] == 'dvsr':
+    inference.update({k: deblur[k] for k in ('preset', 'num_samples') if k in deblur})
+    if 'presets' in diffusion:
+      inference['presets'] = diffusion['presets']
+    if sweep:
+      evaluation['sweep'] = sweep
+  else:
+    evaluation.pop('presets', None)
+  out['inference'] = inference
+  out['eval'] = evaluation
+  return out
+
+
+def migrate(values: dict) -> dict:
+  """A stored config (JSON values) of any layout as layout 2's, without defaults filled in."""
+  if not isinstance(values, dict):
+    raise ConfigError(f'a stored config must be a JSON object, not {type(values).__name__}')
+  if values.get('version', 1) == 1:
+    values = _from_layout1(values)
   return values
 
 
 def with_defaults(stored: dict) -> dict:
-  """`stored` (a config as JSON values) with every field it lacks set to its default.
+  """`stored` migrated, with every field it lacks set to its default for its model.
 
   A field added after a run was stored did not exist when it trained, so the
-  run did what the field's default does (e.g. model.denoiser.film_scale=False,
-  train.lr_decay_factor=0.5); renamed fields take their new names (_migrate).
+  run did what the field's default does (e.g. model.denoiser.film_scale=False).
   """
-  from xydiff.configs import default  # pylint: disable=import-outside-toplevel
+  values = migrate(stored)
+  name = values.get('model', {}).get('name')
+  if name not in models.FAMILIES:
+    raise ConfigError(f'config.model.name={name!r}: must be one of {models.FAMILIES}')
+  defaults = to_plain(base.get_config(name))
+  for key, value in values['model'].items():
+    # A nested section of another family (DvSR's predictor) takes that family's defaults.
+    if isinstance(value, dict) and value.get('name') in models.FAMILIES and \
+        value['name'] != defaults['model'].get(key, {}).get('name'):
+      defaults['model'][key] = to_plain({'name': value['name'],
+                                         **models.family(value['name']).defaults()})
 
-  def merge(defaults, values):
-    if not isinstance(defaults, dict) or not isinstance(values, dict):
-      return values
-    return {**defaults, **{k: merge(defaults.get(k), v) for k, v in values.items()}}
-  return merge(to_plain(default.get_config()), _migrate(stored))
+  def merge(default, value):
+    if not isinstance(default, dict) or not isinstance(value, dict):
+      return value
+    return {**default, **{k: merge(default.get(k), v) for k, v in value.items()}}
+  return merge(defaults, values)
 
 
 def load(workdir: str) -> ml_collections.ConfigDict:
+  """The config stored in `workdir`, migrated and with defaults; FileNotFoundError if none."""
   path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.isfile(path):
     raise FileNotFoundError(
-        f'{path} does not exist: --workdir {workdir} holds no trained, imported or fetched run; '
-        'pass --config, or point --workdir at a run')
+        f'{path} does not exist: {workdir} holds no trained, imported or fetched run')
   try:
     with open(path) as f:
       return from_plain(with_defaults(json.load(f)))
@@ -97,42 +162,37 @@ def get_config(workdir: str) -> ml_collections.ConfigDict:
   return load(workdir)
 
 
-def flatten(tree: dict, prefix: str = '') -> dict:
-  """{'a': {'b': 1}} -> {'a.b': 1}."""
-  flat = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      flat.update(flatten(value, f'{prefix}{key}.'))
-    else:
-      flat[f'{prefix}{key}'] = value
-  return flat
+# ------------------------------------------------------------------ checks
 
+def check(config) -> None:
+  """Checks what every use of a config reads: its layout, seed and model section, and the
+  fields the model's family adds to other sections. The other sections are checked by
+  their owners where they are used (data, train, eval, inference)."""
+  require(config.get('version') == base.VERSION, 'version',
+          f'must be {base.VERSION} (configs of earlier layouts are migrated when read from a '
+          'run; build new ones with xydiff.configs)', config.get('version'))
+  require(isinstance(config.seed, int) and not isinstance(config.seed, bool) and
+          config.seed >= 0, 'seed', 'must be an integer >= 0', config.seed)
+  models.validate(config.model)
+  models.family(config.model.name).validate_settings(config)
+
+
+# ------------------------------------------------------------------ what changes outputs
 
 def output_fields(config) -> dict:
   """{dotted field: value} of every field that changes what the weights compute.
 
-  The model family and the fields its spec names (models/spec.py): its
-  architecture and, for diffusion, the residual scale and the training noise
-  schedule the denoiser's levels were learnt on. Left out: other families'
-  fields, the activation dtype and the up-convolution implementation (same
-  weights, same function), and everything about training, sampling presets,
-  data and evaluation.
+  The model section as its family says (models.output_fields): its
+  architecture, and for DvSR the residual scale and the training schedule
+  the denoiser's levels were learnt on. Left out: the activation dtype and
+  the up-convolution implementation (same weights, same function), and
+  everything about training, inference, data and evaluation.
   """
-  from xydiff import models  # pylint: disable=import-outside-toplevel
-  plain = to_plain(config)
-  fields = {'model.name': plain['model']['name']}
-  for path in models.get(from_plain(plain['model'])).output_fields(from_plain(plain['model'])):
-    value = plain
-    for part in path.split('.'):
-      value = value.get(part) if isinstance(value, dict) else None
-    if isinstance(value, dict):
-      fields.update(flatten(value, f'{path}.'))
-    else:
-      fields[path] = value
-  return fields
+  model = from_plain(to_plain(config)['model'])
+  return {f'model.{k}': v for k, v in models.output_fields(model).items()}
 
 
 def differing_output_fields(stored, given) -> list[str]:
-  """The OUTPUT fields whose values differ between two configs (sorted)."""
+  """The output fields whose values differ between two configs (sorted)."""
   a, b = output_fields(stored), output_fields(given)
   return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))

@@ -63,3 +63,9 @@ class NonFiniteLossError(FloatingPointError):
 USER_ERRORS = (ConfigError, DataError, ImageReadError, ImageValueError, CheckpointMismatchError,
                CheckpointReadError, CheckpointImportError, WeightsError, WorkdirInUseError,
                FileNotFoundError, PermissionError, FloatingPointError)
+
+
+def require(ok: bool, field: str, message: str, value) -> None:
+  """Raises ConfigError('config.<field>=<value>: <message>') unless `ok`."""
+  if not ok:
+    raise ConfigError(f'config.{field}={value!r}: {message}')

@@ -90,18 +90,15 @@ def _flag_value(argv, name: str) -> str | None:
 
 
 def packaged_config(name: str) -> str | None:
-  """The file of the packaged config `name` (xydiff.configs.<name>), or None."""
+  """`FILE[:variant]` of a packaged config, model name or alias (xydiff.configs), or None."""
   import importlib.util  # pylint: disable=import-outside-toplevel
-  if not name.isidentifier():
+  from xydiff import configs  # pylint: disable=import-outside-toplevel
+  resolved = configs.resolve(name)
+  if resolved is None:
     return None
-  spec = importlib.util.find_spec(f'xydiff.configs.{name}')
-  return spec.origin if spec is not None else None
-
-
-def list_packaged_configs() -> list[str]:
-  import importlib.resources  # pylint: disable=import-outside-toplevel
-  return sorted(p.name[:-3] for p in importlib.resources.files('xydiff.configs').iterdir()
-                if p.name.endswith('.py') and not p.name.startswith('_'))
+  module, _, variant = resolved.partition(':')
+  origin = importlib.util.find_spec(f'xydiff.configs.{module}').origin
+  return origin + (f':{variant}' if variant else '')
 
 
 def resolve_config_argv(argv: list[str], *, workdir_config: bool = True):
@@ -122,7 +119,7 @@ def resolve_config_argv(argv: list[str], *, workdir_config: bool = True):
       return argv
     mode = _flag_value(argv, 'mode') or 'train'
     if mode == 'score':
-      argv.insert(1, f'--config={packaged_config("default")}')
+      argv.insert(1, f'--config={packaged_config("base")}')
       return argv
     workdir = _flag_value(argv, 'workdir')
     checkpoint = _flag_value(argv, 'checkpoint')
@@ -135,12 +132,10 @@ def resolve_config_argv(argv: list[str], *, workdir_config: bool = True):
              f'({run_config.CONFIG_FILE}); pass --config')
       argv.insert(1, f'--config={run_config.__file__}:{workdir}')
     return argv
-  path, _, variant = config.partition(':')
-  if os.path.isfile(path):
+  if os.path.isfile(config.partition(':')[0]):
     return argv
-  packaged = packaged_config(path)
+  packaged = packaged_config(config)
   if packaged is None:
-    fail(f'--config={config}: no such file, nor a packaged config '
-         f'({", ".join(list_packaged_configs())})')
-  resolved = f'--config={packaged}' + (f':{variant}' if variant else '')
-  return [resolved if a == f'--config={config}' else a for a in argv]
+    from xydiff import configs  # pylint: disable=import-outside-toplevel
+    fail(f'--config={config}: no such file; {configs.unknown(config)}')
+  return [f'--config={packaged}' if a == f'--config={config}' else a for a in argv]

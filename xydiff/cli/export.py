@@ -23,12 +23,13 @@ def export_run(workdir: str, fmt: str, out: str, step: int | None = None,
   depends on the size; None: any size that is a multiple of the network's.
   """
   from xydiff.interop import export  # pylint: disable=import-outside-toplevel
-  from xydiff.inference import restorer as inference
+  from xydiff import config as config_lib  # pylint: disable=import-outside-toplevel
+  from xydiff.runs import checkpoint  # pylint: disable=import-outside-toplevel
   from xydiff.errors import ConfigError  # pylint: disable=import-outside-toplevel
   if fmt not in export.FORMATS:
     raise ConfigError(f'--format={fmt}: must be one of {", ".join(export.FORMATS)}')
-  config = inference.config_for_workdir(workdir)
-  graphdef, params, step = inference.load_for_inference(config, workdir, step)
+  config = config_lib.load(workdir)
+  graphdef, params, step = checkpoint.load_params(config, workdir, step)
   if fmt == 'safetensors':
     export.write_safetensors(out, config, params, step, ema=config.train.ema_rate > 0)
     return [out]

@@ -24,17 +24,17 @@ from xydiff.cli import common as cli
 def main() -> None:
   from absl import flags  # pylint: disable=import-outside-toplevel
   from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
-  from xydiff import models  # pylint: disable=import-outside-toplevel
-  from xydiff.interop import official as weights
+  from xydiff import configs  # pylint: disable=import-outside-toplevel
+  from xydiff.interop import official as weights  # pylint: disable=import-outside-toplevel
 
-  names = sorted(models.variants())
+  names = configs.choices()
   # --config.* overrides apply to the named model's config, which must exist
   # before absl parses them: the name is picked out of argv here.
-  named = next((a for a in sys.argv[1:] if a in names), 'xydeblur')
+  named = next((a for a in sys.argv[1:] if a in names), 'xydeblur_gopro')
   try:  # ml_collections applies the overrides right here.
     config_flag = config_flags.DEFINE_config_dict(
         'config', weights.config_for(named), "The config whose model the weights fill (MODEL's "
-        'packaged config); override e.g. --config.model.xydeblur.width for reduced variants.',
+        'packaged config); override e.g. --config.model.width for reduced variants.',
         lock_config=True)
   except cli.OVERRIDE_ERRORS as e:
     cli.fail_on_override(sys.argv, e)

@@ -18,18 +18,22 @@ baselines (data.name='gopro' with data.tfds_config='blur_gamma' reads theirs).
   python launch.py --config=deepdeblur_gopro:xy ...   # or :channel, :layer (XYDeblur's Table 2)
 """
 
-from xydiff import models
-from xydiff.configs import default
+from xydiff.configs import base
 
 PAIRS = 2103
 BATCH = 16
 STEPS_PER_EPOCH = PAIRS // BATCH  # DataLoader(drop_last=True): 131.
 
+# XYDeblur's Table 2 rows of MSCNN: the XY decoder pair, and the wider ("Channel") and
+# deeper ("Layer") baselines of about its compute (101 features: 29,147,100 parameters,
+# 11.76 TMACs at 1280x720, the table 28.94M / 11.67; 28 ResBlocks a scale: 17,254,377
+# parameters, 6960.32 GMACs, the table to the digit).
+VARIANTS = {'': {}, 'xy': {'decoders': 2}, 'channel': {'width': 101}, 'layer': {'num_res': 28}}
+
 
 def get_config(variant: str = ''):
-  config = default.get_config()
-  config.model.name = 'deepdeblur'
-  config.model.deepdeblur.update(models.variant_section('deepdeblur', variant))
+  config = base.get_config('deepdeblur')
+  config.model.update(base.variant(VARIANTS, variant, __name__))
   config.data.name = 'folder'
   config.data.crop = 256
   config.data.flip = True

@@ -1,7 +1,7 @@
 """A few minutes on a CPU: scikit-image's bundled photographs, blurred in memory.
 
-  python launch.py --config=xydiff/configs/demo.py --workdir=/tmp/xydiff_demo
-  python launch.py --config=xydiff/configs/demo.py:diffusion --workdir=/tmp/xydiff_demo_dvsr
+  xydiff train --config=demo --workdir=/tmp/xydiff_demo
+  xydiff train --config=demo:diffusion --workdir=/tmp/xydiff_demo_dvsr
 
 The photographs ship with scikit-image (no download); each gets a random
 camera-shake kernel (Boracchi & Foi trajectories). Two photographs are held out
@@ -9,11 +9,13 @@ with kernels never seen in training; the evaluation JSON and before/after PNGs
 land in <workdir>/eval/.
 """
 
-from xydiff.configs import default
+from xydiff.configs import base
 
 
 def get_config(variant: str = ''):
-  config = default.get_config()
+  if variant not in ('', 'xydeblur', 'diffusion'):
+    raise ValueError(f"demo: no variant {variant!r}; one of 'xydeblur', 'diffusion'")
+  config = base.get_config('dvsr' if variant == 'diffusion' else 'xydeblur')
   config.data.name = 'synthetic'
   config.data.root = ''
   config.data.crop = 64
@@ -29,23 +31,19 @@ def get_config(variant: str = ''):
   config.train.checkpoint_every = 200
   config.train.eval_every = 400
   config.eval.num_image_summaries = 2
-  if variant in ('', 'xydeblur'):
-    config.model.name = 'xydeblur'
-    config.model.xydeblur.width = 16
-    config.model.xydeblur.num_res = 2
-  elif variant == 'diffusion':
-    config.model.name = 'dvsr'
-    config.model.predictor.update(dict(base=16, multipliers=(1, 2, 2), num_res=1, decoders=2))
-    config.model.denoiser.update(dict(base=16, multipliers=(1, 2, 2), num_res=1))
-    config.diffusion.presets.perceptual.num_steps = 100
-    config.diffusion.presets.perceptual.beta_end = 0.2
-    # Residuals of a good predictor are small: scaled by 10 they stand out of
-    # the unit noise at more levels, which the short CPU run needs (README,
-    # "Configs", has the comparison with the default 2).
-    config.diffusion.residual_scale = 10.0
-    # The paper trains g only through the denoiser; in a few hundred CPU steps
-    # the optional L1 on g(y) gets g past the blurry input much sooner.
-    config.diffusion.predictor_loss_weight = 1.0
-  else:
-    raise ValueError(f"xydiff/configs/demo.py takes '' or 'diffusion', not {variant!r}")
+  if variant != 'diffusion':
+    config.model.width = 16
+    config.model.num_res = 2
+    return config
+  config.model.predictor.update(dict(base=16, multipliers=(1, 2, 2), num_res=1, decoders=2))
+  config.model.denoiser.update(dict(base=16, multipliers=(1, 2, 2), num_res=1))
+  config.inference.presets.perceptual.num_steps = 100
+  config.inference.presets.perceptual.beta_end = 0.2
+  # Residuals of a good predictor are small: scaled by 10 they stand out of
+  # the unit noise at more levels, which the short CPU run needs (docs,
+  # "Configs", has the comparison with the default 2).
+  config.model.diffusion.residual_scale = 10.0
+  # The paper trains g only through the denoiser; in a few hundred CPU steps
+  # the optional L1 on g(y) gets g past the blurry input much sooner.
+  config.model.diffusion.predictor_loss_weight = 1.0
   return config

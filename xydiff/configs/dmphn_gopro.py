@@ -18,8 +18,7 @@ and '1_2_4_8_xy', '1_2_4_8_channel', '1_2_4_8_layer' its other DMPHN rows
   python launch.py --config=dmphn_gopro:1_2_4_8 ...   # or :1_2_4_8_xy, _channel, _layer
 """
 
-from xydiff import models
-from xydiff.configs import default
+from xydiff.configs import base
 
 PAIRS = 2103
 BATCH = 2
@@ -28,12 +27,22 @@ EPOCHS = {3: 2400, 4: 4000}  # By number of levels: DMPHN_1_2_4.py, DMPHN_1_2_4_
 TEST_EVERY_EPOCHS = {3: 200, 4: 100}  # How often the authors' scripts test on GoPro.
 DECAY_EVERY_EPOCHS = 1000  # StepLR(step_size=1000, gamma=0.1).
 
+# DMPHN(1-2-4) (5,424,393 parameters), DMPHN(1-2-4-8) (7,232,524), and XYDeblur's
+# Table 2 rows of the latter: XY (each level's decoder run twice, turned), Channel
+# (width 52: 19,082,764 parameters, 2895.77 GMACs; the table 18.63M / 3060.28, which no
+# whole width gives both of) and Layer (3 ResBlocks a stage: the table to the digit).
+VARIANTS = {
+    '': {'levels': 3}, '1_2_4': {'levels': 3}, '1_2_4_8': {'levels': 4},
+    '1_2_4_8_xy': {'levels': 4, 'decoders': 2},
+    '1_2_4_8_channel': {'levels': 4, 'width': 52},
+    '1_2_4_8_layer': {'levels': 4, 'num_res': 3},
+}
+
 
 def get_config(variant: str = ''):
-  config = default.get_config()
-  config.model.name = 'dmphn'
-  config.model.dmphn.update(models.variant_section('dmphn', variant, default='dmphn_1_2_4'))
-  levels = config.model.dmphn.levels
+  config = base.get_config('dmphn')
+  config.model.update(base.variant(VARIANTS, variant, __name__))
+  levels = config.model.levels
   epochs = EPOCHS.get(levels, EPOCHS[4])
 
   config.data.name = 'folder'

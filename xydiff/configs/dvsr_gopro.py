@@ -2,16 +2,18 @@
 
 Predictor g: U-Net, base 64, multipliers (1, 2, 3, 4); denoiser f: base 32,
 same multipliers; 3 residual blocks per level; one L1 epsilon-loss trains both.
+The variant names another family of the zoo as g, with its defaults:
+
+  xydiff train --config=dvsr_gopro --workdir=DIR --config.data.root=/path/to/GOPRO_Large
+  xydiff train --config=dvsr_gopro:nafnet ...   # or :xydeblur, :mimo_unet, :dmphn, :deepdeblur
 """
 
-from xydiff.configs import default
+from xydiff.configs import base
 
 
-def get_config():
-  config = default.get_config()
-  config.model.name = 'dvsr'
-  config.model.predictor.update(dict(arch='unet', base=64, decoders=1))
-  config.model.denoiser.update(dict(base=32, decoders=1))
+def get_config(predictor: str = ''):
+  config = base.get_config('dvsr')
+  config.model.predictor = base.predictor(predictor or 'unet')
   config.data.name = 'folder'
   config.data.crop = 128
   config.train.batch_size = 32

@@ -14,18 +14,20 @@ Dropout2d(0.1) on the skips. They test on GoPro every 100 epochs.
   python launch.py --config=mimo_unet_gopro:plus ...   # or :xy, :plus_xy (XYDeblur's decoder pair)
 """
 
-from xydiff import models
-from xydiff.configs import default
+from xydiff.configs import base
 
 PAIRS = 2103
 BATCH = 4
 STEPS_PER_EPOCH = -(-PAIRS // BATCH)  # DataLoader(drop_last=False): 526.
 
+PLUS = {'num_res': 20, 'dropout': 0.1}  # MIMO-UNet+: 16,107,651 parameters (6,807,171 plain).
+XY = {'decoders': 2, 'share': 'rotate'}  # XYDeblur's decoder pair: 1.50x the GMACs.
+VARIANTS = {'': {}, 'plus': PLUS, 'xy': XY, 'plus_xy': {**PLUS, **XY}}
+
 
 def get_config(variant: str = ''):
-  config = default.get_config()
-  config.model.name = 'mimo_unet'
-  config.model.mimo_unet.update(models.variant_section('mimo_unet', variant))
+  config = base.get_config('mimo_unet')
+  config.model.update(base.variant(VARIANTS, variant, __name__))
   config.data.name = 'folder'
   config.data.crop = 256
   config.data.flip = True

@@ -25,19 +25,17 @@ passes over the 2103 frames (200,000 of 32: about 3,000). No EMA.
   python launch.py --config=nafnet_gopro:width32 ...
 """
 
-from xydiff import models
-from xydiff.configs import default
+from xydiff.configs import base
 
 # {width: (global batch, iterations, AdamW weight decay)} from the two train configs.
 RECIPES = {32: (32, 200_000, 0.0), 64: (64, 400_000, 1e-3)}
-VARIANTS = {'': 'nafnet64', 'width64': 'nafnet64', 'width32': 'nafnet32'}
+VARIANTS = {'': {'width': 64}, 'width64': {'width': 64}, 'width32': {'width': 32}}
 
 
 def get_config(variant: str = ''):
-  config = default.get_config()
-  config.model.name = 'nafnet'
-  config.model.nafnet.update(models.variant_section('nafnet', VARIANTS.get(variant, variant)))
-  batch, steps, weight_decay = RECIPES[config.model.nafnet.width]
+  config = base.get_config('nafnet')
+  config.model.update(base.variant(VARIANTS, variant, __name__))
+  batch, steps, weight_decay = RECIPES[config.model.width]
   config.data.name = 'folder'
   config.data.crop = 256
   config.data.flip = True

@@ -7,12 +7,11 @@ of 3000, batch 4, random 256x256 crops with horizontal flips, 2103 pairs.
       --config.data.root=/path/to/GOPRO_Large
 """
 
-from xydiff.configs import default
+from xydiff.configs import base
 
 
 def get_config():
-  config = default.get_config()
-  config.model.name = 'xydeblur'
+  config = base.get_config('xydeblur')
   config.data.name = 'folder'
   config.data.crop = 256
   config.train.batch_size = 4

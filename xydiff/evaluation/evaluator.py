@@ -1,15 +1,16 @@
 """Evaluation: every named output of a model against the sharp images.
 
-An `Evaluator` knows which outputs a model has — XYDeblur: 'restored';
-DvSR: 'predictor' (g alone) plus one entry per inference preset ('perceptual',
-'sa', ...) — and scores each on whole images with a `Scorer`: the field's
+An `Evaluator` scores every output the model's family names (`outputs`:
+XYDeblur 'restored'; DvSR 'predictor', g alone, plus one per preset of
+config.eval.presets) and scores each on whole images with a `Scorer`: the field's
 table protocol (PSNR on uint8-rounded RGB, peak 255; 2-D and 3-D SSIM on
 uint8 levels), or on RealBlur (config.eval.align) that dataset's protocol
 (each output saved as 8 bits, aligned to the ground truth with OpenCV's ECC,
-masked PSNR/SSIM; scoring.py holds the metric table). Images stream one at a time: memory does not grow with the
-size of the split. It writes `<workdir>/<subdir>/step_<N>.json` (every metric
-named by its label) and `.csv` (one row per image), a few
-input/output/sharp PNGs beside them, and the same as TensorBoard summaries.
+masked PSNR/SSIM; scoring.py holds the metric table). Images stream one at a
+time: memory does not grow with the size of the split. It writes
+`<workdir>/<subdir>/step_<N>.json` (every metric named by its label) and
+`.csv` (one row per image), a few input/output/sharp PNGs beside them, and
+the same as TensorBoard summaries.
 """
 
 from __future__ import annotations
@@ -21,11 +22,14 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from xydiff import config_check, data, images, models
-from xydiff.inference import restorer as inference
-from xydiff.data import tf_cpu as tf_guard
-from xydiff.evaluation.scoring import Progress, Scorer, SetScores, add_set_scores, summarize, uses_alignment
-from xydiff.evaluation.scoring import write_report
+from xydiff import config as config_lib
+from xydiff import data, images, models
+from xydiff.data import tf_cpu
+from xydiff.errors import require
+from xydiff.evaluation.scoring import Progress, Scorer, SetScores, add_set_scores, summarize
+from xydiff.evaluation.scoring import uses_alignment, write_report
+from xydiff.inference import ensemble, restorer
+from xydiff.runs import checkpoint
 
 def _file_stem(name: str) -> str:
   return name.replace('/', '_').replace(os.sep, '_')
@@ -49,15 +53,16 @@ class Evaluator:
 
   @property
   def primary_output(self) -> str:
-    """The output whose scores are also given as each image's plain psnr/ssim."""
-    if not models.is_diffusion(self.config.model):
-      return 'restored'
-    return self.config.eval.presets[-1] if self.config.eval.presets else 'predictor'
+    """The output whose scores are also given as each image's plain psnr/ssim: the last."""
+    return list(models.family(self.config.model.name).outputs(self.config))[-1]
 
   def run(self, graphdef, params, step: int) -> dict:
     """Scores `params` (the weights to evaluate: state.eval_params of a train state)."""
     if self._fns is None or graphdef is not self._graphdef:
-      self._fns, self._graphdef = inference.make_restore_fns(self.config, graphdef), graphdef
+      outputs = models.family(self.config.model.name).outputs(self.config)
+      self._fns = {name: restorer.restore_fn(self.config, graphdef, settings)
+                   for name, settings in outputs.items()}
+      self._graphdef = graphdef
     is_chief = jax.process_index() == 0
     out_dir = os.path.join(self.workdir, self.subdir, f'step_{step}')
     num_pictures = self.config.eval.num_image_summaries
@@ -80,8 +85,8 @@ class Evaluator:
       for out_name, fn in self._fns.items():
         key = jax.random.fold_in(base_key, index)
         # config.deblur.ensemble 8: the x8 self-ensemble around the whole restore.
-        result = inference.ensembled(lambda view: fn(params, jnp.asarray(view), key),
-                                     np.asarray(blur)[None], self.config.deblur.get('ensemble', 1))
+        result = ensemble.ensembled(lambda view: fn(params, jnp.asarray(view), key),
+                                    np.asarray(blur)[None], self.config.inference.ensemble)
         restored = np.asarray(result['image'][0])
         entry['outputs'][out_name] = self.scorer(restored, sharp)
         set_scores.add(out_name, restored)
@@ -139,16 +144,38 @@ def eval_subdir(config) -> str:
   return 'eval_' + '_'.join(p for p in parts if p)
 
 
+ALIGN_MODES = ('auto', 'ecc', 'none')
+
+
+def validate(eval_config) -> None:
+  """Checks config.eval's shared fields (a family's own: its validate_settings)."""
+  require(eval_config.align in ALIGN_MODES, 'eval.align', f'must be one of {ALIGN_MODES}',
+          eval_config.align)
+  require(isinstance(eval_config.num_image_summaries, int) and
+          eval_config.num_image_summaries >= 0, 'eval.num_image_summaries', 'must be >= 0',
+          eval_config.num_image_summaries)
+  require(isinstance(eval_config.lpips, bool), 'eval.lpips', 'must be True or False',
+          eval_config.lpips)
+  require(isinstance(eval_config.checkpoint_step, int), 'eval.checkpoint_step',
+          'must be an integer (-1: the latest)', eval_config.checkpoint_step)
+  weights = eval_config.inception_weights
+  require(weights in ('', 'fetch') or os.path.isfile(weights), 'eval.inception_weights',
+          "must be '', 'fetch' or an existing file", weights)
+
+
 def evaluate_checkpoint(config, workdir: str, *, config_from_user: bool = False) -> dict:
-  """--mode=eval: scores the latest (or config.eval.checkpoint_step) checkpoint."""
-  config_check.validate(config, 'eval', jax.device_count())
+  """Scores the latest (or config.eval.checkpoint_step) checkpoint on config.data's eval split."""
+  config_lib.check(config)
+  data.validate(config.data, models.size_multiple(config.model))
+  validate(config.eval)
+  restorer.validate(config.inference)
   step = None if config.eval.checkpoint_step < 0 else config.eval.checkpoint_step
-  graphdef, params, step = inference.load_for_inference(config, workdir, step,
-                                                        config_from_user=config_from_user)
+  graphdef, params, step = checkpoint.load_params(config, workdir, step,
+                                                 config_from_user=config_from_user)
   writer = None
   if jax.process_index() == 0:
     from clu import metric_writers  # pylint: disable=import-outside-toplevel
-    tf_guard.keep_tensorflow_off_accelerators()  # clu's summary writer runs TensorFlow ops.
+    tf_cpu.keep_tensorflow_off_accelerators()  # clu's summary writer runs TensorFlow ops.
     writer = metric_writers.create_default_writer(os.path.join(workdir, eval_subdir(config)))
   source = data.get_source(config.data, 'eval')
   return Evaluator(config, workdir, source, writer=writer, subdir=eval_subdir(config)).run(

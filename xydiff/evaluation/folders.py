@@ -20,7 +20,8 @@ import os
 
 from absl import logging
 
-from xydiff import config_check, images
+from xydiff import images
+from xydiff.evaluation import evaluator
 from xydiff.evaluation import scoring
 from xydiff.data.folders import match_pairs
 from xydiff.errors import DataError
@@ -42,7 +43,7 @@ def pair_files(restored_dir: str, sharp_dir: str) -> list[tuple[str, str, str]]:
 
 def run(config, workdir: str, restored_dir: str, sharp_dir: str) -> dict:
   """Scores every pair and writes `<workdir>/score.{json,csv}`; returns the summary."""
-  config_check.validate(config, 'score')
+  evaluator.validate(config.eval)
   pairs = pair_files(restored_dir, sharp_dir)
   os.makedirs(workdir, exist_ok=True)
   scorer = scoring.Scorer(config.eval.align == 'ecc', config.eval.lpips)

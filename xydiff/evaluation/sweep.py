@@ -30,8 +30,12 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from xydiff import config_check, data, diffusion, files
-from xydiff.inference import restorer as inference
+from xydiff import config as config_lib
+from xydiff import data, files, models
+from xydiff.errors import ConfigError
+from xydiff.evaluation import evaluator
+from xydiff.inference import restorer
+from xydiff.runs import checkpoint
 from xydiff.evaluation.scoring import METRICS, Progress, SetScores, metric_names, score
 
 
@@ -75,16 +79,35 @@ def _score_samples(samples, sharp, counts, with_lpips: bool, set_scores, feature
   return scores
 
 
+def schedule_settings(config, num_steps: int, beta_start: float, beta_end: float,
+                      num_samples: int):
+  """The family's restore settings for one schedule of the grid, as an extra preset."""
+  swept = config.copy_and_resolve_references()
+  with swept.unlocked():
+    swept.inference.presets[SWEPT] = dict(num_steps=num_steps, beta_start=beta_start,
+                                          beta_end=beta_end, num_samples=num_samples)
+  return models.family(config.model.name).settings(swept, preset=SWEPT)
+
+
+# The name of the preset each schedule of the grid runs as.
+SWEPT = 'sweep'
+
+
 def run_sweep(config, workdir: str, *, config_from_user: bool = False) -> list[dict]:
-  config_check.validate(config, 'sweep', jax.device_count())
+  config_lib.check(config)
+  if 'sweep' not in config.eval:
+    raise ConfigError(f'config.model.name={config.model.name!r}: this model samples nothing to '
+                      'sweep (config.eval has no sweep grid; diffusion models have one)')
+  data.validate(config.data, models.size_multiple(config.model))
+  evaluator.validate(config.eval)
   step = None if config.eval.checkpoint_step < 0 else config.eval.checkpoint_step
-  graphdef, params, step = inference.load_for_inference(config, workdir, step,
-                                                        config_from_user=config_from_user)
+  graphdef, params, step = checkpoint.load_params(config, workdir, step,
+                                                  config_from_user=config_from_user)
   source = data.get_source(config.data, 'eval')
   max_images = config.data.eval_max_images
   num_images = data.eval_count(source, max_images)
-  counts = sorted(set(int(n) for n in config.sweep.num_samples))
-  schedules = [(int(t), float(b0), float(b1)) for t, b0, b1 in config.sweep.schedules]
+  counts = sorted(set(int(n) for n in config.eval.sweep.num_samples))
+  schedules = [(int(t), float(b0), float(b1)) for t, b0, b1 in config.eval.sweep.schedules]
   base_key = jax.random.key(config.seed + 1)
   is_chief = jax.process_index() == 0
 
@@ -109,9 +132,8 @@ def run_sweep(config, workdir: str, *, config_from_user: bool = False) -> list[d
     results = done.setdefault(key, [])
     if len(results) >= num_images:
       continue
-    schedule = diffusion.linear_schedule(num_steps, beta_start, beta_end)
-    sample = inference.make_sampler(graphdef, schedule, counts[-1],
-                                    config.diffusion.residual_scale)
+    sample = restorer.restore_fn(config, graphdef, schedule_settings(
+        config, num_steps, beta_start, beta_end, counts[-1]))
     for index, (name, blur, sharp) in enumerate(data.eval_pairs(source, max_images)):
       if index < len(results):
         continue  # Recorded by an earlier run.

@@ -207,10 +207,11 @@ def run(config, workdir: str, input: str, output: str,  # pylint: disable=redefi
   compilation_cache()
   restorer = inference.Restorer.from_workdir(ckpt_workdir, step=step, config=config,
                                              config_from_user=config_from_user)
-  out_paths = output_paths(files, output, std_maps=restorer.num_samples is not None)
+  out_paths = output_paths(files, output, std_maps=restorer.samples())
   os.makedirs(output, exist_ok=True)
   logging.info('deblur: %d images with the step-%d %s model (%s) into %s', len(files),
-               restorer.step, restorer.config.model.name, restorer.description, output)
+               restorer.step, restorer.config.model.name,
+               restorer.family.describe(restorer.settings()), output)
 
   base_key = jax.random.key(restorer.config.seed)
   failed = 0

@@ -1,356 +1,105 @@
-"""Inference: a run's weights, restore functions, samplers, tiles, and the `Restorer` API.
-
-Everything that turns weights into restored images lives here, for the
-evaluator, the sweep, `--mode=deblur` and users' own code alike:
+"""The `Restorer`: a model's weights and config, ready to restore images.
 
   import xydiff
-  restorer = xydiff.Restorer.from_workdir('runs/xydeblur')   # or .from_pretrained('xydeblur_gopro')
-  out = restorer.restore(photo)          # HxWx3 uint8/uint16/float in [0, 1]
-  out['image']                           # float32 HxWx3 in [0, 1]; + 'samples', 'std' for diffusion
+  restorer = xydiff.Restorer.from_pretrained('xydeblur_gopro')   # or .from_workdir('runs/x')
+  out = restorer.restore('photo.jpg')    # a path, an HxW(x3) image or an NxHxWx3 batch
+  out['image']                           # float32, the input's layout; + 'samples', 'std'
 
-Weights are restored replicated over the device mesh, as training holds them,
-so inference runs the same way on one host or many. Evaluation always uses
-the EMA weights when training keeps them (state.eval_params).
+Every restore runs the model family's one `restore` function
+(models/contract.py) through `restore_fn`, compiled once per setting; the
+evaluator and export call the same. Weights are restored replicated over the
+device mesh, as training holds them, so inference runs the same way on one
+host or many.
 """
 
 from __future__ import annotations
 
-import math
+import collections
+import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from flax import nnx
 
-from xydiff import config_check, diffusion, images, models
+from xydiff import config as config_lib
+from xydiff import images, models
+from xydiff.errors import ConfigError, ImageValueError
+from xydiff.inference import ensemble as ensemble_lib, tiles
 from xydiff.runs import checkpoint
-from xydiff import config as run_config
-from xydiff.runs import state as state_lib
-from xydiff.errors import ConfigError
-from xydiff.models.layers import pad_to_multiple
 
 
-# ------------------------------------------------------------------ weights
+def restore_fn(config, graphdef, settings):
+  """jitted fn(params, blur [B, H, W, 3], key) -> {'image', ...}: the family's restore.
 
-def load_for_inference(config, workdir: str, step: int | None = None, *,
-                       config_from_user: bool = False):
-  """(graphdef, eval params, step) of a workdir's checkpoint (latest when step is None).
-
-  `config_from_user`: the user gave `config` (not the workdir's stored one),
-  so a checkpoint that stores no config of its own may be read with it.
+  The one place a model's restore (for DvSR: its sampler) is assembled.
   """
-  graphdef, target = state_lib.abstract_state(config, state_lib.replicated(state_lib.make_mesh()))
-  with checkpoint.Checkpointer(workdir, config, read_only=True,
-                               config_from_user=config_from_user) as ckpt:
-    state = ckpt.restore(target, step)
-  return graphdef, state_lib.eval_params(state), int(state['step'])
+  family = models.family(config.model.name)
 
-
-def config_for_workdir(workdir: str, given=None):
-  """The config to run a stored run with: `given`, else the one stored in `workdir`.
-
-  `given` may differ from the stored config in inference fields only: the
-  checkpoint compares the fields that change outputs when it is restored
-  (checkpoint.Checkpointer.restore) and refuses the others by name.
-  """
-  return given if given is not None else run_config.load(workdir)
-
-
-# ------------------------------------------------------------------ restore functions
-
-def preset_schedule(preset) -> diffusion.Schedule:
-  return diffusion.linear_schedule(preset.num_steps, preset.beta_start, preset.beta_end)
-
-
-def make_restore_fns(config, graphdef):
-  """{output name: jitted fn(params, blur [1,H,W,3], key) -> dict with 'image' and extras}."""
-  if not models.is_diffusion(config.model):
-    @jax.jit
-    def restore(params, blur, key):
-      del key
-      return {'image': nnx.merge(graphdef, params)(blur)['restored']}
-    return {'restored': restore}
-
-  @jax.jit
-  def predictor(params, blur, key):
-    del key
-    return {'image': nnx.merge(graphdef, params).predict(blur)['restored']}
-
-  fns = {'predictor': predictor}
-  for name in config.eval.presets:
-    preset = config.diffusion.presets[name]
-    fns[name] = make_sampler(graphdef, preset_schedule(preset), preset.num_samples,
-                             config.diffusion.residual_scale)
-  return fns
-
-
-def make_sampler(graphdef, schedule, num_samples, residual_scale):
-  """jitted fn(params, blur, key) -> {image: mean of the N samples, std, samples [N, ...]}."""
   @jax.jit
   def run(params, blur, key):
-    model = nnx.merge(graphdef, params)
-    out = diffusion.sample(lambda y: model.predict(y)['restored'], model.denoise, blur,
-                           diffusion.sample_keys(key, num_samples), schedule=schedule,
-                           residual_scale=residual_scale)
-    return {'image': out['mean'], 'std': out['std'], 'samples': out['samples']}
+    return family.restore(nnx.merge(graphdef, params), blur, key, settings)
   return run
 
 
-# ------------------------------------------------------------------ tiles and size buckets
-
-def tile_starts(length: int, tile: int, overlap: int, align: int) -> list[int]:
-  """Offsets of tiles of `tile` pixels covering [0, length); neighbours share >= `overlap`.
-
-  `length`, `tile` and `overlap` are multiples of `align`, the network's
-  downsampling factor. Strided networks are translation-equivariant only under
-  shifts by that factor, so a tile starting on a multiple of it computes, away
-  from its own edges, exactly what the whole image would. The tiles are spread
-  evenly: no overlap is much wider than the others.
-  """
-  if tile >= length:
-    return [0]
-  stride = tile - overlap
-  count = 1 + math.ceil((length - tile) / stride)
-  return [(i * (length - tile) // (count - 1)) // align * align for i in range(count)]
-
-
-def blend_window(size: int, before: int, after: int) -> np.ndarray:
-  """1-D blending weights of one tile that shares `before`/`after` pixels with its neighbours.
-
-  Raised-cosine ramps over each shared stretch: the neighbour's ramp is the
-  complement (sin^2 + cos^2 = 1), so two tiles blend into a partition of
-  unity, and each tile's weight fades to almost nothing at its own edge, where
-  its output is least reliable. The half-pixel offset keeps every weight
-  positive, so every pixel has a defined blend.
-  """
-  weights = np.ones(size, np.float32)
-  for shared, side in ((before, 1), (after, -1)):
-    shared = min(shared, size)
-    if shared:
-      ramp = np.sin(0.5 * np.pi * (np.arange(shared) + 0.5) / shared) ** 2
-      if side > 0:
-        weights[:shared] = np.minimum(weights[:shared], ramp)
-      else:
-        weights[size - shared:] = np.minimum(weights[size - shared:], ramp[::-1])
-  return weights
-
-
-def _windows(starts: list[int], size: int) -> list[np.ndarray]:
-  shared = [prev + size - start for prev, start in zip(starts, starts[1:])]
-  return [blend_window(size, shared[i - 1] if i > 0 else 0, shared[i] if i < len(shared) else 0)
-          for i in range(len(starts))]
-
-
-def bucketed(length: int, align: int, bucket: int) -> int:
-  """`length` padded up to the next multiple of `bucket` (itself a multiple of `align`).
-
-  Opt-in (config.deblur.size_bucket > 0): each distinct input shape compiles
-  the network once, and rounding sizes up to buckets lets a folder of photos
-  of nearby sizes share a few compiled shapes, but the extra border changes
-  outputs near the bottom and right edges. Bucket 0 keeps the network's own
-  multiple `align`: a size that is one already is not padded at all.
-  """
-  step = math.lcm(align, bucket) if bucket > 0 else align
-  return -(-length // step) * step
-
-
-_OUTPUTS = ('image', 'std', 'samples')
-
-
-def restore_image(fn, params, image: np.ndarray, key: jax.Array, *, align: int,
-                  tile: int = 0, overlap: int = 0, bucket: int = 0,
-                  ensemble: int = 1) -> dict[str, np.ndarray]:
-  """Runs `fn` (from make_restore_fns / make_sampler) on one HxWx3 float image.
-
-  The image is reflect-padded to a multiple of `align` exactly as the networks
-  pad internally, so a single pass equals calling the model on the image; with
-  `bucket` > 0 further, to a multiple of `bucket`, so that nearby sizes reuse
-  one compiled shape (the extra reflected border changes outputs only within
-  the network's receptive field of the bottom and right edges). When the
-  padded image is larger than `tile` (> 0) on either side it is cut into
-  aligned tiles that share at least `overlap` pixels, each restored on its own
-  and blended with `blend_window`. Returns float32 arrays cropped back to HxW:
-  'image', and 'std' and 'samples' ([N, H, W, 3]) when `fn` samples a
-  diffusion model. Raises ValueError ('too small') for an image below the
-  network's minimum size. `ensemble` 8 wraps all of this in the x8
-  self-ensemble (`ensembled`), with the same `key` for every transform.
-  """
-  if ensemble != 1:
-    return ensembled(lambda view: restore_image(fn, params, view, key, align=align, tile=tile,
-                                                overlap=overlap, bucket=bucket), image, ensemble)
-  padded, (h, w) = pad_to_multiple(jnp.asarray(image, jnp.float32)[None], align)
-  padded = np.asarray(padded)
-  height, width = padded.shape[1:3]
-  if bucket > 0:
-    extra_h, extra_w = bucketed(height, align, bucket) - height, bucketed(width, align, bucket) - width
-    if tile > 0:  # Tiles already have one shape: bucket only what stays whole.
-      extra_h, extra_w = (extra_h if height < tile else 0), (extra_w if width < tile else 0)
-    padded = np.pad(padded, ((0, 0), (0, extra_h), (0, extra_w), (0, 0)), mode='symmetric')
-    height, width = padded.shape[1:3]
-  tile_h = min(tile, height) if tile > 0 else height
-  tile_w = min(tile, width) if tile > 0 else width
-  if (tile_h, tile_w) == (height, width):
-    out = fn(params, jnp.asarray(padded), key)
-    result = {name: np.asarray(out[name][0, :h, :w]) for name in ('image', 'std') if name in out}
-    if 'samples' in out:
-      result['samples'] = np.asarray(out['samples'][:, 0, :h, :w])
-    return result
-
-  ys, xs = tile_starts(height, tile_h, overlap, align), tile_starts(width, tile_w, overlap, align)
-  wys, wxs = _windows(ys, tile_h), _windows(xs, tile_w)
-  total = np.zeros((height, width, 1), np.float32)
-  sums = {}
-  for i, (y0, wy) in enumerate(zip(ys, wys)):
-    for j, (x0, wx) in enumerate(zip(xs, wxs)):
-      crop = padded[:, y0:y0 + tile_h, x0:x0 + tile_w]
-      out = fn(params, jnp.asarray(crop), jax.random.fold_in(key, i * len(xs) + j))
-      weight = (wy[:, None] * wx[None, :])[..., None]
-      total[y0:y0 + tile_h, x0:x0 + tile_w] += weight
-      for name in _OUTPUTS:
-        if name in out:
-          value = np.asarray(out[name][:, 0] if name == 'samples' else out[name][0])
-          acc = sums.setdefault(name, np.zeros(value.shape[:-3] + (height, width, 3), np.float32))
-          acc[..., y0:y0 + tile_h, x0:x0 + tile_w, :] += weight * value
-  return {name: (acc / total)[..., :h, :w, :] for name, acc in sums.items()}
-
-
-# ------------------------------------------------------------------ test-time ensemble
-
-def dihedral(image, index: int):
-  """The `index`-th (0..7) of the 8 flips x rot90 of an image whose H, W are axes -3, -2.
-
-  0 is the identity; 1-3 rotate by 90, 180, 270 degrees; 4-7 mirror W first.
-  """
-  view = np.flip(image, axis=-2) if index >= 4 else image
-  return np.rot90(view, index % 4, axes=(-3, -2))
-
-
-def undo_dihedral(image, index: int):
-  """The inverse of `dihedral(., index)`: undo the rotation, then the mirror."""
-  view = np.rot90(image, -(index % 4), axes=(-3, -2))
-  return np.flip(view, axis=-2) if index >= 4 else view
-
-
-def ensembled(restore, image, ensemble: int) -> dict:
-  """The x8 geometric self-ensemble (KAIR, MAXIM) of `restore` on `image`; 1: `restore` alone.
-
-  `restore` maps an image (H, W on axes -3, -2) to a dict of outputs with H, W
-  on the same axes ('image', and for diffusion 'std' and 'samples'). Each of
-  the 8 flips x rot90 of the image is restored and turned back, and the 8
-  outputs are averaged: 8x the compute. A sampler draws with the key that
-  `restore` closes over, the same for every transform; sample i is the mean
-  of the 8 turned-back samples i, and 'std' stays the std over the returned
-  samples.
-  """
-  config_check.check_ensemble(ensemble, 'ensemble')
-  if ensemble == 1:
-    return restore(image)
-  image = np.asarray(image)
-  total = None
-  for index in range(ensemble):
-    out = {name: undo_dihedral(np.asarray(value), index)
-           for name, value in restore(np.ascontiguousarray(dihedral(image, index))).items()}
-    total = out if total is None else {name: total[name] + out[name] for name in total}
-  mean = {name: np.ascontiguousarray(value / ensemble) for name, value in total.items()}
-  if 'samples' in mean and 'std' in mean:
-    mean['std'] = mean['samples'].std(axis=0)
-  return mean
-
-
-# ------------------------------------------------------------------ the API
-
-def check_deblur_settings(config) -> tuple[int, int, int, int | None]:
-  """(tile, overlap, bucket, num_samples) from config.deblur, checked; num_samples None if
-  the model is deterministic."""
-  db = config.deblur
-  # Stored configs of runs older than the ensemble have no field: 1, as they ran.
-  config_check.check_ensemble(db.get('ensemble', 1), 'config.deblur.ensemble')
-  for field, minimum in (('tile', 0), ('tile_overlap', 0), ('size_bucket', 0)):
-    value = db[field]
-    if not (isinstance(value, int) and value >= minimum):
-      raise ConfigError(f'config.deblur.{field}={value!r}: must be an integer >= {minimum}'
-                        + (' (0: never tile)' if field == 'tile' else '')
-                        + (' (0: no buckets)' if field == 'size_bucket' else ''))
-  if not models.is_diffusion(config.model):
-    return db.tile, db.tile_overlap, db.size_bucket, None
-  if db.preset not in config.diffusion.presets:
-    raise ConfigError(f'config.deblur.preset={db.preset!r}: must be one of '
-                      f'{tuple(config.diffusion.presets)}')
-  if not (isinstance(db.num_samples, int) and db.num_samples >= 0):
-    raise ConfigError(f'config.deblur.num_samples={db.num_samples!r}: must be an integer >= 0 '
-                      "(0: the preset's)")
-  num_samples = db.num_samples or config.diffusion.presets[db.preset].num_samples
-  return db.tile, db.tile_overlap, db.size_bucket, num_samples
-
-
-def aligned_tiling(tile: int, overlap: int, align: int) -> tuple[int, int]:
-  """config.deblur.tile rounded down and tile_overlap up to multiples of `align`."""
-  if tile == 0:
-    return 0, 0
-  tile_a, overlap_a = tile // align * align, -(-overlap // align) * align
-  if tile_a - overlap_a < align:
-    raise ConfigError(
-        f'config.deblur.tile={tile} with tile_overlap={overlap}: this model works on multiples '
-        f'of {align} pixels, so the tile ({tile_a}) must exceed the overlap ({overlap_a}) by at '
-        f'least {align}')
-  return tile_a, overlap_a
+def validate(inference) -> None:
+  """Checks config.inference's shared fields (a family's own: its validate_settings)."""
+  ensemble_lib.check_ensemble(inference.ensemble, 'config.inference.ensemble')
+  for field, note in (('tile', ' (0: never tile)'), ('tile_overlap', ''),
+                      ('size_bucket', ' (0: no buckets)')):
+    value = inference[field]
+    if isinstance(value, bool) or not (isinstance(value, int) and value >= 0):
+      raise ConfigError(f'config.inference.{field}={value!r}: must be an integer >= 0{note}')
 
 
 class Restorer:
-  """A model ready to restore images: weights, config and the compiled function.
+  """A model ready to restore images: weights, config and its compiled functions.
 
   Build one with `from_workdir` (a trained, imported or fetched run) or
-  `from_pretrained` (official weights by name, downloaded once into the user's
-  cache). `restore(image)` returns {'image'} for XYDeblur and {'image' (the
-  mean of the samples), 'samples' [N, H, W, 3], 'std'} for diffusion models,
-  sampled with `config.deblur.preset` and `config.deblur.num_samples`; large
-  images go in tiles (`config.deblur.tile`); `config.deblur.ensemble` 8 averages
-  the x8 self-ensemble around all of it.
+  `from_pretrained` (a model of the zoo by name, fetched and imported once,
+  or a `.safetensors` file from `xydiff export`). `restore` returns
+  {'image'}; diffusion models add 'samples' and 'std'. Settings come from
+  the run's `config.inference`, and each call may change them (see
+  `restore`). Large images go in tiles, `ensemble=8` averages the x8
+  self-ensemble around all of it.
   """
 
-  def __init__(self, config, graphdef, params, step: int):
-    config_check.validate_model(config)
+  # Compiled restore functions kept (one per setting: preset, steps, samples,
+  # tiled or not); the least recently used is dropped beyond this.
+  MAX_COMPILED_SETTINGS = 8
+
+  def __init__(self, config, graphdef, params, step: int, *, source: str = ''):
+    config_lib.check(config)
+    validate(config.inference)
     self.config = config
     self.step = step
     self.params = params
-    tile, overlap, self.bucket, self.num_samples = check_deblur_settings(config)
-    self.ensemble = config.deblur.get('ensemble', 1)
+    self.source = source
+    self.family = models.family(config.model.name)
     self.align = models.size_multiple(config.model)
-    self.tile, self.overlap = aligned_tiling(tile, overlap, self.align)
-    self._fn = self._restore_fn(graphdef)
-    self.description = 'restored' if self.num_samples is None else (
-        f"preset '{config.deblur.preset}', mean of {self.num_samples} samples")
-    self._tiled_fn = self._fn
-    spec = models.get(config.model)
-    if self.tile and not spec.tile_safe(config.model):
-      # Image-wide statistics (NAFNet's channel attention, DMPHN's patch seams)
-      # would see each tile alone: tiled images run the family's tile-safe form
-      # of the same weights (NAFNet: TLC's local statistics) where it has one.
-      tiled_model = spec.for_tiles(config.model) if spec.for_tiles is not None else None
-      if tiled_model is None:
-        logging.warning('%s computes image-wide statistics: images larger than '
-                        'config.deblur.tile=%d are restored in tiles that differ from the whole '
-                        'image; set config.deblur.tile=0 to restore them whole',
-                        config.model.name, self.tile)
-      else:
-        tiled_graphdef, _ = nnx.split(
-            nnx.eval_shape(lambda: models.build_model(tiled_model)), nnx.Param)
-        self._tiled_fn = self._restore_fn(tiled_graphdef)
-    if self.ensemble > 1:
-      self.description += f', x{self.ensemble} self-ensemble'
+    self.graphdef = graphdef
+    self._tiled_graphdef = self._tile_safe_graphdef()
+    self._compiled = collections.OrderedDict()
 
-  def _restore_fn(self, graphdef):
-    if self.num_samples is None:
-      return make_restore_fns(self.config, graphdef)['restored']
-    preset = self.config.diffusion.presets[self.config.deblur.preset]
-    return make_sampler(graphdef, preset_schedule(preset), self.num_samples,
-                        self.config.diffusion.residual_scale)
+  def _tile_safe_graphdef(self):
+    """The graph tiles run: the model's own, or its family's tile-safe form of the weights."""
+    section = self.config.model
+    if self.family.tile_safe(section):
+      return self.graphdef
+    tiled = self.family.for_tiles(section)
+    if tiled is None:
+      logging.warning('%s computes image-wide statistics: images larger than the tile size '
+                      'are restored in tiles that differ from the whole image; set '
+                      'config.inference.tile=0 to restore them whole', section.name)
+      return self.graphdef
+    return nnx.split(nnx.eval_shape(lambda: models.build(tiled)), nnx.Param)[0]
 
-  def tiles(self, height: int, width: int) -> bool:
-    """Whether an image of this size is restored in tiles."""
-    aligned = lambda n: -(-n // self.align) * self.align
-    return self.tile > 0 and (aligned(height) > self.tile or aligned(width) > self.tile)
+  def __repr__(self) -> str:
+    return (f'Restorer({self.config.model.name}, step {self.step}'
+            + (f', from {self.source}' if self.source else '')
+            + f', {self.family.describe(self.settings())})')
+
+  # ------------------------------------------------------------ building one
 
   @classmethod
   def from_workdir(cls, workdir: str, *, step: int | None = None, config=None,
@@ -359,34 +108,124 @@ class Restorer:
     (which may differ from it in inference fields only). `config_from_user` (default:
     whether `config` is given) lets a checkpoint that stores no config be read with it."""
     given = config is not None if config_from_user is None else config_from_user
-    config = config_for_workdir(workdir, config)
-    config_check.validate_model(config)  # A bad field is named before any checkpoint is read.
-    graphdef, params, step = load_for_inference(config, workdir, step, config_from_user=given)
-    return cls(config, graphdef, params, step)
+    config = config if config is not None else config_lib.load(workdir)
+    config_lib.check(config)  # A bad field is named before any checkpoint is read.
+    graphdef, params, step = checkpoint.load_params(config, workdir, step,
+                                                    config_from_user=given)
+    return cls(config, graphdef, params, step, source=workdir)
 
   @classmethod
   def from_pretrained(cls, name: str, *, workdir: str | None = None) -> 'Restorer':
-    """Official weights by name (xydiff.pretrained.WEIGHTS), fetched and imported once
-    into `workdir` (default: a folder of the user's cache); or a `.safetensors` file
-    that `xydiff export` wrote (weights and config in one file)."""
+    """A model of the zoo by name (xydiff.configs.NAMES; downloaded and imported once
+    into `workdir`, by default a folder of the user's cache), or a `.safetensors`
+    file that `xydiff export` wrote (weights and config in one file)."""
+    from xydiff.interop import export, pretrained  # pylint: disable=import-outside-toplevel  # safetensors and the download code are optional.
     if name.endswith('.safetensors'):
-      from xydiff.interop import export  # pylint: disable=import-outside-toplevel
-      return cls(*export.read_safetensors(name))
-    from xydiff.interop import pretrained  # pylint: disable=import-outside-toplevel
+      config, graphdef, params, step = export.read_safetensors(name)
+      return cls(config, graphdef, params, step, source=name)
     return cls.from_workdir(pretrained.pretrained_workdir(name, workdir))
 
-  def restore(self, image, *, key: jax.Array | None = None) -> dict[str, np.ndarray]:
-    """Restores one HxWx3 image (uint8, uint16, or float in [0, 1]); see the class docstring.
+  # ------------------------------------------------------------ settings and functions
 
-    Diffusion samples draw their noise from `key` (default: jax.random.key(config.seed)).
-    Another dtype, a NaN or infinite value, or floats outside [0, 1] (0-255
-    levels, say) raise ImageValueError naming the problem.
+  def settings(self, *, preset=None, steps=None, samples=None, sampler=None):
+    """The family's restore settings for config.inference with these overrides."""
+    return self.family.settings(self.config, preset=preset, steps=steps, samples=samples,
+                                sampler=sampler)
+
+  def function(self, settings, *, tiled: bool = False):
+    """The compiled restore of `settings` (tiled: the tile-safe graph), kept in an LRU."""
+    key = (settings, tiled)
+    if key in self._compiled:
+      self._compiled.move_to_end(key)
+      return self._compiled[key]
+    fn = restore_fn(self.config, self._tiled_graphdef if tiled else self.graphdef, settings)
+    self._compiled[key] = fn
+    while len(self._compiled) > self.MAX_COMPILED_SETTINGS:
+      self._compiled.popitem(last=False)
+    return fn
+
+  def samples(self, **overrides) -> bool:
+    """Whether restoring with these settings draws samples (and so returns 'std')."""
+    probe = jax.ShapeDtypeStruct((1, self.align, self.align, 3), np.float32)
+    fn = self.function(self.settings(**overrides))
+    return 'samples' in jax.eval_shape(fn, self.params, probe, jax.random.key(0))
+
+  def tiling(self, tile: int | None = None) -> tuple[int, int]:
+    """(tile, overlap) aligned to the network's size multiple; tile 0: never tile."""
+    inference = self.config.inference
+    tile = inference.tile if tile is None else tile
+    if isinstance(tile, bool) or not (isinstance(tile, int) and tile >= 0):
+      raise ConfigError(f'tile={tile!r}: must be an integer >= 0 (0: never tile)')
+    return tiles.aligned_tiling(tile, inference.tile_overlap, self.align)
+
+  def tiles(self, height: int, width: int, tile: int | None = None) -> bool:
+    """Whether an image of this size is restored in tiles."""
+    size, _ = self.tiling(tile)
+    aligned = lambda n: -(-n // self.align) * self.align
+    return size > 0 and (aligned(height) > size or aligned(width) > size)
+
+  # ------------------------------------------------------------ restoring
+
+  def restore(self, image, *, preset: str | None = None, steps: int | None = None,
+              samples: int | None = None, sampler: str | None = None,
+              seed: int | None = None, key: jax.Array | None = None, tile: int | None = None,
+              ensemble: int | None = None) -> dict[str, np.ndarray]:
+    """Restores one image, a batch, or an image file.
+
+    Args:
+      image: a path (PNG, JPEG; 8 or 16 bit; turned upright by its EXIF
+        orientation), an HxW grey or HxWx3 RGB array, or an NxHxWx3 batch;
+        uint8, uint16 or float in [0, 1].
+      preset: diffusion models: a name of config.inference.presets ('sa':
+        few steps, samples averaged, the highest PSNR; 'perceptual': many
+        steps, the most realistic), or 'predictor' for g(y) alone.
+      steps: diffusion models: sampling steps instead of the preset's.
+      samples: diffusion models: samples averaged instead of the preset's.
+      sampler: diffusion models: the sampler instead of the preset's.
+      seed: the noise seed (default config.seed); `key` gives a JAX key instead.
+      tile: restore images larger than this in tiles (default
+        config.inference.tile; 0 never tiles).
+      ensemble: 8 averages the x8 self-ensemble (default config.inference.ensemble).
+
+    Returns:
+      {'image': float32, the input's layout (HxW for grey, NxHxWx3 for a
+      batch)}; diffusion models add 'samples' ([S, ...] per image) and 'std'.
+      Values are the network's, not clipped (a sharpened edge overshoots
+      [0, 1] a little); saving (images.write_image) clips.
+
+    Raises:
+      ImageValueError (one line) for an array that is not an image xydiff
+      can restore; ConfigError for a setting the model does not have.
     """
-    image = np.asarray(image)
-    if image.ndim != 3 or image.shape[-1] != 3:
-      raise ValueError(f'restore takes one HxWx3 RGB image, got shape {image.shape}')
-    image = images.to_unit_float(image)  # uint8, uint16 or finite float in [0, 1]; else one line.
-    key = jax.random.key(self.config.seed) if key is None else key
-    fn = self._tiled_fn if self.tiles(*image.shape[:2]) else self._fn
-    return restore_image(fn, self.params, image, key, align=self.align, tile=self.tile,
-                         overlap=self.overlap, bucket=self.bucket, ensemble=self.ensemble)
+    if isinstance(image, (str, os.PathLike)):
+      image = images.read_image(os.fspath(image))
+    array = np.asarray(image)
+    if array.ndim == 4:
+      base = self._key(seed, key)  # Image n draws from fold_in(key, n), whatever the batch.
+      outs = [self.restore(one, preset=preset, steps=steps, samples=samples, sampler=sampler,
+                           key=jax.random.fold_in(base, n), tile=tile, ensemble=ensemble)
+              for n, one in enumerate(array)]
+      return {name: np.stack([o[name] for o in outs]) for name in outs[0]} if outs else {}
+    grey = array.ndim == 2 or (array.ndim == 3 and array.shape[-1] == 1)
+    if grey:
+      array = np.repeat(array.reshape(array.shape[:2])[..., None], 3, axis=-1)
+    if array.ndim != 3 or array.shape[-1] != 3:
+      raise ImageValueError(f'restore takes an HxW or HxWx3 image or an NxHxWx3 batch, got '
+                            f'shape {tuple(np.shape(image))}')
+    rgb = images.to_unit_float(array)  # uint8, uint16 or finite float in [0, 1]; else one line.
+    settings = self.settings(preset=preset, steps=steps, samples=samples, sampler=sampler)
+    size, overlap = self.tiling(tile)
+    tiled = self.tiles(*rgb.shape[:2], tile)
+    ensemble = self.config.inference.ensemble if ensemble is None else ensemble
+    out = tiles.restore_image(self.function(settings, tiled=tiled), self.params, rgb,
+                              self._key(seed, key), align=self.align, tile=size,
+                              overlap=overlap, bucket=self.config.inference.size_bucket,
+                              ensemble=ensemble)
+    if grey:  # Saved grey, like the input: the mean of the three restored channels.
+      out = {name: value.mean(axis=-1) for name, value in out.items()}
+    return out
+
+  def _key(self, seed, key):
+    if key is not None:
+      return key
+    return jax.random.key(self.config.seed if seed is None else seed)

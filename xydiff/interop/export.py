@@ -11,7 +11,7 @@
   one graph `blur -> restored`; DvSR as two, `<stem>_predictor.onnx`
   (`blur -> restored`, its g(y)) and `<stem>_denoiser.onnx` (one call of the
   denoiser f: `noisy_residual, level, blur -> noise`), so that a runtime
-  can run any sampling schedule (xydiff.diffusion.sample is the loop).
+  can run any sampling schedule (xydiff.diffusion's samplers are the loop).
 - **stablehlo** (`write_stablehlo`): `jax.export`'s serialized artefact of
   what `Restorer` runs for one image batch: `blur -> restored`, or for
   diffusion models `(blur, seed) -> {image, std, samples}` with the config's
@@ -43,8 +43,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from xydiff import diffusion, models
-from xydiff import config as run_config
+from xydiff import config as config_lib
+from xydiff import models
 from xydiff.runs import state as state_lib
 from xydiff.errors import ConfigError, WeightsError
 
@@ -73,7 +73,7 @@ def write_safetensors(path: str, config, params, step: int, *, ema: bool) -> Non
   from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
   metadata = {'format': SAFETENSORS_FORMAT, 'model': config.model.name, 'step': str(int(step)),
               'weights': 'ema' if ema else 'params',
-              'config': json.dumps(run_config.to_plain(config), sort_keys=True)}
+              'config': json.dumps(config_lib.to_plain(config), sort_keys=True)}
   tensors = {name: np.ascontiguousarray(value) for name, value in flat_params(params).items()}
   _write_via_temp(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
@@ -101,7 +101,7 @@ def read_safetensors(path: str):
     raise WeightsError(f'{path} is a safetensors file but not xydiff weights (no '
                        f"'format': '{SAFETENSORS_FORMAT}' metadata); write one with "
                        'xydiff export --format=safetensors')
-  config = run_config.from_plain(json.loads(metadata['config']))
+  config = config_lib.from_plain(config_lib.with_defaults(json.loads(metadata['config'])))
   graphdef, target = state_lib.abstract_state(config)
   leaves, treedef = jax.tree_util.tree_flatten_with_path(state_lib.eval_params(target))
   wanted = {_flat_name(p): tuple(leaf.shape) for p, leaf in leaves}
@@ -143,7 +143,7 @@ class Graph:
 
 
 def graphs(config, params, size: tuple[int, int] | None = None) -> list[Graph]:
-  """What ONNX holds of this model: its restore, or DvSR's predictor and one denoiser call.
+  """What ONNX holds of this model: its family's components (DvSR: g and one denoiser call).
 
   Images are ('B', 'M*H', 'M*W', 3) for the size multiple M, or ('B', *size, 3).
   The up-convolutions run as sub-pixel convolutions (same weights, same
@@ -152,19 +152,33 @@ def graphs(config, params, size: tuple[int, int] | None = None) -> list[Graph]:
   """
   multiple = models.size_multiple(config.model)
   image = ('B', f'{multiple}*H', f'{multiple}*W', 3) if size is None else ('B', *size, 3)
-  model_config = run_config.from_plain(run_config.to_plain(config.model))
-  model_config.upsample_impl = 'subpixel'
-  graphdef, _ = nnx.split(nnx.eval_shape(lambda: models.build_model(model_config)), nnx.Param)
-  model = lambda: nnx.merge(graphdef, params)
-  if not models.is_diffusion(config.model):
-    return [Graph('restored', lambda blur: model()(blur)['restored'], (('blur', image),),
-                  'restored')]
-  return [
-      Graph('predictor', lambda blur: model().predict(blur)['restored'], (('blur', image),),
-            'restored'),
-      Graph('denoiser', lambda z, level, blur: model().denoise(z, level, blur),
-            (('noisy_residual', image), ('level', ('B',)), ('blur', image)), 'noise'),
-  ]
+  shapes = {'image': image, 'level': ('B',)}
+  section = _with_upsample_impl(config.model, 'subpixel')
+  graphdef, _ = nnx.split(nnx.eval_shape(lambda: models.build(section)), nnx.Param)
+  family = models.family(section.name)
+
+  def graph(index, component):
+    def fn(*inputs):  # Merged inside, so each trace sees the params as constants.
+      return family.components(nnx.merge(graphdef, params))[index].fn(*inputs)
+    return Graph(component.name, fn, tuple((name, shapes[kind]) for name, kind in
+                                           component.inputs), component.output)
+
+  abstract = nnx.eval_shape(lambda: models.build(section))
+  return [graph(i, c) for i, c in enumerate(family.components(abstract))]
+
+
+def _with_upsample_impl(section, impl: str):
+  """A copy of a model section with every up-convolution implementation set to `impl`."""
+  section = config_lib.from_plain(config_lib.to_plain(section))
+
+  def set_impl(node):
+    for key, value in node.items():
+      if key == 'upsample_impl':
+        node[key] = impl
+      elif hasattr(value, 'items'):
+        set_impl(value)
+  set_impl(section)
+  return section
 
 
 def onnx_paths(path: str, names: list[str]) -> list[str]:
@@ -196,7 +210,7 @@ def write_onnx(path: str, config, params, step: int,
   import onnx  # pylint: disable=import-outside-toplevel
   for graph, proto, out_path in zip(todo, protos, paths):
     onnx.helper.set_model_props(proto, {
-        'xydiff.config': json.dumps(run_config.to_plain(config), sort_keys=True),
+        'xydiff.config': json.dumps(config_lib.to_plain(config), sort_keys=True),
         'xydiff.step': str(int(step)), 'xydiff.graph': graph.name,
         'xydiff.size_multiple': str(models.size_multiple(config.model)),
         'xydiff.size': 'dynamic' if size is None else f'{size[0]}x{size[1]}'})
@@ -262,25 +276,24 @@ def stablehlo_function(config, graphdef, params, size: tuple[int, int] | None = 
   """(fn, input specs) that `write_stablehlo` exports: what the Restorer runs on a batch.
 
   Images: any batch, and height and width multiples of the size multiple M,
-  or exactly `size`.
+  or exactly `size`. A model that samples (its restore returns 'samples')
+  takes a uint32 seed too and returns {'image', 'std', 'samples'}, with the
+  config's inference preset; any other returns the restored batch.
   """
   multiple = models.size_multiple(config.model)
   dims = f'{multiple}*h, {multiple}*w' if size is None else f'{size[0]}, {size[1]}'
   image = jax.ShapeDtypeStruct(jax.export.symbolic_shape(f'b, {dims}, 3'), jnp.float32)
-  if not models.is_diffusion(config.model):
-    return (lambda blur: nnx.merge(graphdef, params)(blur)['restored']), (image,)
-  preset = config.diffusion.presets[config.deblur.preset]
-  schedule = diffusion.linear_schedule(preset.num_steps, preset.beta_start, preset.beta_end)
-  num_samples = config.deblur.num_samples or preset.num_samples
+  family = models.family(config.model.name)
+  settings = family.settings(config)
 
-  def sample(blur, seed):
-    model = nnx.merge(graphdef, params)
-    keys = diffusion.sample_keys(jax.random.key(seed), num_samples)
-    out = diffusion.sample(lambda y: model.predict(y)['restored'], model.denoise, blur, keys,
-                           schedule=schedule, residual_scale=config.diffusion.residual_scale)
-    return {'image': out['mean'], 'std': out['std'], 'samples': out['samples']}
+  def restore(blur, seed):
+    return family.restore(nnx.merge(graphdef, params), blur, jax.random.key(seed), settings)
 
-  return sample, (image, jax.ShapeDtypeStruct((), jnp.uint32))
+  seed = jax.ShapeDtypeStruct((), jnp.uint32)
+  probe = jax.ShapeDtypeStruct((1, multiple, multiple, 3), jnp.float32)
+  if 'samples' in jax.eval_shape(restore, probe, seed):
+    return restore, (image, seed)
+  return (lambda blur: restore(blur, 0)['image']), (image,)
 
 
 def write_stablehlo(path: str, config, graphdef, params,

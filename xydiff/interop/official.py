@@ -1,32 +1,32 @@
-"""Authors' PyTorch checkpoints as xydiff parameters, for every registered family.
+"""Authors' PyTorch checkpoints as xydiff parameters, for every family whose authors publish any.
 
-  params = weights.official_params('dmphn_1_2_4', 'checkpoints/DMPHN_1_2_4/', config)
+  config = official.config_for('dmphn_1_2_4_gopro')
+  params = official.official_params('checkpoints/DMPHN_1_2_4/', config)
 
-Each family's spec says how its authors save weights (`SPEC.official.read`,
-without torch: xydiff.torch_pickle builds only tensors and containers) and
-where every tensor goes (`SPEC.official.key_map`). `convert` maps them and
-reports every missing, unexpected and mis-shaped tensor in one error, before
-anything is written, so one run tells the user everything to fix.
+keymaps.FORMATS says how each family's authors save weights (read without
+torch: torch_pickle builds only tensors and containers) and where every
+tensor goes. `convert` maps them and reports every missing, unexpected and
+mis-shaped tensor in one error, before anything is written, so one run
+tells the user everything to fix.
 """
 
 from __future__ import annotations
-
-import importlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from xydiff import models
-from xydiff.runs import state as state_lib
+from xydiff import configs, models
 from xydiff.errors import CheckpointImportError
+from xydiff.interop import keymaps
+from xydiff.runs import checkpoint, state as state_lib
 
 
 def convert(state_dict: dict, key_map: dict, target_params) -> dict:
   """{torch key: array} -> a params pytree shaped like `target_params`.
 
-  `key_map` is {torch key: (param path, layout fn)} (models/spec.py).
+  `key_map` is {torch key: (param path, layout fn)} (keymaps.py).
   """
   target = traverse_util.flatten_dict(target_params)
   unmapped = sorted(set(target) - {path for path, _ in key_map.values()})
@@ -61,69 +61,61 @@ def convert(state_dict: dict, key_map: dict, target_params) -> dict:
       {path: jnp.asarray(value, target[path].dtype) for path, value in flat.items()})
 
 
-def config_for(model: str):
-  """The packaged config of the registered model `model`, its section set for the variant."""
-  variant = models.variant(model)
-  name, _, arg = variant.config.partition(':')  # 'dmphn_gopro:1_2_4_8' as --config takes it.
-  module = importlib.import_module(f'xydiff.configs.{name}')
-  config = module.get_config(arg) if arg else module.get_config()
-  config.model.name = variant.family
-  for field, value in variant.section.items():
-    config.model[variant.family][field] = value
-  return config
-
-
-def official_params(model: str, path: str, config, *, max_bytes: int | None = None) -> dict:
-  """The authors' checkpoint at `path` as params for `config.model` (variant `model`).
-
-  Raises CheckpointImportError when the file is not the family's format or
-  does not fit the config (listing every key at fault), FileNotFoundError
-  when it does not exist. `max_bytes` caps what each file may make
-  (torch_pickle.load; its default suits weights).
-  """
+def config_for(name: str):
+  """The packaged config of a model name (xydiff.configs.NAMES, an alias or `module:variant`)."""
   try:
-    variant = models.variant(model)
-  except KeyError as e:
-    raise CheckpointImportError(str(e).strip('"\'')) from None
-  spec = models.family(variant.family)
-  if models.get(config.model) is not spec:  # The config builds another family.
+    return configs.get_config(name)
+  except ValueError as e:
+    raise CheckpointImportError(str(e)) from None
+
+
+def official_params(path: str, config, *, name: str | None = None,
+                    max_bytes: int | None = None) -> dict:
+  """The authors' checkpoint at `path` as params for `config.model`.
+
+  `name` (the model's name) only words the messages. Raises
+  CheckpointImportError when the file is not the family's format or does not
+  fit the config (listing every key at fault), FileNotFoundError when it does
+  not exist. `max_bytes` caps what each file may make (torch_pickle.load; its
+  default suits weights).
+  """
+  section = config.model
+  name = name or section.name
+  fmt = keymaps.FORMATS.get(section.name)
+  if fmt is None:
     raise CheckpointImportError(
-        f'config.model.name={config.model.name!r}: {model} weights need model.name='
-        f'{variant.family!r}')
-  if spec.official is None:
-    raise CheckpointImportError(f'{model}: no official checkpoint format is known')
-  section = config.model[spec.xy_section] if spec.xy_section is not None else None
-  if section is not None and section.share == 'none' and section.decoders > 1:
+        f'config.model.name={section.name!r}: no authors\' checkpoint format is known for it '
+        f'(importable: {", ".join(keymaps.FORMATS)})')
+  xy_section = models.family(section.name).xy_section(section)
+  if xy_section is not None and xy_section.share == 'none' and xy_section.decoders > 1:
     raise CheckpointImportError(
-        f"config.model.{spec.xy_section}.share='none' with decoders={section.decoders}: the "
-        "authors' checkpoints hold one decoder; use share='rotate' or decoders=1")
-  state_dict = spec.official.read(path, max_bytes=max_bytes)
-  key_map = spec.official.key_map(config.model)
+        f"config.model.share='none' with decoders={xy_section.decoders}: the authors' "
+        "checkpoints hold one decoder; use share='rotate' or decoders=1")
+  state_dict = fmt.read(path, max_bytes=max_bytes)
+  key_map = fmt.key_map(section)
   if not set(state_dict) & set(key_map):
     raise CheckpointImportError(
-        f'{path} is not a {model} checkpoint: none of its {len(state_dict)} tensors is one of '
+        f'{path} is not a {name} checkpoint: none of its {len(state_dict)} tensors is one of '
         f'the {len(key_map)} its authors\' code saves (first keys: '
         f'{", ".join(list(state_dict)[:5])})')
   # init_state evaluated abstractly: structure, shapes and dtypes without
   # compiling an initialiser per parameter shape.
   _, abstract = jax.eval_shape(lambda: state_lib.init_state(config))
-  section = {k: v for k, v in config.model[variant.family].items()} if variant.family in \
-      config.model else {}
   try:
     return convert(state_dict, key_map, abstract['params'])
   except CheckpointImportError as e:
-    raise CheckpointImportError(
-        f'{path} does not fit config.model.{variant.family} ({section}): {e}') from None
+    fields = {k: v for k, v in section.items() if k != 'name'}
+    raise CheckpointImportError(f'{path} does not fit config.model ({fields}): {e}') from None
 
 
-def import_official(model: str, path: str, workdir: str, config=None, *,
+def import_official(name: str, path: str, workdir: str, config=None, *,
                     max_bytes: int | None = None) -> str:
-  """Imports the authors' checkpoint of `model` at `path` as step 0 of a fresh run in `workdir`.
+  """Imports the authors' checkpoint of model `name` at `path` as step 0 of a fresh run.
 
-  `config` defaults to the model's packaged config (config_for). The run then
-  deblurs, evaluates and fine-tunes without --config. Returns the step folder.
+  `config` defaults to the name's packaged config (config_for). The run in
+  `workdir` then deblurs, evaluates and fine-tunes without --config. Returns
+  the step folder.
   """
-  from xydiff.runs import checkpoint  # pylint: disable=import-outside-toplevel
-  config = config_for(model) if config is None else config
-  params = official_params(model, path, config, max_bytes=max_bytes)
+  config = config_for(name) if config is None else config
+  params = official_params(path, config, name=name, max_bytes=max_bytes)
   return checkpoint.write_imported_run(workdir, config, params)

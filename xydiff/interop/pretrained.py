@@ -4,17 +4,17 @@
   workdir = pretrained.pretrained_workdir('xydeblur_gopro')   # Restorer.from_pretrained's run
   step_dir = pretrained.fetch_weights('dmphn_1_2_4_gopro', 'runs/dmphn')
 
-`WEIGHTS` names every known set of weights: its files, each where its authors
-publish it and pinned by the git blob SHA-1 GitHub lists it under (a changed
-or tampered file is refused rather than silently different weights); the
-registered model variant they fit (`model`, e.g. 'xydeblur', 'dmphn_1_2_4';
-xydiff.models.variants()) and the packaged config it trains with; and their
-licence. A set may hold several files (DMPHN's authors publish one per
-network of each level): they are downloaded into one folder of the user's
-cache (xydiff.download; XYDIFF_CACHE overrides where), converted to xydiff
-parameters without torch (xydiff.weights), and written as step 0 of a fresh
-run (checkpoint.write_imported_run), which `--mode=deblur` and `--mode=eval`
-use without --config.
+`WEIGHTS` names every known set of weights by its model's name
+(xydiff.configs.NAMES, whose packaged config it fills): its files, each
+where its authors publish it and pinned by the git blob SHA-1 GitHub lists
+it under (a changed or tampered file is refused rather than silently
+different weights), and their licence. A set may hold several files
+(DMPHN's authors publish one per network of each level): they are
+downloaded into one folder of the user's cache (download.py; XYDIFF_CACHE
+overrides where), converted to xydiff parameters without torch
+(official.py), and written as step 0 of a fresh run
+(checkpoint.write_imported_run), which deblurring and evaluation use
+without --config.
 
 Nothing is left behind by a failure: a download that fails or does not match
 its hash keeps nothing, and an import that fails removes only its own
@@ -30,7 +30,10 @@ import dataclasses
 import hashlib
 import os
 
+from xydiff import configs
 from xydiff.errors import CheckpointImportError, WeightsError
+from xydiff.interop import download, official
+from xydiff.runs import checkpoint
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,8 +47,6 @@ class WeightFile:
 @dataclasses.dataclass(frozen=True)
 class Weights:
   files: tuple[WeightFile, ...]
-  model: str  # The registered model variant the weights fit (xydiff.models.variant).
-  config: str  # The packaged config of that variant, as --config names it ('dmphn_gopro:1_2_4_8').
   about: str
   licence: str
 
@@ -73,7 +74,6 @@ WEIGHTS = {
             'https://raw.githubusercontent.com/Seowon-Ji/XYDeblur/main/results/XYDeblur/'
             'pretrained_model.pkl',
             'b8f9e2d569cc169f788d23a7756e547249d6c7bb'),),
-        model='xydeblur', config='xydeblur_gopro',
         about='XYDeblur (width 32, 6 residual blocks) trained on GoPro by its authors '
               '(Ji et al., CVPR 2022), github.com/Seowon-Ji/XYDeblur',
         licence=_XYDEBLUR_LICENCE),
@@ -85,7 +85,6 @@ WEIGHTS = {
             'decoder_lv1': '3c522bd0c1db6c670e45a08443c8df2501e36b7b',
             'decoder_lv2': '98304ca061d989f84a3b8127998d38e0af712008',
             'decoder_lv3': '7c0d69f6a3e604946890f0682cc02efa688fbb38'}),
-        model='dmphn_1_2_4', config='dmphn_gopro',
         about='DMPHN(1-2-4) trained on GoPro by its authors (Zhang et al., CVPR 2019), '
               'github.com/HongguangZhang/DMPHN-cvpr19-master',
         licence=_DMPHN_LICENCE),
@@ -99,7 +98,6 @@ WEIGHTS = {
             'decoder_lv2': '9b199fa13f195dac06f7a1755e294df208daf620',
             'decoder_lv3': '9965808ab7d8ee734115ee85030acab7a2f541e7',
             'decoder_lv4': '08ee70cd002e2b686d83bae70b8399713a7c9f42'}),
-        model='dmphn_1_2_4_8', config='dmphn_gopro:1_2_4_8',
         about='DMPHN(1-2-4-8) trained on GoPro by its authors (Zhang et al., CVPR 2019), '
               'github.com/HongguangZhang/DMPHN-cvpr19-master; the baseline of XYDeblur\'s '
               'Table 2',
@@ -107,21 +105,33 @@ WEIGHTS = {
 }
 
 
+def canonical(name: str) -> str:
+  """The model name `name` stands for (an alias such as 'xydeblur' is 'xydeblur_gopro')."""
+  return configs.ALIASES.get(name, name)
+
+
 def weights_entry(name: str) -> Weights:
-  if name not in WEIGHTS:
-    raise WeightsError(f'unknown weights {name!r}: known names are {", ".join(sorted(WEIGHTS))}')
-  return WEIGHTS[name]
+  """The downloadable weights of model `name`; WeightsError saying what to do otherwise."""
+  name = canonical(name)
+  if name in WEIGHTS:
+    return WEIGHTS[name]
+  if name in configs.NAMES:
+    raise WeightsError(
+        f'{name} has no weights xydiff can download (its authors publish them where no stable '
+        f'URL reaches); download them yourself and run: xydiff import {name} FILE '
+        f'--workdir=DIR (downloadable: {", ".join(sorted(WEIGHTS))})')
+  raise WeightsError(f'unknown model {name!r}: downloadable weights are '
+                     f'{", ".join(sorted(WEIGHTS))}; models: {", ".join(configs.NAMES)}')
 
 
 def config_for(name: str):
-  """The packaged config that the weights `name` fit, set to their model variant."""
-  from xydiff.interop import official as weights  # pylint: disable=import-outside-toplevel
-  return weights.config_for(weights_entry(name).model)
+  """The packaged config that the weights `name` fit."""
+  weights_entry(name)
+  return configs.get_config(canonical(name))
 
 
 def _files(name: str, url: str | None, blob_sha1: str | None) -> tuple[WeightFile, ...]:
   """The registry's files of `name`, or those at a mirror `url` / of another pinned version."""
-  from xydiff.interop import download  # pylint: disable=import-outside-toplevel
   files = weights_entry(name).files
   if blob_sha1 is not None:
     if len(files) > 1:
@@ -147,7 +157,7 @@ def fetch_files(name: str, *, url: str | None = None, blob_sha1: str | None = No
   They go to `<cache>/weights/<name>-<id>/` (cache: xydiff.download.cache_dir()),
   where <id> comes from the files' pins: another pinned version is another folder.
   """
-  from xydiff.interop import download  # pylint: disable=import-outside-toplevel
+  name = canonical(name)
   files = _files(name, url, blob_sha1)
   pins = hashlib.sha1('\n'.join(f.git_blob_sha1 for f in files).encode()).hexdigest()
   folder = os.path.join(cache or download.cache_dir(), 'weights', f'{name}-{pins[:12]}')
@@ -161,27 +171,25 @@ def fetch_weights(name: str, workdir: str, *, url: str | None = None,
   """Downloads the weights `name` (once) and imports them into `workdir`; returns the step folder.
 
   Args:
-    name: a key of WEIGHTS.
+    name: a key of WEIGHTS, or an alias of one.
     workdir: a fresh run folder (missing or empty) for the imported checkpoint.
     url: download from here instead of the registry's URL (a mirror); for a
       set of several files, the folder URL that holds them by name.
     blob_sha1: the git blob id a one-file set's file must have instead of
       the registry's.
-    config: the config whose model the weights fill (default: the registry's
-      model variant in its packaged config); its sizes must fit the files.
+    config: the config whose model the weights fill (default: the name's
+      packaged config); its sizes must fit the files.
 
   Raises:
     WeightsError: unknown name, or a file cannot be downloaded or verified.
     CheckpointImportError: the files do not fit `config`'s model, or
       `workdir` already holds files.
   """
-  from xydiff.runs import checkpoint  # pylint: disable=import-outside-toplevel
-  from xydiff.interop import official as weights
-  entry = weights_entry(name)
+  weights_entry(name)
   checkpoint.check_fresh_workdir(workdir)  # Before the download, not after.
   path = fetch_files(name, url=url, blob_sha1=blob_sha1)
   config = config_for(name) if config is None else config
-  params = weights.official_params(entry.model, path, config)  # The one conversion.
+  params = official.official_params(path, config, name=canonical(name))  # The one conversion.
   return checkpoint.write_imported_run(workdir, config, params)
 
 
@@ -192,10 +200,8 @@ def pretrained_workdir(name: str, workdir: str | None = None) -> str:
   Concurrent first calls both import, into temporary folders; one rename
   wins and every caller gets the winner's run.
   """
-  from xydiff.runs import checkpoint  # pylint: disable=import-outside-toplevel
-  from xydiff.interop import download
   weights_entry(name)
-  workdir = workdir or os.path.join(download.cache_dir(), 'runs', name)
+  workdir = workdir or os.path.join(download.cache_dir(), 'runs', canonical(name))
   if not checkpoint.holds_imported_run(workdir):
     try:
       fetch_weights(name, workdir)

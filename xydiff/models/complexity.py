@@ -1,4 +1,4 @@
-"""What a model costs: parameters, multiply-accumulates, XLA's FLOPs, training memory.
+"""What a model costs: parameters, multiply-accumulates and XLA's FLOPs.
 
 GMACs follow the convention of the field's tables, thop's counting rules (the
 profiler XYDeblur's Table 2 and most deblurring papers report): for every
@@ -30,13 +30,14 @@ from xydiff import models
 HD = (720, 1280)
 
 
-def _abstract(model_config):
+def _abstract(section):
   """(graphdef, abstract params) of the model, built without materialising a weight."""
-  return nnx.split(nnx.eval_shape(lambda: models.build_model(model_config)), nnx.Param)
+  return nnx.split(nnx.eval_shape(lambda: models.build(section)), nnx.Param)
 
 
-def count_params(model_config) -> int:
-  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(_abstract(model_config)[1])))
+def count_params(section) -> int:
+  """Parameters of the model a section (config.model) describes."""
+  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(_abstract(section)[1])))
 
 
 def _sub_jaxprs(params):
@@ -94,92 +95,55 @@ def jaxpr_macs(jaxpr, convention: str = 'thop') -> int:
   return total
 
 
-def _forward(graphdef, model_config):
-  """fn(params, x) -> the model's restored image (DvSR: g(y) plus one denoiser step)."""
+def _forward(graphdef, section):
+  """fn(params, x): every component of the model called once on x (DvSR: g plus one f step).
+
+  Returns the sum of their outputs, so nothing is optimised away.
+  """
+  family = models.family(section.name)
 
   def fn(params, x):
-    model = nnx.merge(graphdef, params)
-    if models.is_diffusion(model_config):
-      restored = model.predict(x)['restored']
-      return restored + model.denoise(x, jnp.ones((x.shape[0],)), x)
-    return model(x)['restored']
+    total = jnp.zeros_like(x)
+    for component in family.components(nnx.merge(graphdef, params)):
+      inputs = [x if kind == 'image' else jnp.ones((x.shape[0],)) for _, kind in
+                component.inputs]
+      total = total + component.fn(*inputs)
+    return total
   return fn
 
 
-def _counting_config(model_config):
-  counted = copy.deepcopy(model_config)
-  counted.upsample_impl = 'reference'
+def _counting_section(section):
+  """`section` in float32 with every up-convolution in its reference form (thop's view)."""
+  counted = copy.deepcopy(section)
   counted.dtype = 'float32'
+
+  def reference(node):
+    for key, value in node.items():
+      if key == 'upsample_impl':
+        node[key] = 'reference'
+      elif hasattr(value, 'items'):
+        reference(value)
+  reference(counted)
   return counted
 
 
-def gmacs(model_config, size=HD, convention: str = 'thop') -> float:
+def gmacs(section, size=HD, convention: str = 'thop') -> float:
   """GMACs of one forward pass on a size[0] x size[1] image (DvSR: g plus one f step)."""
-  model_config = _counting_config(model_config)
+  section = _counting_section(section)
   x = jax.ShapeDtypeStruct((1, *size, 3), jnp.float32)
-  graphdef, params = _abstract(model_config)
-  jaxpr = jax.make_jaxpr(_forward(graphdef, model_config))(params, x)
+  graphdef, params = _abstract(section)
+  jaxpr = jax.make_jaxpr(_forward(graphdef, section))(params, x)
   return jaxpr_macs(jaxpr.jaxpr, convention) / 1e9
 
 
-def xla_gflops(model_config, size=HD) -> float | None:
+def xla_gflops(section, size=HD) -> float | None:
   """XLA's own FLOP count of the compiled forward pass (None where the backend gives none)."""
   x = jax.ShapeDtypeStruct((1, *size, 3), jnp.float32)
-  model_config = _counting_config(model_config)
-  graphdef, params = _abstract(model_config)
-  lowered = jax.jit(_forward(graphdef, model_config)).lower(params, x)
+  section = _counting_section(section)
+  graphdef, params = _abstract(section)
+  lowered = jax.jit(_forward(graphdef, section)).lower(params, x)
   cost = lowered.compile().cost_analysis()
   if isinstance(cost, (list, tuple)):
     cost = cost[0] if cost else None
   flops = (cost or {}).get('flops')
   return None if flops is None else float(flops) / 1e9
-
-
-def train_step_memory_gb(config, crop: int = 256) -> float | None:
-  """Compiled peak memory (arguments, outputs and temporaries) of one training step on
-  config.train.batch_size crops of crop x crop, on the current backend."""
-  from xydiff.runs import state as state_lib  # pylint: disable=import-outside-toplevel
-  from xydiff.train import step as step_lib
-  graphdef, state = state_lib.abstract_state(config)
-  batch = {k: jax.ShapeDtypeStruct((config.train.batch_size, crop, crop, 3), jnp.float32)
-           for k in ('blur', 'sharp')}
-  train_config = copy.deepcopy(config)
-  train_config.train.steps_per_call = 1
-  step = step_lib.make_train_step(train_config, graphdef, donate=False)
-  memory = step.lower(state, batch).compile().memory_analysis()
-  if memory is None:
-    return None
-  total = (memory.argument_size_in_bytes + memory.output_size_in_bytes
-           + memory.temp_size_in_bytes - memory.alias_size_in_bytes)
-  return total / 2 ** 30
-
-
-# The summary's variants of each model, as XYDeblur's Table 2 and Figures 3/5 use them:
-# (decoders, share) of the family's XY section, or a registered sibling variant.
-XY_VARIANTS = {'baseline': (1, 'rotate'), 'xy': (2, 'rotate'), 'unet2d': (2, 'none'),
-               'decoders4': (4, 'rotate')}
-SIZED_VARIANTS = ('channel', 'layer')  # Registered as '<model>_channel', '<model>_layer'.
-
-
-def model_names() -> list[str]:
-  """Registered models, without their registered XY/Channel/Layer siblings (the summary
-  derives those rows itself)."""
-  return sorted(name for name in models.variants()
-                if not any(name.endswith(f'_{kind}') for kind in SIZED_VARIANTS + ('xy',)))
-
-
-def variant_configs(model: str) -> dict:
-  """{variant: config} for `model` (a registered name): baseline, xy, unet2d, decoders4,
-  and channel/layer where registered."""
-  from xydiff.interop import official as weights  # pylint: disable=import-outside-toplevel
-  spec = models.family(models.variant(model).family)
-  configs = {}
-  if spec.xy_section is not None:
-    for kind, (decoders, share) in XY_VARIANTS.items():
-      config = weights.config_for(model)
-      config.model[spec.xy_section].update(dict(decoders=decoders, share=share))
-      configs[kind] = config
-  for kind in SIZED_VARIANTS:
-    if f'{model}_{kind}' in models.variants():
-      configs[kind] = weights.config_for(f'{model}_{kind}')
-  return configs

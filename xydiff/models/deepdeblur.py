@@ -47,7 +47,6 @@ transposed convolution, so config.model.upsample_impl does not apply.
 
 from __future__ import annotations
 
-import functools
 import math
 
 import jax
@@ -55,7 +54,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from xydiff.models import spec as spec_lib, xy
+from xydiff.errors import require
+from xydiff.models import contract, xy
 from xydiff.models.layers import Conv
 
 # The authors' value range: pixels 0..255 (--rgb_range 255); the network
@@ -263,29 +263,6 @@ class DeepDeblur(nnx.Module):
     return {'restored': restored[0][:, :h, :w], 'coarser': coarser, 'residuals': residuals}
 
 
-# ------------------------------------------------------------------ the family's spec
-
-def _build(model_config, rngs):
-  section = model_config.deepdeblur
-  return DeepDeblur(width=section.width, num_res=section.num_res,
-                    kernel_size=section.kernel_size, scales=section.scales,
-                    decoders=section.decoders, share=section.share,
-                    dtype=jnp.dtype(model_config.dtype), rngs=rngs)
-
-
-def _validate(model_config):
-  section = model_config.deepdeblur
-  for field in ('width', 'num_res', 'kernel_size', 'scales'):
-    spec_lib.require_positive_int(section[field], f'model.deepdeblur.{field}')
-  spec_lib.require(section.kernel_size % 2 == 1, 'model.deepdeblur.kernel_size',
-                   "must be odd (the authors' convolutions pad kernel_size // 2 on each side)",
-                   section.kernel_size)
-  spec_lib.require(section.num_res >= 2, 'model.deepdeblur.num_res',
-                   'must be at least 2: the XY decoder is the last num_res // 2 ResBlocks',
-                   section.num_res)
-  xy.check_section(section, 'model.deepdeblur')
-
-
 def multiscale_l1_loss(model, batch, key):
   """The authors' default '1*L1' on every scale (loss/__init__.py, _ms_forward).
 
@@ -305,83 +282,46 @@ def multiscale_l1_loss(model, batch, key):
   return loss, metrics
 
 
-def official_keys(model_config) -> dict[str, tuple]:
-  """{official state-dict key: (path of the tensor in xydiff's params, layout)}.
+# ------------------------------------------------------------------ the family
 
-  MSResNet.body_models[s].body = [head conv, num_res ResBlocks, tail conv];
-  ResBlock.body = [conv, ReLU, conv] (indices 0 and 2);
-  conv_end_models[s] (s >= 1; index 0 is None) .uppath = [conv, PixelShuffle].
-  """
-  section = model_config.deepdeblur
-  num_res = section.num_res
-  in_encoder = num_res - decoder_blocks(num_res)
-  table = {}
+class DeepDeblurFamily(contract.Family):
+  name = 'deepdeblur'
+  module = DeepDeblur
 
-  conv = functools.partial(spec_lib.add_conv, table)
+  def defaults(self):
+    return dict(
+        width=64,  # Features of every ResBlock (--n_feats); Table 2's "Channel" widens it.
+        num_res=19,  # ResBlocks per scale (--n_resblocks); Table 2's "Layer" deepens it.
+        kernel_size=5,  # Every convolution's kernel side (--kernel_size).
+        scales=3,  # Pyramid levels, full to 1/2^(scales-1) resolution (--n_scales).
+        decoders=1,  # XY transform (xy.py): 1 plain, 2 XY, 4 four rotations.
+        share='rotate',  # 'rotate': one decoder turned per run (XY); 'none': independent.
+    )
 
-  for s in range(section.scales):
-    body = f'body_models.{s}.body'
-    conv(f'{body}.0', ('scales', s, 'encoder', 'head'))
-    for i in range(num_res):
-      block = (('scales', s, 'encoder', 'blocks', i) if i < in_encoder else
-               ('scales', s, 'decoder', 'blocks', i - in_encoder))
-      conv(f'{body}.{1 + i}.body.0', block + ('conv1',))
-      conv(f'{body}.{1 + i}.body.2', block + ('conv2',))
-    conv(f'{body}.{1 + num_res}', ('scales', s, 'decoder', 'tail'))
-    if s > 0:
-      conv(f'conv_end_models.{s}.uppath.0', ('upconvs', s - 1, 'conv'))
-  return table
+  def validate(self, section, prefix):
+    for field in ('width', 'num_res', 'kernel_size', 'scales'):
+      contract.check_positive_int(section[field], f'{prefix}.{field}')
+    require(section.kernel_size % 2 == 1, f'{prefix}.kernel_size',
+            "must be odd (the authors' convolutions pad kernel_size // 2 on each side)",
+            section.kernel_size)
+    require(section.num_res >= 2, f'{prefix}.num_res',
+            'must be at least 2: the XY decoder is the last num_res // 2 ResBlocks',
+            section.num_res)
+    xy.check_section(section, prefix)
 
+  def build(self, section, *, dtype, rngs):
+    return DeepDeblur(width=section.width, num_res=section.num_res,
+                      kernel_size=section.kernel_size, scales=section.scales,
+                      decoders=section.decoders, share=section.share, dtype=dtype, rngs=rngs)
 
-def read_official(path: str, max_bytes: int | None = None) -> dict:
-  """`model-<epoch>.pt`: torch.save({'G': state_dict}), as the authors' model/__init__.py
-  saves it ({'G', 'D'} when trained adversarially; 'D' is the discriminator)."""
-  return spec_lib.read_torch_state_dict(path, container_keys=('G',), max_bytes=max_bytes)
+  def size_multiple(self, section):
+    return 2 ** (section.scales - 1)
 
+  def loss(self, section):
+    return multiscale_l1_loss
 
-def _defaults():
-  return {'deepdeblur': dict(
-      width=64,  # Features of every ResBlock (--n_feats); Table 2's "Channel" widens it.
-      num_res=19,  # ResBlocks per scale (--n_resblocks); Table 2's "Layer" deepens it.
-      kernel_size=5,  # Every convolution's kernel side (--kernel_size).
-      scales=3,  # Pyramid levels, full to 1/2^(scales-1) resolution (--n_scales).
-      decoders=1,  # XY transform (xy.py): 1 plain, 2 XY, 4 four rotations.
-      share='rotate',  # 'rotate': one decoder turned per run (XY); 'none': independent (U-Net^2D).
-  )}
+  # Convolutions, a local blur and 2x2 means: a tile starting on a multiple of
+  # size_multiple computes what the whole image does away from its edges (the default).
 
 
-_REPO = 'github.com/SeungjunNah/DeepDeblur-PyTorch'
-
-SPEC = spec_lib.ModelSpec(
-    name='deepdeblur',
-    defaults=_defaults,
-    build=_build,
-    size_multiple=lambda model_config: 2 ** (model_config.deepdeblur.scales - 1),
-    validate=_validate,
-    output_fields=lambda model_config: ('model.deepdeblur',),
-    make_loss=lambda config: multiscale_l1_loss,
-    # Convolutions, a local blur and 2x2 means: a tile starting on a multiple
-    # of size_multiple computes what the whole image does away from its edges.
-    tile_safe=lambda model_config: True,
-    variants={
-        'deepdeblur': spec_lib.Variant(
-            'deepdeblur', 'deepdeblur_gopro',
-            about=f'DeepDeblur (Nah et al., CVPR 2017), 11,721,321 parameters: {_REPO}'),
-        'deepdeblur_xy': spec_lib.Variant(
-            'deepdeblur', 'deepdeblur_gopro', dict(decoders=2),
-            about="XYDeblur's Table 2 MSCNN 'XY': each scale's last 9 ResBlocks and output "
-                  'conv run twice, turned 90 degrees; 11,721,321 parameters'),
-        'deepdeblur_channel': spec_lib.Variant(
-            'deepdeblur', 'deepdeblur_gopro', dict(width=101),
-            about="XYDeblur's Table 2 MSCNN 'Channel': 101 features (29,147,100 parameters, "
-                  '11.75 TMACs at 1280x720; the table: 28.94M, 11.67 TMACs)'),
-        'deepdeblur_layer': spec_lib.Variant(
-            'deepdeblur', 'deepdeblur_gopro', dict(num_res=28),
-            about="XYDeblur's Table 2 MSCNN 'Layer': 28 ResBlocks per scale (17,254,377 "
-                  'parameters, 1.472 x the MACs; the table: 17.25M, 1.472 x)'),
-    },
-    official=spec_lib.OfficialWeights(read=read_official, key_map=official_keys),
-    xy_section='deepdeblur',
-    width_field='width',
-    depth_field='num_res',
-)
+FAMILY = DeepDeblurFamily()

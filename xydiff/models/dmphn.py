@@ -54,14 +54,12 @@ ResBlock in each of the 6 stages) is the table's "Layer" row to the digit
 
 from __future__ import annotations
 
-import functools
-import os
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from xydiff.models import spec as spec_lib, xy
+from xydiff.errors import require
+from xydiff.models import contract, xy
 from xydiff.models.layers import Conv, ConvTranspose, ResStack
 
 # The axis (1: H, 2: W of NHWC) on which level k+1's patches are cut from
@@ -218,49 +216,6 @@ class DMPHN(nnx.Module):
             'residuals': tuple(o.astype(jnp.float32)[:, :h, :w] + share for o in outputs)}
 
 
-# ------------------------------------------------------------------ the family's spec
-
-def _defaults():
-  return {'dmphn': dict(
-      # Levels of the patch hierarchy: 3 is DMPHN(1-2-4), the authors' DMPHN_1_2_4
-      # (5.42M parameters); 4 is DMPHN(1-2-4-8) (7.23M), XYDeblur's Table 2 baseline.
-      levels=3,
-      # Channels at full resolution, doubled at 1/2 and 1/4 (the authors': 32).
-      width=32,
-      # ResBlocks in each of the 3 encoder and 3 decoder stages (the authors': 2).
-      num_res=2,
-      # The XY transform (xy.py) of each level's Decoder: 1 (plain), 2 (XY), 4.
-      decoders=1,
-      # 'rotate': the decoders share weights, turned by quarter turns (XYDeblur);
-      # 'none': independent decoders (U-Net^2D).
-      share='rotate',
-  )}
-
-
-def _build(model_config, rngs):
-  section = model_config.dmphn
-  return DMPHN(levels=section.levels, width=section.width, num_res=section.num_res,
-               decoders=section.decoders, share=section.share,
-               dtype=jnp.dtype(model_config.dtype), upsample_impl=model_config.upsample_impl,
-               rngs=rngs)
-
-
-def _size_multiple(model_config) -> int:
-  return max(size_multiples(model_config.dmphn.levels))  # Both are powers of two.
-
-
-def _validate(model_config):
-  section = model_config.dmphn
-  levels = section.levels
-  spec_lib.require(isinstance(levels, int) and not isinstance(levels, bool) and
-                   1 <= levels <= MAX_LEVELS, 'model.dmphn.levels',
-                   f'must be an integer in 1..{MAX_LEVELS} (3: DMPHN(1-2-4), 4: DMPHN(1-2-4-8))',
-                   levels)
-  for field in ('width', 'num_res'):
-    spec_lib.require_positive_int(section[field], f'model.dmphn.{field}')
-  xy.check_section(section, 'model.dmphn')
-
-
 def mse_loss(model, batch, key):
   """The authors' loss (DMPHN_1_2_4.py): MSE of the level-1 output against the sharp image.
 
@@ -272,112 +227,51 @@ def mse_loss(model, batch, key):
   return mse, {'mse': mse}
 
 
-# ------------------------------------------------------------------ the authors' checkpoints
+# ------------------------------------------------------------------ the family
 
-# models.py numbers its layers as AutoEncoder does, which has three ResBlocks
-# per stage; Encoder and Decoder keep two of them and skip the third number
-# (4, 8, 12, 15, 19, 23). Per stage: (the entry conv's number or None, the
-# ResBlocks' first number).
-_ENCODER_LAYERS = (('stem', 1, 'res1', 2), ('down2', 5, 'res2', 6), ('down3', 9, 'res3', 10))
-_DECODER_LAYERS = (('res1', 13, 'up1', 16), ('res2', 17, 'up2', 20), ('res3', 21, 'out', 24))
-_SLOTS = 3  # ResBlock numbers per stage in that scheme.
-_FILES = ('encoder', 'decoder')
+class DMPHNFamily(contract.Family):
+  name = 'dmphn'
+  module = DMPHN
 
+  def defaults(self):
+    return dict(
+        # Levels of the patch hierarchy: 3 is DMPHN(1-2-4), the authors' DMPHN_1_2_4
+        # (5.42M parameters); 4 is DMPHN(1-2-4-8) (7.23M), XYDeblur's Table 2 baseline.
+        levels=3,
+        width=32,  # Channels at full resolution, doubled at 1/2 and 1/4 (the authors': 32).
+        num_res=2,  # ResBlocks in each of the 3 encoder and 3 decoder stages (the authors': 2).
+        decoders=1,  # The XY transform (xy.py) of each level's Decoder: 1 (plain), 2 (XY), 4.
+        # 'rotate': the decoders share weights, turned by quarter turns (XYDeblur);
+        # 'none': independent decoders (U-Net^2D).
+        share='rotate',
+        upsample_impl='auto',  # layers.UPSAMPLE_IMPLS: how the up-convolutions run.
+    )
 
-def official_keys(model_config) -> dict[str, tuple]:
-  """{'<encoder|decoder>_lv<k>.<state-dict key>': (xydiff param path, layout)}.
+  def validate(self, section, prefix):
+    levels = section.levels
+    require(isinstance(levels, int) and not isinstance(levels, bool) and
+            1 <= levels <= MAX_LEVELS, f'{prefix}.levels',
+            f'must be an integer in 1..{MAX_LEVELS} (3: DMPHN(1-2-4), 4: DMPHN(1-2-4-8))', levels)
+    for field in ('width', 'num_res'):
+      contract.check_positive_int(section[field], f'{prefix}.{field}')
+    xy.check_section(section, prefix)
+    contract.check_upsample_impl(section, prefix)
 
-  The authors save one state dict per network (torch.save(encoder_lv1.state_dict(), ...)),
-  30 tensors each. Deeper sections (num_res 1 or 3) keep the same numbering scheme.
-  """
-  from xydiff.errors import CheckpointImportError  # pylint: disable=import-outside-toplevel
-  section = model_config.dmphn
-  if section.num_res > _SLOTS:
-    raise CheckpointImportError(
-        f'config.model.dmphn.num_res={section.num_res}: the authors\' layer numbering has room '
-        f'for at most {_SLOTS} ResBlocks per stage')
-  table = {}
+  def build(self, section, *, dtype, rngs):
+    return DMPHN(levels=section.levels, width=section.width, num_res=section.num_res,
+                 decoders=section.decoders, share=section.share, dtype=dtype,
+                 upsample_impl=section.upsample_impl, rngs=rngs)
 
-  conv = functools.partial(spec_lib.add_conv, table)
+  def size_multiple(self, section):
+    return max(size_multiples(section.levels))  # Both are powers of two.
 
-  def res_stack(prefix, first, path):
-    for i in range(section.num_res):
-      conv(f'{prefix}.layer{first + i}.0', path + ('blocks', i, 'conv1'))
-      conv(f'{prefix}.layer{first + i}.2', path + ('blocks', i, 'conv2'))
+  def loss(self, section):
+    return mse_loss
 
-  for k in range(section.levels):
-    encoder, decoder = f'encoder_lv{k + 1}', f'decoder_lv{k + 1}'
-    enc_path, dec_path = ('levels', k, 'encoder'), ('levels', k, 'decoder')
-    for entry, entry_layer, stack, first in _ENCODER_LAYERS:
-      conv(f'{encoder}.layer{entry_layer}', enc_path + (entry,))
-      res_stack(encoder, first, enc_path + (stack,))
-    for stack, first, exit_, exit_layer in _DECODER_LAYERS:
-      res_stack(decoder, first, dec_path + (stack,))
-      conv(f'{decoder}.layer{exit_layer}', dec_path + (exit_,))
-  return table
-
-
-def read_official(path: str, max_bytes: int | None = None) -> dict:
-  """The authors' checkpoint folder (e.g. checkpoints/DMPHN_1_2_4/) as one flat dict.
-
-  Every `{encoder,decoder}_lv<k>.pkl` there (plain state dicts, torch.save's
-  legacy or zip format) contributes its tensors as '<file stem>.<key>'.
-  """
-  from xydiff.errors import CheckpointImportError  # pylint: disable=import-outside-toplevel
-  if not os.path.isdir(path):
-    if os.path.exists(path):
-      raise CheckpointImportError(
-          f'{path} is a file: DMPHN weights are a folder of encoder_lv<k>.pkl and '
-          'decoder_lv<k>.pkl files (e.g. checkpoints/DMPHN_1_2_4/)')
-    raise FileNotFoundError(f'checkpoint folder {path} does not exist')
-  names = sorted(f'{stem}_lv{k}' for stem in _FILES for k in range(1, 10)
-                 if os.path.isfile(os.path.join(path, f'{stem}_lv{k}.pkl')))
-  if not names:
-    raise CheckpointImportError(
-        f'{path} holds no encoder_lv<k>.pkl or decoder_lv<k>.pkl files (the authors\' layout)')
-  state_dict = {}
-  for name in names:
-    for key, value in spec_lib.read_torch_state_dict(os.path.join(path, f'{name}.pkl'),
-                                                  max_bytes=max_bytes).items():
-      state_dict[f'{name}.{key}'] = value
-  return state_dict
-
-
-_ABOUT = ('DMPHN (Zhang et al., CVPR 2019): github.com/HongguangZhang/DMPHN-cvpr19-master')
-
-SPEC = spec_lib.ModelSpec(
-    name='dmphn',
-    defaults=_defaults,
-    build=_build,
-    size_multiple=_size_multiple,
-    validate=_validate,
-    output_fields=lambda model_config: ('model.dmphn',),
-    make_loss=lambda config: mse_loss,
+  def tile_safe(self, section):
     # The patch seams sit at fractions of the image's size, so a tile is split
     # where the whole image is not: tiles cannot reproduce the whole image.
-    tile_safe=lambda model_config: False,
-    variants={
-        'dmphn_1_2_4': spec_lib.Variant(
-            'dmphn', 'dmphn_gopro', {'levels': 3},
-            about=f'DMPHN(1-2-4), 5,424,393 parameters; {_ABOUT}'),
-        'dmphn_1_2_4_8': spec_lib.Variant(
-            'dmphn', 'dmphn_gopro:1_2_4_8', {'levels': 4},
-            about=f'DMPHN(1-2-4-8), 7,232,524 parameters (XYDeblur Table 2 baseline); {_ABOUT}'),
-        'dmphn_1_2_4_8_xy': spec_lib.Variant(
-            'dmphn', 'dmphn_gopro:1_2_4_8', {'levels': 4, 'decoders': 2, 'share': 'rotate'},
-            about='XYDeblur Table 2 "XY" DMPHN: every level\'s decoder run twice, the second '
-                  'time turned 90 degrees; 7,232,524 parameters'),
-        'dmphn_1_2_4_8_channel': spec_lib.Variant(
-            'dmphn', 'dmphn_gopro:1_2_4_8', {'levels': 4, 'width': 52},
-            about='XYDeblur Table 2 "Channel" DMPHN: width 52, 19,082,764 parameters, '
-                  '2895.77 GMACs at 1280x720 counted as thop does (table: 18.63M, 3060.28)'),
-        'dmphn_1_2_4_8_layer': spec_lib.Variant(
-            'dmphn', 'dmphn_gopro:1_2_4_8', {'levels': 4, 'num_res': 3},
-            about='XYDeblur Table 2 "Layer" DMPHN: 3 ResBlocks a stage, 10,332,684 parameters, '
-                  '1509.11 GMACs counted as thop does (table: 10.33M, 1509.11)'),
-    },
-    official=spec_lib.OfficialWeights(read=read_official, key_map=official_keys),
-    xy_section='dmphn',
-    width_field='width',
-    depth_field='num_res',
-)
+    return False
+
+
+FAMILY = DMPHNFamily()

@@ -1,23 +1,26 @@
 """DvSR's pair of networks: initial predictor g(y) and denoiser f(z, level, y).
 
-Both are U-Nets (unet.py) by default; g can be any registered deterministic
-family instead (`model.predictor.arch`, e.g. 'xydeblur' or 'nafnet', built
-from that family's own config section). With an XY-decoupled g (and
-optionally f) this is xydiff's own model.
+g is any deterministic family of the zoo, given as a nested model section
+`config.model.predictor = {name, ...}` (DvSR's own is the U-Net, 'unet'); f
+is a noise-conditioned U-Net (unet.py). With an XY-decoupled g (and
+optionally f) this is xydiff's own model. The diffusion (diffusion/) models
+the residual x - g(y); `restore` samples it with the sampler and schedule of
+an inference preset (config.inference.presets), or returns g(y) alone for
+the preset 'predictor'.
 """
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 import math
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from xydiff import diffusion
-from xydiff.models import spec as spec_lib, xy
-from xydiff.models.unet import UNet
+from xydiff import diffusion, models
+from xydiff.errors import ConfigError, require
+from xydiff.models import contract, unet
 
 
 class DvSR(nnx.Module):
@@ -28,137 +31,235 @@ class DvSR(nnx.Module):
 
   def predict(self, blur: jax.Array) -> dict[str, jax.Array]:
     """g(y): {'restored'} plus the predictor's extras (e.g. its decoders' residuals)."""
-    out = dict(self.predictor(blur))
-    if 'restored' not in out:  # A U-Net predicts the residual y -> x.
-      out['restored'] = blur + out.pop('output')
-    return out
+    return self.predictor(blur)
 
   def denoise(self, z: jax.Array, level: jax.Array, blur: jax.Array) -> jax.Array:
     """f(z, sqrt(alpha_bar), y): the noise estimate, from [z, y] stacked on channels."""
     return self.denoiser(jnp.concatenate([z, blur], axis=-1), level)['output']
 
 
-# ------------------------------------------------------------------ the family's spec
-
-def _registry():
-  from xydiff import models  # pylint: disable=import-outside-toplevel
-  return models
+# The name of the output that is g(y) alone (evaluation reports it beside the presets).
+PREDICTOR = 'predictor'
 
 
-def _unet(section, model_config, *, in_channels, noise_conditioned, rngs):
-  return UNet(in_channels=in_channels, out_channels=3, base=section.base,
-              multipliers=tuple(section.multipliers), num_res=section.num_res,
-              decoders=section.decoders, share=section.share,
-              noise_conditioned=noise_conditioned,
-              noise_embedding_scale=model_config.noise_embedding_scale,
-              film_scale=section.get('film_scale', False), dtype=jnp.dtype(model_config.dtype),
-              upsample_impl=model_config.upsample_impl, rngs=rngs)
+@dataclasses.dataclass(frozen=True)
+class Sampling:
+  """How `restore` samples: a preset with its overrides applied, and the residual scale.
+
+  `num_steps` 0 means no sampling at all: g(y) alone (the 'predictor' output).
+  """
+  preset: str
+  num_steps: int
+  beta_start: float = 0.0
+  beta_end: float = 0.0
+  num_samples: int = 1
+  residual_scale: float = 1.0
+
+  @property
+  def schedule(self) -> diffusion.Schedule:
+    return diffusion.linear_schedule(self.num_steps, self.beta_start, self.beta_end)
 
 
-def _build(model_config, rngs):
-  arch = model_config.predictor.arch
-  if arch == 'unet':
-    predictor = _unet(model_config.predictor, model_config, in_channels=3,
-                      noise_conditioned=False, rngs=rngs)
-  else:  # Another family's network, from its own config section.
-    predictor = _registry().family(arch).build(model_config, rngs)
-  denoiser = _unet(model_config.denoiser, model_config, in_channels=6, noise_conditioned=True,
-                   rngs=rngs)
-  return DvSR(predictor, denoiser)
+def predictor_families() -> tuple[str, ...]:
+  """The families that can be DvSR's initial predictor: every deterministic one."""
+  return tuple(name for name in models.FAMILIES if name != DvSRFamily.name)
 
 
-def _size_multiple(model_config):
-  arch = model_config.predictor.arch
-  predictor = (UNet.multiple_for(model_config.predictor.multipliers) if arch == 'unet'
-               else _registry().family(arch).size_multiple(model_config))
-  return math.lcm(predictor, UNet.multiple_for(model_config.denoiser.multipliers))
+def _predictor(section):
+  return models.family(section.predictor.name)
 
 
-def predictor_archs() -> tuple[str, ...]:
-  return ('unet',) + _registry().deterministic_families()
+class DvSRFamily(contract.Family):
+  name = 'dvsr'
+  module = DvSR
+
+  # ------------------------------------------------------------ the config section
+
+  def defaults(self):
+    return dict(
+        # The initial predictor g(y): any deterministic family's section (unet: DvSR's).
+        predictor={'name': 'unet', **models.family('unet').defaults()},
+        # The denoiser f(z, level, y): a noise-conditioned U-Net; `film_scale` adds a
+        # FiLM scale to the shift; `decoders=2` makes it XY too.
+        denoiser=dict(base=32, multipliers=(1, 2, 3, 4), num_res=3, decoders=1,
+                      share='rotate', film_scale=False, upsample_impl='auto'),
+        noise_embedding_scale=5000.0,  # WaveGrad's scale of the level before the sinusoid.
+        diffusion=dict(
+            # Training schedule (SR3): beta linear from beta_start to beta_end over num_steps.
+            num_steps=2000, beta_start=1e-6, beta_end=1e-2,
+            residual_scale=2.0,  # Residuals of [0, 1] images on the [-1, 1] scale.
+            predictor_loss_weight=0.0,  # Optional L1 on g(y); 0 in the paper.
+        ),
+    )
+
+  def validate(self, section, prefix):
+    predictors = predictor_families()
+    name = section.predictor.get('name')
+    require(name in predictors, f'{prefix}.predictor.name', f'must be one of {predictors}', name)
+    _predictor(section).validate(section.predictor, f'{prefix}.predictor')
+    unet.check_section(section.denoiser, f'{prefix}.denoiser')
+    require(isinstance(section.denoiser.film_scale, bool), f'{prefix}.denoiser.film_scale',
+            'must be True or False', section.denoiser.film_scale)
+    require(section.noise_embedding_scale > 0, f'{prefix}.noise_embedding_scale',
+            'must be positive', section.noise_embedding_scale)
+    diff = section.diffusion
+    contract.check_positive_int(diff.num_steps, f'{prefix}.diffusion.num_steps')
+    require(0 < diff.beta_start <= diff.beta_end < 1, f'{prefix}.diffusion.beta_start/beta_end',
+            'need 0 < beta_start <= beta_end < 1', (diff.beta_start, diff.beta_end))
+    require(diff.residual_scale > 0, f'{prefix}.diffusion.residual_scale', 'must be positive',
+            diff.residual_scale)
+    require(diff.predictor_loss_weight >= 0, f'{prefix}.diffusion.predictor_loss_weight',
+            'must be >= 0', diff.predictor_loss_weight)
+
+  def output_fields(self, section):
+    fields = {f'predictor.{k}': v for k, v in
+              {'name': section.predictor.name,
+               **_predictor(section).output_fields(section.predictor)}.items()}
+    fields.update({f'denoiser.{k}': v for k, v in section.denoiser.items()
+                   if k not in contract.IMPLEMENTATION_FIELDS})
+    fields['noise_embedding_scale'] = section.noise_embedding_scale
+    # The residual scale and the training schedule fix what the denoiser's levels mean.
+    for field in ('num_steps', 'beta_start', 'beta_end', 'residual_scale'):
+      fields[f'diffusion.{field}'] = section.diffusion[field]
+    return fields
+
+  # ------------------------------------------------------------ the network
+
+  def build(self, section, *, dtype, rngs):
+    predictor = _predictor(section).build(section.predictor, dtype=dtype, rngs=rngs)
+    f = section.denoiser
+    denoiser = unet.UNet(in_channels=6, out_channels=3, base=f.base,
+                         multipliers=tuple(f.multipliers), num_res=f.num_res,
+                         decoders=f.decoders, share=f.share, noise_conditioned=True,
+                         noise_embedding_scale=section.noise_embedding_scale,
+                         film_scale=f.film_scale, dtype=dtype, upsample_impl=f.upsample_impl,
+                         rngs=rngs)
+    return DvSR(predictor, denoiser)
+
+  def size_multiple(self, section):
+    return math.lcm(_predictor(section).size_multiple(section.predictor),
+                    unet.UNet.multiple_for(section.denoiser.multipliers))
+
+  def xy_section(self, section):
+    return _predictor(section).xy_section(section.predictor)
+
+  # ------------------------------------------------------------ training
+
+  def loss(self, section):
+    d = section.diffusion
+    schedule = diffusion.linear_schedule(d.num_steps, d.beta_start, d.beta_end)
+
+    def loss_fn(model, batch, key):
+      return diffusion.loss(model, batch, key, schedule=schedule,
+                            residual_scale=d.residual_scale,
+                            predictor_weight=d.predictor_loss_weight)
+    return loss_fn
+
+  # ------------------------------------------------------------ inference
+
+  def settings(self, config, *, preset=None, steps=None, samples=None, sampler=None):
+    inference = config.inference
+    preset = inference.preset if preset is None else preset
+    if preset == PREDICTOR:
+      return Sampling(PREDICTOR, 0)
+    if preset not in inference.presets:
+      raise ConfigError(f'preset={preset!r}: must be one of '
+                        f'{(PREDICTOR,) + tuple(inference.presets)}')
+    values = inference.presets[preset]
+    if sampler is not None and sampler != 'ancestral':
+      raise ConfigError(f"sampler={sampler!r}: must be 'ancestral'")
+    for name, value in (('steps', steps), ('samples', samples)):
+      if value is not None and not (isinstance(value, int) and value > 0):
+        raise ConfigError(f'{name}={value!r}: must be a positive integer')
+    num_samples = samples or inference.num_samples or values.num_samples
+    return Sampling(preset, steps or values.num_steps, values.beta_start, values.beta_end,
+                    num_samples, config.model.diffusion.residual_scale)
+
+  def restore(self, model, blur, key, settings):
+    prediction = model.predict(blur)['restored']
+    if settings.num_steps == 0:
+      return {'image': prediction}
+    out = diffusion.sample(lambda y: prediction, model.denoise, blur,
+                           diffusion.sample_keys(key, settings.num_samples),
+                           schedule=settings.schedule, residual_scale=settings.residual_scale)
+    return {'image': out['mean'], 'std': out['std'], 'samples': out['samples']}
+
+  def outputs(self, config):
+    return {PREDICTOR: self.settings(config, preset=PREDICTOR),
+            **{name: self.settings(config, preset=name) for name in config.eval.presets}}
+
+  def describe(self, settings):
+    if settings.num_steps == 0:
+      return 'g(y) alone, no sampling'
+    return (f"preset '{settings.preset}', {settings.num_steps} steps, mean of "
+            f'{settings.num_samples} sample{"s" * (settings.num_samples > 1)}')
+
+  def components(self, model):
+    return [
+        contract.Component('predictor', lambda blur: model.predict(blur)['restored'],
+                             (('blur', 'image'),), 'restored'),
+        contract.Component('denoiser', model.denoise,
+                             (('noisy_residual', 'image'), ('level', 'level'),
+                              ('blur', 'image')), 'noise'),
+    ]
+
+  def tile_safe(self, section):
+    return _predictor(section).tile_safe(section.predictor)
+
+  def for_tiles(self, section):
+    """DvSR with its predictor's tile-safe form, where the predictor has one."""
+    tiled = _predictor(section).for_tiles(section.predictor)
+    if tiled is None:
+      return None
+    section = section.copy_and_resolve_references()
+    section.predictor = tiled
+    return section
+
+  # ------------------------------------------------------------ fields of other sections
+
+  def settings_defaults(self):
+    return {
+        'inference': dict(
+            preset='sa',  # Which of `presets` the Restorer, deblur and the page sample.
+            num_samples=0,  # Samples averaged; 0 takes the preset's.
+            # Same weights, different schedules. 'perceptual' is the paper's "Ours"
+            # (many steps), 'sa' its "Ours-SA" (few steps, mean of N samples).
+            presets=dict(
+                perceptual=dict(num_steps=500, beta_start=1e-6, beta_end=4e-2, num_samples=1),
+                sa=dict(num_steps=10, beta_start=1e-4, beta_end=0.8, num_samples=8),
+            ),
+        ),
+        'eval': dict(
+            presets=('perceptual', 'sa'),  # Reported beside the predictor; the last is primary.
+            # --mode=sweep: each (num_steps, beta_start, beta_end) schedule x each number
+            # of averaged samples, scored on the eval split: the perception-distortion curve.
+            sweep=dict(schedules=((10, 1e-4, 0.8), (20, 1e-5, 0.5), (50, 1e-6, 0.2),
+                                  (100, 1e-6, 0.1), (500, 1e-6, 0.04)),
+                       num_samples=(1, 2, 4, 8)),
+        ),
+    }
+
+  def validate_settings(self, config):
+    inference = config.inference
+    require(inference.preset in (PREDICTOR,) + tuple(inference.presets), 'inference.preset',
+            f'must be one of {(PREDICTOR,) + tuple(inference.presets)}', inference.preset)
+    contract.check_count(inference.num_samples, 'inference.num_samples')
+    for name, preset in inference.presets.items():
+      for field in ('num_steps', 'num_samples'):
+        contract.check_positive_int(preset[field], f'inference.presets.{name}.{field}')
+      require(0 < preset.beta_start <= preset.beta_end < 1,
+              f'inference.presets.{name}.beta_start/beta_end',
+              'need 0 < beta_start <= beta_end < 1', (preset.beta_start, preset.beta_end))
+    for name in config.eval.presets:
+      require(name in inference.presets, 'eval.presets',
+              f'{name!r} is not in config.inference.presets', tuple(config.eval.presets))
+    for i, schedule in enumerate(config.eval.sweep.schedules):
+      ok = (len(schedule) == 3 and int(schedule[0]) > 0 and 0 < schedule[1] <= schedule[2] < 1)
+      require(ok, f'eval.sweep.schedules[{i}]', 'must be (num_steps, beta_start, beta_end) '
+              'with 0 < beta_start <= beta_end < 1', tuple(schedule))
+    counts = config.eval.sweep.num_samples
+    require(len(counts) > 0 and all(isinstance(n, int) and n > 0 for n in counts),
+            'eval.sweep.num_samples', 'must be positive integers', tuple(counts))
 
 
-def _validate_unet(section, prefix):
-  for field in ('base', 'num_res'):
-    spec_lib.require_positive_int(section[field], f'{prefix}.{field}')
-  mults = section.multipliers
-  spec_lib.require(len(mults) >= 1 and all(isinstance(x, int) and x > 0 for x in mults),
-                   f'{prefix}.multipliers', 'must be positive integers', mults)
-  xy.check_section(section, prefix)
-
-
-def _validate(model_config):
-  arch = model_config.predictor.arch
-  archs = predictor_archs()
-  spec_lib.require(arch in archs, 'model.predictor.arch', f'must be one of {archs}', arch)
-  if arch == 'unet':
-    _validate_unet(model_config.predictor, 'model.predictor')
-  else:
-    _registry().family(arch).validate(model_config)
-  _validate_unet(model_config.denoiser, 'model.denoiser')
-  spec_lib.require(model_config.noise_embedding_scale > 0, 'model.noise_embedding_scale',
-                   'must be positive', model_config.noise_embedding_scale)
-
-
-def _output_fields(model_config):
-  arch = model_config.predictor.arch
-  predictor = (('model.predictor',) if arch == 'unet' else
-               ('model.predictor.arch',) + tuple(_registry().family(arch).output_fields(model_config)))
-  # The residual scale and the training schedule fix what the denoiser's levels mean.
-  return predictor + ('model.denoiser', 'model.noise_embedding_scale', 'diffusion.residual_scale',
-                      'diffusion.num_steps', 'diffusion.beta_start', 'diffusion.beta_end')
-
-
-def _make_loss(config):
-  d = config.diffusion
-  return functools.partial(
-      diffusion.loss, schedule=diffusion.linear_schedule(d.num_steps, d.beta_start, d.beta_end),
-      residual_scale=d.residual_scale, predictor_weight=d.predictor_loss_weight)
-
-
-def _tile_safe(model_config):
-  arch = model_config.predictor.arch
-  return arch == 'unet' or _registry().family(arch).tile_safe(model_config)
-
-
-def _for_tiles(model_config):
-  """DvSR with its predictor's tile-safe form, where the predictor has one (U-Nets are)."""
-  arch = model_config.predictor.arch
-  spec = None if arch == 'unet' else _registry().family(arch)
-  if spec is None or spec.for_tiles is None:
-    return None
-  return spec.for_tiles(model_config)
-
-
-def _defaults():
-  # DvSR's initial predictor g(y): 'unet' (DvSR) or any deterministic family,
-  # built from that family's section (the U-Net fields here are then unused).
-  # `decoders`/`share`: the XY transform (xy.py); decoders=2 is xydiff's g.
-  # The denoiser f(z, level, y); `film_scale` adds a FiLM scale to the shift.
-  return {
-      'predictor': dict(arch='unet', base=64, multipliers=(1, 2, 3, 4), num_res=3, decoders=1,
-                        share='rotate'),
-      'denoiser': dict(base=32, multipliers=(1, 2, 3, 4), num_res=3, decoders=1,
-                       share='rotate', film_scale=False),
-      'noise_embedding_scale': 5000.0,  # WaveGrad's scale of the level before the sinusoid.
-  }
-
-
-SPEC = spec_lib.ModelSpec(
-    name='dvsr',
-    defaults=_defaults,
-    build=_build,
-    size_multiple=_size_multiple,
-    validate=_validate,
-    output_fields=_output_fields,
-    make_loss=_make_loss,
-    diffusion=True,
-    tile_safe=_tile_safe,
-    for_tiles=_for_tiles,
-    # DvSR's GoPro config; its 'xy' summary row (an XY-decoupled g) is xydiff.
-    variants={'dvsr': spec_lib.Variant('dvsr', 'dvsr_gopro', about='DvSR (Whang et al., CVPR '
-                                       '2022): U-Net g (base 64) + U-Net f (base 32)')},
-    xy_section='predictor',
-    width_field='base',
-    depth_field='num_res',
-)
+FAMILY = DvSRFamily()

@@ -44,7 +44,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from xydiff.models import spec as spec_lib, xy
+from xydiff.errors import require
+from xydiff.models import contract, xy
 from xydiff.models.layers import Conv, ConvTranspose, ResStack, pad_to_multiple
 # The official ResBlock is XYDeblur's: x + conv3x3(relu(conv3x3(x))), no norm.
 
@@ -254,141 +255,59 @@ def _fft_l1(prediction, target):
   return 0.5 * (jnp.mean(jnp.abs(spectrum.real)) + jnp.mean(jnp.abs(spectrum.imag)))
 
 
-def make_loss(config):
+def multiscale_loss(model, batch, key):
   """The paper's loss (official train.py): sum over the three scales of
-  L1(output, target) + 0.1 * L1(FFT(output), FFT(target)), targets bilinearly downscaled."""
-  del config
-
-  def loss_fn(model, batch, key):
-    out = model(batch['blur'], dropout_key=key)
-    sharp = batch['sharp'].astype(jnp.float32)
-    pairs = ((out['restored_quarter'], torch_bilinear_downscale(sharp, 4)),
-             (out['restored_half'], torch_bilinear_downscale(sharp, 2)),
-             (out['restored'], sharp))
-    content = sum(jnp.mean(jnp.abs(p - t)) for p, t in pairs)
-    frequency = sum(_fft_l1(p, t) for p, t in pairs)
-    return content + 0.1 * frequency, {'content': content, 'fft': frequency}
-
-  return loss_fn
+  L1(output, target) + 0.1 * L1(FFT(output), FFT(target)), targets bilinearly downscaled.
+  `key` draws MIMO-UNet+'s training dropout."""
+  out = model(batch['blur'], dropout_key=key)
+  sharp = batch['sharp'].astype(jnp.float32)
+  pairs = ((out['restored_quarter'], torch_bilinear_downscale(sharp, 4)),
+           (out['restored_half'], torch_bilinear_downscale(sharp, 2)),
+           (out['restored'], sharp))
+  content = sum(jnp.mean(jnp.abs(p - t)) for p, t in pairs)
+  frequency = sum(_fft_l1(p, t) for p, t in pairs)
+  return content + 0.1 * frequency, {'content': content, 'fft': frequency}
 
 
-# ------------------------------------------------------------------ the family's spec
+# ------------------------------------------------------------------ the family
 
-def _build(model_config, rngs):
-  section = model_config.mimo_unet
-  return MIMOUNet(width=section.width, num_res=section.num_res, dropout=section.dropout,
-                  decoders=section.decoders, share=section.share,
-                  dtype=jnp.dtype(model_config.dtype),
-                  upsample_impl=model_config.upsample_impl, rngs=rngs)
+class MIMOUNetFamily(contract.Family):
+  name = 'mimo_unet'
+  module = MIMOUNet
 
+  def defaults(self):
+    return dict(
+        width=32,  # base_channel: features at full scale (x2, x4 at 1/2, 1/4); 32 officially.
+        num_res=8,  # ResBlocks per EBlock/DBlock: 8 for MIMO-UNet, 20 for MIMO-UNet+.
+        dropout=0.0,  # Training-mode Dropout2d on the fused skips: 0 MIMO-UNet, 0.1 MIMO-UNet+.
+        decoders=1,  # XY transform (xy.py): 1 is the official network, 2 XY, 4 four rotations.
+        share='rotate',  # 'rotate': decoders share weights turned by 90 degrees; 'none': U-Net^2D.
+        upsample_impl='auto',  # layers.UPSAMPLE_IMPLS: how the up-convolutions run.
+    )
 
-def _validate(model_config):
-  section = model_config.mimo_unet
-  for field in ('width', 'num_res'):
-    spec_lib.require_positive_int(section[field], f'model.mimo_unet.{field}')
-  # The SCM of the half scale has 2*width//4 and 2*width-3 channels.
-  spec_lib.require(section.width >= 2, 'model.mimo_unet.width', 'must be at least 2',
-                   section.width)
-  spec_lib.require(isinstance(section.dropout, (int, float)) and 0 <= section.dropout < 1,
-                   'model.mimo_unet.dropout', 'must be in [0, 1)', section.dropout)
-  xy.check_section(section, 'model.mimo_unet')
+  def validate(self, section, prefix):
+    for field in ('width', 'num_res'):
+      contract.check_positive_int(section[field], f'{prefix}.{field}')
+    # The SCM of the half scale has 2*width//4 and 2*width-3 channels.
+    require(section.width >= 2, f'{prefix}.width', 'must be at least 2', section.width)
+    require(isinstance(section.dropout, (int, float)) and 0 <= section.dropout < 1,
+            f'{prefix}.dropout', 'must be in [0, 1)', section.dropout)
+    xy.check_section(section, prefix)
+    contract.check_upsample_impl(section, prefix)
 
+  def build(self, section, *, dtype, rngs):
+    return MIMOUNet(width=section.width, num_res=section.num_res, dropout=section.dropout,
+                    decoders=section.decoders, share=section.share, dtype=dtype,
+                    upsample_impl=section.upsample_impl, rngs=rngs)
 
-def official_keys(model_config) -> dict[str, tuple]:
-  """{official state-dict key: (path of the tensor in xydiff's params, layout)}.
+  def size_multiple(self, section):
+    return MIMOUNet.size_multiple
 
-  Official layout (models/MIMOUNet.py, layers.py): BasicConv.main = [conv
-  (+ ReLU)]; ResBlock.main = [BasicConv, BasicConv]; EBlock/DBlock.layers =
-  num_res ResBlocks; SCM.main = 4 BasicConvs, SCM.conv; FAM.merge; AFF.conv =
-  [BasicConv 1x1, BasicConv 3x3]. Dropout2d holds no tensors.
-  """
-  section = model_config.mimo_unet
-  table = {}
+  def loss(self, section):
+    return multiscale_loss
 
-  def conv(prefix, path):  # BasicConv: the convolution is main.0.
-    spec_lib.add_conv(table, f'{prefix}.main.0', path)
-
-  def res_stack(prefix, path):
-    for i in range(section.num_res):
-      for j, name in enumerate(('conv1', 'conv2')):
-        conv(f'{prefix}.layers.{i}.main.{j}', path + ('blocks', i, name))
-
-  enc, dec = ('encoder',), ('decoder',)
-  for i, name in enumerate(('stem', 'down_to_half', 'down_to_quarter')):
-    conv(f'feat_extract.{i}', enc + (name,))
-  conv('feat_extract.3', dec + ('up_to_half',))
-  conv('feat_extract.4', dec + ('up_to_full',))
-  conv('feat_extract.5', dec + ('out_full',))
-  for i, scale in enumerate(('full', 'half', 'quarter')):
-    res_stack(f'Encoder.{i}', enc + (f'res_{scale}',))
-  for i, scale in enumerate(('quarter', 'half', 'full')):
-    res_stack(f'Decoder.{i}', dec + (f'res_{scale}',))
-  conv('Convs.0', dec + ('fuse_half',))
-  conv('Convs.1', dec + ('fuse_full',))
-  conv('ConvsOut.0', dec + ('out_quarter',))
-  conv('ConvsOut.1', dec + ('out_half',))
-  for i, scale in enumerate(('full', 'half')):
-    conv(f'AFFs.{i}.conv.0', enc + (f'aff_{scale}', 'squeeze'))
-    conv(f'AFFs.{i}.conv.1', enc + (f'aff_{scale}', 'mix'))
-  # SCM1/FAM1 work at 1/4 scale, SCM2/FAM2 at 1/2.
-  for n, scale in ((1, 'quarter'), (2, 'half')):
-    conv(f'FAM{n}.merge', enc + (f'fam_{scale}', 'merge'))
-    for i in range(4):
-      conv(f'SCM{n}.main.{i}', enc + (f'scm_{scale}', 'convs', i))
-    conv(f'SCM{n}.conv', enc + (f'scm_{scale}', 'merge'))
-  return table
+  # Convolutions and nearest-neighbour resizing on a grid of 4: tiles aligned to 4
+  # agree with the whole image (the default tile_safe).
 
 
-def read_official(path: str, max_bytes: int | None = None) -> dict:
-  """MIMO-UNet.pkl / MIMO-UNetPlus.pkl: `torch.save({'model': state_dict, ...})`, as the
-  official train.py writes it and eval.py reads it."""
-  return spec_lib.read_torch_state_dict(path, container_keys=('model',), max_bytes=max_bytes)
-
-
-def _defaults():
-  return {'mimo_unet': dict(
-      width=32,  # base_channel: features at full scale (x2, x4 at 1/2, 1/4); 32 officially.
-      num_res=8,  # ResBlocks per EBlock/DBlock: 8 for MIMO-UNet, 20 for MIMO-UNet+.
-      dropout=0.0,  # Training-mode Dropout2d on the fused skips: 0 MIMO-UNet, 0.1 MIMO-UNet+.
-      decoders=1,  # XY transform (xy.py): 1 is the official network, 2 XY, 4 four rotations.
-      share='rotate',  # 'rotate': decoders share weights turned by 90°; 'none': U-Net^2D.
-  )}
-
-
-PLUS = {'num_res': 20, 'dropout': 0.1}
-XY = {'decoders': 2, 'share': 'rotate'}
-_REPO = 'github.com/chosj95/MIMO-UNet'
-
-SPEC = spec_lib.ModelSpec(
-    name='mimo_unet',
-    defaults=_defaults,
-    build=_build,
-    size_multiple=lambda model_config: MIMOUNet.size_multiple,
-    validate=_validate,
-    output_fields=lambda model_config: ('model.mimo_unet',),
-    make_loss=make_loss,
-    # Convolutions and nearest-neighbour resizing on a grid of 4: tiles aligned to 4 agree.
-    tile_safe=lambda model_config: True,
-    variants={
-        'mimo_unet': spec_lib.Variant(
-            'mimo_unet', 'mimo_unet_gopro',
-            about=f'MIMO-UNet (Cho et al., ICCV 2021), 6,807,171 parameters, GoPro 31.73 dB '
-            f'(README): {_REPO} (MIMO-UNet.pkl)'),
-        'mimo_unet_plus': spec_lib.Variant(
-            'mimo_unet', 'mimo_unet_gopro:plus', PLUS,
-            about=f'MIMO-UNet+ (Cho et al., ICCV 2021), 16,107,651 parameters, GoPro 32.45 dB '
-            f'(README): {_REPO} (MIMO-UNetPlus.pkl)'),
-        'mimo_unet_xy': spec_lib.Variant(
-            'mimo_unet', 'mimo_unet_gopro:xy', XY,
-            about='MIMO-UNet with XYDeblur\'s decoder pair (the decoder run twice, the second '
-            'time turned 90 degrees): 6,807,171 parameters, 1.50x the GMACs'),
-        'mimo_unet_plus_xy': spec_lib.Variant(
-            'mimo_unet', 'mimo_unet_gopro:plus_xy', {**PLUS, **XY},
-            about='MIMO-UNet+ with XYDeblur\'s decoder pair: 16,107,651 parameters, '
-            '1.50x the GMACs'),
-    },
-    official=spec_lib.OfficialWeights(read=read_official, key_map=official_keys),
-    xy_section='mimo_unet',
-    width_field='width',
-    depth_field='num_res',
-)
+FAMILY = MIMOUNetFamily()

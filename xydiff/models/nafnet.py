@@ -44,14 +44,14 @@ at every pixel), 1.14x that with 2 decoders and 1.42x with 4.
 
 from __future__ import annotations
 
-import functools
 import math
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from xydiff.models import spec as spec_lib, xy
+from xydiff.errors import require
+from xydiff.models import contract, xy
 from xydiff.models.layers import Conv, rotated_call
 
 # The GoPro training crop (gt_size in options/train/GoPro/NAFNet-width*.yml):
@@ -258,50 +258,6 @@ class NAFNet(nnx.Module):
             'residuals': tuple(r[:, :h, :w] for r in residuals)}
 
 
-# ------------------------------------------------------------------ the family's spec
-
-def _build(model_config, rngs):
-  # No transposed convolutions: model_config.upsample_impl has nothing to choose here.
-  section = model_config.nafnet
-  return NAFNet(width=section.width, enc_blocks=tuple(section.enc_blocks),
-                middle_blocks=section.middle_blocks, dec_blocks=tuple(section.dec_blocks),
-                tlc_train_size=section.tlc_train_size, decoders=section.decoders,
-                share=section.share, dtype=jnp.dtype(model_config.dtype), rngs=rngs)
-
-
-def _is_count(value, minimum: int) -> bool:
-  return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
-
-
-def _validate(model_config):
-  section = model_config.nafnet
-  prefix = 'model.nafnet'
-  spec_lib.require_positive_int(section.width, f'{prefix}.width')
-  for field in ('enc_blocks', 'dec_blocks'):
-    value = section[field]
-    spec_lib.require(isinstance(value, (tuple, list)) and len(value) > 0
-                     and all(_is_count(v, 0) for v in value), f'{prefix}.{field}',
-                     'must be a non-empty tuple of block counts (integers >= 0), one per level',
-                     value)
-  spec_lib.require(len(section.dec_blocks) == len(section.enc_blocks), f'{prefix}.dec_blocks',
-                   f'needs one entry per level, as enc_blocks={tuple(section.enc_blocks)}',
-                   section.dec_blocks)
-  spec_lib.require(_is_count(section.middle_blocks, 0), f'{prefix}.middle_blocks',
-                   'must be an integer >= 0', section.middle_blocks)
-  spec_lib.require(_is_count(section.tlc_train_size, 0), f'{prefix}.tlc_train_size',
-                   'must be an integer >= 0 (0: global pooling; 256: the authors\' NAFNetLocal)',
-                   section.tlc_train_size)
-  xy.check_section(section, prefix)
-
-
-def _output_fields(model_config):
-  # tlc_train_size is left out: the same weights run with or without TLC
-  # (the authors train with it and test with it), so a run may switch it.
-  del model_config
-  return tuple(f'model.nafnet.{f}' for f in
-               ('width', 'enc_blocks', 'middle_blocks', 'dec_blocks', 'decoders', 'share'))
-
-
 def psnr_loss(model, batch, key):
   """BasicSR's PSNRLoss (loss_weight 1, mean): the batch mean of 10 log10(MSE + 1e-8) per image.
 
@@ -315,67 +271,14 @@ def psnr_loss(model, batch, key):
   return loss, {'psnr_loss': loss}
 
 
-def _for_tiles(model_config):
-  """The model config with TLC on (at the authors' training size unless already on)."""
-  tiled = model_config.copy_and_resolve_references()
-  if not tiled.nafnet.tlc_train_size:
-    tiled.nafnet.tlc_train_size = AUTHORS_TRAIN_SIZE
-  return tiled
+# ------------------------------------------------------------------ the family
 
+class NAFNetFamily(contract.Family):
+  name = 'nafnet'
+  module = NAFNet
 
-def official_keys(model_config) -> dict[str, tuple]:
-  """{official state-dict key: (path of the tensor in xydiff's params, layout)}.
-
-  Official names (NAFNet_arch.py): intro, ending; encoders.<level>.<block>,
-  middle_blks.<block>, decoders.<level>.<block> (nn.Sequential of NAFBlocks);
-  downs.<level> (conv); ups.<level>.0 (the bias-free 1x1 conv before the
-  pixel shuffle); in a block: norm1/norm2 (LayerNorm2d weight, bias), conv1-5,
-  sca.1 (the 1x1 conv after the pool), beta and gamma ([1, C, 1, 1]).
-  NAFNetLocal has the same keys (its pools hold no tensors).
-  """
-  section = model_config.nafnet
-  table = {}
-
-  conv = functools.partial(spec_lib.add_conv, table)
-
-  def block(prefix, path):
-    for norm in ('norm1', 'norm2'):
-      table[f'{prefix}.{norm}.weight'] = (path + (norm, 'scale'), spec_lib.as_is)
-      table[f'{prefix}.{norm}.bias'] = (path + (norm, 'bias'), spec_lib.as_is)
-    for name in ('conv1', 'conv2', 'conv3', 'conv4', 'conv5'):
-      conv(f'{prefix}.{name}', path + (name,))
-    conv(f'{prefix}.sca.1', path + ('sca',))
-    for name in ('beta', 'gamma'):
-      table[f'{prefix}.{name}'] = (path + (name,), spec_lib.as_is)
-
-  conv('intro', ('encoder', 'intro'))
-  for level, count in enumerate(section.enc_blocks):
-    for j in range(count):
-      block(f'encoders.{level}.{j}', ('encoder', 'encoders', level, j))
-    conv(f'downs.{level}', ('encoder', 'downs', level))
-  for j in range(section.middle_blocks):
-    block(f'middle_blks.{j}', ('encoder', 'middle_blks', j))
-  for level, count in enumerate(section.dec_blocks):
-    conv(f'ups.{level}.0', ('decoder', 'ups', level), bias=False)
-    for j in range(count):
-      block(f'decoders.{level}.{j}', ('decoder', 'decoders', level, j))
-  conv('ending', ('decoder', 'ending'))
-  return table
-
-
-def read_official(path: str, max_bytes: int | None = None) -> dict:
-  """`torch.save({'params': state_dict})` as BasicSR's save_network writes net_g_<iter>.pth
-  (and the released NAFNet-GoPro-width{32,64}.pth); 'params_ema' if only that is there."""
-  return spec_lib.read_torch_state_dict(path, container_keys=('params', 'params_ema'),
-                                        max_bytes=max_bytes)
-
-
-_ABOUT = ('NAFNet width {width} (Chen et al., ECCV 2022), {params} parameters, GoPro '
-          '{psnr} dB with TLC (README): github.com/megvii-research/NAFNet')
-
-SPEC = spec_lib.ModelSpec(
-    name='nafnet',
-    defaults=lambda: {'nafnet': dict(
+  def defaults(self):
+    return dict(
         width=64,  # Channels at full resolution; doubled at each level (GoPro: 64, or 32).
         enc_blocks=(1, 1, 1, 28),  # NAFBlocks per encoder level, finest first.
         middle_blocks=1,  # NAFBlocks at the bottleneck (1/2**levels resolution).
@@ -386,23 +289,56 @@ SPEC = spec_lib.ModelSpec(
         tlc_train_size=AUTHORS_TRAIN_SIZE,
         decoders=1,  # XY transform (xy.py): 1 plain, 2 XY, 4 four rotations.
         share='rotate',  # 'rotate': one decoder's weights turned; 'none': U-Net^2D.
-    )},
-    build=_build,
-    size_multiple=lambda model_config: 2 ** len(model_config.nafnet.enc_blocks),
-    validate=_validate,
-    output_fields=_output_fields,
-    make_loss=lambda config: psnr_loss,
-    tile_safe=lambda model_config: model_config.nafnet.tlc_train_size > 0,
-    for_tiles=_for_tiles,
-    variants={
-        'nafnet32': spec_lib.Variant('nafnet', 'nafnet_gopro:width32', {'width': 32}, about=_ABOUT.format(
-            width=32, params='17,111,907', psnr='32.87')),
-        'nafnet64': spec_lib.Variant('nafnet', 'nafnet_gopro:width64', {'width': 64}, about=_ABOUT.format(
-            width=64, params='67,888,835', psnr='33.71')),
-    },
-    official=spec_lib.OfficialWeights(read=read_official, key_map=official_keys),
-    xy_section='nafnet',
-    width_field='width',
-    # The one integer depth: enc_blocks/dec_blocks are per-level tuples.
-    depth_field='middle_blocks',
-)
+    )
+
+  def validate(self, section, prefix):
+    contract.check_positive_int(section.width, f'{prefix}.width')
+    for field in ('enc_blocks', 'dec_blocks'):
+      value = section[field]
+      require(isinstance(value, (tuple, list)) and len(value) > 0
+              and all(_is_count(v, 0) for v in value), f'{prefix}.{field}',
+              'must be a non-empty tuple of block counts (integers >= 0), one per level', value)
+    require(len(section.dec_blocks) == len(section.enc_blocks), f'{prefix}.dec_blocks',
+            f'needs one entry per level, as enc_blocks={tuple(section.enc_blocks)}',
+            section.dec_blocks)
+    contract.check_count(section.middle_blocks, f'{prefix}.middle_blocks')
+    require(_is_count(section.tlc_train_size, 0), f'{prefix}.tlc_train_size',
+            "must be an integer >= 0 (0: global pooling; 256: the authors' NAFNetLocal)",
+            section.tlc_train_size)
+    xy.check_section(section, prefix)
+
+  def output_fields(self, section):
+    # tlc_train_size is left out: the same weights run with or without TLC
+    # (the authors train with it and test with it), so a run may switch it.
+    fields = super().output_fields(section)
+    fields.pop('tlc_train_size', None)
+    return fields
+
+  def build(self, section, *, dtype, rngs):
+    return NAFNet(width=section.width, enc_blocks=tuple(section.enc_blocks),
+                  middle_blocks=section.middle_blocks, dec_blocks=tuple(section.dec_blocks),
+                  tlc_train_size=section.tlc_train_size, decoders=section.decoders,
+                  share=section.share, dtype=dtype, rngs=rngs)
+
+  def size_multiple(self, section):
+    return 2 ** len(section.enc_blocks)
+
+  def loss(self, section):
+    return psnr_loss
+
+  def tile_safe(self, section):
+    return section.tlc_train_size > 0
+
+  def for_tiles(self, section):
+    """The section with TLC on (at the authors' training size unless already on)."""
+    tiled = section.copy_and_resolve_references()
+    if not tiled.tlc_train_size:
+      tiled.tlc_train_size = AUTHORS_TRAIN_SIZE
+    return tiled
+
+
+def _is_count(value, minimum: int) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+FAMILY = NAFNetFamily()

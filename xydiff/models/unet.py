@@ -1,5 +1,9 @@
 """DvSR's fully convolutional U-Net, optionally noise-conditioned and XY-decoupled.
 
+Two uses: DvSR's denoiser f (noise-conditioned, `UNet`), and a deterministic
+deblurrer of its own (`UNetDeblur`, the family 'unet': x + the U-Net's
+output), which is DvSR's default initial predictor g.
+
 No self-attention and no normalisation, so a network trained on 128x128 crops
 runs on a 1280x720 frame. The noise level enters every residual block as a
 FiLM shift (optionally also a scale) computed by an MLP from a sinusoidal
@@ -16,7 +20,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from xydiff.models import xy
+from xydiff.errors import require
+from xydiff.models import contract, xy
 from xydiff.models.layers import Conv, ConvTranspose, pad_to_multiple, sinusoidal_embedding
 
 
@@ -149,3 +154,55 @@ class UNet(nnx.Module):
     residuals = tuple(r[:, :h, :w].astype(jnp.float32)
                       for r in xy.run_decoders(self.decoder, self.decoders, feat, skips, emb))
     return {'output': sum(residuals), 'residuals': residuals}
+
+
+class UNetDeblur(UNet):
+  """The U-Net as a deblurrer: restored = x + the sum of its decoders' residuals.
+
+  DvSR's initial predictor g(y); the same parameters as the plain UNet.
+  Returns {'restored', 'residuals'}.
+  """
+
+  def __call__(self, x: jax.Array) -> dict[str, jax.Array]:  # pylint: disable=arguments-differ
+    out = super().__call__(x)
+    return {'restored': x + out['output'], 'residuals': out['residuals']}
+
+
+def check_section(section, prefix: str) -> None:
+  """Validates a U-Net section (the deblurrer's or DvSR's denoiser's)."""
+  for field in ('base', 'num_res'):
+    contract.check_positive_int(section[field], f'{prefix}.{field}')
+  mults = section.multipliers
+  require(
+      isinstance(mults, (tuple, list)) and len(mults) >= 1 and
+      all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in mults),
+      f'{prefix}.multipliers', 'must be a non-empty tuple of positive integers', mults)
+  xy.check_section(section, prefix)
+  contract.check_upsample_impl(section, prefix)
+
+
+class UNetFamily(contract.Family):
+  name = 'unet'
+  module = UNetDeblur
+
+  def defaults(self):
+    # DvSR's predictor g: base 64, multipliers (1, 2, 3, 4), 3 residual blocks per level.
+    return dict(base=64, multipliers=(1, 2, 3, 4), num_res=3,
+                decoders=1,  # XY transform (xy.py): 2 is xydiff's XY predictor.
+                share='rotate',  # 'rotate': one decoder's weights turned; 'none': U-Net^2D.
+                upsample_impl='auto')  # layers.UPSAMPLE_IMPLS: how the up-convolutions run.
+
+  def validate(self, section, prefix):
+    check_section(section, prefix)
+
+  def build(self, section, *, dtype, rngs):
+    return UNetDeblur(in_channels=3, out_channels=3, base=section.base,
+                      multipliers=tuple(section.multipliers), num_res=section.num_res,
+                      decoders=section.decoders, share=section.share, dtype=dtype,
+                      upsample_impl=section.upsample_impl, rngs=rngs)
+
+  def size_multiple(self, section):
+    return UNet.multiple_for(section.multipliers)
+
+
+FAMILY = UNetFamily()

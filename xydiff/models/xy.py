@@ -24,6 +24,8 @@ from typing import Callable
 import jax
 from flax import nnx
 
+from xydiff.errors import require
+
 SHARES = ('rotate', 'none')
 DECODER_COUNTS = (1, 2, 4)
 
@@ -50,7 +52,6 @@ def run_decoders(decoder: nnx.Module, decoders: int, *features, **kwargs) -> lis
 
 def check_section(section, prefix: str) -> None:
   """Validates the `decoders` and `share` fields of a family's config section."""
-  from xydiff.models.spec import require  # pylint: disable=import-outside-toplevel
   require(section.decoders in DECODER_COUNTS, f'{prefix}.decoders',
           f'must be one of {DECODER_COUNTS} (1: plain, 2: XY, 4: four rotations)',
           section.decoders)

@@ -11,13 +11,11 @@ U-Net, `share='none'` its U-Net^2D.
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from xydiff.models import spec as spec_lib, xy
+from xydiff.models import contract, xy
 from xydiff.models.layers import Conv, ConvTranspose, ResStack, pad_to_multiple
 
 
@@ -92,79 +90,34 @@ class XYDeblur(nnx.Module):
     return {'restored': restored, 'residuals': residuals}
 
 
-# ------------------------------------------------------------------ the family's spec
+# ------------------------------------------------------------------ the family
 
-def _build(model_config, rngs):
-  section = model_config.xydeblur
-  return XYDeblur(width=section.width, num_res=section.num_res, decoders=section.decoders,
-                  share=section.share, dtype=jnp.dtype(model_config.dtype),
-                  upsample_impl=model_config.upsample_impl, rngs=rngs)
+class XYDeblurFamily(contract.Family):
+  name = 'xydeblur'
+  module = XYDeblur
 
+  def defaults(self):
+    return dict(
+        width=32,  # Channels at full resolution, doubled at 1/2 and 1/4 (official: 32).
+        num_res=6,  # ResBlocks per stage (official: 6).
+        decoders=2,  # XY transform (xy.py): 1 is the baseline U-Net, 2 XYDeblur, 4 four turns.
+        share='rotate',  # 'rotate': one decoder's weights turned; 'none': U-Net^2D.
+        upsample_impl='auto',  # layers.UPSAMPLE_IMPLS: how the up-convolutions run.
+    )
 
-def _validate(model_config):
-  section = model_config.xydeblur
-  for field in ('width', 'num_res'):
-    spec_lib.require_positive_int(section[field], f'model.xydeblur.{field}')
-  xy.check_section(section, 'model.xydeblur')
+  def validate(self, section, prefix):
+    for field in ('width', 'num_res'):
+      contract.check_positive_int(section[field], f'{prefix}.{field}')
+    xy.check_section(section, prefix)
+    contract.check_upsample_impl(section, prefix)
 
+  def build(self, section, *, dtype, rngs):
+    return XYDeblur(width=section.width, num_res=section.num_res, decoders=section.decoders,
+                    share=section.share, dtype=dtype, upsample_impl=section.upsample_impl,
+                    rngs=rngs)
 
-def l1_loss(model, batch, key):
-  """The official recipe: L1 on the restored image only."""
-  del key
-  restored = model(batch['blur'])['restored']
-  l1 = jnp.mean(jnp.abs(restored - batch['sharp']))
-  return l1, {'l1': l1}
-
-
-def official_keys(model_config) -> dict[str, tuple]:
-  """{official state-dict key: (path of the tensor in xydiff's params, layout)}.
-
-  Official layout (models/XYDeblur.py): EBlock.layers = [BasicConv (stem or
-  stride-2 down), num_res ResBlocks]; DBlock.layers = [num_res ResBlocks,
-  then the ConvTranspose in Decoder1_1/1_2]; BasicConv.main = [conv, relu];
-  ResBlock.main = [BasicConv, BasicConv]. Decoder1_3 holds only ResBlocks and
-  Decoder1_4 is the output conv.
-  """
-  num_res = model_config.xydeblur.num_res
-  table = {}
-
-  conv = functools.partial(spec_lib.add_conv, table)
-
-  def res_stack(module, first_layer, path):
-    for i in range(num_res):
-      for j, name in enumerate(('conv1', 'conv2')):
-        conv(f'{module}.layers.{first_layer + i}.main.{j}.main.0', path + ('blocks', i, name))
-
-  for n, (entry, stack) in enumerate((('stem', 'res1'), ('down2', 'res2'), ('down3', 'res3')), 1):
-    conv(f'Encoder{n}.layers.0.main.0', ('encoder', entry))
-    res_stack(f'Encoder{n}', 1, ('encoder', stack))
-  for n in (1, 2):
-    res_stack(f'Decoder1_{n}', 0, ('decoder', f'res{n}'))
-    conv(f'Decoder1_{n}.layers.{num_res}.main.0', ('decoder', f'up{n}'))
-    conv(f'Convs1_{n}.main.0', ('decoder', f'fuse{n}'))
-  res_stack('Decoder1_3', 0, ('decoder', 'res3'))
-  conv('Decoder1_4.main.0', ('decoder', 'out'))
-  return table
+  def size_multiple(self, section):
+    return XYDeblur.size_multiple
 
 
-def read_official(path: str, max_bytes: int | None = None) -> dict:
-  """`torch.save({'model': state_dict, ...})` as the official train.py writes it."""
-  return spec_lib.read_torch_state_dict(path, container_keys=('model',), max_bytes=max_bytes)
-
-
-SPEC = spec_lib.ModelSpec(
-    name='xydeblur',
-    defaults=lambda: {'xydeblur': dict(width=32, num_res=6, decoders=2, share='rotate')},
-    build=_build,
-    size_multiple=lambda model_config: XYDeblur.size_multiple,
-    validate=_validate,
-    output_fields=lambda model_config: ('model.xydeblur',),
-    make_loss=lambda config: l1_loss,
-    variants={'xydeblur': spec_lib.Variant(
-        'xydeblur', 'xydeblur_gopro', about='XYDeblur (Ji et al., CVPR 2022), 4,918,627 '
-        'parameters: github.com/Seowon-Ji/XYDeblur')},
-    official=spec_lib.OfficialWeights(read=read_official, key_map=official_keys),
-    xy_section='xydeblur',
-    width_field='width',
-    depth_field='num_res',
-)
+FAMILY = XYDeblurFamily()

@@ -394,3 +394,19 @@ def write_imported_run(workdir: str, config, params) -> str:
     if os.path.isdir(staging):  # Ours alone: renamed away on success.
       shutil.rmtree(staging)
   return os.path.join(workdir, CHECKPOINTS, '0')
+
+
+def load_params(config, workdir: str, step: int | None = None, *,
+                config_from_user: bool = False):
+  """(graphdef, eval params, step) of a workdir's checkpoint (latest when step is None).
+
+  The params are the ones evaluation and deblurring use (the EMA where training
+  kept one), replicated over the device mesh. `config_from_user`: the user gave
+  `config` (not the workdir's stored one), so a checkpoint that stores no
+  config of its own may be read with it.
+  """
+  from xydiff.runs import state as state_lib  # pylint: disable=import-outside-toplevel
+  graphdef, target = state_lib.abstract_state(config, state_lib.replicated(state_lib.make_mesh()))
+  with Checkpointer(workdir, config, read_only=True, config_from_user=config_from_user) as ckpt:
+    state = ckpt.restore(target, step)
+  return graphdef, state_lib.eval_params(state), int(state['step'])

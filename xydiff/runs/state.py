@@ -60,7 +60,7 @@ def state_from_params(config, params) -> dict:
 
 def init_state(config):
   """(graphdef, state): the module structure, and the pytree that training updates."""
-  model = models.build_model(config.model, seed=config.seed)
+  model = models.build(config.model, seed=config.seed)
   graphdef, params = nnx.split(model, nnx.Param)
   return graphdef, state_from_params(config, nnx.to_pure_dict(params))
 

@@ -2,7 +2,7 @@
 
 The compiled step comes from step.make_train_step (a pure function of
 (state, batch), state donated); the state and its shardings from state.py;
-evaluation from evaluate.Evaluator. This module owns the loop around them:
+evaluation from evaluation.evaluator.Evaluator. This module owns the loop around them:
 resume, input, logging, checkpoints, preemption and the workdir's lock.
 """
 
@@ -16,15 +16,15 @@ import numpy as np
 from absl import logging
 from clu import metric_writers, periodic_actions
 
-from xydiff import config_check, data
-from xydiff.runs import checkpoint
-from xydiff import config as run_config
-from xydiff.data import tf_cpu as tf_guard
-from xydiff.runs import state as state_lib
+from xydiff import config as config_lib
+from xydiff import data, models
+from xydiff.data import tf_cpu
+from xydiff.errors import ConfigError, NonFiniteLossError, require
+from xydiff.evaluation import evaluator as evaluator_lib
+from xydiff.inference import restorer
+from xydiff.models import contract
+from xydiff.runs import checkpoint, state as state_lib, workdir as workdir_lib
 from xydiff.train import step as step_lib
-from xydiff.runs import workdir as workdir_lib
-from xydiff.errors import ConfigError, NonFiniteLossError
-from xydiff.evaluation.evaluator import Evaluator
 
 
 class _Preemption:
@@ -64,12 +64,57 @@ class _Preemption:
       signal.signal(signal.SIGTERM, self._previous)
 
 
+def validate(train_config, device_count: int) -> None:
+  """Checks config.train for a data-parallel mesh of `device_count` devices."""
+  t = train_config
+  for f in ('batch_size', 'num_steps', 'log_every', 'checkpoint_every', 'keep_checkpoints',
+            'eval_every'):
+    _positive_int(t[f], f'train.{f}')
+  _positive_int(t.steps_per_call, 'train.steps_per_call')
+  for f in ('num_steps', 'log_every', 'checkpoint_every', 'eval_every'):
+    require(t[f] % t.steps_per_call == 0, f'train.{f}',
+             f'must be a multiple of config.train.steps_per_call={t.steps_per_call}', t[f])
+  require(t.batch_size % device_count == 0, 'train.batch_size',
+           f'must be divisible by the {device_count} devices of the data-parallel mesh',
+           t.batch_size)
+  _positive_int(t.microbatches, 'train.microbatches')
+  require(t.batch_size % (device_count * t.microbatches) == 0, 'train.microbatches',
+           f'must divide the per-device batch {t.batch_size} / {device_count} devices',
+           t.microbatches)
+  require(t.lr > 0, 'train.lr', 'must be positive', t.lr)
+  require(0 <= t.ema_rate < 1, 'train.ema_rate', 'must be in [0, 1); 0 turns the EMA off',
+           t.ema_rate)
+  require(t.warmup_steps >= 0, 'train.warmup_steps', 'must be >= 0', t.warmup_steps)
+  require(t.grad_clip >= 0, 'train.grad_clip', 'must be >= 0; 0 turns clipping off', t.grad_clip)
+  require(all(int(s) > 0 for s in t.lr_halve_steps), 'train.lr_halve_steps',
+           'must be positive steps', tuple(t.lr_halve_steps))
+  require(t.lr_schedule in state_lib.LR_SCHEDULES, 'train.lr_schedule',
+           f'must be one of {state_lib.LR_SCHEDULES}', t.lr_schedule)
+  require(0 <= t.lr_min <= t.lr, 'train.lr_min', 'must be in [0, train.lr]', t.lr_min)
+  require(0 < t.lr_decay_factor <= 1, 'train.lr_decay_factor', 'must be in (0, 1]',
+           t.lr_decay_factor)
+  require(t.optimizer in state_lib.OPTIMIZERS, 'train.optimizer',
+           f'must be one of {state_lib.OPTIMIZERS}', t.optimizer)
+  require(len(t.adam_betas) == 2 and all(0 <= b < 1 for b in t.adam_betas), 'train.adam_betas',
+           'must be two numbers in [0, 1)', tuple(t.adam_betas))
+  require(t.weight_decay >= 0, 'train.weight_decay', 'must be >= 0', t.weight_decay)
+
+
+def _positive_int(value, field: str) -> None:
+  require(isinstance(value, int) and not isinstance(value, bool) and value > 0, field,
+          'must be a positive integer', value)
+
+
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains `config` in `workdir`, resuming from its newest readable checkpoint if any.
 
   Returns the last evaluation summary.
   """
-  config_check.validate(config, 'train', jax.device_count())
+  config_lib.check(config)
+  data.validate(config.data, models.size_multiple(config.model))
+  validate(config.train, jax.device_count())
+  evaluator_lib.validate(config.eval)
+  restorer.validate(config.inference)
   workdir_lib.check_writable(workdir, jax.process_index())
   is_chief = jax.process_index() == 0
   with workdir_lib.lock(workdir, hold=is_chief):
@@ -96,14 +141,14 @@ def _train(config, workdir: str, is_chief: bool) -> dict:
     state = jax.device_put(state, replicated)
   start_step = int(state['step'])
   if is_chief:
-    run_config.save(workdir, config)
+    config_lib.save(workdir, config)
 
-  tf_guard.keep_tensorflow_off_accelerators()  # clu's summary writer runs TensorFlow ops.
+  tf_cpu.keep_tensorflow_off_accelerators()  # clu's summary writer runs TensorFlow ops.
   writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
   if start_step == 0:
-    hparams = run_config.flatten(run_config.to_plain(config))
+    hparams = contract.flatten(config_lib.to_plain(config))
     writer.write_hparams({k: str(v) if isinstance(v, list) else v for k, v in hparams.items()})
-  evaluator = Evaluator(config, workdir, eval_source, writer=writer)
+  evaluator = evaluator_lib.Evaluator(config, workdir, eval_source, writer=writer)
   num_steps = config.train.num_steps
   report = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)
 

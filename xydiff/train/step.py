@@ -20,8 +20,8 @@ from xydiff.runs import state as state_lib
 
 
 def make_loss_fn(config):
-  """loss_fn(model, batch, key) -> (loss, aux): the family's own training loss (its spec)."""
-  return models.get(config.model).make_loss(config)
+  """loss_fn(model, batch, key) -> (loss, aux): the family's own training loss."""
+  return models.family(config.model.name).loss(config.model)
 
 
 def _unroll_gradient_loops() -> bool:
@@ -126,3 +126,20 @@ def make_train_step(config, graphdef, mesh=None, *, donate: bool = True):
     shardings = dict(in_shardings=(replicated, state_lib.batch_sharding(mesh, k)),
                      out_shardings=(replicated, replicated))
   return jax.jit(fn, donate_argnums=0 if donate else (), **shardings)
+
+
+def compiled_memory_gb(config, crop: int = 256) -> float | None:
+  """Compiled peak memory (arguments, outputs and temporaries) of one training step on
+  config.train.batch_size crops of crop x crop, on the current backend."""
+  graphdef, state = state_lib.abstract_state(config)
+  batch = {k: jax.ShapeDtypeStruct((config.train.batch_size, crop, crop, 3), jnp.float32)
+           for k in ('blur', 'sharp')}
+  one_step = config.copy_and_resolve_references()
+  one_step.train.steps_per_call = 1
+  step = make_train_step(one_step, graphdef, donate=False)
+  memory = step.lower(state, batch).compile().memory_analysis()
+  if memory is None:
+    return None
+  total = (memory.argument_size_in_bytes + memory.output_size_in_bytes
+           + memory.temp_size_in_bytes - memory.alias_size_in_bytes)
+  return total / 2 ** 30

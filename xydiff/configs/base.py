@@ -1,49 +1,39 @@
-"""Every field xydiff reads, with its default; the other configs override it.
+"""The sections every run's config has, with their defaults; each packaged config starts here.
 
-Fields are checked when a run starts (xydiff/config_check.py), so a bad value
-fails in the first second with a message naming it.
+  config = base.get_config('xydeblur')   # then override what the run changes
+
+`get_config(model)` holds one model family's section (`config.model`, from
+the family's module) and the shared sections: data, train, eval and
+inference, plus the fields that family adds to them (DvSR's sampling
+presets and sweep). A run's stored config.json holds exactly this shape.
+Fields are checked when a run starts (each section by its owner), so a bad
+value fails in the first second with a message naming it.
 """
 
 import ml_collections
 
 from xydiff import models
 
+# The shape of the configs this release writes; config.py migrates older ones on read.
+VERSION = 2
 
-def get_config() -> ml_collections.ConfigDict:
+
+def get_config(model: str = 'xydeblur') -> ml_collections.ConfigDict:
+  """Every field of a run of `model` (a family of xydiff.models.FAMILIES), with defaults."""
+  family = models.family(model)
   config = ml_collections.ConfigDict()
+  config.version = VERSION
   config.seed = 0
 
   # ------------------------------------------------------------------ model
-  config.model = model = ml_collections.ConfigDict()
-  # The model family: a module of xydiff/models/ ('xydeblur', 'dvsr', ...).
-  model.name = 'xydeblur'
-  # Activation dtype; parameters and the optimizer stay float32. 'bfloat16' on TPU/GPU.
-  model.dtype = 'float32'
-  # How the 4x4 stride-2 up-convolutions run: 'auto' (sub-pixel on CPU, where
-  # XLA's transposed-conv gradient is slow; lax.conv_transpose on GPU/TPU),
-  # 'reference' or 'subpixel'. Same parameters and outputs; only speed differs.
-  model.upsample_impl = 'auto'
-  # Each family's own fields, with their defaults and meaning, from its module
-  # (SPEC.defaults in xydiff/models/<family>.py): model.xydeblur, DvSR's
-  # model.predictor / model.denoiser / model.noise_embedding_scale, ...
-  # Every encoder/decoder family has `decoders` (1, 2: XY, 4) and `share`
+  # {name, dtype, **the family's fields} (xydiff/models/<name>.py, `defaults`).
+  # dtype: the activations'; parameters and the optimizer stay float32
+  # ('bfloat16' on TPU/GPU). `upsample_impl` (families with up-convolutions):
+  # 'auto' (sub-pixel on CPU, where XLA's transposed-conv gradient is slow;
+  # lax.conv_transpose on GPU/TPU), 'reference' or 'subpixel'; same outputs.
+  # Encoder/decoder families have `decoders` (1, 2: XY, 4) and `share`
   # ('rotate', or 'none' for independent decoders): xydiff/models/xy.py.
-  model.update(models.defaults())
-
-  # -------------------------------------------------------------- diffusion
-  config.diffusion = diffusion = ml_collections.ConfigDict()
-  # Training schedule (SR3): beta linear from beta_start to beta_end over num_steps.
-  diffusion.num_steps = 2000
-  diffusion.beta_start = 1e-6
-  diffusion.beta_end = 1e-2
-  diffusion.residual_scale = 2.0  # Residuals of [0, 1] images on the [-1, 1] scale.
-  diffusion.predictor_loss_weight = 0.0  # Optional L1 on g(y); 0 in the paper.
-  # Inference presets: same weights, different schedules. 'perceptual' is the
-  # paper's "Ours" (many steps), 'sa' its "Ours-SA" (few steps, mean of N samples).
-  diffusion.presets = ml_collections.ConfigDict(dict(
-      perceptual=dict(num_steps=500, beta_start=1e-6, beta_end=4e-2, num_samples=1),
-      sa=dict(num_steps=10, beta_start=1e-4, beta_end=0.8, num_samples=8),
-  ))
+  config.model = ml_collections.ConfigDict(models.section_defaults(model))
 
   # ------------------------------------------------------------------- data
   config.data = data = ml_collections.ConfigDict()
@@ -111,7 +101,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval = ev = ml_collections.ConfigDict()
   ev.checkpoint_step = -1  # --mode=eval: -1 is the latest checkpoint.
   ev.num_image_summaries = 3  # Input/restored/sharp triples written to TensorBoard and PNG.
-  ev.presets = ('perceptual', 'sa')  # Diffusion presets evaluated beside the predictor.
   # RealBlur's protocol: align each output to the ground truth (ECC homography)
   # before PSNR/SSIM. 'auto': on for realblur_j/realblur_r, off elsewhere.
   ev.align = 'auto'  # 'auto', 'ecc' or 'none'.
@@ -121,29 +110,46 @@ def get_config() -> ml_collections.ConfigDict:
   # (sha256-checked), or the path of a local pt_inception-2015-12-05-6726825d.pth.
   ev.inception_weights = ''
 
-  # ------------------------------------------------------------------ sweep
-  # --mode=sweep: each (num_steps, beta_start, beta_end) schedule x each number
-  # of averaged samples, scored on the eval split: the perception-distortion curve.
-  config.sweep = sw = ml_collections.ConfigDict()
-  sw.schedules = ((10, 1e-4, 0.8), (20, 1e-5, 0.5), (50, 1e-6, 0.2), (100, 1e-6, 0.1),
-                  (500, 1e-6, 0.04))
-  sw.num_samples = (1, 2, 4, 8)
 
-  # ----------------------------------------------------------------- deblur
-  config.deblur = db = ml_collections.ConfigDict()
+  # -------------------------------------------------------------- inference
+  # What the Restorer, `xydiff deblur`, evaluation, the page and export run with.
+  config.inference = inference = ml_collections.ConfigDict()
   # Images larger than this (either side) are restored in tiles; 0: never. 1536
   # keeps a 1280x720 GoPro frame whole.
-  db.tile = 1536
-  db.tile_overlap = 64  # Pixels shared by neighbouring tiles, blended smoothly.
+  inference.tile = 1536
+  inference.tile_overlap = 64  # Pixels shared by neighbouring tiles, blended smoothly.
   # 0 (default): an image is restored as the network computes it, padded only
   # to the network's size multiple. > 0 (opt-in): untiled images are padded up
   # to a multiple of this, so photos of nearby sizes share one compiled shape,
   # at the price of outputs that differ near the bottom and right edges (the
   # persistent compilation cache already makes a repeated size cheap).
-  db.size_bucket = 0
-  db.preset = 'sa'  # Diffusion models: which config.diffusion.presets entry to sample.
-  db.num_samples = 0  # Diffusion models: samples averaged; 0 takes the preset's.
+  inference.size_bucket = 0
   # Test-time ensemble: 1 (off) or 8, the x8 self-ensemble of KAIR and MAXIM
   # (each flip x rot90 restored, turned back and averaged): 8x the compute.
-  db.ensemble = 1
+  inference.ensemble = 1
+
+  # The family's fields of other sections (DvSR: sampling presets, the sweep).
+  for section, fields in family.settings_defaults().items():
+    config[section].update(fields)
   return config
+
+
+def variant(variants: dict, name: str, config_name: str) -> dict:
+  """The model fields of a packaged config's `variant` (`--config=NAME:variant`).
+
+  Raises ValueError listing the config's variants.
+  """
+  if name not in variants:
+    config_name = config_name.rpartition('.')[2]
+    raise ValueError(f'{config_name}: no variant {name!r}; one of '
+                     f'{", ".join(repr(v) for v in variants if v)}')
+  return dict(variants[name])
+
+
+def predictor(name: str) -> dict:
+  """DvSR's predictor section for the family `name`, with that family's defaults."""
+  from xydiff.models import dvsr  # pylint: disable=import-outside-toplevel
+  families = dvsr.predictor_families()
+  if name not in families:
+    raise ValueError(f'no predictor family {name!r}; one of {", ".join(families)}')
+  return {'name': name, **models.family(name).defaults()}
