@@ -64,6 +64,43 @@ def test_no_import_cycle_in_the_package():
       visit(node)
 
 
+# The rooms of the package, lowest first: a module may import its own room and
+# the rooms below it, never one above.
+ROOMS = (
+    ('xydiff.errors', 'xydiff.files'),
+    ('xydiff.images',),
+    ('xydiff.metrics', 'xydiff.data', 'xydiff.diffusion'),
+    ('xydiff.models',),
+    ('xydiff.configs',),
+    ('xydiff.config',),
+    ('xydiff.runs',),
+    ('xydiff.interop',),
+    ('xydiff.inference',),
+    ('xydiff.evaluation',),
+    ('xydiff.train',),
+    ('xydiff.cli',),
+)
+
+
+def _room(module: str) -> int:
+  for level, rooms in enumerate(ROOMS):
+    if any(module == room or module.startswith(room + '.') for room in rooms):
+      return level
+  raise AssertionError(f'{module} is in no room of ROOMS')
+
+
+def test_imports_point_down_from_room_to_room():
+  """Each room imports only its own and lower rooms (the package root sits above them all)."""
+  upward = [f'{name} -> {dep}' for name, deps in _graph().items() if name != 'xydiff'
+            for dep in deps if dep != 'xydiff' and _room(dep) > _room(name)]
+  assert not upward, upward
+
+
+def test_at_most_six_modules_at_the_top():
+  top = sorted(p.stem for p in PACKAGE.glob('*.py'))
+  assert len(top) <= 6, top
+
+
 def test_no_module_imports_the_package_root():
   modules = _modules()
   offenders = []

@@ -29,6 +29,7 @@ import numpy as np
 from absl import logging
 
 from xydiff import files, metrics
+from xydiff.interop import inception
 from xydiff.metrics import fid, lpips, realblur
 
 REALBLUR_DATA = ('realblur_j', 'realblur_r')
@@ -135,9 +136,9 @@ class SetScores:
     self._stats = {}
     if not inception_weights:
       logging.info('FID/KID off: set config.eval.inception_weights to a local %s or to '
-                   "'fetch' to download it", fid.INCEPTION_FILENAME)
+                   "'fetch' to download it", inception.INCEPTION_FILENAME)
       return
-    self.params = fid.load_inception(None if inception_weights == 'fetch' else inception_weights)
+    self.params = inception.load_inception(None if inception_weights == 'fetch' else inception_weights)
     self.labels = {'fid': fid.FID_LABEL, 'kid': fid.KID_LABEL}
 
   @property

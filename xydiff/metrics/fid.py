@@ -3,14 +3,15 @@
 The network is pytorch-fid's "FID Inception" (`pytorch_fid.inception.
 InceptionV3` with `use_fid_inception=True`): the TensorFlow FID graph
 (inception-2015-12-05) ported to PyTorch, whose weights are the release asset
-`pt_inception-2015-12-05-6726825d.pth` (`INCEPTION_URL`). Features are its
+`pt_inception-2015-12-05-6726825d.pth` (xydiff.interop.inception reads it).
+Features are its
 2048-d final average pool ("pool3"). It differs from torchvision's
 InceptionV3 in its weights and in three patched blocks: the 3x3 average pools
 of the A, C and first E blocks leave the zero padding out of the mean, and
 the last E block max-pools instead. No package ships the weights, so they
 come from a file the user names (`config.eval.inception_weights`) or are
 fetched from the release and checked against their full sha256
-(`load_inception`, `load_inception_or_note`).
+(interop/inception.py); this module is the network and the statistics.
 
 Protocol (`FID_LABEL`, `KID_LABEL`): whole images, as pytorch-fid scores a
 folder of PNGs:
@@ -48,25 +49,12 @@ subsets of rows, so it needs every feature row kept (2048 float32 per image).
 from __future__ import annotations
 
 import functools
-import os
-from typing import Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from xydiff.interop import download
-from xydiff.interop import torch_pickle
-from xydiff.errors import WeightsError
 from xydiff.images import quantize
-
-INCEPTION_FILENAME = 'pt_inception-2015-12-05-6726825d.pth'
-INCEPTION_URL = ('https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/'
-                 + INCEPTION_FILENAME)
-# The release asset's sha256 and size, as other projects pin it (it starts with
-# the 6726825d in its name, torch.hub's convention): a download must match it whole.
-INCEPTION_SHA256 = '6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2'
-INCEPTION_BYTES = 95_628_359
 
 FID_LABEL = ('fid (pytorch-fid Inception pool3, whole image, uint8, '
              'bilinear 299x299 no antialias)')
@@ -166,93 +154,6 @@ def _conv_specs() -> dict[str, tuple]:
 
 
 CONV_SPECS = _conv_specs()
-
-# --- Weights ----------------------------------------------------------------
-
-
-def inception_params(state_dict: Mapping[str, np.ndarray], source: str = 'state dict') -> dict:
-  """pytorch-fid's FID Inception state dict -> this module's params pytree.
-
-  Each BatchNorm (eval mode) is folded into its conv in float64: kernel
-  w * g / sqrt(v + eps) as HWIO and bias b - m * g / sqrt(v + eps). Keys past
-  pool3 (`fc.*`) and `num_batches_tracked` are not needed and ignored.
-
-  Args:
-    state_dict: tensor name -> array, as `torch_pickle.load` reads the file.
-    source: what to name in an error (the file).
-
-  Returns:
-    {conv name: {'kernel': [kh, kw, in, out], 'bias': [out]}}, float32.
-
-  Raises:
-    WeightsError: a tensor is missing or has the wrong shape.
-  """
-
-  def tensor(key, shape):
-    if key not in state_dict:
-      raise WeightsError(f'{source}: no tensor {key!r}; not the pytorch-fid FID Inception '
-                         f'weights ({INCEPTION_FILENAME})')
-    value = np.asarray(state_dict[key], np.float64)
-    if value.shape != shape:
-      raise WeightsError(f'{source}: {key!r} has shape {value.shape}, expected {shape}')
-    return value
-
-  params = {}
-  for name, (cin, cout, (kh, kw), _, _) in CONV_SPECS.items():
-    weight = tensor(f'{name}.conv.weight', (cout, cin, kh, kw))
-    gamma, beta, mean, var = (tensor(f'{name}.bn.{k}', (cout,))
-                              for k in ('weight', 'bias', 'running_mean', 'running_var'))
-    scale = gamma / np.sqrt(var + _BN_EPS)
-    params[name] = {
-        'kernel': jnp.asarray(np.transpose(weight, (2, 3, 1, 0)) * scale, jnp.float32),
-        'bias': jnp.asarray(beta - mean * scale, jnp.float32)}
-  return params
-
-
-def load_inception(path: str | None = None, *, cache: str | None = None) -> dict:
-  """The FID Inception params from `path`, or fetched from `INCEPTION_URL`.
-
-  Args:
-    path: a local copy of `pt_inception-2015-12-05-6726825d.pth` (a
-      `torch.save` file, read without torch). Empty or None: download it into
-      `cache` (verified against INCEPTION_SHA256) or reuse the
-      copy there.
-    cache: the download folder (`xydiff.download.fetch`'s default if None).
-
-  Raises:
-    WeightsError: the file cannot be fetched, verified or read, or is not
-      these weights; the message names the file or URL.
-  """
-  if not path:
-    path = download.fetch(INCEPTION_URL, INCEPTION_FILENAME, sha256=INCEPTION_SHA256,
-                          max_bytes=INCEPTION_BYTES, cache=cache)
-  elif not os.path.isfile(path):
-    raise WeightsError(f'config.eval.inception_weights: no file {path}')
-  state = torch_pickle.load(path)
-  if not isinstance(state, Mapping):
-    raise WeightsError(f'{path}: holds a {type(state).__name__}, not a state dict')
-  return inception_params(state, source=path)
-
-
-def load_inception_or_note(path: str | None = None, *,
-                           cache: str | None = None) -> tuple[dict | None, str | None]:
-  """`load_inception`, except that failing to fetch turns FID/KID off.
-
-  A file the user names must load (its WeightsError propagates); without
-  one, a failed download (offline, checksum) returns (None, a one-line note
-  saying FID and KID are off and how to supply the weights).
-
-  Returns:
-    (params, None), or (None, note).
-  """
-  if path:
-    return load_inception(path, cache=cache), None
-  try:
-    return load_inception(None, cache=cache), None
-  except WeightsError as e:
-    return None, (f'FID/KID off: {e}; set config.eval.inception_weights to a local '
-                  f'{INCEPTION_FILENAME}')
-
 
 # --- The network ------------------------------------------------------------
 
