@@ -63,3 +63,9 @@ class NonFiniteLossError(FloatingPointError):
 USER_ERRORS = (ConfigError, DataError, ImageReadError, ImageValueError, CheckpointMismatchError,
                CheckpointReadError, CheckpointImportError, WeightsError, WorkdirInUseError,
                FileNotFoundError, PermissionError, FloatingPointError)
+
+
+class ExportWriteError(WeightsError):
+  """An export could not be written (a full disk, a read-only folder): the message names the
+  file and the system's error; nothing was written under its name. A WeightsError, so it is
+  one of USER_ERRORS."""
