@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import http.server
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -34,6 +35,7 @@ from xydiff.interop import download
 from xydiff.inference import restorer as inference
 from xydiff.interop import pretrained
 from xydiff.runs import state as state_lib
+from xydiff.interop import official as weights
 from xydiff.errors import CheckpointImportError, WeightsError
 
 WIDTH, NUM_RES = 4, 1
@@ -342,6 +344,46 @@ def test_download_failures_are_one_line_naming_the_url_and_keep_nothing(tmp_path
   with pytest.raises(WeightsError, match=r"unknown weights 'gopro': known names are dmphn_1_2_4"):
     pretrained.fetch_weights('gopro', str(tmp_path / 'run'))
   assert os.listdir(tmp_path) == []
+
+
+MALFORMED_URLS = {
+    # The audit: a host IDNA cannot encode (a label over 63 characters) gave a traceback.
+    'http://' + 'ü' * 70 + '.example/pretrained_model.pkl': 'its host .* is not a domain name',
+    'http://a..b/pretrained_model.pkl': 'its host a..b is not a domain name',
+    'http://127.0.0.1:1/modèles/pretrained_model.pkl': 'its path holds non-ASCII characters; '
+                                                       r'percent-encode them \(%C3%BC\)',
+    'http://exa mple.com/pretrained_model.pkl': 'it holds spaces or control characters',
+    'http://[::1/pretrained_model.pkl': r'not a URL \(Invalid IPv6 URL\)',
+    'http://127.0.0.1:99999/pretrained_model.pkl': 'not a URL .*Port out of range',
+    'ftp://example.com/pretrained_model.pkl': 'not an http:// or https:// URL with a host',
+    'pretrained_model.pkl': 'not an http:// or https:// URL with a host',
+}
+
+
+@pytest.mark.parametrize('url', MALFORMED_URLS)
+def test_a_malformed_url_is_one_line_naming_it_and_keeps_nothing(tmp_path, cache, url):
+  with pytest.raises(WeightsError, match=rf'^cannot download {re.escape(url)}: '
+                     f'{MALFORMED_URLS[url]}') as e:
+    download.fetch(url, 'x.pkl', git_blob_sha1='0' * 40, cache=str(tmp_path / 'made' / 'here'))
+  assert '\n' not in str(e.value)
+  workdir = tmp_path / 'run'
+  with pytest.raises(WeightsError, match=rf'^cannot download {re.escape(url)}: '):
+    pretrained.fetch_weights('xydeblur_gopro', str(workdir), url=url)
+  assert os.listdir(tmp_path) == []  # No cache folder, no workdir.
+
+
+def test_a_state_dict_keyed_by_ints_is_one_line_and_writes_nothing(tmp_path):
+  """The audit: import_weights on a state dict with an int key gave a traceback."""
+  state_dict = official_state_dict(_config())
+  first = next(iter(state_dict))
+  keyed = collections.OrderedDict((0 if k == first else k, tensor(v, str(i)))
+                                  for i, (k, v) in enumerate(state_dict.items()))
+  path = write_legacy(tmp_path / 'int_key.pkl', {'model': keyed})
+  workdir = tmp_path / 'run'
+  with pytest.raises(CheckpointImportError, match=rf'^{path} holds no state dict: 1 of its '
+                     rf'{len(keyed)} keys is not a parameter name \(the first: int 0\)$'):
+    weights.import_official('xydeblur', str(path), str(workdir), _config())
+  assert not workdir.exists()
 
 
 @pytest.mark.parametrize('route', ['trickle', 'trickle_headers'])

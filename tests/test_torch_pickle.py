@@ -454,3 +454,27 @@ def test_foreign_and_missing_files_are_one_line_errors_naming_them(tmp_path):
     torch_pickle.load(path)
   with pytest.raises(WeightsError, match=f'cannot read {tmp_path / "absent.pth"}: No such file'):
     torch_pickle.load(tmp_path / 'absent.pth')
+
+
+@pytest.mark.parametrize('fmt', WRITERS)
+def test_one_storage_is_one_dtype(tmp_path, fmt):
+  """The audit: a legacy file naming storage 0 as FloatStorage, then as LongStorage, read the
+  second tensor's int64 elements as float32. torch.save refuses to write such a file."""
+  floats = Storage('0', np.arange(4, dtype=np.float32))
+  longs = Storage('0', np.arange(4, dtype=np.int64))  # Written last: the file holds these.
+  obj = {'a': Tensor(floats, 0, (4,), (1,)), 'b': Tensor(longs, 0, (4,), (1,))}
+  path = WRITERS[fmt](tmp_path / 'two_dtypes.pth', obj)
+  with pytest.raises(WeightsError, match=rf'^cannot read {path} as a torch.save file: storage 0 '
+                     r'is read as float32 and as int64: one storage holds one dtype') as e:
+    torch_pickle.load(path)
+  assert '\n' not in str(e.value)
+  # One dtype, two lengths: refused too (torch writes the storage's own length every time).
+  obj = {'a': Tensor(floats, 0, (4,), (1,)),
+         'b': Tensor(Storage('0', np.arange(4, dtype=np.float32), numel=3), 0, (2,), (1,))}
+  path = WRITERS[fmt](tmp_path / 'two_lengths.pth', obj)
+  with pytest.raises(WeightsError, match='storage 0 is declared with 4 and with 3 elements'):
+    torch_pickle.load(path)
+  # A storage shared by two tensors of its dtype is read once, for both.
+  obj = {'a': Tensor(floats, 0, (4,), (1,)), 'b': Tensor(floats, 1, (2,), (2,))}
+  loaded = torch_pickle.load(WRITERS[fmt](tmp_path / 'shared.pth', obj))
+  np.testing.assert_array_equal(loaded['b'], [1, 3])

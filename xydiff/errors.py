@@ -65,6 +65,12 @@ USER_ERRORS = (ConfigError, DataError, ImageReadError, ImageValueError, Checkpoi
                FileNotFoundError, PermissionError, FloatingPointError)
 
 
+class ExportWriteError(WeightsError):
+  """An export could not be written (a full disk, a read-only folder): the message names the
+  file and the system's error; nothing was written under its name. A WeightsError, so it is
+  one of USER_ERRORS."""
+
+
 def require(ok: bool, field: str, message: str, value) -> None:
   """Raises ConfigError('config.<field>=<value>: <message>') unless `ok`."""
   if not ok:

@@ -1,8 +1,9 @@
 """Files that appear whole or not at all, and files xydiff makes that no link can redirect.
 
-A report, image or config is written under a temporary name and renamed into
-place, so an interrupted run (SIGKILL, a full disk) never leaves a truncated
-file behind; readers see the old file or the new one.
+A report, image, config or export is written under a temporary name and
+renamed into place, so an interrupted run (SIGKILL, a full disk) never leaves
+a truncated file behind; readers see the old file or the new one. Files that
+belong together (`write_atomic_many`) are all written before any is renamed.
 
 The files xydiff creates beside a user's (those temporaries, the workdir's
 lock, the write probe) are opened without following symbolic links and must
@@ -96,10 +97,31 @@ def atomic_path(path: str):
       os.remove(tmp)
 
 
-def write_atomic(path: str, contents: str | bytes) -> None:
-  data = contents if isinstance(contents, bytes) else contents.encode()
-  with atomic_path(path) as tmp:
-    fd = open_own(tmp, os.O_WRONLY | os.O_TRUNC, what=f'the temporary file of '
-                  f'{os.path.basename(path)}')
-    with os.fdopen(fd, 'wb') as f:
-      f.write(data)
+def write_atomic(path: str, contents: str | bytes | bytearray) -> None:
+  write_atomic_many({path: contents})
+
+
+def write_atomic_many(contents: dict[str, str | bytes | bytearray]) -> None:
+  """Writes every {path: contents} under its temporary name, then renames them all.
+
+  A failure while writing (a full disk, a link planted at a temporary name)
+  removes every temporary and changes no file under its own name, so files
+  that belong together (an export's two graphs) are not left half old, half
+  new.
+  """
+  with contextlib.ExitStack() as stack:
+    for path, text in contents.items():
+      data = text.encode() if isinstance(text, str) else text
+      tmp = stack.enter_context(atomic_path(path))
+      fd = open_own(tmp, os.O_WRONLY | os.O_TRUNC, what=f'the temporary file of '
+                    f'{os.path.basename(path)}')
+      try:
+        _write_all(fd, data)
+      finally:
+        os.close(fd)
+
+
+def _write_all(fd: int, data: bytes | bytearray) -> None:
+  view = memoryview(data)
+  while view:  # os.write may write less than asked (a signal, a pipe, a full quota).
+    view = view[os.write(fd, view):]

@@ -8,6 +8,13 @@ The weights are the ones evaluation and deblurring use (the EMA where
 training kept one) of the workdir's latest checkpoint, or of --step. What
 each format holds and how to load it: xydiff/export.py. `--format=onnx`
 needs the `export` extra (pip install -e '.[export]').
+
+--out is written whole or not at all (a temporary beside it, renamed), and
+checked before the checkpoint is read: a folder, or a path inside any run's
+workdir (--workdir's own or another's: below a folder holding a run's
+config.json or checkpoints/), is refused in one line. An existing file there
+is replaced (a previous export); a symbolic link is replaced itself, its
+target left alone. A full disk is one line, with nothing written.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ def export_run(workdir: str, fmt: str, out: str, step: int | None = None,
   from xydiff.errors import ConfigError  # pylint: disable=import-outside-toplevel
   if fmt not in export.FORMATS:
     raise ConfigError(f'--format={fmt}: must be one of {", ".join(export.FORMATS)}')
+  export.check_out_path(out)  # Before the checkpoint is read; the writers check again.
   config = config_lib.load(workdir)
   graphdef, params, step = checkpoint.load_params(config, workdir, step)
   if fmt == 'safetensors':
@@ -46,7 +54,9 @@ def main() -> None:
                           'safetensors: weights + config in one file; onnx: graphs for '
                           'onnxruntime and friends; stablehlo: jax.export artefact.')
   out = flags.DEFINE_string('out', None, 'The file to write (DvSR ONNX: <stem>_predictor.onnx '
-                            'and <stem>_denoiser.onnx beside it).')
+                            'and <stem>_denoiser.onnx beside it), outside every run\'s workdir. '
+                            'An existing file is replaced (a symbolic link itself, not its '
+                            'target); a folder is refused.')
   step = flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
   size = flags.DEFINE_string('size', None, 'onnx, stablehlo: HEIGHTxWIDTH of a fixed-size graph '
                              '(default: any height and width that are multiples of the '

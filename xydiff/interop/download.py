@@ -26,6 +26,7 @@ import tempfile
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 
 from xydiff.errors import WeightsError
@@ -74,6 +75,33 @@ def check_pin(kind: str, value) -> str:
     raise ValueError(f'{kind} must be {digits} hex digits, got {value!r}: every download is '
                      'pinned by a whole hash')
   return value.lower()
+
+
+def _check_url(url: str) -> None:
+  """Refuses, in one line naming it, a URL that urllib would fail on with a traceback: not
+  http(s), no host, a host that is no domain name (IDNA labels of 1 to 63 characters),
+  spaces or control characters, or non-ASCII characters outside its host."""
+  shown = url if url.isprintable() else ascii(url)
+  if not url.isprintable() or ' ' in url:
+    raise WeightsError(f'cannot download {shown}: it holds spaces or control characters; '
+                       'percent-encode them (%20)')
+  try:
+    parts = urllib.parse.urlsplit(url)
+    host, _ = parts.hostname, parts.port  # .port raises ValueError for a port out of range.
+  except ValueError as e:
+    raise WeightsError(f'cannot download {shown}: not a URL ({e})') from None
+  if parts.scheme not in ('http', 'https') or not host:
+    raise WeightsError(f'cannot download {shown}: not an http:// or https:// URL with a host')
+  try:
+    ascii_host = host.encode('idna')  # A label empty or over 63 characters fails here.
+  except UnicodeError:
+    ascii_host = b''
+  if not re.fullmatch(rb'[A-Za-z0-9._:-]+', ascii_host):
+    raise WeightsError(f'cannot download {shown}: its host {host} is not a domain name (letters, '
+                       'digits and hyphens in dot-separated labels of 1 to 63 characters)')
+  if not (parts.netloc.rpartition('@')[0] + parts.path + parts.query + parts.fragment).isascii():
+    raise WeightsError(f'cannot download {shown}: its path holds non-ASCII characters; '
+                       'percent-encode them (%C3%BC)')
 
 
 def _mismatch(path: str, pins: dict) -> str | None:
@@ -199,6 +227,8 @@ def _download_error(url: str, error: BaseException, timeout: float) -> BaseExcep
                         f'({type(error).__name__}: {" ".join(str(error).split())[:200]})')
   if isinstance(error, OSError):  # Socket errors mid-stream, or the cache's disk while writing.
     return WeightsError(f'cannot download {url}: {error.strerror or error}')
+  if isinstance(error, ValueError):  # urllib refusing a URL that _check_url let through.
+    return WeightsError(f'cannot download {url}: {" ".join(str(error).split())[:200]}')
   return error
 
 
@@ -256,7 +286,8 @@ def fetch(url: str, filename: str, *, git_blob_sha1: str | None = None,
   that verifies is used as is; one that does not (damaged, or an older
   version) is downloaded again. Any failure raises WeightsError in one line
   naming `url` and leaves nothing behind: no `.part` file, and no folder
-  this call made (the cache folder and its parents included).
+  this call made (the cache folder and its parents included); a URL that is
+  not http(s), or whose host is no domain name, is refused before anything.
   """
   pins = {}
   for kind, value in (('git_blob_sha1', git_blob_sha1), ('sha256', sha256)):
@@ -266,6 +297,7 @@ def fetch(url: str, filename: str, *, git_blob_sha1: str | None = None,
     raise ValueError(f'fetch({url!r}) needs git_blob_sha1 or sha256 to verify it')
   if not filename or os.path.basename(filename) != filename or filename in ('.', '..'):
     raise ValueError(f'filename {filename!r} must be a plain file name')
+  _check_url(url)
   folder = os.path.abspath(cache or cache_dir())
   path = os.path.join(folder, filename)
   _remove_stale_parts(folder, filename)

@@ -27,12 +27,20 @@ Families whose graph depends on the image size are refused with a ConfigError
 asking for `size` (--size=HEIGHTxWIDTH, multiples of M), a fixed-size graph:
 for ONNX DeepDeblur, MIMO-UNet and NAFNet with TLC; for StableHLO DeepDeblur
 and NAFNet with TLC.
+
+Every file is written whole or not at all (`write_outputs`): under a
+temporary name xydiff creates itself, never through a link, then renamed
+(DvSR's two graphs both, or neither). `check_out_path` refuses a folder and
+any path inside a run's workdir; a full disk is an ExportWriteError. Reading,
+`read_safetensors` refuses in one line naming the file a stored config or
+step xydiff cannot use, and tensors that are not float32 or not finite.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import io
 import json
 import os
@@ -44,9 +52,10 @@ import numpy as np
 from flax import nnx
 
 from xydiff import config as config_lib
-from xydiff import models
+from xydiff import files, models
+from xydiff.configs import base
+from xydiff.errors import ConfigError, ExportWriteError, LinkedFileError, WeightsError
 from xydiff.runs import state as state_lib
-from xydiff.errors import ConfigError, WeightsError
 
 FORMATS = ('safetensors', 'onnx', 'stablehlo')
 # The `format` metadata entry of xydiff's safetensors files.
@@ -69,21 +78,34 @@ def flat_params(params) -> dict[str, np.ndarray]:
 
 
 def write_safetensors(path: str, config, params, step: int, *, ema: bool) -> None:
-  """Writes `params` (a pure dict, as state.eval_params gives it) and the config to `path`."""
-  from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
+  """Writes `params` (a pure dict, as state.eval_params gives it) and the config to `path`.
+
+  `path` as check_out_path allows; raises ExportWriteError when the disk is
+  full or the folder read-only (nothing written).
+  """
+  from safetensors.numpy import save  # pylint: disable=import-outside-toplevel
+  check_out_path(path)
   metadata = {'format': SAFETENSORS_FORMAT, 'model': config.model.name, 'step': str(int(step)),
               'weights': 'ema' if ema else 'params',
               'config': json.dumps(config_lib.to_plain(config), sort_keys=True)}
-  tensors = {name: np.ascontiguousarray(value) for name, value in flat_params(params).items()}
-  _write_via_temp(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+  tensors = {name: np.ascontiguousarray(value, np.float32)
+             for name, value in flat_params(params).items()}
+  write_outputs({path: save(tensors, metadata=metadata)})
+
+
+# The one dtype of xydiff's safetensors tensors (as write_safetensors writes them).
+SAFETENSORS_DTYPE = 'F32'
 
 
 def read_safetensors(path: str):
   """(config, graphdef, params, step) from a file `write_safetensors` wrote.
 
   Raises FileNotFoundError, or WeightsError naming the file when it is not
-  one (no xydiff metadata, damaged) or its tensors do not fit its config's
-  model (every missing, extra or mis-shaped tensor listed).
+  one (no xydiff metadata, damaged), its stored config or step is not one
+  xydiff can use (not JSON, not an object, a field of the wrong type, an
+  unknown family), a tensor is not float32 or holds NaN or infinity, or its
+  tensors do not fit its config's model (every missing, extra or mis-shaped
+  tensor listed).
   """
   if not os.path.isfile(path):
     raise FileNotFoundError(f'weights file {path} does not exist')
@@ -94,14 +116,25 @@ def read_safetensors(path: str):
   try:
     with safe_open(path, framework='np') as f:
       metadata = f.metadata() or {}
-      tensors = {name: f.get_tensor(name) for name in f.keys()}
+      dtypes = {name: f.get_slice(name).get_dtype() for name in f.keys()}
+      # From the header, before any tensor is read: NumPy alone cannot even read BF16
+      # (ml_dtypes, which JAX loads, can).
+      wrong = sorted(n for n, dtype in dtypes.items() if dtype != SAFETENSORS_DTYPE)
+      tensors = {} if wrong else {name: f.get_tensor(name) for name in f.keys()}
   except (SafetensorError, OSError, ValueError) as e:
     raise WeightsError(f'cannot read {path}: {e}') from None
   if metadata.get('format') != SAFETENSORS_FORMAT or 'config' not in metadata:
     raise WeightsError(f'{path} is a safetensors file but not xydiff weights (no '
                        f"'format': '{SAFETENSORS_FORMAT}' metadata); write one with "
                        'xydiff export --format=safetensors')
-  config = config_lib.from_plain(config_lib.with_defaults(json.loads(metadata['config'])))
+  if wrong:
+    # float32 only, as written: float64 would be rounded, float16 and bfloat16 lost
+    # precision already, and integers are no weights.
+    raise WeightsError(f'{path}: tensor {_listed([f"{n} is {dtypes[n]}" for n in wrong])}; '
+                       'xydiff weights are float32 (F32), as xydiff export writes them')
+  config = _stored_config(path, metadata['config'])
+  step = _stored_step(path, metadata.get('step', '0'))
+  _check_finite(path, tensors)
   graphdef, target = state_lib.abstract_state(config)
   leaves, treedef = jax.tree_util.tree_flatten_with_path(state_lib.eval_params(target))
   wanted = {_flat_name(p): tuple(leaf.shape) for p, leaf in leaves}
@@ -115,20 +148,183 @@ def read_safetensors(path: str):
   sharding = state_lib.replicated(state_lib.make_mesh())
   params = jax.tree_util.tree_unflatten(treedef, [
       jax.device_put(tensors[_flat_name(p)].astype(leaf.dtype), sharding) for p, leaf in leaves])
-  return config, graphdef, params, int(metadata.get('step', 0))
+  return config, graphdef, params, step
 
 
-def _write_via_temp(path: str, write: Callable[[str], None]) -> None:
-  """`write(tmp)`, then renamed to `path`: no half-written file under its name."""
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  tmp = os.path.join(directory, f'.{os.path.basename(path)}.tmp')
+def _listed(names: list[str], limit: int = 5) -> str:
+  more = f' and {len(names) - limit} more' if len(names) > limit else ''
+  return ', '.join(names[:limit]) + more
+
+
+def _check_finite(path: str, tensors: dict[str, np.ndarray]) -> None:
+  bad = sorted(n for n, t in tensors.items() if not np.isfinite(t).all())
+  if bad:
+    raise WeightsError(f'{path}: tensor {_listed(bad)} holds NaN or infinite values; '
+                       'these are no usable weights')
+
+
+def _stored_config(path: str, text: str):
+  """The config in a file's 'config' metadata, migrated to this layout with defaults for
+  fields added since, and checked; WeightsError naming the file and the field otherwise."""
   try:
-    write(tmp)
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+    values = json.loads(text)
+  except (ValueError, RecursionError) as e:
+    raise WeightsError(f"{path}: its stored config (metadata 'config') is not JSON: "
+                       f'{e}') from None
+  if not isinstance(values, dict):
+    raise WeightsError(f"{path}: its stored config (metadata 'config') is a JSON "
+                       f'{type(values).__name__}, not an object of config sections')
+  problems = _section_problems(_defaults_of(values), values)
+  if problems:
+    raise WeightsError(f'{path}: its stored config has {_listed(problems)}')
+  try:
+    config = config_lib.from_plain(config_lib.with_defaults(values))
+    config_lib.check(config)
+  except ConfigError as e:
+    raise WeightsError(f'{path}: its stored config is not usable: {e}') from None
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    # A field of a type no xydiff config holds, met while checking it.
+    raise WeightsError(f'{path}: its stored config is not usable: {type(e).__name__}: '
+                       f'{e}') from None
+  return config
+
+
+def _defaults_of(values: dict) -> dict:
+  """The default config of the stored one's layout: sections there must be sections."""
+  model = values.get('model')
+  name = model.get('name') if isinstance(model, dict) else None
+  if values.get('version', 1) == 1:  # Layout 1 kept every family's section under model.
+    return {'model': {'dtype': 'float32', 'upsample_impl': 'auto'},
+            **{k: v for k, v in config_lib.to_plain(base.get_config()).items() if k != 'model'}}
+  return config_lib.to_plain(base.get_config(name if name in models.FAMILIES else 'xydeblur'))
+
+
+def _section_problems(defaults: dict, values: dict, prefix: str = '') -> list[str]:
+  """'model: 5, not a section' for each field whose kind (section or value) is not the
+  default's: the rest of xydiff reads sections as sections."""
+  problems = []
+  for key, value in values.items():
+    if key not in defaults:
+      continue  # Fields of other releases, and the named presets, are not ours to judge.
+    default = defaults[key]
+    if isinstance(default, dict) and not isinstance(value, dict):
+      problems.append(f'{prefix}{key}: {json.dumps(value)[:40]}, not a section')
+    elif not isinstance(default, dict) and isinstance(value, dict):
+      problems.append(f'{prefix}{key}: a section, not a value')
+    elif isinstance(default, dict):
+      problems += _section_problems(default, value, f'{prefix}{key}.')
+  return problems
+
+
+def _stored_step(path: str, text: str) -> int:
+  if not (isinstance(text, str) and text.isdigit()):
+    raise WeightsError(f"{path}: its stored step (metadata 'step') is {text!r}, not an "
+                       'integer >= 0')
+  return int(text)
+
+
+# ------------------------------------------------------------------ writing
+
+def check_out_path(path: str) -> None:
+  """Raises ConfigError('--out=PATH: ...') unless an export may be written to `path`.
+
+  Refused: an existing folder (or a path ending in a separator), and any
+  path inside a run's workdir, i.e. below a folder that holds a run's
+  `config.json` or `checkpoints/` (run_folder): an export there could
+  replace the run's config or checkpoints, or be replaced by them. Allowed:
+  a new file, an existing regular file (a previous export, replaced whole),
+  and a symbolic link, which is replaced itself, never written through.
+  """
+  if path.endswith(os.sep) or os.path.isdir(path):
+    raise ConfigError(f'--out={path}: is a folder; name the file to write in it, e.g. '
+                      f'--out={os.path.join(path, "model.safetensors")}')
+  found = run_folder(os.path.dirname(os.path.abspath(path)))
+  if found is not None:
+    folder, marker = found
+    raise ConfigError(f'--out={path}: inside the run folder {folder} (it holds {marker}); '
+                      'write exports outside every workdir, so that no run loses a file')
+
+
+def run_folder(folder: str) -> tuple[str, str] | None:
+  """(the workdir, 'config.json' or 'checkpoints/') of the run `folder` is or lies in; None.
+
+  A run's workdir holds a `config.json` that is an xydiff config (a JSON object
+  with a `model` section) or a `checkpoints/` folder of step folders; links
+  are resolved, so a link to a workdir is one.
+  """
+  folder = os.path.realpath(folder)
+  while True:
+    if _is_run_config(os.path.join(folder, config_lib.CONFIG_FILE)):
+      return folder, config_lib.CONFIG_FILE
+    if _holds_steps(folder):
+      return folder, f'{CHECKPOINTS}/'
+    parent = os.path.dirname(folder)
+    if parent == folder:
+      return None
+    folder = parent
+
+
+# What checkpoint.Checkpointer names its folder; not imported, which would load orbax.
+CHECKPOINTS = 'checkpoints'
+
+
+def _holds_steps(folder: str) -> bool:
+  """Whether `folder` holds `checkpoints/<step>/` folders, as xydiff (orbax) writes them;
+  other programs' `checkpoints/` folders of files are not runs."""
+  try:
+    with os.scandir(os.path.join(folder, CHECKPOINTS)) as entries:
+      return any(e.name.isdigit() and e.is_dir() for e in entries)
+  except OSError:  # None there, or unreadable.
+    return False
+
+
+def _is_run_config(path: str) -> bool:
+  """Whether `path` is an xydiff config: other programs' config.json files are not runs."""
+  if not os.path.isfile(path):
+    return False
+  try:
+    with open(path, 'rb') as f:
+      values = json.loads(f.read(1 << 20))  # A run's config is a few kB.
+  except (OSError, ValueError, RecursionError):
+    return False
+  return isinstance(values, dict) and isinstance(values.get('model'), dict)
+
+
+def write_outputs(contents: dict[str, bytes | bytearray]) -> None:
+  """Writes each {path: bytes} whole or not at all (files.write_atomic_many), after
+  check_out_path; creates missing folders above them.
+
+  The temporaries are created by xydiff beside each file, without following
+  links, and renamed over the file's name (a link there is replaced, never
+  followed). A full disk or a read-only folder raises ExportWriteError naming
+  the files; a link planted at a temporary's name, LinkedFileError. Either
+  way no file under its own name has changed, and no temporary is left.
+  """
+  for path in contents:
+    check_out_path(path)
+  for path in contents:
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+      os.makedirs(folder, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+      raise ConfigError(f'--out={path}: {folder} cannot be a folder, a file is in its '
+                        'way') from None
+    except OSError as e:
+      raise ExportWriteError(f'cannot create the folder {folder} for {path}: '
+                             f'{_reason(e)}') from None
+  try:
+    files.write_atomic_many(contents)
+  except LinkedFileError:
+    raise
+  except OSError as e:
+    raise ExportWriteError(f'cannot write {", ".join(contents)}: {_reason(e)}; nothing '
+                           'written, what was there before is unchanged') from None
+
+
+def _reason(error: OSError) -> str:
+  """'No space left on device (ENOSPC)'."""
+  code = errno.errorcode.get(error.errno)
+  return f'{error.strerror or error}' + (f' ({code})' if code else '')
 
 
 # ------------------------------------------------------------------ graphs
@@ -203,18 +399,22 @@ def write_onnx(path: str, config, params, step: int,
   _check_fixed_size(config, size)
   todo = graphs(config, params, size)
   paths = onnx_paths(path, [g.name for g in todo])
+  for out_path in paths:  # Before the conversion, which takes a while.
+    check_out_path(out_path)
   protos = []
   for graph in todo:
     with _symbolic_size_errors('onnx', config, size):
       protos.append(_to_onnx(graph, f'xydiff_{config.model.name}_{graph.name}'))
   import onnx  # pylint: disable=import-outside-toplevel
+  contents = {}
   for graph, proto, out_path in zip(todo, protos, paths):
     onnx.helper.set_model_props(proto, {
         'xydiff.config': json.dumps(config_lib.to_plain(config), sort_keys=True),
         'xydiff.step': str(int(step)), 'xydiff.graph': graph.name,
         'xydiff.size_multiple': str(models.size_multiple(config.model)),
         'xydiff.size': 'dynamic' if size is None else f'{size[0]}x{size[1]}'})
-    _write_via_temp(out_path, lambda tmp, proto=proto: onnx.save_model(proto, tmp))
+    contents[out_path] = proto.SerializeToString()  # What onnx.save_model writes.
+  write_outputs(contents)  # DvSR's two graphs: both replaced, or neither.
   return paths
 
 
@@ -301,16 +501,11 @@ def write_stablehlo(path: str, config, graphdef, params,
   """Exports `stablehlo_function` for every STABLEHLO_PLATFORMS; `size` as for write_onnx
   (DeepDeblur and NAFNet with TLC need one)."""
   _check_fixed_size(config, size)
+  check_out_path(path)
   fn, specs = stablehlo_function(config, graphdef, params, size)
   with _symbolic_size_errors('stablehlo', config, size):
     exported = jax.export.export(jax.jit(fn), platforms=STABLEHLO_PLATFORMS)(*specs)
-  data = exported.serialize()
-
-  def write(tmp):
-    with open(tmp, 'wb') as f:
-      f.write(data)
-
-  _write_via_temp(path, write)
+  write_outputs({path: exported.serialize()})
 
 
 def load_stablehlo(path: str):

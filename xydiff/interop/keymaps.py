@@ -73,6 +73,12 @@ def read_torch_state_dict(path: str, container_keys: tuple[str, ...] = (),
     wanted = ' or '.join(f"{{'{k}': state_dict}}" for k in container_keys)
     raise CheckpointImportError(
         f'{path} holds no state dict: expected a state dict' + (f' or {wanted}' if wanted else ''))
+  names = [k for k in state_dict if not isinstance(k, str)]
+  if names:  # torch_pickle's keys are strings or small ints: printing one is safe.
+    raise CheckpointImportError(
+        f'{path} holds no state dict: {len(names)} of its {len(state_dict)} keys '
+        f'{"is not a parameter name" if len(names) == 1 else "are not parameter names"} (the '
+        f'first: {type(names[0]).__name__} {names[0]!r})')
   if all(k.startswith('module.') for k in state_dict):
     state_dict = {k[len('module.'):]: v for k, v in state_dict.items()}
   return {k: np.asarray(v, np.float32) for k, v in state_dict.items()}
