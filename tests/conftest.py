@@ -21,27 +21,36 @@ GOPRO_SAMPLE = REPO / 'tests' / 'data' / 'gopro_sample'  # Real GoPro frames, CC
 
 
 
-# Each family's section at seconds-on-a-CPU size (tests only; full sizes are
-# checked by parameter count).
-TINY_SECTIONS = {
+# Each family's fields at seconds-on-a-CPU size, by family name (tests only;
+# full sizes are checked by parameter count). DvSR's denoiser has its own.
+TINY_FIELDS = {
     'xydeblur': dict(width=4, num_res=1),
-    'predictor': dict(base=4, multipliers=(1, 2), num_res=1),
-    'denoiser': dict(base=4, multipliers=(1, 2), num_res=1),
+    'unet': dict(base=4, multipliers=(1, 2), num_res=1),
     'dmphn': dict(width=4, num_res=1),
     'deepdeblur': dict(width=4, num_res=2),
     'mimo_unet': dict(width=4, num_res=1),
     'nafnet': dict(width=4, enc_blocks=(1, 1), middle_blocks=1, dec_blocks=(1, 1)),
 }
+TINY_DENOISER = dict(base=4, multipliers=(1, 2), num_res=1)
+
+
+def tiny_section(section):
+  """Shrinks one model section (config.model, or DvSR's predictor) in place; returns it."""
+  if section.name == 'dvsr':
+    tiny_section(section.predictor)
+    section.denoiser.update(TINY_DENOISER)
+  else:
+    section.update(TINY_FIELDS[section.name])
+  return section
 
 
 def tiny(config, *, steps=4):
   """Shrinks any config to seconds on a CPU, keeping its model family."""
-  for section, values in TINY_SECTIONS.items():
-    if section in config.model:
-      config.model[section].update(values)
+  tiny_section(config.model)
   config.model.dtype = 'float32'
-  config.diffusion.presets.perceptual.num_steps = 3
-  config.diffusion.presets.sa.update(dict(num_steps=2, num_samples=2))
+  if 'presets' in config.inference:  # DvSR's sampling presets.
+    config.inference.presets.perceptual.num_steps = 3
+    config.inference.presets.sa.update(dict(num_steps=2, num_samples=2))
   config.data.crop = 32
   config.data.synthetic.update(dict(photo_crop=64, kernel_size=7, kernel_length=(3.0, 7.0)))
   config.train.update(dict(batch_size=2, num_steps=steps, log_every=1, checkpoint_every=2,

@@ -5,7 +5,10 @@ import pytest
 from flax import nnx
 
 from conftest import GOPRO_SAMPLE
-from xydiff import config_check, models
+from xydiff import config as config_lib, data, models
+from xydiff.evaluation import evaluator
+from xydiff.inference import restorer
+from xydiff.train import loop
 from xydiff.errors import ConfigError
 
 
@@ -15,8 +18,17 @@ def _load(name, arg=None):
   return module.get_config(arg) if arg is not None else module.get_config()
 
 
+def _validate(config, device_count=1):
+  """Every start-up check, each section by its owner, as training runs them."""
+  config_lib.check(config)
+  data.validate(config.data, models.size_multiple(config.model))
+  loop.validate(config.train, device_count)
+  evaluator.validate(config.eval)
+  restorer.validate(config.inference)
+
+
 def _num_params(config):
-  model = nnx.eval_shape(lambda: models.build_model(config.model))
+  model = nnx.eval_shape(lambda: models.build(config.model))
   return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
 
 
@@ -26,7 +38,7 @@ def test_config_validates(name, arg):
   config = _load(name, arg)
   if config.data.name == 'folder':
     config.data.root = str(GOPRO_SAMPLE)
-  config_check.validate(config)
+  _validate(config)
 
 
 def test_paper_models_have_the_papers_sizes():
@@ -59,21 +71,21 @@ def test_bad_values_are_named(field, value, message):
   with node.ignore_type():
     node[key] = value
   with pytest.raises(ConfigError, match=message.replace('.', r'\.')):
-    config_check.validate(config)
+    _validate(config)
 
 
 def test_batch_must_divide_over_devices():
   config = _load('demo')
   config.train.batch_size = 6
   with pytest.raises(ConfigError, match='divisible by the 4 devices'):
-    config_check.validate(config, device_count=4)
+    _validate(config, device_count=4)
 
 
 def test_unknown_eval_preset_is_named():
   config = _load('demo', 'diffusion')
   config.eval.presets = ('sa', 'fast')
-  with pytest.raises(ConfigError, match="'fast' is not in config.diffusion.presets"):
-    config_check.validate(config)
+  with pytest.raises(ConfigError, match="'fast' is not in config.inference.presets"):
+    _validate(config)
 
 
 def test_config_flag_takes_a_packaged_name_or_the_workdirs_config(tmp_path):
@@ -87,11 +99,13 @@ def test_config_flag_takes_a_packaged_name_or_the_workdirs_config(tmp_path):
   for mode in ('eval', 'train'):  # Training without --config resumes with the stored one.
     argv = cli.resolve_config_argv(['launch.py', f'--workdir={tmp_path}', f'--mode={mode}'])
     assert argv[1] == f'--config={run_config.__file__}:{tmp_path}'
-  assert run_config.get_config(str(tmp_path)).model.xydeblur.width == 16
+  assert run_config.get_config(str(tmp_path)).model.width == 16
 
 
 @pytest.mark.parametrize('args, message', [
-    (['--config=xydiff/configs/nope.py'], '--config=xydiff/configs/nope.py: no such file, nor a packaged config'),
+    (['--config=xydiff/configs/nope.py'],
+     "--config=xydiff/configs/nope.py: no such file; config 'xydiff/configs/nope.py' is neither "
+     'a packaged config'),
     (['--mode=eval'], 'holds no stored config'),
 ])
 def test_a_missing_config_is_one_line(tmp_path, args, message):
@@ -103,15 +117,30 @@ def test_a_missing_config_is_one_line(tmp_path, args, message):
 
 
 def test_a_run_stored_before_new_fields_loads_with_their_defaults(tmp_path):
-  """Fields a stored config lacks take their defaults; DvSR's old `xy` is `decoders`."""
+  """Fields a stored config lacks take their defaults."""
   import json
   from xydiff import config as run_config
   from xydiff.configs import demo
   stored = run_config.to_plain(demo.get_config('diffusion'))
+  del stored['train']['lr_decay_factor'], stored['inference']['ensemble']
+  del stored['model']['denoiser']['film_scale']
+  (tmp_path / 'config.json').write_text(json.dumps(stored))
+  config = run_config.load(str(tmp_path))
+  assert config.train.lr_decay_factor == 0.5 and config.inference.ensemble == 1
+  assert config.model.denoiser.film_scale is False
+
+
+def test_a_layout_1_run_stored_before_new_fields_loads_with_their_defaults(tmp_path):
+  """A layout-1 config lacking later fields takes their defaults; DvSR's old `xy` is
+  `decoders`."""
+  import json
+  from conftest import REPO
+  from xydiff import config as run_config
+  stored = json.loads((REPO / 'tests/data/legacy/dvsr_run/config.json').read_text())
   del stored['train']['lr_decay_factor'], stored['deblur']['ensemble']
   stored['model']['predictor'].pop('decoders')
   stored['model']['predictor']['xy'] = True
   (tmp_path / 'config.json').write_text(json.dumps(stored))
   config = run_config.load(str(tmp_path))
-  assert config.train.lr_decay_factor == 0.5 and config.deblur.ensemble == 1
+  assert config.train.lr_decay_factor == 0.5 and config.inference.ensemble == 1
   assert config.model.predictor.decoders == 2 and 'xy' not in config.model.predictor
