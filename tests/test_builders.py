@@ -529,7 +529,7 @@ def test_launch_builds_gopro_once_then_trains_and_evaluates(tmp_path):
   from conftest import run_launch
   common = ['--config=xydiff/configs/xydeblur_gopro.py', '--config.data.name=gopro',
             f'--config.data.root={GOPRO_SAMPLE}', f'--config.data.data_dir={tmp_path / "tfds"}',
-            '--config.model.xydeblur.width=4', '--config.model.xydeblur.num_res=1',
+            '--config.model.width=4', '--config.model.num_res=1',
             '--config.data.crop=32', '--config.train.batch_size=2',
             '--config.train.checkpoint_every=2', '--config.train.eval_every=2',
             '--config.data.eval_max_images=1', '--config.eval.num_image_summaries=0',
