@@ -82,3 +82,11 @@ def run_launch(*args, timeout=600, env=None):
   full_env = dict(os.environ, **(env or {}))
   return subprocess.run([sys.executable, str(REPO / 'launch.py'), *args], cwd=REPO,
                         capture_output=True, text=True, timeout=timeout, env=full_env)
+
+
+def run_xydiff(*args, timeout=600, env=None, cwd=REPO):
+  """Runs the `xydiff` command (setup.cfg's console script, xydiff.cli:main) in a fresh
+  process, as a user would."""
+  full_env = dict(os.environ, **(env or {}))
+  return subprocess.run([sys.executable, '-c', 'from xydiff.cli import main; main()', *args],
+                        cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env)

@@ -1,17 +1,15 @@
 """MACs counted from the jaxpr, by thop's rules (Table 2's) and as true MACs."""
 
 import json
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
 import pytest
 from flax import nnx
 
-from conftest import REPO
+from conftest import run_xydiff
 from xydiff.models import complexity
-from xydiff.interop import official as weights
+from xydiff.interop import official
 from xydiff.models import layers
 
 
@@ -44,22 +42,19 @@ def test_relu_counts_by_thop_only():
 
 
 def test_dmphn_1_2_4_8_costs_what_xydeblurs_table_2_says():
-  config = weights.config_for('dmphn_1_2_4_8')
+  config = official.config_for('dmphn_1_2_4_8_gopro')
   assert complexity.count_params(config.model) == 7_232_524
   assert complexity.gmacs(config.model) == pytest.approx(1100.18, abs=0.01)
 
 
 def test_the_summary_command_prints_one_json_line(tmp_path):
-  result = subprocess.run(
-      [sys.executable, '-m', 'xydiff.cli.summary', '--config=demo',
-       '--config.model.xydeblur.width=4', '--config.model.xydeblur.num_res=1',
-       '--config.train.batch_size=1'],
-      cwd=REPO, capture_output=True, text=True, timeout=600)
+  result = run_xydiff('summary', '--config=demo', '--config.model.width=4',
+                      '--config.model.num_res=1', '--config.train.batch_size=1')
   assert result.returncode == 0, result.stderr[-2000:]
   row = json.loads(result.stdout.strip().splitlines()[-1])
   from xydiff.configs import demo
   config = demo.get_config()
-  config.model.xydeblur.update(dict(width=4, num_res=1))
+  config.model.update(dict(width=4, num_res=1))
   assert row['params'] == complexity.count_params(config.model)  # The overrides applied.
   assert row['gmacs_720p'] == pytest.approx(complexity.gmacs(config.model), abs=0.01)
   assert set(row) == {'model', 'params', 'gmacs_720p', 'xla_gflops_720p', 'train_step_memory_gb',
