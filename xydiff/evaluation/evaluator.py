@@ -72,42 +72,42 @@ class Evaluator:
     per_image, tb_images = [], {}
     max_images = self.config.data.eval_max_images
     total = data.eval_count(self.source, max_images)
-    progress = Progress(f'eval step {step}', total)
     set_scores = self.set_scores.fresh()
-    for index, (name, blur, sharp) in enumerate(data.eval_pairs(self.source, max_images)):
-      set_scores.add('sharp', sharp)
-      set_scores.add('input', blur)
-      entry = {'name': name, **{f'input_{k}': v for k, v in self.scorer(blur, sharp).items()},
-               'outputs': {}}
-      if self.scorer.aligned and not entry['input_aligned']:
-        logging.warning('%s: ECC alignment of the input failed; scored unaligned.', name)
-      pictures = {'input': blur, 'sharp': sharp}
-      for out_name, fn in self._fns.items():
-        key = jax.random.fold_in(base_key, index)
-        # config.deblur.ensemble 8: the x8 self-ensemble around the whole restore.
-        result = ensemble.ensembled(lambda view: fn(params, jnp.asarray(view), key),
-                                    np.asarray(blur)[None], self.config.inference.ensemble)
-        restored = np.asarray(result['image'][0])
-        entry['outputs'][out_name] = self.scorer(restored, sharp)
-        set_scores.add(out_name, restored)
-        if self.scorer.aligned and not entry['outputs'][out_name]['aligned']:
-          logging.warning('%s: ECC alignment of %s failed; scored unaligned.', name, out_name)
-        if index < num_pictures:
-          pictures[out_name] = restored
-          if 'std' in result:
-            std = np.asarray(result['std'][0]).mean(axis=-1, keepdims=True)
-            entry['outputs'][out_name]['std_max'] = float(std.max())
-            # Shown scaled to its own maximum; std_max gives the absolute scale.
-            pictures[f'{out_name}_std'] = np.repeat(std / max(std.max(), 1e-8), 3, axis=-1)
-            pictures[f'{out_name}_sample'] = np.asarray(result['samples'][0, 0])
-      primary = entry['outputs'][self.primary_output]
-      entry['psnr'], entry['ssim'] = primary['psnr'], primary['ssim']
-      per_image.append(entry)
-      if index < num_pictures and is_chief:
-        for kind, picture in pictures.items():
-          images.write_png(os.path.join(out_dir, f'{_file_stem(name)}_{kind}.png'), picture)
-          tb_images[f'eval/{_file_stem(name)}/{kind}'] = np.clip(picture, 0, 1)[None]
-      progress(index + 1)
+    with Progress(f'eval step {step}', total) as progress:
+      for index, (name, blur, sharp) in enumerate(data.eval_pairs(self.source, max_images)):
+        set_scores.add('sharp', sharp)
+        set_scores.add('input', blur)
+        entry = {'name': name, **{f'input_{k}': v for k, v in self.scorer(blur, sharp).items()},
+                 'outputs': {}}
+        if self.scorer.aligned and not entry['input_aligned']:
+          logging.warning('%s: ECC alignment of the input failed; scored unaligned.', name)
+        pictures = {'input': blur, 'sharp': sharp}
+        for out_name, fn in self._fns.items():
+          key = jax.random.fold_in(base_key, index)
+          # config.inference.ensemble 8: the x8 self-ensemble around the whole restore.
+          result = ensemble.ensembled(lambda view: fn(params, jnp.asarray(view), key),
+                                      np.asarray(blur)[None], self.config.inference.ensemble)
+          restored = np.asarray(result['image'][0])
+          entry['outputs'][out_name] = self.scorer(restored, sharp)
+          set_scores.add(out_name, restored)
+          if self.scorer.aligned and not entry['outputs'][out_name]['aligned']:
+            logging.warning('%s: ECC alignment of %s failed; scored unaligned.', name, out_name)
+          if index < num_pictures:
+            pictures[out_name] = restored
+            if 'std' in result:
+              std = np.asarray(result['std'][0]).mean(axis=-1, keepdims=True)
+              entry['outputs'][out_name]['std_max'] = float(std.max())
+              # Shown scaled to its own maximum; std_max gives the absolute scale.
+              pictures[f'{out_name}_std'] = np.repeat(std / max(std.max(), 1e-8), 3, axis=-1)
+              pictures[f'{out_name}_sample'] = np.asarray(result['samples'][0, 0])
+        primary = entry['outputs'][self.primary_output]
+        entry['psnr'], entry['ssim'] = primary['psnr'], primary['ssim']
+        per_image.append(entry)
+        if index < num_pictures and is_chief:
+          for kind, picture in pictures.items():
+            images.write_png(os.path.join(out_dir, f'{_file_stem(name)}_{kind}.png'), picture)
+            tb_images[f'eval/{_file_stem(name)}/{kind}'] = np.clip(picture, 0, 1)[None]
+        progress(index + 1)
     summary = summarize(per_image, self.scorer.labels, self._fns, primary=self.primary_output,
                         split=self.split, step=step, aligned=self.scorer.aligned)
     add_set_scores(summary, set_scores)

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from xydiff import files, metrics
+from xydiff import files, metrics, progress
 from xydiff.interop import inception
 from xydiff.metrics import fid, lpips, realblur
 
@@ -176,18 +176,39 @@ class SetScores:
 
 
 class Progress:
-  """Per-image progress with an ETA, logged at most every few seconds."""
+  """Per-image progress with an ETA: a bar on a terminal (xydiff.progress), else a log line
+  at most every few seconds.
 
-  def __init__(self, what: str, total: int, every_s: float = 10.0):
+    with Progress('eval step 10', total) as report:
+      for index, ... in enumerate(images):
+        ...
+        report(index + 1)
+  """
+
+  def __init__(self, what: str, total: int, every_s: float = 10.0, done: int = 0):
     self.what, self.total, self.every_s = what, total, every_s
     self.start = self.last = time.time()
+    self.first = done
+    self._bar = progress.task(what, total=total, unit='image', initial=done, leave=False,
+                              on=jax.process_index() == 0)
+    self._task = None
+
+  def __enter__(self):
+    self._task = self._bar.__enter__()
+    return self
+
+  def __exit__(self, *exc):
+    return self._bar.__exit__(*exc)
 
   def __call__(self, done: int) -> None:
+    if self._task is not None and not self._task.bar.disable:
+      self._task.update(done - self._task.bar.n)
+      return
     now = time.time()
-    if done < self.total and now - self.last < self.every_s and done != 1:
+    if done < self.total and now - self.last < self.every_s and done != self.first + 1:
       return
     self.last = now
-    per_image = (now - self.start) / max(done, 1)
+    per_image = (now - self.start) / max(done - self.first, 1)
     logging.info('%s: %d/%d images, %.2f s/image, ETA %.0f s', self.what, done, self.total,
                  per_image, per_image * (self.total - done))
 

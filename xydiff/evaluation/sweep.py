@@ -1,4 +1,4 @@
-"""--mode=sweep: DvSR's inference grid, one checkpoint, the perception-distortion curve.
+"""`xydiff sweep`: DvSR's inference grid, one checkpoint, the perception-distortion curve.
 
 Each sampling schedule (T, beta range) is run once with the largest number of
 samples N_max; because sample i's noise depends only on its own key, the
@@ -125,27 +125,27 @@ def run_sweep(config, workdir: str, *, config_from_user: bool = False) -> list[d
     if set_scores.enabled:
       os.makedirs(features_dir, exist_ok=True)
 
-  progress = Progress(f'sweep step {step}', len(schedules) * num_images)
   finished = sum(len(v) for v in done.values())
-  for s_index, (num_steps, beta_start, beta_end) in enumerate(schedules):
-    key = f'{num_steps},{beta_start!r},{beta_end!r}'
-    results = done.setdefault(key, [])
-    if len(results) >= num_images:
-      continue
-    sample = restorer.restore_fn(config, graphdef, schedule_settings(
-        config, num_steps, beta_start, beta_end, counts[-1]))
-    for index, (name, blur, sharp) in enumerate(data.eval_pairs(source, max_images)):
-      if index < len(results):
-        continue  # Recorded by an earlier run.
-      samples = np.asarray(sample(params, jnp.asarray(blur)[None],
-                                  jax.random.fold_in(base_key, index))['samples'][:, 0])
-      results.append({'name': name, 'scores': _score_samples(
-          samples, sharp, counts, config.eval.lpips, set_scores,
-          os.path.join(features_dir, f'{s_index}_{index}.npy'))})
-      if is_chief:
-        files.write_atomic(progress_path, json.dumps({'settings': settings, 'done': done}))
-      finished += 1
-      progress(finished)
+  with Progress(f'sweep step {step}', len(schedules) * num_images, done=finished) as progress:
+    for s_index, (num_steps, beta_start, beta_end) in enumerate(schedules):
+      key = f'{num_steps},{beta_start!r},{beta_end!r}'
+      results = done.setdefault(key, [])
+      if len(results) >= num_images:
+        continue
+      sample = restorer.restore_fn(config, graphdef, schedule_settings(
+          config, num_steps, beta_start, beta_end, counts[-1]))
+      for index, (name, blur, sharp) in enumerate(data.eval_pairs(source, max_images)):
+        if index < len(results):
+          continue  # Recorded by an earlier run.
+        samples = np.asarray(sample(params, jnp.asarray(blur)[None],
+                                    jax.random.fold_in(base_key, index))['samples'][:, 0])
+        results.append({'name': name, 'scores': _score_samples(
+            samples, sharp, counts, config.eval.lpips, set_scores,
+            os.path.join(features_dir, f'{s_index}_{index}.npy'))})
+        if is_chief:
+          files.write_atomic(progress_path, json.dumps({'settings': settings, 'done': done}))
+        finished += 1
+        progress(finished)
 
   rows = []
   for s_index, (num_steps, beta_start, beta_end) in enumerate(schedules):

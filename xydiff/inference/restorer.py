@@ -169,7 +169,7 @@ class Restorer:
   def restore(self, image, *, preset: str | None = None, steps: int | None = None,
               samples: int | None = None, sampler: str | None = None,
               seed: int | None = None, key: jax.Array | None = None, tile: int | None = None,
-              ensemble: int | None = None) -> dict[str, np.ndarray]:
+              ensemble: int | None = None, on_tile=None) -> dict[str, np.ndarray]:
     """Restores one image, a batch, or an image file.
 
     Args:
@@ -186,6 +186,8 @@ class Restorer:
       tile: restore images larger than this in tiles (default
         config.inference.tile; 0 never tiles).
       ensemble: 8 averages the x8 self-ensemble (default config.inference.ensemble).
+      on_tile: progress of a tiled image: called as on_tile(done, total) after
+        each tile (tiles.restore_image).
 
     Returns:
       {'image': float32, the input's layout (HxW for grey, NxHxWx3 for a
@@ -203,7 +205,8 @@ class Restorer:
     if array.ndim == 4:
       base = self._key(seed, key)  # Image n draws from fold_in(key, n), whatever the batch.
       outs = [self.restore(one, preset=preset, steps=steps, samples=samples, sampler=sampler,
-                           key=jax.random.fold_in(base, n), tile=tile, ensemble=ensemble)
+                           key=jax.random.fold_in(base, n), tile=tile, ensemble=ensemble,
+                           on_tile=on_tile)
               for n, one in enumerate(array)]
       return {name: np.stack([o[name] for o in outs]) for name in outs[0]} if outs else {}
     grey = array.ndim == 2 or (array.ndim == 3 and array.shape[-1] == 1)
@@ -220,7 +223,7 @@ class Restorer:
     out = tiles.restore_image(self.function(settings, tiled=tiled), self.params, rgb,
                               self._key(seed, key), align=self.align, tile=size,
                               overlap=overlap, bucket=self.config.inference.size_bucket,
-                              ensemble=ensemble)
+                              ensemble=ensemble, on_tile=on_tile)
     if grey:  # Saved grey, like the input: the mean of the three restored channels.
       out = {name: value.mean(axis=-1) for name, value in out.items()}
     return out

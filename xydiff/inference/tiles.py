@@ -66,7 +66,7 @@ def _windows(starts: list[int], size: int) -> list[np.ndarray]:
 def bucketed(length: int, align: int, bucket: int) -> int:
   """`length` padded up to the next multiple of `bucket` (itself a multiple of `align`).
 
-  Opt-in (config.deblur.size_bucket > 0): each distinct input shape compiles
+  Opt-in (config.inference.size_bucket > 0): each distinct input shape compiles
   the network once, and rounding sizes up to buckets lets a folder of photos
   of nearby sizes share a few compiled shapes, but the extra border changes
   outputs near the bottom and right edges. Bucket 0 keeps the network's own
@@ -81,7 +81,7 @@ _OUTPUTS = ('image', 'std', 'samples')
 
 def restore_image(fn, params, image: np.ndarray, key: jax.Array, *, align: int,
                   tile: int = 0, overlap: int = 0, bucket: int = 0,
-                  ensemble: int = 1) -> dict[str, np.ndarray]:
+                  ensemble: int = 1, on_tile=None) -> dict[str, np.ndarray]:
   """Runs `fn` (from make_restore_fns / make_sampler) on one HxWx3 float image.
 
   The image is reflect-padded to a multiple of `align` exactly as the networks
@@ -96,11 +96,20 @@ def restore_image(fn, params, image: np.ndarray, key: jax.Array, *, align: int,
   diffusion model. Raises ValueError ('too small') for an image below the
   network's minimum size. `ensemble` 8 wraps all of this in the x8
   self-ensemble (`ensemble.ensembled`), with the same `key` for every transform.
+  `on_tile(done, total)`, if given, is called after each tile of a tiled
+  image (the ensemble's 8 passes counted as one run of 8x the tiles).
   """
   if ensemble != 1:
+    passes = []  # Finished passes, so that tiles count on across the ensemble's views.
+
+    def view_tile(done, total):
+      on_tile(len(passes) * total + done, ensemble * total)
+      if done == total:
+        passes.append(total)
     return ensemble_lib.ensembled(
         lambda view: restore_image(fn, params, view, key, align=align, tile=tile,
-                                   overlap=overlap, bucket=bucket), image, ensemble)
+                                   overlap=overlap, bucket=bucket,
+                                   on_tile=view_tile if on_tile else None), image, ensemble)
   padded, (h, w) = pad_to_multiple(jnp.asarray(image, jnp.float32)[None], align)
   padded = np.asarray(padded)
   height, width = padded.shape[1:3]
@@ -134,17 +143,19 @@ def restore_image(fn, params, image: np.ndarray, key: jax.Array, *, align: int,
           value = np.asarray(out[name][:, 0] if name == 'samples' else out[name][0])
           acc = sums.setdefault(name, np.zeros(value.shape[:-3] + (height, width, 3), np.float32))
           acc[..., y0:y0 + tile_h, x0:x0 + tile_w, :] += weight * value
+      if on_tile is not None:
+        on_tile(i * len(xs) + j + 1, len(ys) * len(xs))
   return {name: (acc / total)[..., :h, :w, :] for name, acc in sums.items()}
 
 
 def aligned_tiling(tile: int, overlap: int, align: int) -> tuple[int, int]:
-  """config.deblur.tile rounded down and tile_overlap up to multiples of `align`."""
+  """config.inference.tile rounded down and tile_overlap up to multiples of `align`."""
   if tile == 0:
     return 0, 0
   tile_a, overlap_a = tile // align * align, -(-overlap // align) * align
   if tile_a - overlap_a < align:
     raise ConfigError(
-        f'config.deblur.tile={tile} with tile_overlap={overlap}: this model works on multiples '
+        f'config.inference.tile={tile} with tile_overlap={overlap}: this model works on multiples '
         f'of {align} pixels, so the tile ({tile_a}) must exceed the overlap ({overlap_a}) by at '
         f'least {align}')
   return tile_a, overlap_a

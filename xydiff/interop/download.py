@@ -29,6 +29,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
+from xydiff import progress
 from xydiff.errors import WeightsError
 
 _CHUNK = 1 << 20
@@ -180,8 +181,10 @@ class _Deadline:
     return urllib.request.build_opener(HTTPHandler, HTTPSHandler)
 
 
-def _download(url: str, file, *, timeout: float, deadline_s: float, max_bytes: int) -> int:
-  """Streams `url` into `file`; returns the byte count. Raises WeightsError naming `url`."""
+def _download(url: str, file, *, timeout: float, deadline_s: float, max_bytes: int,
+              what: str = 'download') -> int:
+  """Streams `url` into `file`, its bytes counted on a progress bar named `what`; returns the
+  byte count. Raises WeightsError naming `url`."""
   size = 0
   with _Deadline(deadline_s) as deadline:
     try:
@@ -190,12 +193,16 @@ def _download(url: str, file, *, timeout: float, deadline_s: float, max_bytes: i
         if expected is not None and expected.isdigit() and int(expected) > max_bytes:
           raise WeightsError(f'cannot download {url}: it is {int(expected):,} bytes, more than '
                              f'the {max_bytes:,} expected')
-        while chunk := response.read(_CHUNK):
-          size += len(chunk)
-          if size > max_bytes:
-            raise WeightsError(f'cannot download {url}: more than the {max_bytes:,} bytes '
-                               'expected')
-          file.write(chunk)
+        total = int(expected) if expected is not None and expected.isdigit() else None
+        with progress.task(what, total=total, unit='B', unit_scale=True,
+                           unit_divisor=1024) as bar:
+          while chunk := response.read(_CHUNK):
+            size += len(chunk)
+            if size > max_bytes:
+              raise WeightsError(f'cannot download {url}: more than the {max_bytes:,} bytes '
+                                 'expected')
+            file.write(chunk)
+            bar.update(len(chunk))
     except WeightsError:
       raise
     except Exception as e:  # pylint: disable=broad-except
@@ -318,7 +325,8 @@ def fetch(url: str, filename: str, *, git_blob_sha1: str | None = None,
         if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
           raise
       print(f'downloading {url}', file=sys.stderr)
-      _download(url, file, timeout=timeout, deadline_s=deadline, max_bytes=max_bytes)
+      _download(url, file, timeout=timeout, deadline_s=deadline, max_bytes=max_bytes,
+                what=filename)
     problem = _mismatch(temporary, pins)
     if problem is not None:
       raise WeightsError(f'{url} is not the expected file ({problem}); nothing was kept')

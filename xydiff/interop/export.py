@@ -52,7 +52,7 @@ import numpy as np
 from flax import nnx
 
 from xydiff import config as config_lib
-from xydiff import files, models
+from xydiff import files, models, progress
 from xydiff.configs import base
 from xydiff.errors import ConfigError, ExportWriteError, LinkedFileError, WeightsError
 from xydiff.runs import state as state_lib
@@ -313,7 +313,8 @@ def write_outputs(contents: dict[str, bytes | bytearray]) -> None:
       raise ExportWriteError(f'cannot create the folder {folder} for {path}: '
                              f'{_reason(e)}') from None
   try:
-    files.write_atomic_many(contents)
+    with progress.stage(f'export: writing {", ".join(contents)}'):
+      files.write_atomic_many(contents)
   except LinkedFileError:
     raise
   except OSError as e:
@@ -402,8 +403,9 @@ def write_onnx(path: str, config, params, step: int,
   for out_path in paths:  # Before the conversion, which takes a while.
     check_out_path(out_path)
   protos = []
-  for graph in todo:
-    with _symbolic_size_errors('onnx', config, size):
+  for graph in todo:  # jax2onnx traces and converts in one long call: a ticking line each.
+    with _symbolic_size_errors('onnx', config, size), progress.stage(
+        f'export: tracing and converting the {graph.name} graph to ONNX'):
       protos.append(_to_onnx(graph, f'xydiff_{config.model.name}_{graph.name}'))
   import onnx  # pylint: disable=import-outside-toplevel
   contents = {}
@@ -503,7 +505,8 @@ def write_stablehlo(path: str, config, graphdef, params,
   _check_fixed_size(config, size)
   check_out_path(path)
   fn, specs = stablehlo_function(config, graphdef, params, size)
-  with _symbolic_size_errors('stablehlo', config, size):
+  with _symbolic_size_errors('stablehlo', config, size), progress.stage(
+      f'export: tracing and lowering to StableHLO for {", ".join(STABLEHLO_PLATFORMS)}'):
     exported = jax.export.export(jax.jit(fn), platforms=STABLEHLO_PLATFORMS)(*specs)
   write_outputs({path: exported.serialize()})
 

@@ -17,7 +17,7 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 
 from xydiff import config as config_lib
-from xydiff import data, models
+from xydiff import data, models, progress
 from xydiff.data import tf_cpu
 from xydiff.errors import ConfigError, NonFiniteLossError, require
 from xydiff.evaluation import evaluator as evaluator_lib
@@ -184,13 +184,16 @@ def _train(config, workdir: str, is_chief: bool) -> dict:
       not os.path.exists(os.path.join(workdir, 'eval', f'step_{start_step}.json'))):
     # The previous run stopped between this checkpoint and its evaluation.
     summary = evaluator.run(graphdef, state_lib.eval_params(state), start_step)
-  with _Preemption(ckpt) as preemption:
+  # A bar with steps/s and the ETA on a terminal; clu's ReportProgress logs them too.
+  with _Preemption(ckpt) as preemption, progress.task(
+      'train', total=num_steps, initial=start_step, unit='step', on=is_chief) as bar:
     step = start_step
     batch = next_device_batch() if step < num_steps else None
     while step < num_steps:
       with jax.profiler.StepTraceAnnotation('train', step_num=step):
         state, metrics = step_fn(state, batch)
       step += k
+      bar.update(k)
       if step < num_steps:
         # Dispatch is asynchronous: the next batch is read and sent to the
         # devices while they compute this step.
@@ -200,6 +203,7 @@ def _train(config, workdir: str, is_chief: bool) -> dict:
       if step % config.train.log_every == 0 or is_last:
         values = jax.device_get(metrics)
         _check_finite(values, step, ckpt)
+        bar.describe(f'loss {float(values["loss"]):.4g}')
         writer.write_scalars(step, {**{k: float(v) for k, v in values.items()},
                                     'lr': float(lr_schedule(step - 1))})
       stopping = preemption.reached(step)
