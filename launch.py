@@ -1,3 +1,4 @@
-"""`python launch.py ...` in a checkout is the `xydiff` command (xydiff/cli)."""
-from xydiff import cli
-cli.run()
+"""`python launch.py --config=... --workdir=... [--mode=...]` in a checkout: the research
+entry point, a shim onto the `xydiff` verbs (xydiff/cli/launch.py)."""
+from xydiff.cli import launch
+launch.main()

@@ -1,16 +1,28 @@
-"""What every command-line entry point shares: one-line errors for bad flags.
+"""What every verb shares: one-line errors, the config and its overrides, logging, help.
 
 A user's mistake (a misspelt override, a wrong type, a missing file) ends the
 program with `error: <one line naming the flag, field or file>` on stderr and
 exit status 1, never a traceback.
+
+`--config` and `--config.FIELD=VALUE` are taken out of a verb's arguments
+before click sees them (`Verb.parse_args`) and handed to ml_collections'
+`config_flags` on a private absl `FlagValues`, never absl's global registry:
+overrides keep ml_collections' types, checks and messages, and the verbs'
+own flags stay click's.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import sys
 
-from absl import flags
+import click
+
+# ml_collections raises these for an override naming a field that does not exist.
+OVERRIDE_ERRORS = (AttributeError, KeyError, TypeError, ValueError)
+
+_CONFIG_TOKENS = 'xydiff.config_tokens'
 
 
 def fail(message: str) -> None:
@@ -26,67 +38,35 @@ def one_line(error: BaseException) -> str:
   return ' '.join(text.split())
 
 
-def parse_flags(argv, *, workdir_config: bool = True):
-  """absl's parser (for `app.run(..., flags_parser=parse_flags)`), with one-line errors.
+# ------------------------------------------------------------------ the config
 
-  `--config` is resolved first (resolve_config_argv); tools whose config has a
-  default of their own pass workdir_config=False.
-  """
-  argv = resolve_config_argv(argv, workdir_config=workdir_config)
-  try:
-    return flags.FLAGS(argv)
-  except flags.Error as e:
-    fail(one_line(e))
-  except OVERRIDE_ERRORS as e:
-    fail_on_override(argv, e)
-
-
-def run_tool(main) -> None:
-  """`app.run(main)` for the `python -m xydiff.cli.*` commands.
-
-  Orbax's INFO lines (a dozen per checkpoint) are dropped, flag errors and
-  the user's errors (errors.USER_ERRORS) are one line, and `--config` keeps
-  the tool's own default instead of a workdir's.
-  """
-  from absl import app, logging  # pylint: disable=import-outside-toplevel
-  from xydiff.errors import USER_ERRORS  # pylint: disable=import-outside-toplevel
-
-  def quiet(argv):
-    logging.set_verbosity(logging.WARNING)
-    try:
-      main(argv)
-    except USER_ERRORS as e:
-      fail(one_line(e))
-
-  app.run(quiet, flags_parser=lambda argv: parse_flags(argv, workdir_config=False))
-
-
-# ml_collections raises these for an override naming a field that does not exist.
-OVERRIDE_ERRORS = (AttributeError, KeyError, TypeError, ValueError)
-
-
-def fail_on_override(argv, error: BaseException) -> None:
-  overrides = [a for a in argv[1:] if a.startswith('--config.')]
-  fail(f'bad config override ({" ".join(overrides)}): {one_line(error)}')
-
-
-def _joined(argv: list[str]) -> list[str]:
-  """argv with `--flag value` pairs of the flags read here joined as `--flag=value`."""
-  out, i = [], 0
-  while i < len(argv):
-    if argv[i] in ('--config', '--mode', '--workdir') and i + 1 < len(argv):
-      out.append(f'{argv[i]}={argv[i + 1]}')
+def split_config_tokens(args: list[str]) -> tuple[list[str], list[str]]:
+  """(the `--config`/`--config.*` tokens, the rest), `--config NAME` joined as `--config=NAME`."""
+  config, rest, i = [], [], 0
+  while i < len(args):
+    arg = args[i]
+    if arg == '--':
+      rest += args[i:]
+      break
+    if arg == '--config' and i + 1 < len(args):
+      config.append(f'--config={args[i + 1]}')
       i += 2
+      continue
+    if arg.startswith(('--config=', '--config.', '--noconfig.')):
+      config.append(arg)
     else:
-      out.append(argv[i])
-      i += 1
-  return out
+      rest.append(arg)
+    i += 1
+  return config, rest
 
 
-def _flag_value(argv, name: str) -> str | None:
-  """The value of the last `--name=value` in argv, or None."""
-  values = [a.split('=', 1)[1] for a in argv if a.startswith(f'--{name}=')]
-  return values[-1] if values else None
+def config_tokens(ctx: click.Context) -> list[str]:
+  return ctx.meta.get(_CONFIG_TOKENS, [])
+
+
+def config_given(ctx: click.Context) -> bool:
+  """Whether the user named a config (`--config=...`), not only overrides."""
+  return any(t.startswith('--config=') for t in config_tokens(ctx))
 
 
 def packaged_config(name: str) -> str | None:
@@ -101,41 +81,244 @@ def packaged_config(name: str) -> str | None:
   return origin + (f':{variant}' if variant else '')
 
 
-def resolve_config_argv(argv: list[str], *, workdir_config: bool = True):
-  """Rewrites `--config` before absl parses it.
+def load_config(ctx: click.Context, default=None, *, missing: str = ''):
+  """The verb's config: `--config` (a file or a packaged name) or `default()`, overridden.
 
-  - `--config=NAME[:variant]` naming no file is the packaged config NAME
-    (`--config=gopro`, `--config=demo:diffusion`), so an installed xydiff
-    needs no checkout;
-  - a `--config` file that does not exist is one line, not a traceback;
-  - without `--config`, a run's own workdir supplies it (run_config.py): eval,
-    sweep and deblur use the stored config, overrides included, and training
-    resumes with it; --mode=score uses the packaged defaults.
+  `default` (a function, or None) gives the config when `--config` is left
+  out: a run's stored one, a model's packaged one; `missing` says what to
+  pass when there is neither. Every failure is one line naming the flag.
   """
-  argv = _joined(argv)
-  config = _flag_value(argv, 'config')
-  if config is None:
-    if not workdir_config:
-      return argv
-    mode = _flag_value(argv, 'mode') or 'train'
-    if mode == 'score':
-      argv.insert(1, f'--config={packaged_config("base")}')
-      return argv
-    workdir = _flag_value(argv, 'workdir')
-    checkpoint = _flag_value(argv, 'checkpoint')
-    if mode == 'deblur' and checkpoint:  # <workdir>/checkpoints/<step>
-      workdir = os.path.dirname(os.path.dirname(os.path.abspath(checkpoint)))
-    if workdir:
-      from xydiff import config as run_config  # pylint: disable=import-outside-toplevel
-      if not os.path.isfile(os.path.join(workdir, run_config.CONFIG_FILE)):
-        fail(f'--config is missing and {workdir} holds no stored config '
-             f'({run_config.CONFIG_FILE}); pass --config')
-      argv.insert(1, f'--config={run_config.__file__}:{workdir}')
-    return argv
-  if os.path.isfile(config.partition(':')[0]):
-    return argv
-  packaged = packaged_config(config)
-  if packaged is None:
-    from xydiff import configs  # pylint: disable=import-outside-toplevel
-    fail(f'--config={config}: no such file; {configs.unknown(config)}')
-  return [f'--config={packaged}' if a == f'--config={config}' else a for a in argv]
+  tokens = config_tokens(ctx)
+  named = [t.split('=', 1)[1] for t in tokens if t.startswith('--config=')]
+  overrides = [t for t in tokens if not t.startswith('--config=')]
+  if not named:
+    if default is None:
+      fail(f'--config is missing{missing}')
+    return _overridden(default(), overrides)
+  name = named[-1]
+  if os.path.isfile(name.partition(':')[0]):
+    return _from_file(name, overrides)
+  from xydiff import configs  # pylint: disable=import-outside-toplevel
+  if configs.resolve(name) is None:
+    fail(f'--config={name}: no such file; {configs.unknown(name)}')
+  try:
+    base = configs.get_config(name)
+  except ValueError as e:  # A variant the module does not have.
+    fail(f'--config={name}: {one_line(e)}')
+  return _overridden(base, overrides)
+
+
+def _overridden(config, overrides: list[str]):
+  """`config` with `overrides` applied by ml_collections (locked, as config_flags locks)."""
+  import copy  # pylint: disable=import-outside-toplevel
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
+  config = copy.deepcopy(config)  # config_flags overrides in place; the default stays as it was.
+  argv = ['xydiff', *overrides]
+  values = flags.FlagValues()
+  try:
+    holder = config_flags.DEFINE_config_dict('config', config, flag_values=values,
+                                             lock_config=True, sys_argv=argv)
+    values(argv)
+  except (flags.Error, *OVERRIDE_ERRORS) as e:
+    fail(override_message(overrides, e))
+  return holder.value
+
+
+def _from_file(name: str, overrides: list[str]):
+  """The config file `name` (`FILE[:variant]`, ml_collections' own loader), overridden."""
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
+  argv = ['xydiff', f'--config={name}', *overrides]
+  values = flags.FlagValues()
+  try:
+    holder = config_flags.DEFINE_config_file('config', None, flag_values=values,
+                                             lock_config=True, sys_argv=argv)
+    values(argv)
+  except (flags.Error, *OVERRIDE_ERRORS) as e:
+    text = str(e)
+    if 'Error whilst parsing config file' in text or 'earlier failure to load' in text:
+      last = [line for line in text.splitlines() if line.strip()][-1]  # The file's own error.
+      fail(f'--config={name}: {one_line(last.strip())}')
+    fail(override_message(overrides, e))
+  return holder.value
+
+
+def override_message(overrides: list[str], error: BaseException) -> str:
+  """One line naming the override at fault and what ml_collections said about it."""
+  text = one_line(error)
+  if text.startswith('flag --'):  # absl names the flag itself: `flag --config.x=v: why`.
+    return text[len('flag '):]
+  unknown = re.match(r"'?([\w-]+)'?\s*(.*)", text)
+  field = unknown.group(1) if unknown else ''
+  culprits = [o for o in overrides if field in o.split('=', 1)[0].split('.')[1:]]
+  if field and culprits and isinstance(error, (AttributeError, KeyError)):
+    hint = unknown.group(2)
+    close = re.search(r'Did you mean "([^"]+)"', hint)
+    return (f'{", ".join(culprits)}: the config has no field {field!r}'
+            + (f'; did you mean {close.group(1)!r}?' if close else ''))
+  return f'bad config override ({" ".join(overrides) or "none"}): {text}'
+
+
+def stored_config(workdir: str, what: str = 'a run'):
+  """A function giving the config stored in `workdir`, failing in one line if there is none."""
+  def read():
+    from xydiff import config as config_lib  # pylint: disable=import-outside-toplevel
+    if not os.path.isfile(os.path.join(workdir, config_lib.CONFIG_FILE)):
+      fail(f'--config is missing and {workdir} holds no stored config '
+           f'({config_lib.CONFIG_FILE}); pass --config=NAME or FILE for {what}')
+    try:
+      return config_lib.load(workdir)
+    except FileNotFoundError as e:
+      fail(one_line(e))
+  return read
+
+
+# ------------------------------------------------------------------ logging and progress
+
+class _QuietLibraries:
+  """Drops INFO chatter of orbax and friends (a dozen lines per checkpoint)."""
+
+  _NOISY = ('/orbax/', '/jax/_src/')
+
+  def filter(self, record) -> bool:
+    from absl import logging  # pylint: disable=import-outside-toplevel
+    return record.levelno >= logging.converter.STANDARD_WARNING or not any(
+        part in record.pathname for part in self._NOISY)
+
+
+def start(ctx: click.Context, *, quiet: bool = False, logs: bool = True) -> bool:
+  """Sets up a verb's output: progress bars (unless --quiet, on a terminal) and absl's log.
+
+  `logs`: INFO lines (the research verbs' record); tools log warnings only.
+  Returns whether the run is quiet (the verb's --quiet or xydiff's).
+  """
+  from absl import flags, logging  # pylint: disable=import-outside-toplevel
+  from xydiff import progress  # pylint: disable=import-outside-toplevel
+  quiet = quiet or bool(ctx.find_root().meta.get('xydiff.quiet'))
+  progress.show(not quiet)
+  if not flags.FLAGS.is_parsed():  # absl's own flags at their defaults; no warning line.
+    flags.FLAGS.mark_as_parsed()
+  logging.use_absl_handler()
+  logging.set_verbosity(logging.INFO if logs and not quiet else logging.WARNING)
+  handler = logging.get_absl_handler()
+  for h in (handler, handler.python_handler):  # ABSLHandler delegates to its python_handler.
+    if not any(isinstance(f, _QuietLibraries) for f in h.filters):
+      h.addFilter(_QuietLibraries())
+  if progress.enabled():  # Log lines print above the bars instead of through them.
+    from tqdm.contrib import DummyTqdmFile  # pylint: disable=import-outside-toplevel
+    handler.python_handler.stream = DummyTqdmFile(progress.stream())
+  return quiet
+
+
+# ------------------------------------------------------------------ click: verbs and help
+
+class Verb(click.Command):
+  """A verb of `xydiff`: click's command with config tokens, examples and full help.
+
+  `config` verbs take `--config` and `--config.FIELD=VALUE` (`config_default`
+  says what --config is when left out); `examples` end the help.
+  """
+
+  def __init__(self, *args, config: bool = False, config_default: str = '',
+               examples: tuple[str, ...] = (), **kwargs):
+    kwargs.setdefault('context_settings', {}).update(CONTEXT)
+    super().__init__(*args, **kwargs)
+    self.takes_config = config
+    self.config_default = config_default
+    self.examples = examples
+
+  def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+    if self.takes_config:
+      ctx.meta[_CONFIG_TOKENS], args = split_config_tokens(args)
+    return super().parse_args(ctx, args)
+
+  def collect_usage_pieces(self, ctx):
+    pieces = super().collect_usage_pieces(ctx)
+    return pieces + (['[--config.FIELD=VALUE ...]'] if self.takes_config else [])
+
+  def format_options(self, ctx, formatter) -> None:
+    rows = []
+    for param in self.get_params(ctx):
+      row = param.get_help_record(ctx)
+      if row is not None and not isinstance(param, click.Argument):
+        rows.append(row)
+    if self.takes_config:
+      rows[:0] = [
+          ('--config NAME|FILE[:VARIANT]',
+           'The config: a packaged config or model name (xydiff.configs, e.g. gopro, demo:'
+           f'diffusion, xydeblur_gopro) or a config file. [default: {self.config_default}]'),
+          ('--config.FIELD=VALUE',
+           'Overrides one field of the config, e.g. --config.train.batch_size=8; repeat for '
+           'more. [default: none]')]
+    with formatter.section('Options'):
+      formatter.write_dl(rows)
+
+  def format_epilog(self, ctx, formatter) -> None:
+    if self.examples:
+      with formatter.section('Examples'):
+        for example in self.examples:  # As typed: not rewrapped.
+          formatter.write(f'{"":>{formatter.current_indent}}{example}\n')
+    super().format_epilog(ctx, formatter)
+
+
+def verb(name: str, short_help: str, **kwargs):
+  """@verb(...): a function as an `xydiff` verb (class Verb), added to VERBS in order."""
+  def register(fn):
+    command = click.command(name, cls=Verb, short_help=short_help, **kwargs)(fn)
+    VERBS.append(command)
+    return command
+  return register
+
+
+# Every verb, in the order `xydiff --help` lists them (filled by the modules that define them).
+VERBS: list[click.Command] = []
+
+# Dashes and underscores are one: `--max_bytes` is `--max-bytes` (click normalizes the
+# names it matches). Help is wide enough for the sentences; defaults show.
+CONTEXT = dict(token_normalize_func=lambda name: name.replace('_', '-'),
+               help_option_names=['-h', '--help'], max_content_width=100, show_default=True)
+
+
+def quiet_option(fn):
+  return click.option('-q', '--quiet', is_flag=True, default=False, show_default='off',
+                      help='No progress bars or informational lines; errors and warnings '
+                      'still print. Bars show only on a terminal anyway.')(fn)
+
+
+def workdir_option(help_text: str, *, required: bool = True, **kwargs):
+  return click.option('--workdir', metavar='DIR', required=required, help=help_text,
+                      **kwargs)
+
+
+def multiprocess_options(fn):
+  """--coordinator-address, --num-processes, --process-id: one process of several."""
+  for option in reversed((
+      click.option('--coordinator-address', metavar='HOST:PORT', show_default='none',
+                   help='Multi-process runs: host:port of process 0. On TPU pods and under '
+                   'SLURM leave it out: the platform supplies it.'),
+      click.option('--num-processes', type=click.IntRange(min=1), metavar='N',
+                   show_default='none', help='Multi-process runs: how many processes take part.'),
+      click.option('--process-id', type=click.IntRange(min=0), metavar='N', show_default='none',
+                   help='Multi-process runs: this process, from 0.'))):
+    fn = option(fn)
+  return fn
+
+
+def initialize_processes(coordinator_address, num_processes, process_id) -> None:
+  """Joins a multi-process run (xydiff.runs.distributed), a bad combination in one line."""
+  from xydiff.runs import distributed  # pylint: disable=import-outside-toplevel
+  try:
+    distributed.initialize(coordinator_address, num_processes, process_id)
+  except ValueError as e:
+    fail(one_line(e))
+
+
+def usage_message(error: click.UsageError) -> str:
+  """A click usage error as one line that says where help is."""
+  where = error.ctx.command_path if error.ctx is not None else 'xydiff'
+  if isinstance(error, click.NoSuchOption):
+    close = error.possibilities or []  # click's own close matches (difflib).
+    hint = f'; did you mean {" or ".join(close)}?' if close else ''
+    return f'{where}: no such flag {error.option_name}{hint} ({where} --help lists them)'
+  return f'{where}: {one_line(error.format_message())} ({where} --help)'

@@ -1,26 +1,23 @@
-"""What a model costs: parameters, GMACs at 1280x720, XLA FLOPs, training-step memory.
-
-  python -m xydiff.cli.summary --config=gopro [--config.model.predictor.decoders=4]
-  xydiff summary --all          # one JSON line per registered model x variant
+"""`xydiff summary`: what a model costs: parameters, GMACs at 1280x720, XLA FLOPs, memory.
 
 For one config it prints one JSON object: `params`; `gmacs_720p`, the
 multiply-accumulates of convolutions and dense layers on one 1280x720 image,
-the convention of the field's tables (xydiff.complexity; diffusion models:
-g plus one denoiser step); `xla_gflops_720p`, XLA's own FLOP count of the
-compiled forward pass; and `train_step_memory_gb`, the compiled peak memory
-of one training step at 256x256 with the config's batch, on this backend.
-`--all` prints `model`, `variant` (baseline, xy, unet2d, decoders4, channel,
-layer), `params` and `gmacs_720p` for every registered model; nothing is
-compiled or run.
+the convention of the field's tables (xydiff.models.complexity; diffusion
+models: g plus one denoiser step); `xla_gflops_720p`, XLA's own FLOP count of
+the compiled forward pass; and `train_step_memory_gb`, the compiled peak
+memory of one training step at 256x256 with the config's batch, on this
+backend. `--all` prints `model`, `variant` (baseline, xy, unet2d, decoders4,
+channel, layer), `params` and `gmacs_720p` for every named model, one JSON
+line each as it goes (a bar over the models on stderr); nothing is compiled.
 """
 
 from __future__ import annotations
 
 import json
-import sys
 
-from xydiff.cli import common as cli
+import click
 
+from xydiff.cli import common
 
 # The summary's variants of each model, as XYDeblur's Table 2 and Figures 3/5 use them:
 # (decoders, share) of the family's XY section, and the packaged config's own
@@ -52,44 +49,48 @@ def variant_configs(name: str) -> dict:
   return out
 
 
-def main() -> None:
-  from absl import flags  # pylint: disable=import-outside-toplevel
-  from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
-  from xydiff import config as config_lib  # pylint: disable=import-outside-toplevel
-  from xydiff import configs  # pylint: disable=import-outside-toplevel
+@common.verb(
+    'summary', 'Print what a model costs: parameters, GMACs, FLOPs, memory.',
+    config=True, config_default='base (XYDeblur)',
+    examples=('xydiff summary --config=gopro',
+              'xydiff summary --config=dvsr_gopro --config.model.predictor.decoders=4',
+              'xydiff summary --all > costs.jsonl'))
+@click.option('--all', 'every', is_flag=True, show_default='off',
+              help='Every named model x its variants, one JSON line each (params, GMACs); '
+              'nothing is compiled.')
+@common.quiet_option
+@click.pass_context
+def summary(ctx, every, quiet):
+  """Prints one JSON object of the config's model: parameters, GMACs on a 1280x720 image,
+  XLA's FLOP count of the compiled forward pass and the peak memory of one training step.
+  """
+  common.start(ctx, quiet=quiet, logs=False)
+  from xydiff import progress  # pylint: disable=import-outside-toplevel
   from xydiff.models import complexity  # pylint: disable=import-outside-toplevel
-  from xydiff.train import step as step_lib  # pylint: disable=import-outside-toplevel
-
-  try:
-    config_flag = config_flags.DEFINE_config_file(
-        'config', cli.packaged_config('base'), 'Config to summarise (file or packaged '
-        'name).', lock_config=True)
-  except cli.OVERRIDE_ERRORS as e:
-    cli.fail_on_override(sys.argv, e)
-  all_flag = flags.DEFINE_bool('all', False, 'Every registered model x variant, one JSON line '
-                               'each (params, GMACs).')
-
-  def run(argv):
-    if len(argv) != 1:
-      cli.fail(f'unexpected arguments: {" ".join(argv[1:])}')
-    if all_flag.value:
+  if every:
+    if common.config_tokens(ctx):
+      common.fail('--all summarises every named model: leave out --config')
+    from xydiff import configs  # pylint: disable=import-outside-toplevel
+    with progress.task('summary', total=len(configs.NAMES), unit='model') as bar:
       for model in configs.NAMES:
+        bar.describe(model)
         for kind, config in variant_configs(model).items():
           print(json.dumps({'model': model, 'variant': kind,
                             'params': complexity.count_params(config.model),
                             'gmacs_720p': round(complexity.gmacs(config.model), 2)}), flush=True)
-      return
-    config = config_flag.value
-    config_lib.check(config)
-    print(json.dumps({
-        'model': config.model.name, 'params': complexity.count_params(config.model),
-        'gmacs_720p': round(complexity.gmacs(config.model), 2),
-        'xla_gflops_720p': complexity.xla_gflops(config.model),
-        'train_step_memory_gb': step_lib.compiled_memory_gb(config),
-        'batch_size': config.train.batch_size}))
-
-  cli.run_tool(run)
-
-
-if __name__ == '__main__':
-  main()
+        bar.update()
+    return
+  from xydiff import config as config_lib, configs  # pylint: disable=import-outside-toplevel
+  from xydiff.train import step as step_lib  # pylint: disable=import-outside-toplevel
+  config = common.load_config(ctx, lambda: configs.get_config('base'))
+  config_lib.check(config)
+  with progress.stage('summary: counting parameters and GMACs'):
+    params, gmacs = complexity.count_params(config.model), complexity.gmacs(config.model)
+  with progress.stage('summary: compiling the forward pass at 1280x720 (XLA FLOPs)'):
+    flops = complexity.xla_gflops(config.model)
+  with progress.stage('summary: compiling one training step (its memory)'):
+    memory = step_lib.compiled_memory_gb(config)
+  print(json.dumps({
+      'model': config.model.name, 'params': params, 'gmacs_720p': round(gmacs, 2),
+      'xla_gflops_720p': flops, 'train_step_memory_gb': memory,
+      'batch_size': config.train.batch_size}))

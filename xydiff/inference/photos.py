@@ -1,15 +1,15 @@
-"""--mode=deblur: restores a user's own photos with a trained, imported or fetched model.
+"""`xydiff deblur`: restores a user's own photos with a trained, imported or fetched model.
 
-  python launch.py --workdir=DIR --mode=deblur --input=photos/ --output=restored/ \
-      [--checkpoint=DIR/checkpoints/STEP] [--config.deblur.tile=1024 ...]
+  xydiff deblur photos/ more.jpg -o restored/ --workdir=DIR [--step=N] [--tile=1024 ...]
+  xydiff deblur photo.jpg -o restored/ --model=xydeblur_gopro
 
-The workdir's stored config is used (`--config` may be given, differing from
-it in inference fields only); the work is done by `inference.Restorer`, the
-same object Python users call.
+The work is done by `inference.Restorer`, the same object Python users
+call; `restore_files` runs it over files, `run` builds it from a workdir.
 
-`--input` is an image file, a folder (its .png/.jpg/.jpeg files, not
-recursive) or a glob. Each image is written to `--output` as `<stem>.png` in
-the format it came in:
+Each input is an image file, a folder (its .png/.jpg/.jpeg files, not
+recursive) or a glob. Each image is written to the output folder as
+`<stem>_deblurred.png` (`suffix` chooses what follows the stem, the empty
+one included) in the format it came in:
 
 - Bit depth: an 8-bit input gives an 8-bit PNG, a 16-bit PNG a 16-bit PNG.
 - Grayscale: the networks are trained on RGB, so the grey image is restored
@@ -18,47 +18,62 @@ the format it came in:
 - Alpha (RGBA, grey + alpha): the colour is restored and the alpha channel is
   copied unchanged; deblurring a matte would invent edges the user never drew.
 
+Nothing is overwritten unasked: outputs that exist already are refused in
+one line listing them, unless `existing` is 'overwrite' (--overwrite) or
+'skip' (--skip-existing: only the inputs without outputs are restored). An
+input is never overwritten, however it is reached (a symlinked folder, a
+hard link), and two inputs that would write the same output are refused.
+
 Photos are turned upright by their EXIF orientation first (every format), as
 a viewer shows them. Images of any size go through: the networks reflect-pad
 H and W to their size multiple and crop back, so an image that is a multiple
 already is restored exactly as the network computes it. Each new size
 compiles the network once; JAX's persistent compilation cache (in the user's
 cache folder, `compilation_cache`) keeps those compiles for later runs.
-Opt-in `config.deblur.size_bucket` > 0 pads untiled images further, up to a
-multiple of it, so photos of nearby sizes share one compiled shape (outputs
-then differ near the bottom and right edges). An image larger than `config.deblur.tile`
-on either side is restored in overlapping tiles (`config.deblur.tile_overlap`)
-blended with raised-cosine ramps, so memory stays bounded and no seam shows.
-An image too small for the network (e.g. 2x2 for XYDeblur) is reported as a
-failed file with the network's minimum size; upscaling it would restore an
-image the user never took.
+Opt-in `config.inference.size_bucket` > 0 pads untiled images further, up to
+a multiple of it, so photos of nearby sizes share one compiled shape
+(outputs then differ near the bottom and right edges). An image larger than
+the tile size (`config.inference.tile`, --tile) on either side is restored
+in overlapping tiles blended with raised-cosine ramps, so memory stays
+bounded and no seam shows. An image too small for the network (e.g. 2x2 for
+XYDeblur) is reported as a failed file with the network's minimum size;
+upscaling it would restore an image the user never took.
 
-Diffusion models (models.is_diffusion, e.g. 'dvsr') sample with the preset
-`config.deblur.preset`, average `config.deblur.num_samples` samples (0: the
-preset's own count) and also write `<stem>_std.png`, the per-pixel standard
-deviation over the samples (mean over RGB), scaled to its own maximum so the
-uncertain regions are visible; the maximum is logged for each image. A tiled
-image draws independent noise in each tile, so its overlaps blend two samples.
+Diffusion models (e.g. 'dvsr') sample with the preset (--preset, default
+`config.inference.preset`), average its samples (--samples) and also write
+`<stem><suffix>_std.png`, the per-pixel standard deviation over the samples
+(mean over RGB), scaled to its own maximum so the uncertain regions are
+visible; the maximum is logged for each image. A tiled image draws
+independent noise in each tile, so its overlaps blend two samples.
 
-A file that cannot be read or written is reported on stderr and the others go
-on; `run` then returns 1, so scripts can tell that something was skipped.
+Progress shows on a terminal (xydiff.progress): a bar over the images, and
+one over the tiles of a tiled image. A file that cannot be read or written
+is reported on stderr and the others go on; the run then exits 1, so
+scripts can tell that something was skipped.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import os
-import sys
 import time
+from collections.abc import Sequence
 
 import jax
 import numpy as np
 from absl import logging
 
-from xydiff import images
+from xydiff import images, progress
 from xydiff.interop import download
 from xydiff.inference import restorer as inference
 from xydiff.errors import DataError, ImageReadError
+
+# What follows an input's stem in its output's name, as the page names them too.
+DEFAULT_SUFFIX = '_deblurred'
+# What to do with outputs that exist already: refuse the run, overwrite them, or skip
+# their inputs.
+EXISTING = ('refuse', 'overwrite', 'skip')
 
 
 class _FileFailed(Exception):
@@ -67,59 +82,108 @@ class _FileFailed(Exception):
 
 # ------------------------------------------------------------------ inputs
 
-def list_inputs(pattern: str) -> list[str]:
-  """The files `--input` names: one file, a folder's images (not recursive), or a glob's."""
+def list_inputs(inputs: str | Sequence[str]) -> list[str]:
+  """The files `inputs` name, in order: each a file, a folder's images (not recursive) or
+  a glob's. A file named twice is restored once."""
   is_image = lambda p: os.path.isfile(p) and p.lower().endswith(images.IMAGE_EXTENSIONS)
   kinds = '/'.join(images.IMAGE_EXTENSIONS)
-  if os.path.isdir(pattern):
-    files = sorted(p for p in (os.path.join(pattern, n) for n in os.listdir(pattern))
-                   if is_image(p))
-    if not files:
-      raise FileNotFoundError(f'--input {pattern} is a folder without {kinds} images')
-    return files
-  if os.path.isfile(pattern):
-    return [pattern]
-  if any(c in pattern for c in '*?['):
-    files = sorted(p for p in glob.glob(pattern) if is_image(p))
-    if not files:
-      raise FileNotFoundError(f'--input {pattern} matches no {kinds} images')
-    return files
-  raise FileNotFoundError(f'--input {pattern} does not exist')
+  found = []
+  for pattern in [inputs] if isinstance(inputs, str) else inputs:
+    if os.path.isdir(pattern):
+      files = sorted(p for p in (os.path.join(pattern, n) for n in os.listdir(pattern))
+                     if is_image(p))
+      if not files:
+        raise FileNotFoundError(f'input {pattern} is a folder without {kinds} images')
+    elif os.path.isfile(pattern):
+      files = [pattern]
+    elif any(c in pattern for c in '*?['):
+      files = sorted(p for p in glob.glob(pattern) if is_image(p))
+      if not files:
+        raise FileNotFoundError(f'input {pattern} matches no {kinds} images')
+    else:
+      raise FileNotFoundError(f'input {pattern} does not exist')
+    found += files
+  if not found:
+    raise FileNotFoundError('no input given: name image files, folders or globs')
+  unique = {os.path.abspath(p): p for p in reversed(found)}  # The first spelling of each.
+  return [p for p in found if unique.get(os.path.abspath(p)) is p]
 
 
-def output_paths(files: list[str], output: str, *, std_maps: bool = False) -> list[str]:
-  """`<output>/<stem>.png` for each input; refuses names that would collide or overwrite.
+def output_name(path: str, suffix: str = DEFAULT_SUFFIX) -> str:
+  """`<stem><suffix>.png`: what the input `path` is written as."""
+  return f'{os.path.splitext(os.path.basename(path))[0]}{suffix}.png'
 
-  With `std_maps` the `<stem>_std.png` beside each output counts too, so an
-  input named `a_std.png` cannot be overwritten by the std map of `a.png`.
+
+def std_name(out_path: str) -> str:
+  """The std map written beside an output: `<output stem>_std.png`."""
+  return f'{os.path.splitext(out_path)[0]}_std.png'
+
+
+def _identity(path: str):
+  """(device, inode) of an existing file, or None: a file however reached (symlinked
+  folders, hard links, bind mounts) is compared by what it is, not by its path."""
+  try:
+    st = os.stat(path)
+  except OSError:
+    return None
+  return st.st_dev, st.st_ino
+
+
+@dataclasses.dataclass
+class Plan:
+  """What a run writes: (input, output) pairs to restore, and the inputs skipped."""
+  todo: list[tuple[int, str, str]]  # (index among the inputs, input path, output path)
+  skipped: list[str]
+
+
+def plan_outputs(files: list[str], output: str, *, suffix: str = DEFAULT_SUFFIX,
+                 std_maps: bool = False, existing: str = 'refuse') -> Plan:
+  """Where each input goes in the folder `output`; refuses what would lose a file.
+
+  Refused in one line (DataError): `output` being a file; an output (or, with
+  `std_maps`, the std map beside it) that is one of the inputs; two inputs
+  whose outputs share a name; and with existing='refuse', outputs that exist
+  already (all of them listed). existing='skip' leaves out the inputs whose
+  output exists; 'overwrite' replaces them.
   """
+  if existing not in EXISTING:
+    raise ValueError(f'existing={existing!r}: must be one of {EXISTING}')
+  if os.sep in suffix or (os.altsep and os.altsep in suffix):
+    raise DataError(f'--suffix={suffix}: must not hold a path separator')
   if os.path.exists(output) and not os.path.isdir(output):
     raise DataError(f'--output {output} is a file; it must be a folder')
-  paths, by_stem = [], {}
-  for path in files:
-    stem = os.path.splitext(os.path.basename(path))[0]
-    by_stem.setdefault(stem, []).append(path)
-    if std_maps:
-      by_stem.setdefault(f'{stem}_std', []).append(f'{path} (its std map)')
-    paths.append(os.path.join(output, f'{stem}.png'))
-    if _same_file(paths[-1], path):
-      raise DataError(f'--output {output} would overwrite the input {path}; '
-                      'choose another output folder')
-  clashes = {s: p for s, p in by_stem.items() if len(p) > 1}
+  inputs = {identity: p for p in files if (identity := _identity(p)) is not None}
+  plan, written_by, present = Plan([], []), {}, []
+  for index, path in enumerate(files):
+    out_path = os.path.join(output, output_name(path, suffix))
+    writes = [out_path, std_name(out_path)] if std_maps else [out_path]
+    for written in writes:
+      name = os.path.basename(written)
+      written_by.setdefault(name, []).append(
+          path if written == out_path else f'{path} (its std map)')
+      same = inputs.get(_identity(written) or ())
+      if same is not None:
+        whose = '' if same == path else f' with the result of {path}'
+        raise DataError(f'--output {output} would overwrite the input {same}{whose}; choose '
+                        'another output folder or --suffix')
+    if os.path.exists(out_path):
+      if existing == 'skip':
+        plan.skipped.append(path)
+        continue
+      present += [w for w in writes if os.path.exists(w)]
+    elif std_maps and os.path.exists(writes[1]):
+      present.append(writes[1])
+    plan.todo.append((index, path, out_path))
+  clashes = [sources for sources in written_by.values() if len(sources) > 1]
   if clashes:
-    names = '; '.join(', '.join(p) for p in clashes.values())
-    raise DataError(f'--input has images that share a name and would be written to the same '
-                    f'output: {names}')
-  return paths
-
-
-def _same_file(a: str, b: str) -> bool:
-  """Whether writing `a` would overwrite `b`: the same file however reached (symlinked
-  folders, hard links, bind mounts), compared by device and inode, not by path."""
-  try:
-    return os.path.samefile(a, b)
-  except OSError:  # `a` does not exist yet: writing it overwrites nothing.
-    return False
+    names = '; '.join(', '.join(sources) for sources in clashes)
+    raise DataError(f'inputs that share a name would be written to the same output: {names}; '
+                    'rename them or restore them into separate folders')
+  if present and existing == 'refuse':
+    raise DataError(f'{len(present)} output{"s" * (len(present) > 1)} exist already: '
+                    f'{", ".join(present)}; pass --overwrite to replace them or '
+                    '--skip-existing to restore only the other inputs')
+  return plan
 
 
 def compilation_cache() -> str:
@@ -135,23 +199,12 @@ def compilation_cache() -> str:
   return jax.config.jax_compilation_cache_dir
 
 
-def resolve_checkpoint(workdir: str, checkpoint: str | None) -> tuple[str, int | None]:
-  """(workdir, step) to restore: the workdir's latest, or the `--checkpoint` folder given."""
-  if checkpoint is None:
-    if not os.path.isdir(os.path.join(workdir, 'checkpoints')):
-      raise FileNotFoundError(
-          f'no checkpoint in {workdir}: train there, fetch official weights '
-          '(python -m xydiff.cli.fetch_weights xydeblur_gopro --workdir=DIR), or pass '
-          '--checkpoint')
-    return workdir, None
-  path = os.path.abspath(checkpoint)
-  if not os.path.isdir(path):
-    raise FileNotFoundError(f'--checkpoint {checkpoint} does not exist')
-  step, parent = os.path.basename(path), os.path.dirname(path)
-  if not step.isdigit() or os.path.basename(parent) != 'checkpoints':
-    raise FileNotFoundError(f'--checkpoint {checkpoint} is not a checkpoint folder '
-                            '<workdir>/checkpoints/<step>')
-  return os.path.dirname(parent), int(step)
+def check_workdir(workdir: str) -> None:
+  """Raises FileNotFoundError, saying what to do, unless `workdir` holds checkpoints."""
+  if not os.path.isdir(os.path.join(workdir, 'checkpoints')):
+    raise FileNotFoundError(
+        f'no checkpoint in {workdir}: train there, fetch or import weights into it '
+        '(xydiff fetch xydeblur_gopro --workdir=DIR), or deblur with --model=NAME')
 
 
 # ------------------------------------------------------------------ run
@@ -183,52 +236,84 @@ def _restore_file(path: str, out_path: str, restore) -> dict:
     if 'std' in out:
       std = out['std'].mean(axis=-1, keepdims=True)
       info['std_max'] = float(std.max())
-      std_path = f'{os.path.splitext(out_path)[0]}_std.png'
-      images.write_image(std_path, std / max(info['std_max'], 1e-8), bit_depth=bit_depth)
+      images.write_image(std_name(out_path), std / max(info['std_max'], 1e-8),
+                         bit_depth=bit_depth)
   except OSError as e:
     raise _FileFailed(f'cannot write {out_path}: {e}') from None
   return info
 
 
-def run(config, workdir: str, input: str, output: str,  # pylint: disable=redefined-builtin
-        checkpoint: str | None = None, *, config_from_user: bool | None = None) -> int:
-  """Restores every image `input` names into the folder `output`; returns the exit status.
+@dataclasses.dataclass
+class Report:
+  """What a run did: outputs written, inputs that failed (each printed) and inputs skipped."""
+  written: list[str]
+  failed: int
+  skipped: int
 
-  `config` may be None: the workdir's stored config is used (inference.Restorer).
-  0 when every image was restored, 1 when any failed (each failure is printed
-  on stderr as it happens, and the remaining images are still restored).
-  Problems that concern the whole run (no such input, no checkpoint, a bad
-  config.deblur field) raise one of xydiff.errors.USER_ERRORS before any work.
+  @property
+  def status(self) -> int:
+    """The exit status: 1 when any input failed."""
+    return 1 if self.failed else 0
+
+
+def restore_files(restorer, inputs, output: str, *, suffix: str = DEFAULT_SUFFIX,
+                  existing: str = 'refuse', preset: str | None = None,
+                  steps: int | None = None, samples: int | None = None,
+                  sampler: str | None = None, seed: int | None = None,
+                  tile: int | None = None, ensemble: int | None = None) -> Report:
+  """Restores every image `inputs` name into the folder `output` with `restorer`.
+
+  The settings are Restorer.restore's (None: the config's). Image n of the
+  inputs draws its noise from fold_in(key(seed), n), whether or not others
+  are skipped. Each failure is printed on stderr as it happens and the other
+  images are still restored. Problems that concern the whole run (no such
+  input, a bad setting, outputs in the way) raise one of
+  xydiff.errors.USER_ERRORS before any work.
   """
-  from tqdm import tqdm  # pylint: disable=import-outside-toplevel
-
-  files = list_inputs(input)
-  ckpt_workdir, step = resolve_checkpoint(workdir, checkpoint)
+  files = list_inputs(inputs)
+  sampling = dict(preset=preset, steps=steps, samples=samples, sampler=sampler)
+  restorer.settings(**sampling)  # A bad setting is named before any image is read.
+  restorer.tiling(tile)
+  plan = plan_outputs(files, output, suffix=suffix, std_maps=restorer.samples(**sampling),
+                      existing=existing)
   compilation_cache()
-  restorer = inference.Restorer.from_workdir(ckpt_workdir, step=step, config=config,
-                                             config_from_user=config_from_user)
-  out_paths = output_paths(files, output, std_maps=restorer.samples())
   os.makedirs(output, exist_ok=True)
-  logging.info('deblur: %d images with the step-%d %s model (%s) into %s', len(files),
+  logging.info('deblur: %d images with the step-%d %s model (%s) into %s', len(plan.todo),
                restorer.step, restorer.config.model.name,
-               restorer.family.describe(restorer.settings()), output)
-
-  base_key = jax.random.key(restorer.config.seed)
-  failed = 0
-  bar = tqdm(zip(files, out_paths), total=len(files), desc='deblur', unit='image',
-             file=sys.stderr, disable=None)
-  for index, (path, out_path) in enumerate(bar):
-    start = time.time()
-    key = jax.random.fold_in(base_key, index)
-    try:
-      info = _restore_file(path, out_path, lambda image: restorer.restore(image, key=key))
-    except _FileFailed as e:
-      failed += 1
-      tqdm.write(f'error: {e}', file=sys.stderr)
-      continue
-    if bar.disable:  # No terminal for a progress bar: one log line per image instead.
+               restorer.family.describe(restorer.settings(**sampling)), output)
+  base_key = jax.random.key(restorer.config.seed if seed is None else seed)
+  report = Report([], 0, len(plan.skipped))
+  with progress.task('deblur', total=len(plan.todo), unit='image') as bar:
+    for index, path, out_path in plan.todo:
+      bar.describe(os.path.basename(path))
+      start = time.time()
+      key = jax.random.fold_in(base_key, index)
+      restore = lambda image: restorer.restore(  # pylint: disable=cell-var-from-loop
+          image, key=key, tile=tile, ensemble=ensemble,
+          on_tile=lambda done, total: bar.substep(done, total, 'tile'), **sampling)
+      try:
+        info = _restore_file(path, out_path, restore)
+      except _FileFailed as e:
+        report.failed += 1
+        progress.write(f'error: {e}')
+        bar.update()
+        continue
+      report.written.append(out_path)
+      bar.update()
       extra = f", std max {info['std_max']:.4f}" if 'std_max' in info else ''
       logging.info('%s -> %s (%.1f s%s)', path, out_path, time.time() - start, extra)
-  bar.close()
-  logging.info('deblur: restored %d of %d images into %s', len(files) - failed, len(files), output)
-  return 1 if failed else 0
+  return report
+
+
+def run(config, workdir: str, inputs, output: str, *, step: int | None = None,
+        config_from_user: bool | None = None, **options) -> int:
+  """Restores `inputs` into `output` with the run in `workdir`; returns the exit status.
+
+  `config` may be None: the workdir's stored config is used. `step`: the
+  checkpoint (default the latest). `options` are restore_files'. 0 when
+  every image was restored, 1 when any failed.
+  """
+  check_workdir(workdir)
+  restorer = inference.Restorer.from_workdir(workdir, step=step, config=config,
+                                             config_from_user=config_from_user)
+  return restore_files(restorer, inputs, output, **options).status
