@@ -240,9 +240,10 @@ def random_fid_inception(pytorch_fid, tmp_path_factory):
 
 def test_features_match_pytorch_fid(random_fid_inception):
   """The saved file, read without torch, gives pytorch-fid's pool3 features."""
+  from xydiff.interop import inception
   from xydiff.metrics import fid
   fid_net, _, path = random_fid_inception
-  params = fid.load_inception(str(path))
+  params = inception.load_inception(str(path))
   images = _images(2, 2, 96, 128)
   with torch.no_grad():
     want = fid_net(torch.from_numpy(images.transpose(0, 3, 1, 2)))[0][:, :, 0, 0].numpy()
@@ -272,35 +273,34 @@ def test_resize_and_input_match_pytorch():
 
 def test_weights_errors_name_the_file(random_fid_inception, tmp_path):
   from xydiff.errors import WeightsError
-  from xydiff.metrics import fid
+  from xydiff.interop import inception
   _, inception3, path = random_fid_inception
   state = {k: v.detach().numpy() for k, v in inception3.state_dict().items()}
   del state['Mixed_6c.branch7x7dbl_3.bn.running_var']
   with pytest.raises(WeightsError, match=r'w\.pth.*Mixed_6c\.branch7x7dbl_3\.bn\.running_var'):
-    fid.inception_params(state, source='w.pth')
+    inception.inception_params(state, source='w.pth')
   state = {k: v.detach().numpy() for k, v in inception3.state_dict().items()}
   state['Mixed_7b.branch3x3_2a.conv.weight'] = state['Mixed_7b.branch3x3_2b.conv.weight']
   with pytest.raises(WeightsError, match=r'Mixed_7b\.branch3x3_2a\.conv\.weight.*shape'):
-    fid.inception_params(state, source='w.pth')
+    inception.inception_params(state, source='w.pth')
   with pytest.raises(WeightsError, match='inception_weights'):
-    fid.load_inception(str(tmp_path / 'missing.pth'))
+    inception.load_inception(str(tmp_path / 'missing.pth'))
   zipped = tmp_path / 'zip.pth'  # The current torch.save format reads the same.
   torch.save(inception3.state_dict(), zipped)
-  want = fid.load_inception(str(path))
-  for name, p in fid.load_inception(str(zipped)).items():
+  want = inception.load_inception(str(path))
+  for name, p in inception.load_inception(str(zipped)).items():
     np.testing.assert_array_equal(p['kernel'], want[name]['kernel'])
     np.testing.assert_array_equal(p['bias'], want[name]['bias'])
   torch.save([1, 2], tmp_path / 'list.pth')
   with pytest.raises(WeightsError, match='list.pth'):
-    fid.load_inception(str(tmp_path / 'list.pth'))
+    inception.load_inception(str(tmp_path / 'list.pth'))
 
 
 def test_fetch_pins_the_whole_hash_and_a_failed_fetch_turns_the_metric_off(monkeypatch,
                                                                           tmp_path):
   from test_torch_pickle import tensor, write_zip
-  from xydiff.interop import download
+  from xydiff.interop import download, inception
   from xydiff.errors import WeightsError
-  from xydiff.metrics import fid
   weights = write_zip(tmp_path / 'w.pth', {'Conv2d_1a_3x3.conv.weight': tensor(
       np.ones((2, 2), np.float32), '0')})
   calls = []
@@ -310,25 +310,25 @@ def test_fetch_pins_the_whole_hash_and_a_failed_fetch_turns_the_metric_off(monke
     return str(weights)
 
   monkeypatch.setattr(download, 'fetch', fake_fetch)
-  monkeypatch.setattr(fid, 'inception_params', lambda state, source: {'keys': sorted(state),
+  monkeypatch.setattr(inception, 'inception_params', lambda state, source: {'keys': sorted(state),
                                                                        'source': source})
-  params, note = fid.load_inception_or_note(None, cache=str(tmp_path))
+  params, note = inception.load_inception_or_note(None, cache=str(tmp_path))
   assert note is None and params == {'keys': ['Conv2d_1a_3x3.conv.weight'], 'source': str(weights)}
-  assert calls == [(fid.INCEPTION_URL, 'pt_inception-2015-12-05-6726825d.pth',
-                    {'sha256': fid.INCEPTION_SHA256, 'max_bytes': fid.INCEPTION_BYTES,
+  assert calls == [(inception.INCEPTION_URL, 'pt_inception-2015-12-05-6726825d.pth',
+                    {'sha256': inception.INCEPTION_SHA256, 'max_bytes': inception.INCEPTION_BYTES,
                      'cache': str(tmp_path)})]
-  assert fid.INCEPTION_URL.endswith('/' + calls[0][1])
-  assert len(fid.INCEPTION_SHA256) == 64  # The whole digest, not the name's 8 hex digits.
+  assert inception.INCEPTION_URL.endswith('/' + calls[0][1])
+  assert len(inception.INCEPTION_SHA256) == 64  # The whole digest, not the name's 8 hex digits.
 
   def offline(url, filename, **kwargs):
     raise WeightsError(f'{url}: network unreachable')
 
   monkeypatch.setattr(download, 'fetch', offline)
-  params, note = fid.load_inception_or_note('')
+  params, note = inception.load_inception_or_note('')
   assert params is None
   assert '\n' not in note and 'FID/KID off' in note and 'config.eval.inception_weights' in note
   with pytest.raises(WeightsError):  # A file the user names must load.
-    fid.load_inception_or_note(str(tmp_path / 'missing.pth'))
+    inception.load_inception_or_note(str(tmp_path / 'missing.pth'))
 
 
 def _features(seed, n, d, shift=0.0):
