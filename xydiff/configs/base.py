@@ -127,6 +127,9 @@ def get_config(model: str = 'xydeblur') -> ml_collections.ConfigDict:
   # Test-time ensemble: 1 (off) or 8, the x8 self-ensemble of KAIR and MAXIM
   # (each flip x rot90 restored, turned back and averaged): 8x the compute.
   inference.ensemble = 1
+  # Images with more pixels than this (millions) are refused, from the file's
+  # header or the array's shape, before any decoding or work; 0: no limit.
+  inference.max_megapixels = 50.0
 
   # The family's fields of other sections (DvSR: sampling presets, the sweep).
   for section, fields in family.settings_defaults().items():

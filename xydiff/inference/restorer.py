@@ -14,7 +14,6 @@ host or many.
 
 from __future__ import annotations
 
-import collections
 import os
 
 import jax
@@ -24,7 +23,7 @@ from flax import nnx
 
 from xydiff import config as config_lib
 from xydiff import images, models
-from xydiff.errors import ConfigError, ImageValueError
+from xydiff.errors import ConfigError, ImageValueError, NonFiniteOutputError
 from xydiff.inference import ensemble as ensemble_lib, tiles
 from xydiff.runs import checkpoint
 
@@ -45,6 +44,10 @@ def restore_fn(config, graphdef, settings):
 def validate(inference) -> None:
   """Checks config.inference's shared fields (a family's own: its validate_settings)."""
   ensemble_lib.check_ensemble(inference.ensemble, 'config.inference.ensemble')
+  limit = inference.get('max_megapixels', images.DEFAULT_MAX_MEGAPIXELS)
+  if isinstance(limit, bool) or not (isinstance(limit, (int, float)) and limit >= 0):
+    raise ConfigError(f'config.inference.max_megapixels={limit!r}: must be a number >= 0 '
+                      '(0: no limit)')
   for field, note in (('tile', ' (0: never tile)'), ('tile_overlap', ''),
                       ('size_bucket', ' (0: no buckets)')):
     value = inference[field]
@@ -64,9 +67,10 @@ class Restorer:
   self-ensemble around all of it.
   """
 
-  # Compiled restore functions kept (one per setting: preset, steps, samples,
-  # tiled or not); the least recently used is dropped beyond this.
-  MAX_COMPILED_SETTINGS = 8
+  # JAX keeps an executable and the traces of every inner function for each input
+  # shape, for good (about 7 MB a shape even for a tiny model): a folder of photos of
+  # many sizes would otherwise keep them all. Counted over every setting's function.
+  MAX_COMPILED_SHAPES = 8
 
   def __init__(self, config, graphdef, params, step: int, *, source: str = ''):
     config_lib.check(config)
@@ -79,7 +83,12 @@ class Restorer:
     self.align = models.size_multiple(config.model)
     self.graphdef = graphdef
     self._tiled_graphdef = self._tile_safe_graphdef()
-    self._compiled = collections.OrderedDict()
+    self._compiled = {}  # (settings, tiled) -> the jitted restore.
+    self._shapes = set()  # (settings, tiled, input shape) compiled since the last clear.
+    # Stored configs of runs older than the field have none: the default, as a new run has.
+    self.pixel_limit = images.PixelLimit(
+        config.inference.get('max_megapixels', images.DEFAULT_MAX_MEGAPIXELS),
+        'config.inference.max_megapixels')
 
   def _tile_safe_graphdef(self):
     """The graph tiles run: the model's own, or its family's tile-safe form of the weights."""
@@ -133,16 +142,31 @@ class Restorer:
                                 sampler=sampler)
 
   def function(self, settings, *, tiled: bool = False):
-    """The compiled restore of `settings` (tiled: the tile-safe graph), kept in an LRU."""
+    """The restore of `settings` (tiled: the tile-safe graph), clearing every compiled
+    shape when it meets one beyond MAX_COMPILED_SHAPES.
+
+    JAX cannot drop one shape, and `fn.clear_cache()` keeps the traces of the
+    functions it calls (a third of the memory, measured): jax.clear_caches.
+    """
     key = (settings, tiled)
-    if key in self._compiled:
-      self._compiled.move_to_end(key)
-      return self._compiled[key]
-    fn = restore_fn(self.config, self._tiled_graphdef if tiled else self.graphdef, settings)
-    self._compiled[key] = fn
-    while len(self._compiled) > self.MAX_COMPILED_SETTINGS:
-      self._compiled.popitem(last=False)
-    return fn
+    if key not in self._compiled:
+      self._compiled[key] = restore_fn(
+          self.config, self._tiled_graphdef if tiled else self.graphdef, settings)
+    fn = self._compiled[key]
+
+    def call(params, blur, rng):
+      shape = key + (tuple(blur.shape),)
+      if shape not in self._shapes and len(self._shapes) >= self.MAX_COMPILED_SHAPES:
+        self.clear_compiled()
+      self._shapes.add(shape)
+      return fn(params, blur, rng)
+    return call
+
+  def clear_compiled(self) -> None:
+    """Frees every compiled shape (jax.clear_caches: the process's other jitted functions'
+    too); a later restore compiles again."""
+    jax.clear_caches()
+    self._shapes.clear()
 
   def samples(self, **overrides) -> bool:
     """Whether restoring with these settings draws samples (and so returns 'std')."""
@@ -192,12 +216,20 @@ class Restorer:
     Returns:
       {'image': float32, the input's layout (HxW for grey, NxHxWx3 for a
       batch)}; diffusion models add 'samples' ([S, ...] per image) and 'std'.
-      Values are the network's, not clipped (a sharpened edge overshoots
-      [0, 1] a little); saving (images.write_image) clips.
+      Values are the network's, not clipped: within [0, 1] almost
+      everywhere, but a network that sharpens overshoots at strong edges
+      (real photos: about -0.4 to 1.5). They are what the evaluator scores
+      and `xydiff export`'s functions compute; images.write_image clips when
+      saving, and np.clip(out['image'], 0, 1) does for display.
 
     Raises:
-      ImageValueError (one line) for an array that is not an image xydiff
-      can restore; ConfigError for a setting the model does not have.
+      ImageValueError (one line, before any work) for an array that is not
+      an image xydiff can restore: another dtype or shape, NaN or infinite
+      values, floats outside [0, 1], an empty image or one below the
+      network's minimum size, and (its subclass ImageTooLargeError) more
+      pixels than config.inference.max_megapixels. NonFiniteOutputError for
+      an output holding NaN or infinity. ConfigError for a setting the model
+      does not have.
     """
     if isinstance(image, (str, os.PathLike)):
       image = images.read_image(os.fspath(image))
@@ -215,6 +247,13 @@ class Restorer:
     if array.ndim != 3 or array.shape[-1] != 3:
       raise ImageValueError(f'restore takes an HxW or HxWx3 image or an NxHxWx3 batch, got '
                             f'shape {tuple(np.shape(image))}')
+    height, width = array.shape[:2]
+    self.pixel_limit.check('the image', width, height)
+    # restore_image reflect-pads to a multiple of `align`, which needs more than half of it.
+    minimum = self.align // 2 + 1
+    if height < minimum or width < minimum:
+      raise ImageValueError(f'image of {width}x{height} pixels is too small: '
+                            f'{self.config.model.name} needs at least {minimum}x{minimum}')
     rgb = images.to_unit_float(array)  # uint8, uint16 or finite float in [0, 1]; else one line.
     settings = self.settings(preset=preset, steps=steps, samples=samples, sampler=sampler)
     size, overlap = self.tiling(tile)
@@ -224,6 +263,15 @@ class Restorer:
                               self._key(seed, key), align=self.align, tile=size,
                               overlap=overlap, bucket=self.config.inference.size_bucket,
                               ensemble=ensemble, on_tile=on_tile)
+    for name, value in out.items():
+      finite = np.isfinite(value)
+      if not finite.all():
+        bad = value.size - int(finite.sum())
+        raise NonFiniteOutputError(
+            f"the restored {name} holds {bad} NaN or infinite value{'s' * (bad > 1)} (of "
+            f'{value.size}): the {self.config.model.name} weights of step {self.step} give '
+            f'non-finite outputs (damaged or diverged weights, or model.dtype='
+            f'{self.config.model.dtype} too narrow)')
     if grey:  # Saved grey, like the input: the mean of the three restored channels.
       out = {name: value.mean(axis=-1) for name, value in out.items()}
     return out

@@ -17,7 +17,6 @@ import numpy as np
 
 from xydiff.errors import ConfigError
 from xydiff.inference import ensemble as ensemble_lib
-from xydiff.models.layers import pad_to_multiple
 
 
 def tile_starts(length: int, tile: int, overlap: int, align: int) -> list[int]:
@@ -82,7 +81,7 @@ _OUTPUTS = ('image', 'std', 'samples')
 def restore_image(fn, params, image: np.ndarray, key: jax.Array, *, align: int,
                   tile: int = 0, overlap: int = 0, bucket: int = 0,
                   ensemble: int = 1, on_tile=None) -> dict[str, np.ndarray]:
-  """Runs `fn` (from make_restore_fns / make_sampler) on one HxWx3 float image.
+  """Runs `fn` (restorer.restore_fn) on one HxWx3 float image.
 
   The image is reflect-padded to a multiple of `align` exactly as the networks
   pad internally, so a single pass equals calling the model on the image; with
@@ -110,8 +109,15 @@ def restore_image(fn, params, image: np.ndarray, key: jax.Array, *, align: int,
         lambda view: restore_image(fn, params, view, key, align=align, tile=tile,
                                    overlap=overlap, bucket=bucket,
                                    on_tile=view_tile if on_tile else None), image, ensemble)
-  padded, (h, w) = pad_to_multiple(jnp.asarray(image, jnp.float32)[None], align)
-  padded = np.asarray(padded)
+  image = np.asarray(image, np.float32)
+  h, w = image.shape[:2]
+  ph, pw = (-h) % align, (-w) % align
+  if (ph or pw) and (ph >= h or pw >= w):
+    raise ValueError(f'image of {w}x{h} pixels is too small: the network needs at least '
+                     f'{align // 2 + 1}x{align // 2 + 1}')
+  # numpy's reflect, which jnp.pad (layers.pad_to_multiple) copies: an eager jax op would
+  # compile, and keep for good, an executable for every image shape.
+  padded = np.pad(image, ((0, ph), (0, pw), (0, 0)), mode='reflect')[None]
   height, width = padded.shape[1:3]
   if bucket > 0:
     extra_h, extra_w = bucketed(height, align, bucket) - height, bucketed(width, align, bucket) - width
@@ -123,9 +129,11 @@ def restore_image(fn, params, image: np.ndarray, key: jax.Array, *, align: int,
   tile_w = min(tile, width) if tile > 0 else width
   if (tile_h, tile_w) == (height, width):
     out = fn(params, jnp.asarray(padded), key)
-    result = {name: np.asarray(out[name][0, :h, :w]) for name in ('image', 'std') if name in out}
+    # Cropped on the host: a jax slice would compile per shape too.
+    result = {name: np.ascontiguousarray(np.asarray(out[name])[0, :h, :w])
+              for name in ('image', 'std') if name in out}
     if 'samples' in out:
-      result['samples'] = np.asarray(out['samples'][:, 0, :h, :w])
+      result['samples'] = np.ascontiguousarray(np.asarray(out['samples'])[:, 0, :h, :w])
     return result
 
   ys, xs = tile_starts(height, tile_h, overlap, align), tile_starts(width, tile_w, overlap, align)
@@ -140,7 +148,7 @@ def restore_image(fn, params, image: np.ndarray, key: jax.Array, *, align: int,
       total[y0:y0 + tile_h, x0:x0 + tile_w] += weight
       for name in _OUTPUTS:
         if name in out:
-          value = np.asarray(out[name][:, 0] if name == 'samples' else out[name][0])
+          value = np.asarray(out[name])[:, 0] if name == 'samples' else np.asarray(out[name])[0]
           acc = sums.setdefault(name, np.zeros(value.shape[:-3] + (height, width, 3), np.float32))
           acc[..., y0:y0 + tile_h, x0:x0 + tile_w, :] += weight * value
       if on_tile is not None:
