@@ -27,19 +27,16 @@ import numpy as np
 import pytest
 from flax import nnx, traverse_util
 
-from conftest import REPO
+from conftest import REPO, run_xydiff
 from test_torch_pickle import tensor, write_legacy
-from xydiff import models
-from xydiff.runs import checkpoint
-from xydiff.interop import download
+from xydiff import configs
 from xydiff.inference import restorer as inference
-from xydiff.interop import pretrained
-from xydiff.runs import state as state_lib
-from xydiff.interop import official as weights
+from xydiff.interop import download, keymaps, official, pretrained
+from xydiff.runs import checkpoint, state as state_lib
 from xydiff.errors import CheckpointImportError, WeightsError
 
 WIDTH, NUM_RES = 4, 1
-OVERRIDES = [f'--config.model.xydeblur.width={WIDTH}', f'--config.model.xydeblur.num_res={NUM_RES}']
+OVERRIDES = [f'--config.model.width={WIDTH}', f'--config.model.num_res={NUM_RES}']
 BLOB = 'b8f9e2d569cc169f788d23a7756e547249d6c7bb'  # The registry's pin of xydeblur_gopro.
 
 
@@ -124,13 +121,13 @@ def cache(tmp_path, monkeypatch):
 
 def _config():
   config = pretrained.config_for('xydeblur_gopro')
-  config.model.xydeblur.update(dict(width=WIDTH, num_res=NUM_RES))
+  config.model.update(dict(width=WIDTH, num_res=NUM_RES))
   return config
 
 
 def official_state_dict(config, seed=0) -> dict[str, np.ndarray]:
   """Random weights under the official XYDeblur keys and PyTorch layouts of `config`'s model."""
-  key_map = models.get(config.model).official.key_map(config.model)
+  key_map = keymaps.FORMATS[config.model.name].key_map(config.model)
   _, state = jax.eval_shape(lambda: state_lib.init_state(config))
   flat = traverse_util.flatten_dict(state['params'])
   rng = np.random.default_rng(seed)
@@ -195,15 +192,19 @@ def test_every_download_needs_a_whole_hash(tmp_path, server):
 
 
 def test_the_fid_inception_weights_are_pinned_whole():
-  from xydiff.metrics import fid
-  assert len(fid.INCEPTION_SHA256) == 64 and download.check_pin('sha256', fid.INCEPTION_SHA256)
+  from xydiff.interop import inception
+  assert len(inception.INCEPTION_SHA256) == 64 and download.check_pin(
+      'sha256', inception.INCEPTION_SHA256)
   # torch.hub's convention: the hex after the last '-' of the name starts the sha256.
-  assert fid.INCEPTION_SHA256.startswith(fid.INCEPTION_FILENAME.rsplit('-', 1)[1][:-len('.pth')])
+  assert inception.INCEPTION_SHA256.startswith(
+      inception.INCEPTION_FILENAME.rsplit('-', 1)[1][:-len('.pth')])
 
 
 def test_the_registry_holds_every_file_of_each_set():
   for name, entry in pretrained.WEIGHTS.items():
-    assert models.variant(entry.model).config == entry.config, name
+    # Weights are named by their model's name, whose packaged config they fill.
+    assert name in configs.NAMES, name
+    assert pretrained.config_for(name).to_dict() == configs.get_config(name).to_dict(), name
     assert len({f.name for f in entry.files}) == len(entry.files), name
     for file in entry.files:
       assert download.check_pin('git_blob_sha1', file.git_blob_sha1) == file.git_blob_sha1
@@ -216,7 +217,9 @@ def test_the_registry_holds_every_file_of_each_set():
                                 'DMPHN-cvpr19-master/master/checkpoints/DMPHN_1_2_4_8/'
                                 'encoder_lv1.pkl')
   assert len(pretrained.WEIGHTS['dmphn_1_2_4_gopro'].files) == 6
-  assert pretrained.WEIGHTS['dmphn_1_2_4_gopro'].model == 'dmphn_1_2_4'
+  # The earlier name is an alias of the model's.
+  assert pretrained.canonical('dmphn_1_2_4') == 'dmphn_1_2_4_gopro'
+  assert pretrained.weights_entry('dmphn_1_2_4') is pretrained.WEIGHTS['dmphn_1_2_4_gopro']
 
 
 def test_fetched_weights_restore_images_like_pytorch(tmp_path, server, cache, monkeypatch):
@@ -239,7 +242,7 @@ def test_fetched_weights_restore_images_like_pytorch(tmp_path, server, cache, mo
   assert list(cache.rglob('*.pkl')) == [cached] and cached.read_bytes() == content
 
   config = _config()
-  graphdef, params, step = inference.load_for_inference(config, str(workdir))
+  graphdef, params, step = checkpoint.load_params(config, str(workdir))
   assert step == 0
   image = np.random.default_rng(0).uniform(size=(32, 48, 3)).astype(np.float32)
   ours = nnx.merge(graphdef, params)(jnp.asarray(image)[None])
@@ -292,7 +295,7 @@ def test_a_failed_import_keeps_the_verified_file_and_nothing_else(tmp_path, serv
   server.files['/pretrained_model.pkl'] = official_file(tmp_path / 'pretrained_model.pkl')
   blob = download.git_blob_sha1(str(tmp_path / 'pretrained_model.pkl'))
   url = server.url('pretrained_model.pkl')
-  with pytest.raises(CheckpointImportError, match=r'does not fit config.model.xydeblur'):
+  with pytest.raises(CheckpointImportError, match=r"does not fit config\.model \(.*'width': 32"):
     pretrained.fetch_weights('xydeblur_gopro', str(tmp_path / 'run'), url=url, blob_sha1=blob)
   assert not (tmp_path / 'run').exists()
   assert [p.name for p in cache.rglob('*') if p.is_file()] == ['pretrained_model.pkl']
@@ -341,8 +344,11 @@ def test_download_failures_are_one_line_naming_the_url_and_keep_nothing(tmp_path
       download.fetch(stalled, 'x.pkl', git_blob_sha1='0' * 40, timeout=0.3, cache=str(cache))
   assert os.listdir(tmp_path) == []
 
-  with pytest.raises(WeightsError, match=r"unknown weights 'gopro': known names are dmphn_1_2_4"):
+  with pytest.raises(WeightsError, match=r"unknown model 'gopro': downloadable weights are "
+                     'dmphn_1_2_4'):
     pretrained.fetch_weights('gopro', str(tmp_path / 'run'))
+  with pytest.raises(WeightsError, match='xydiff_gopro has no weights xydiff can download'):
+    pretrained.fetch_weights('xydiff_gopro', str(tmp_path / 'run'))
   assert os.listdir(tmp_path) == []
 
 
@@ -382,7 +388,7 @@ def test_a_state_dict_keyed_by_ints_is_one_line_and_writes_nothing(tmp_path):
   workdir = tmp_path / 'run'
   with pytest.raises(CheckpointImportError, match=rf'^{path} holds no state dict: 1 of its '
                      rf'{len(keyed)} keys is not a parameter name \(the first: int 0\)$'):
-    weights.import_official('xydeblur', str(path), str(workdir), _config())
+    official.import_official('xydeblur', str(path), str(workdir), _config())
   assert not workdir.exists()
 
 
@@ -450,7 +456,7 @@ def test_weights_of_several_files_download_into_one_folder(tmp_path, server, cac
       files=tuple(pretrained.WeightFile(name, server.url(f'mirror/{name}'),
                                         hashlib.sha1(b'blob %d\0' % len(data) + data).hexdigest())
                   for name, data in files.items()),
-      model='xydeblur', config='xydeblur_gopro', about='two files', licence='none')
+      about='two files', licence='none')
   monkeypatch.setitem(pretrained.WEIGHTS, 'two', entry)
   server.files['/mirror/encoder.pkl'] = files['encoder.pkl']
   with pytest.raises(WeightsError, match=rf'cannot download {server.url("mirror/decoder.pkl")}'):
@@ -481,7 +487,7 @@ _RACER = textwrap.dedent('''
     pretrained.WEIGHTS['xydeblur_gopro'] = dataclasses.replace(
         entry, files=(dataclasses.replace(entry.files[0], url=url, git_blob_sha1=blob),))
     config = pretrained.config_for('xydeblur_gopro')
-    config.model.xydeblur.update(dict(width=4, num_res=1))
+    config.model.update(dict(width=4, num_res=1))
     pretrained.config_for = lambda name: config
     write = checkpoint.write_imported_run
 
@@ -514,12 +520,11 @@ def test_concurrent_first_uses_import_once_and_both_use_it(tmp_path, server, cac
   assert sorted(os.listdir(run)) == ['checkpoints', 'config.json']
   assert sorted(os.listdir(cache / 'runs')) == ['xydeblur_gopro']  # No staging folder left.
   restorer = inference.Restorer.from_workdir(str(run))
-  assert restorer.step == 0 and restorer.config.model.xydeblur.width == WIDTH
+  assert restorer.step == 0 and restorer.config.model.width == WIDTH
 
 
 def _cli(*args, cwd):
-  return subprocess.run([sys.executable, '-m', 'xydiff.cli.fetch_weights', *args], cwd=cwd,
-                        capture_output=True, text=True, timeout=300)
+  return run_xydiff('fetch', *args, cwd=cwd, timeout=300)
 
 
 def test_the_command_line_prints_one_line_and_keeps_nothing(tmp_path, server, cache):
@@ -541,18 +546,17 @@ def test_the_command_line_prints_one_line_and_keeps_nothing(tmp_path, server, ca
   unknown = _cli('gopro', f'--workdir={workdir}', cwd=tmp_path)
   assert unknown.returncode == 1
   assert unknown.stderr.strip().splitlines()[-1] == (
-      "error: unknown weights 'gopro': known names are dmphn_1_2_4_8_gopro, dmphn_1_2_4_gopro, "
-      'xydeblur_gopro')
+      "error: unknown model 'gopro': downloadable weights are dmphn_1_2_4_8_gopro, "
+      f'dmphn_1_2_4_gopro, xydeblur_gopro; models: {", ".join(configs.NAMES)}')
 
   malformed = _cli('xydeblur_gopro', f'--workdir={workdir}', '--blob_sha1=123', cwd=tmp_path)
   assert malformed.returncode == 1
   assert malformed.stderr.strip().splitlines()[-1].startswith(
       'error: --blob_sha1=123: not a git blob id')
 
-  misspelt = _cli('xydeblur_gopro', f'--workdir={workdir}', '--config.model.xydeblur.widht=4',
+  misspelt = _cli('xydeblur_gopro', f'--workdir={workdir}', '--config.model.widht=4',
                   cwd=tmp_path)
   assert misspelt.returncode == 1
   assert misspelt.stderr.strip().splitlines()[-1] == (
-      'error: bad config override (--config.model.xydeblur.widht=4): '
-      '\'widht\' Did you mean "width" instead of "widht"?')
+      "error: --config.model.widht=4: the config has no field 'widht'; did you mean 'width'?")
   assert not workdir.exists() and not cache.exists()
