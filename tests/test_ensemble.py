@@ -1,19 +1,19 @@
-"""The x8 test-time self-ensemble (config.deblur.ensemble): transforms, Restorer, eval."""
+"""The x8 test-time self-ensemble (config.inference.ensemble): transforms, Restorer, eval."""
 
 import jax
 import numpy as np
 import pytest
 
 from conftest import tiny
-from xydiff import config_check, images
-from xydiff.inference import restorer as inference
+from xydiff import images, models
+from xydiff.inference import ensemble as ensemble_lib, restorer as inference
 from xydiff import config as run_config
 from xydiff.evaluation import scoring
 from xydiff.runs import state as state_lib
 from xydiff.errors import ConfigError
 
 # The 8 flips x rot90 and their inverses, written out here independently of
-# inference.dihedral: (forward, inverse) on H, W = axes -3, -2.
+# ensemble.dihedral: (forward, inverse) on H, W = axes -3, -2.
 ROT = lambda k: (lambda x: np.rot90(x, k, axes=(-3, -2)))
 FLIP = lambda x: np.flip(x, axis=-2)
 TRANSFORMS = ([(ROT(k), ROT(-k)) for k in range(4)] +
@@ -27,30 +27,30 @@ def _photo(h=40, w=44, seed=0):
 
 def test_the_eight_views_are_the_dihedral_group_and_each_is_undone():
   photo = _photo(5, 7)
-  views = [inference.dihedral(photo, k) for k in range(8)]
+  views = [ensemble_lib.dihedral(photo, k) for k in range(8)]
   assert len({v.tobytes() + bytes(v.shape) for v in views}) == 8  # All different.
   for k, (forward, _) in enumerate(TRANSFORMS):
     np.testing.assert_array_equal(views[k], forward(photo))
-    np.testing.assert_array_equal(inference.undo_dihedral(views[k], k), photo)
+    np.testing.assert_array_equal(ensemble_lib.undo_dihedral(views[k], k), photo)
   samples = np.stack([photo, 2 * photo])  # [N, H, W, 3]: the same two spatial axes.
   for k in range(8):
-    np.testing.assert_array_equal(inference.undo_dihedral(inference.dihedral(samples, k), k),
+    np.testing.assert_array_equal(ensemble_lib.undo_dihedral(ensemble_lib.dihedral(samples, k), k),
                                   samples)
 
 
 def test_the_ensemble_turns_each_output_back_before_averaging():
   photo = _photo(6, 6)
   # Equivariant: the ensemble changes nothing.
-  out = inference.ensembled(lambda x: {'image': 2 * x}, photo, 8)
+  out = ensemble_lib.ensembled(lambda x: {'image': 2 * x}, photo, 8)
   np.testing.assert_allclose(out['image'], 2 * photo, atol=1e-6)
   # A left-to-right ramp added to each view: turned back, the 8 ramps point
   # right, left, up and down twice each and average to 0.5 everywhere.
   ramp = lambda x: np.broadcast_to(np.linspace(0, 1, x.shape[-2])[None, :, None], x.shape)
-  out = inference.ensembled(lambda x: {'image': x + ramp(x)}, photo, 8)
+  out = ensemble_lib.ensembled(lambda x: {'image': x + ramp(x)}, photo, 8)
   np.testing.assert_allclose(out['image'], photo + 0.5, atol=1e-6)
   # ensemble 1 is the function itself.
   np.testing.assert_array_equal(
-      inference.ensembled(lambda x: {'image': x + ramp(x)}, photo, 1)['image'], photo + ramp(photo))
+      ensemble_lib.ensembled(lambda x: {'image': x + ramp(x)}, photo, 1)['image'], photo + ramp(photo))
 
 
 def random_state(config, seed=0):
@@ -79,9 +79,9 @@ def _model(variant=''):
   return config, graphdef, state
 
 
-def _with(config, **deblur):
+def _with(config, **inference_fields):
   copy = run_config.from_plain(run_config.to_plain(config))
-  copy.deblur.update(deblur)
+  copy.inference.update(inference_fields)
   return copy
 
 
@@ -91,7 +91,7 @@ def test_restorer_ensemble_averages_the_eight_tiled_restores_turned_back():
   single = inference.Restorer(_with(config, tile=32, tile_overlap=8), graphdef, state['params'], 0)
   eight = inference.Restorer(_with(config, tile=32, tile_overlap=8, ensemble=8), graphdef,
                              state['params'], 0)
-  assert 'x8 self-ensemble' in eight.description
+  assert eight.config.inference.ensemble == 8 and single.config.inference.ensemble == 1
   photo = images.to_uint8(_photo())
   expected = np.mean([back(single.restore(np.ascontiguousarray(forward(photo)))['image'])
                       for forward, back in TRANSFORMS], axis=0)
@@ -130,13 +130,14 @@ def test_evaluation_scores_the_ensemble(tmp_path):
   config.eval.lpips = False
   config.eval.num_image_summaries = 0
   blur, sharp = (images.to_float(a) for a in OnePair().load(0))
-  fn = inference.make_restore_fns(config, graphdef)['restored']
+  settings = models.family(config.model.name).outputs(config)['restored']
+  fn = inference.restore_fn(config, graphdef, settings)
   restore = lambda x: np.asarray(
       fn(state['params'], np.ascontiguousarray(x)[None], None)['image'][0])
   expected = np.mean([back(restore(forward(blur))) for forward, back in TRANSFORMS], axis=0)
   scores = {}
   for ensemble in (1, 8):
-    config.deblur.ensemble = ensemble
+    config.inference.ensemble = ensemble
     summary = evaluate.Evaluator(config, str(tmp_path / f'eval{ensemble}'), OnePair()).run(
         graphdef, state['params'], 0)
     scores[ensemble] = summary['outputs']['restored']['psnr']
@@ -145,15 +146,22 @@ def test_evaluation_scores_the_ensemble(tmp_path):
 
 
 def test_an_ensemble_other_than_1_or_8_is_refused_naming_the_field(tmp_path):
+  import json
   from xydiff.configs import demo
   config = tiny(demo.get_config())
-  config.deblur.ensemble = 4
-  with pytest.raises(ConfigError, match=r'config\.deblur\.ensemble=4: must be 1 .* or 8'):
-    config_check.validate(config, 'deblur')
-  with pytest.raises(ConfigError, match=r'config\.deblur\.ensemble=4'):
-    inference.check_deblur_settings(config)
-  del config.deblur['ensemble']  # A run stored before the field existed: no ensemble.
-  assert inference.check_deblur_settings(config)
+  config.inference.ensemble = 4
+  with pytest.raises(ConfigError, match=r'config\.inference\.ensemble=4: must be 1 .* or 8'):
+    inference.validate(config.inference)
+  _, graphdef, state = _model()
+  with pytest.raises(ConfigError, match=r'config\.inference\.ensemble=4'):
+    inference.Restorer(config, graphdef, state['params'], 0)
+  # A run stored before the field existed: no ensemble.
+  stored = run_config.to_plain(config)
+  del stored['inference']['ensemble']
+  (tmp_path / 'config.json').write_text(json.dumps(stored))
+  loaded = run_config.load(str(tmp_path))
+  inference.validate(loaded.inference)
+  assert loaded.inference.ensemble == 1
 
 
 def test_the_page_applies_the_ensemble_it_is_asked_for():
