@@ -171,7 +171,7 @@ def test_a_checkpoint_deblurs_and_a_train_step_runs_without_tensorflow(tmp_path,
   result = subprocess.run([sys.executable, '-c', script], cwd=REPO, capture_output=True,
                           text=True, timeout=600, env=dict(os.environ))
   assert result.returncode == 0 and 'OK' in result.stdout, result.stderr[-3000:]
-  assert (tmp_path / 'out' / 'photo.png').exists()
+  assert (tmp_path / 'out' / 'photo_deblurred.png').exists()
 
 
 def test_the_package_root_exports_the_api_lazily():

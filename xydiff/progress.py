@@ -71,13 +71,16 @@ class Task:
 
   def substep(self, done: int, total: int, what: str = 'step') -> None:
     """Shows `done` of `total` steps of the current item on a bar that vanishes when done."""
+    if self.bar.disable:
+      return
     done, total = int(done), int(total)
     sub = self._sub
     if sub is None or sub.total != total or done < sub.n:
       if sub is not None:
         sub.close()
+      # Drawn at every update: each is a tile or a sampling step, never a busy loop's.
       sub = self._sub = tqdm(total=total, desc=f'  {what}', unit=what, leave=False,
-                             file=self.bar.fp, disable=self.bar.disable, dynamic_ncols=True)
+                             file=self.bar.fp, mininterval=0, dynamic_ncols=True)
     sub.update(done - sub.n)
     if done >= total:
       sub.close()

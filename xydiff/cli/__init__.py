@@ -126,7 +126,7 @@ def for_verb(verb: str | None, message: str) -> str:
   message = _PICK_STEP.sub(PICK_STEP.get(verb, ''), message)
   if verb not in CONFIG_VERBS:
     message = message.replace(' (omit --config to use the stored one)', '').replace(
-        '(--config=...)', '(xydiff eval or deblur --config=...)')
+        ' (--config=...) to use it', ' to xydiff deblur or eval to use it')
   return message
 
 

@@ -26,7 +26,7 @@ from xydiff.cli import common
         "xydiff deblur 'shots/*.png' -o . --workdir=runs/x --step=5000 --suffix=_x --overwrite",
         'xydiff deblur big.jpg -o out/ --model=model.safetensors --tile=512 --ensemble=8'))
 @click.argument('inputs', nargs=-1, required=True, metavar='INPUT...',
-                help='Image files (.png, .jpg, .jpeg), folders (their images, not recursive) or '
+                help='Image files (PNG, JPEG, TIFF), folders (their images, not recursive) or '
                 'quoted globs.')
 @click.option('-o', '--output', metavar='DIR', required=True,
               help='Folder for the restored PNGs, <stem><suffix>.png; made if missing.')
@@ -96,7 +96,8 @@ def deblur(ctx, inputs, output, workdir, model, step, preset, steps, samples, sa
     done = f'deblur: restored {len(report.written)} image{"s" * (len(report.written) != 1)} ' \
         f'into {output}'
     if report.skipped:
-      done += f'; skipped {report.skipped} whose output{"s" * (report.skipped > 1)} exist'
+      done += (f'; skipped {report.skipped} input{"s" * (report.skipped > 1)} whose '
+               f'output{"s exist" if report.skipped > 1 else " exists"}')
     if report.failed:
       done += f'; {report.failed} failed'
     print(done, file=sys.stderr)

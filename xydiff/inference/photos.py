@@ -6,12 +6,13 @@
 The work is done by `inference.Restorer`, the same object Python users
 call; `restore_files` runs it over files, `run` builds it from a workdir.
 
-Each input is an image file, a folder (its .png/.jpg/.jpeg files, not
-recursive) or a glob. Each image is written to the output folder as
+Each input is an image file, a folder (its .png/.jpg/.jpeg/.tif/.tiff
+files, not recursive) or a glob. Each image is written to the output folder as
 `<stem>_deblurred.png` (`suffix` chooses what follows the stem, the empty
 one included) in the format it came in:
 
-- Bit depth: an 8-bit input gives an 8-bit PNG, a 16-bit PNG a 16-bit PNG.
+- Bit depth: an 8-bit input gives an 8-bit PNG, a 16-bit PNG or TIFF a
+  16-bit PNG.
 - Grayscale: the networks are trained on RGB, so the grey image is restored
   as three equal channels and the result (the mean of the three restored
   channels) is saved grey again, like the input.
@@ -37,7 +38,10 @@ the tile size (`config.inference.tile`, --tile) on either side is restored
 in overlapping tiles blended with raised-cosine ramps, so memory stays
 bounded and no seam shows. An image too small for the network (e.g. 2x2 for
 XYDeblur) is reported as a failed file with the network's minimum size;
-upscaling it would restore an image the user never took.
+upscaling it would restore an image the user never took. A file whose header
+says it has more pixels than `config.inference.max_megapixels` (default 50;
+0: no limit) is refused before it is decoded, naming the file, its width x
+height and the field.
 
 Diffusion models (e.g. 'dvsr') sample with the preset (--preset, default
 `config.inference.preset`), average its samples (--samples) and also write
@@ -47,9 +51,11 @@ visible; the maximum is logged for each image. A tiled image draws
 independent noise in each tile, so its overlaps blend two samples.
 
 Progress shows on a terminal (xydiff.progress): a bar over the images, and
-one over the tiles of a tiled image. A file that cannot be read or written
-is reported on stderr and the others go on; the run then exits 1, so
-scripts can tell that something was skipped.
+one over the tiles of a tiled image. A file that cannot be read or written,
+is over the pixel limit, is too small, or restores to NaN or infinite
+values (never saved as a black PNG) is reported on stderr, naming it, and
+the others go on; the run then exits 1, so scripts can tell that something
+was skipped.
 """
 
 from __future__ import annotations
@@ -67,7 +73,7 @@ from absl import logging
 from xydiff import images, progress
 from xydiff.interop import download
 from xydiff.inference import restorer as inference
-from xydiff.errors import DataError, ImageReadError
+from xydiff.errors import DataError, ImageReadError, ImageValueError, NonFiniteOutputError
 
 # What follows an input's stem in its output's name, as the page names them too.
 DEFAULT_SUFFIX = '_deblurred'
@@ -180,7 +186,7 @@ def plan_outputs(files: list[str], output: str, *, suffix: str = DEFAULT_SUFFIX,
     raise DataError(f'inputs that share a name would be written to the same output: {names}; '
                     'rename them or restore them into separate folders')
   if present and existing == 'refuse':
-    raise DataError(f'{len(present)} output{"s" * (len(present) > 1)} exist already: '
+    raise DataError(f'{len(present)} output{"s exist" if len(present) > 1 else " exists"} already: '
                     f'{", ".join(present)}; pass --overwrite to replace them or '
                     '--skip-existing to restore only the other inputs')
   return plan
@@ -209,20 +215,22 @@ def check_workdir(workdir: str) -> None:
 
 # ------------------------------------------------------------------ run
 
-def _restore_file(path: str, out_path: str, restore) -> dict:
+# What sets deblur's pixel limit, named when a file is refused.
+LIMIT_FLAG = '--config.inference.max_megapixels'
+
+
+def _restore_file(path: str, out_path: str, restore, limit: images.PixelLimit) -> dict:
   """Reads, restores and writes one image; raises _FileFailed saying why it could not."""
   try:
-    stored = images.read_image(path, keep_channels=True)
-  except ImageReadError as e:
+    stored = images.read_image(path, keep_channels=True, limit=limit)
+  except ImageReadError as e:  # Damaged, not an image, or over the limit (by its header).
     raise _FileFailed(str(e)) from None
   channels = stored.shape[-1]
   bit_depth = 16 if stored.dtype == np.uint16 else 8
   rgb = stored[..., :1].repeat(3, axis=-1) if channels <= 2 else stored[..., :3]
   try:
     out = restore(images.to_float(rgb))
-  except ValueError as e:  # pad_to_multiple: below the network's minimum size.
-    if 'too small' not in str(e):
-      raise
+  except (ImageValueError, NonFiniteOutputError) as e:  # Too small, or a non-finite output.
     raise _FileFailed(f'{path}: {e}') from None
   restored = out['image']
   if channels <= 2:  # Saved grey, like the input.
@@ -281,6 +289,7 @@ def restore_files(restorer, inputs, output: str, *, suffix: str = DEFAULT_SUFFIX
   logging.info('deblur: %d images with the step-%d %s model (%s) into %s', len(plan.todo),
                restorer.step, restorer.config.model.name,
                restorer.family.describe(restorer.settings(**sampling)), output)
+  limit = images.PixelLimit(restorer.pixel_limit.megapixels, LIMIT_FLAG)
   base_key = jax.random.key(restorer.config.seed if seed is None else seed)
   report = Report([], 0, len(plan.skipped))
   with progress.task('deblur', total=len(plan.todo), unit='image') as bar:
@@ -292,7 +301,7 @@ def restore_files(restorer, inputs, output: str, *, suffix: str = DEFAULT_SUFFIX
           image, key=key, tile=tile, ensemble=ensemble,
           on_tile=lambda done, total: bar.substep(done, total, 'tile'), **sampling)
       try:
-        info = _restore_file(path, out_path, restore)
+        info = _restore_file(path, out_path, restore, limit)
       except _FileFailed as e:
         report.failed += 1
         progress.write(f'error: {e}')
