@@ -89,28 +89,32 @@ def test_unknown_eval_preset_is_named():
 
 
 def test_config_flag_takes_a_packaged_name_or_the_workdirs_config(tmp_path):
-  from xydiff.cli import common as cli
+  from xydiff import cli
+  from xydiff.cli import common
   from xydiff import config as run_config
   from xydiff.configs import demo
-  argv = cli.resolve_config_argv(['launch.py', '--config', 'demo:diffusion', '--workdir=w'])
-  assert argv[1] == f'--config={cli.packaged_config("demo")}:diffusion'
-  assert argv[1].endswith('xydiff/configs/demo.py:diffusion')
+  verbs = cli.build().commands
+  ctx = verbs['eval'].make_context('eval', ['--config', 'demo:diffusion', '--workdir=w'])
+  assert common.load_config(ctx).model.name == 'dvsr'
+  assert common.config_given(ctx)
   run_config.save(str(tmp_path), demo.get_config())
-  for mode in ('eval', 'train'):  # Training without --config resumes with the stored one.
-    argv = cli.resolve_config_argv(['launch.py', f'--workdir={tmp_path}', f'--mode={mode}'])
-    assert argv[1] == f'--config={run_config.__file__}:{tmp_path}'
+  for verb in ('eval', 'train'):  # Training without --config resumes with the stored one.
+    ctx = verbs[verb].make_context(verb, [f'--workdir={tmp_path}'])
+    config = common.load_config(ctx, common.stored_config(str(tmp_path)))
+    assert not common.config_given(ctx)
+    assert run_config.to_plain(config) == run_config.to_plain(run_config.load(str(tmp_path)))
   assert run_config.get_config(str(tmp_path)).model.width == 16
 
 
 @pytest.mark.parametrize('args, message', [
-    (['--config=xydiff/configs/nope.py'],
+    (['train', '--config=xydiff/configs/nope.py'],
      "--config=xydiff/configs/nope.py: no such file; config 'xydiff/configs/nope.py' is neither "
      'a packaged config'),
-    (['--mode=eval'], 'holds no stored config'),
+    (['eval'], 'holds no stored config'),
 ])
 def test_a_missing_config_is_one_line(tmp_path, args, message):
-  from conftest import run_launch
-  result = run_launch(f'--workdir={tmp_path}', *args, timeout=120)
+  from conftest import run_xydiff
+  result = run_xydiff(*args, f'--workdir={tmp_path}', timeout=120)
   assert result.returncode == 1 and 'Traceback' not in result.stderr
   last = result.stderr.strip().splitlines()[-1]
   assert last.startswith('error: ') and message in last
