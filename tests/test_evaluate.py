@@ -37,7 +37,7 @@ def test_realblur_evaluation_aligns_by_default_and_gopro_does_not(tmp_path):
   moved = _moved_crop(_frame(*FRAMES[0], 'sharp'), TRUE_WARP)
   config = tiny(xydeblur_gopro.get_config())
   config.eval.num_image_summaries = 0
-  model = models.build_model(config.model)
+  model = models.build(config.model)
   model.decoder.out.kernel[...] = jnp.zeros_like(model.decoder.out.kernel[...])
   model.decoder.out.bias[...] = jnp.zeros_like(model.decoder.out.bias[...])
   graphdef, params = nnx.split(model, nnx.Param)  # Restores x as x: output == input.
