@@ -4,19 +4,19 @@ a stored config or tensor xydiff cannot use is one line naming the file."""
 import errno
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from conftest import REPO, tiny
+from conftest import run_xydiff, tiny
 from test_ensemble import random_state, save_run
-from xydiff import checkpoint, export, inference, state as state_lib
+from xydiff.inference import restorer as inference
+from xydiff.interop import export
+from xydiff.runs import checkpoint, state as state_lib
 from xydiff.configs import demo
 from xydiff.errors import (USER_ERRORS, ConfigError, ExportWriteError, LinkedFileError,
                            WeightsError)
-from xydiff.tools import export as export_tool
+from xydiff.cli import export as export_tool
 
 SECRET = b'a file that must never be written'
 
@@ -217,10 +217,8 @@ def test_the_command_refuses_the_runs_config_in_one_line(run):
   """The audit's case: --out=WORKDIR/config.json replaced the run's config."""
   config = os.path.join(run['workdir'], 'config.json')
   before = open(config, 'rb').read()
-  result = subprocess.run(
-      [sys.executable, '-m', 'xydiff.tools.export', f'--workdir={run["workdir"]}',
-       '--format=safetensors', f'--out={config}'], cwd=REPO, capture_output=True, text=True,
-      timeout=600)
+  result = run_xydiff('export', f'--workdir={run["workdir"]}', '--format=safetensors',
+                      f'--out={config}')
   assert result.returncode == 1, result.stderr[-2000:]
   assert result.stderr.strip().splitlines() == [
       f'error: --out={config}: inside the run folder {os.path.realpath(run["workdir"])} (it '
@@ -282,10 +280,10 @@ def test_a_stored_config_or_step_xydiff_cannot_use_is_one_line_naming_the_file(
 
 def test_a_config_missing_fields_added_since_loads_with_their_defaults(weights, tmp_path):
   """As a workdir's config.json does (run_config.with_defaults)."""
-  metadata = _with_config(weights, lambda c: (c['deblur'].pop('ensemble'), c['train'].pop('lr')))
+  metadata = _with_config(weights, lambda c: (c['inference'].pop('ensemble'), c['train'].pop('lr')))
   path = _write(tmp_path / 'older.safetensors', weights['tensors'], metadata)
   config, _, params, step = export.read_safetensors(path)
-  assert config.deblur.ensemble == 1 and step == int(weights['metadata']['step'])
+  assert config.inference.ensemble == 1 and step == int(weights['metadata']['step'])
   np.testing.assert_array_equal(np.asarray(params['encoder']['stem']['kernel']),
                                 weights['tensors']['encoder.stem.kernel'])
 
