@@ -35,13 +35,38 @@ TINY_DENOISER = dict(base=4, multipliers=(1, 2), num_res=1)
 
 
 def tiny_section(section):
-  """Shrinks one model section (config.model, or DvSR's predictor) in place; returns it."""
+  """Shrinks one model section (config.model, or DvSR's predictor) in place; returns it.
+
+  A family without TINY_FIELDS gets widths 4 and depth 1 where its rules allow.
+  """
   if section.name == 'dvsr':
     tiny_section(section.predictor)
     section.denoiser.update(TINY_DENOISER)
-  else:
+  elif section.name in TINY_FIELDS:
     section.update(TINY_FIELDS[section.name])
+  else:
+    _shrink(section)
   return section
+
+
+def _shrink(section):
+  from xydiff import models
+  from xydiff.errors import ConfigError
+  defaults = models.family(section.name).defaults()
+  small = {}
+  for field, value in defaults.items():
+    if isinstance(value, int) and not isinstance(value, bool):
+      if any(w in field for w in ('width', 'base', 'channels', 'features')):
+        small[field] = min(value, 4)
+      elif field.startswith('num_') or 'blocks' in field:
+        small[field] = 1
+    elif isinstance(value, tuple) and 'blocks' in field:
+      small[field] = tuple(1 for _ in value)
+  section.update(small)
+  try:
+    models.family(section.name).validate(section, 'model')
+  except ConfigError:  # Too small for the family's rules: its defaults, slower.
+    section.update({k: defaults[k] for k in small})
 
 
 def tiny(config, *, steps=4):

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from conftest import REPO, TINY_SECTIONS, tiny
+from conftest import run_xydiff, tiny
 from test_ensemble import random_state, save_run
 from xydiff import images, models
 from xydiff.interop import export
 from xydiff.inference import restorer as inference
-from xydiff.configs import default, demo
+from xydiff.configs import base, demo
 from xydiff.errors import ConfigError, WeightsError
 from xydiff.cli import export as export_tool
 
@@ -105,33 +105,20 @@ def test_a_file_that_is_not_xydiff_weights_is_one_error_naming_it(ema_run, tmp_p
 # ------------------------------------------------------------------ ONNX
 
 def _tiny_family(name):
-  """The family `name` at test size: conftest's TINY_SECTIONS, else widths 4 and depth 1."""
-  config = tiny(default.get_config())
-  config.model.name = name
-  for section, values in models.family(name).defaults().items():
-    if not isinstance(values, dict) or section in TINY_SECTIONS:
-      continue
-    small = {}
-    for field, value in values.items():
-      if isinstance(value, int) and not isinstance(value, bool):
-        if any(w in field for w in ('width', 'base', 'channels', 'features')):
-          small[field] = min(value, 4)
-        elif field.startswith('num_') or 'blocks' in field:
-          small[field] = 1
-      elif isinstance(value, tuple) and 'blocks' in field:
-        small[field] = tuple(1 for _ in value)
-    config.model[section].update(small)
-    try:
-      models.family(name).validate(config.model)
-    except ConfigError:  # Too small for the family's rules: its defaults, slower.
-      config.model[section].update(values)
-  return config
+  """The family `name` at test size (conftest's tiny: its TINY_FIELDS, else widths 4 and
+  depth 1)."""
+  return tiny(base.get_config(name))
+
+
+def _samples(config):
+  """Whether the model samples (has restore settings): DvSR's predictor and denoiser graphs."""
+  return models.family(config.model.name).settings(config) is not None
 
 
 def _reference(config, graphdef, params):
   """{graph name: fn(*inputs)} computed by xydiff itself, to hold ONNX against."""
   model = nnx.merge(graphdef, params)
-  if not models.is_diffusion(config.model):
+  if not _samples(config):
     return {'restored': jax.jit(lambda x: model(x)['restored'])}
   return {'predictor': jax.jit(lambda x: model.predict(x)['restored']),
           'denoiser': jax.jit(model.denoise)}
@@ -166,7 +153,7 @@ def _check_stablehlo(family, config, graphdef, params, reference, tmp_path):
   else:
     export.write_stablehlo(path, config, graphdef, params)
   exported = export.load_stablehlo(path)
-  if models.is_diffusion(config.model):
+  if _samples(config):
     return  # Sampled and held against the Restorer, without xydiff, below.
   photo = np.random.default_rng(0).random((2, *size, 3)).astype(np.float32)
   np.testing.assert_allclose(np.asarray(exported.call(photo)),
@@ -187,7 +174,7 @@ def _check_onnx(family, config, graphdef, params, reference, tmp_path):
     paths = export.write_onnx(path, config, params, 0, size=sizes[0][1:])
   else:
     sizes = [(1, 2 * multiple, 3 * multiple), (2, 3 * multiple, 2 * multiple)]
-    if models.is_diffusion(config.model):
+    if _samples(config):
       sizes = sizes[1:]  # The denoiser's level input is per batch element: batch 2 tells.
     paths = export.write_onnx(path, config, params, 0)
   graphs = export.graphs(config, params)
@@ -203,7 +190,7 @@ def _check_onnx(family, config, graphdef, params, reference, tmp_path):
       expected = np.asarray(reference[graph.name](*feeds.values()))
       assert out.shape == expected.shape
       np.testing.assert_allclose(out, expected, atol=ATOL, err_msg=f'{graph.name} {height}x{width}')
-  if family not in FIXED_SIZE_ONLY and not models.is_diffusion(config.model):
+  if family not in FIXED_SIZE_ONLY and not _samples(config):
     # Any photo: pad to the multiple the graph records, run, crop (the README's recipe).
     assert export.input_multiple(paths[0]) == multiple
     photo = rng.random((1, 2 * multiple + 1, 3 * multiple - 1, 3)).astype(np.float32)
@@ -226,10 +213,8 @@ def test_onnx_export_of_a_run_holds_its_ema_weights(ema_run, tmp_path):
 def test_stablehlo_artefacts_run_with_jax_alone(ema_run, tmp_path):
   """The deterministic run through the command, DvSR in-process; both reloaded without xydiff."""
   deterministic = tmp_path / 'xydeblur.stablehlo'
-  result = subprocess.run(
-      [sys.executable, '-m', 'xydiff.cli.export', f'--workdir={ema_run["workdir"]}',
-       '--format=stablehlo', f'--out={deterministic}'], cwd=REPO, capture_output=True,
-      text=True, timeout=600)
+  result = run_xydiff('export', f'--workdir={ema_run["workdir"]}', '--format=stablehlo',
+                      f'--out={deterministic}')
   assert result.returncode == 0 and f'wrote {deterministic}' in result.stdout, result.stderr[-2000:]
 
   config = tiny(demo.get_config('diffusion'))
