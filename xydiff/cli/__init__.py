@@ -28,7 +28,6 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 import click  # pylint: disable=wrong-import-position
 
-from xydiff import __version__  # pylint: disable=wrong-import-position
 from xydiff.cli import common  # pylint: disable=wrong-import-position
 
 VERB_MODULES = ('runs', 'deblur', 'score', 'serve', 'export', 'weights', 'summary')
@@ -101,7 +100,7 @@ def build() -> Xydiff:
                epilog='Run `xydiff VERB --help` for a verb\'s arguments, flags and examples.')
   @click.option('-q', '--quiet', is_flag=True, default=False, show_default='off',
                 help='No progress bars or informational lines, for every verb.')
-  @click.version_option(__version__, '--version', prog_name='xydiff')
+  @click.version_option(package_name='xydiff', prog_name='xydiff')  # The installed version.
   @click.pass_context
   def group(ctx, quiet):
     """XYDeblur, DvSR and more: train, evaluate and run single-image motion deblurring."""
