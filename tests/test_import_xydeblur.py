@@ -2,10 +2,9 @@
 
 The PyTorch network is tests/torch_refs/xydeblur.py, the official
 architecture with the official state-dict keys. The import runs through the
-one path every family uses (xydiff.weights, `xydiff import_weights`).
+one path every family uses (xydiff.interop.official, `xydiff import`).
 """
 
-import subprocess
 import sys
 
 import jax
@@ -14,13 +13,11 @@ import numpy as np
 import pytest
 from flax import nnx, traverse_util
 
-from conftest import GOPRO_SAMPLE, REPO
+from conftest import GOPRO_SAMPLE, run_xydiff
 from xydiff import images
-from xydiff.runs import checkpoint
-from xydiff.runs import state as state_lib
-from xydiff.interop import official as weights
 from xydiff.errors import CheckpointImportError
-from xydiff.models import xydeblur
+from xydiff.interop import keymaps, official
+from xydiff.runs import checkpoint, state as state_lib
 
 torch = pytest.importorskip('torch')
 from torch_refs.xydeblur import OfficialXYDeblur  # noqa: E402
@@ -31,7 +28,7 @@ FRAME = GOPRO_SAMPLE / 'test' / 'GOPR0869_11_00' / 'blur' / '000020.png'
 def _config(width, num_res, ema_rate=0.0):
   from xydiff.configs import xydeblur_gopro
   config = xydeblur_gopro.get_config()
-  config.model.xydeblur.update(dict(width=width, num_res=num_res))
+  config.model.update(dict(width=width, num_res=num_res))
   config.train.ema_rate = ema_rate
   return config
 
@@ -53,11 +50,9 @@ def test_imported_checkpoint_restores_a_gopro_crop_like_pytorch(tmp_path):
   _save_official(pkl, net, with_training_state=True)
   workdir = tmp_path / 'imported'
   # As a user runs it; the EMA config checks that evaluation's weights are the imported ones.
-  result = subprocess.run(
-      [sys.executable, '-m', 'xydiff.cli.import_weights', 'xydeblur', str(pkl),
-       f'--workdir={workdir}', '--config.model.xydeblur.width=8', '--config.model.xydeblur.num_res=2',
-       '--config.train.ema_rate=0.999'],
-      cwd=REPO, capture_output=True, text=True, timeout=300)
+  result = run_xydiff('import', 'xydeblur', str(pkl), f'--workdir={workdir}',
+                      '--config.model.width=8', '--config.model.num_res=2',
+                      '--config.train.ema_rate=0.999', timeout=300)
   assert result.returncode == 0, result.stderr[-2000:]
   assert f'{workdir}/checkpoints/0' in result.stdout
 
@@ -81,7 +76,7 @@ def test_imported_checkpoint_restores_a_gopro_crop_like_pytorch(tmp_path):
   assert np.abs(np.asarray(ours['restored'][0]) - crop).max() > 0.05
 
   with pytest.raises(CheckpointImportError, match='already holds files'):
-    weights.import_official('xydeblur', str(pkl), str(workdir), config)
+    official.import_official('xydeblur', str(pkl), str(workdir), config)
 
 
 def test_full_size_checkpoint_maps_every_tensor_with_its_shape():
@@ -90,7 +85,7 @@ def test_full_size_checkpoint_maps_every_tensor_with_its_shape():
   assert sum(v.size for v in state_dict.values()) == 4_918_627
   _, state = jax.eval_shape(lambda: state_lib.init_state(_config(32, 6)))
   config = _config(32, 6)
-  params = weights.convert(state_dict, xydeblur.official_keys(config.model), state['params'])
+  params = official.convert(state_dict, keymaps.xydeblur_keys(config.model), state['params'])
   ours = traverse_util.flatten_dict(params)
   target = traverse_util.flatten_dict(state['params'])
   assert ours.keys() == target.keys()
@@ -115,7 +110,7 @@ def test_every_missing_extra_and_misshaped_tensor_is_listed_in_one_error(tmp_pat
   torch.save({'model': state_dict}, str(pkl))
   workdir = tmp_path / 'run'
   with pytest.raises(CheckpointImportError) as error:
-    weights.import_official('xydeblur', str(pkl), str(workdir), _config(4, 2))
+    official.import_official('xydeblur', str(pkl), str(workdir), _config(4, 2))
   message = str(error.value)
   assert len(message.splitlines()) == 1
   assert 'missing: Decoder1_3.layers.1.main.0.main.0.bias' in message
@@ -126,13 +121,13 @@ def test_every_missing_extra_and_misshaped_tensor_is_listed_in_one_error(tmp_pat
 
   # A checkpoint of another size names the config section it does not fit.
   torch.save({'model': OfficialXYDeblur(width=4, num_res=2).state_dict()}, str(pkl))
-  with pytest.raises(CheckpointImportError, match=r"does not fit config.model.xydeblur \(.*"
+  with pytest.raises(CheckpointImportError, match=r"does not fit config\.model \(.*"
                      r"'num_res': 1.*unexpected: .*Encoder1\.layers\.2\.main\.0\.main\.0\.weight"):
-    weights.import_official('xydeblur', str(pkl), str(workdir), _config(4, 1))
+    official.import_official('xydeblur', str(pkl), str(workdir), _config(4, 1))
 
   pkl.write_bytes(b'not a torch file')
   with pytest.raises(CheckpointImportError, match='cannot read .*bad.pkl'):
-    weights.import_official('xydeblur', str(pkl), str(workdir), _config(4, 2))
+    official.import_official('xydeblur', str(pkl), str(workdir), _config(4, 2))
 
 
 def test_importing_needs_no_torch(tmp_path, monkeypatch):
@@ -140,7 +135,7 @@ def test_importing_needs_no_torch(tmp_path, monkeypatch):
   net = OfficialXYDeblur(width=4, num_res=1)
   _save_official(tmp_path / 'final.pkl', net)
   monkeypatch.setitem(sys.modules, 'torch', None)  # `import torch` now raises ImportError.
-  loaded = xydeblur.read_official(str(tmp_path / 'final.pkl'))
+  loaded = keymaps.FORMATS['xydeblur'].read(str(tmp_path / 'final.pkl'))
   assert set(loaded) == set(net.state_dict())
   for key, tensor in net.state_dict().items():
     assert loaded[key].dtype == np.float32
@@ -151,27 +146,22 @@ def test_max_bytes_caps_what_a_weight_file_may_make_and_the_flag_raises_it(tmp_p
   torch.manual_seed(0)
   _save_official(tmp_path / 'final.pkl', OfficialXYDeblur(width=4, num_res=1))
   workdir = tmp_path / 'imported'
-  result = subprocess.run(
-      [sys.executable, '-m', 'xydiff.cli.import_weights', 'xydeblur', str(tmp_path / 'final.pkl'),
-       f'--workdir={workdir}', '--config.model.xydeblur.width=4',
-       '--config.model.xydeblur.num_res=1', '--max_bytes=4096'],
-      cwd=REPO, capture_output=True, text=True, timeout=300)
+  result = run_xydiff('import', 'xydeblur', str(tmp_path / 'final.pkl'), f'--workdir={workdir}',
+                      '--config.model.width=4', '--config.model.num_res=1',
+                      '--max-bytes=4096', timeout=300)
   assert result.returncode == 1
   last = result.stderr.strip().splitlines()[-1]
   assert 'final.pkl' in last and 'max_bytes=4,096' in last and '--max_bytes' in last, last
   assert 'Traceback' not in result.stderr and not workdir.exists()
-  weights.import_official('xydeblur', str(tmp_path / 'final.pkl'), str(workdir), _config(4, 1),
-                          max_bytes=1 << 20)
+  official.import_official('xydeblur', str(tmp_path / 'final.pkl'), str(workdir), _config(4, 1),
+                           max_bytes=1 << 20)
   assert (workdir / 'checkpoints' / '0').is_dir()
 
 
 def test_a_misspelt_override_is_one_line_naming_it(tmp_path):
-  result = subprocess.run(
-      [sys.executable, '-m', 'xydiff.cli.import_weights', 'xydeblur', str(tmp_path / 'x.pkl'),
-       f'--workdir={tmp_path / "w"}', '--config.model.xydeblur.widht=8'],
-      cwd=REPO, capture_output=True, text=True, timeout=120)
+  result = run_xydiff('import', 'xydeblur', str(tmp_path / 'x.pkl'), f'--workdir={tmp_path / "w"}',
+                      '--config.model.widht=8', timeout=120)
   assert result.returncode == 1
   assert result.stderr.strip().splitlines()[-1] == (
-      'error: bad config override (--config.model.xydeblur.widht=8): '
-      "'widht' Did you mean \"width\" instead of \"widht\"?")
+      "error: --config.model.widht=8: the config has no field 'widht'; did you mean 'width'?")
   assert 'Traceback' not in result.stderr
