@@ -26,7 +26,7 @@ import pytest
 
 from conftest import REPO
 from test_torch_pickle import PROTO2, glob, text, write_legacy, write_zip
-from xydiff import torch_pickle
+from xydiff.interop import torch_pickle
 from xydiff.errors import WeightsError
 
 # The bounds issue #23 sets per file: peak RSS above the interpreter's, and seconds (of
@@ -159,7 +159,7 @@ HOSTILE = {
 _MEASURE = textwrap.dedent('''
     import json, re, resource, sys, time
     resource.setrlimit(resource.RLIMIT_AS, (6 << 30, 6 << 30))
-    from xydiff import torch_pickle
+    from xydiff.interop import torch_pickle
     from xydiff.errors import WeightsError
     seconds, cpu, error = 0.0, 0.0, None
     if len(sys.argv) > 1:
