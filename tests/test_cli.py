@@ -152,6 +152,17 @@ def test_a_misspelt_override_is_one_line_naming_it():
   assert line.startswith('error: --config.model.width=3.5: ')
 
 
+def test_config_tokens_go_to_ml_collections_and_the_rest_to_click():
+  assert common.split_config_tokens(
+      ['a.png', '--config', 'demo', '--config.seed=3', '-o', 'out', '--noconfig.eval.lpips']) == \
+      (['--config=demo', '--config.seed=3', '--noconfig.eval.lpips'], ['a.png', '-o', 'out'])
+  assert common.split_config_tokens(['--config.eval.lpips', '--quiet']) == \
+      (['--config.eval.lpips'], ['--quiet'])
+  line = error_line(xydiff('summary', '--config=demo', '--config.train.batch_size', '8'))
+  assert line == ('error: --config.train.batch_size 8: give an override as '
+                  '--config.train.batch_size=8 (with =)')
+
+
 def test_a_misspelt_config_name_suggests_the_close_names():
   line = error_line(xydiff('summary', '--config=dmeo'))
   assert line.startswith("error: --config=dmeo: no such file") and 'did you mean demo?' in line

@@ -52,6 +52,11 @@ def split_config_tokens(args: list[str]) -> tuple[list[str], list[str]]:
       config.append(f'--config={args[i + 1]}')
       i += 2
       continue
+    if arg.startswith(('--config.', '--noconfig.')) and '=' not in arg and \
+        i + 1 < len(args) and not args[i + 1].startswith('-'):
+      # absl would read the next word as the value of a field that is not a bool: click
+      # would take it for a positional. Which it is, only the config knows: ask for '='.
+      fail(f'{arg} {args[i + 1]}: give an override as {arg}={args[i + 1]} (with =)')
     if arg.startswith(('--config=', '--config.', '--noconfig.')):
       config.append(arg)
     else:
