@@ -35,9 +35,6 @@ VERB_MODULES = ('runs', 'deblur', 'score', 'serve', 'export', 'weights', 'summar
 # Earlier commands' names, still understood (with a note).
 RENAMED = {'import-weights': 'import', 'fetch-weights': 'fetch'}
 
-# Verbs that take --config and --config.FIELD=VALUE.
-CONFIG_VERBS = ('train', 'eval', 'sweep', 'deblur', 'import', 'fetch', 'summary')
-
 
 class Xydiff(click.Group):
   """The verbs, listed in the order they were added; earlier names lead to the new ones."""
@@ -90,10 +87,15 @@ class Xydiff(click.Group):
     sys.exit(status if isinstance(status, int) else 0)
 
 
+def verbs() -> list[click.Command]:
+  """Every verb, in the order `xydiff --help` lists them."""
+  for module in VERB_MODULES:  # Each adds its verbs to common.VERBS.
+    importlib.import_module(f'xydiff.cli.{module}')
+  return common.VERBS
+
+
 def build() -> Xydiff:
   """The `xydiff` group with every verb."""
-  for module in VERB_MODULES:
-    importlib.import_module(f'xydiff.cli.{module}')
 
   @click.group('xydiff', cls=Xydiff, context_settings=common.CONTEXT,
                subcommand_metavar='VERB [ARGUMENTS] [FLAGS]',
@@ -106,7 +108,7 @@ def build() -> Xydiff:
     """XYDeblur, DvSR and more: train, evaluate and run single-image motion deblurring."""
     ctx.meta['xydiff.quiet'] = quiet
 
-  for command in common.VERBS:
+  for command in verbs():
     group.add_command(command)
   return group
 
@@ -123,7 +125,7 @@ PICK_STEP = {'eval': ', picked with --config.eval.checkpoint_step=N',
 def for_verb(verb: str | None, message: str) -> str:
   """`message` worded for `verb`, so that it names no flag the verb does not have."""
   message = _PICK_STEP.sub(PICK_STEP.get(verb, ''), message)
-  if verb not in CONFIG_VERBS:
+  if verb not in {command.name for command in verbs() if command.takes_config}:
     message = message.replace(' (omit --config to use the stored one)', '').replace(
         ' (--config=...) to use it', ' to xydiff deblur or eval to use it')
   return message
