@@ -29,25 +29,26 @@ TINY_DIFFUSION = [
     '--config.data.synthetic.kernel_length=(3.0,7.0)', '--config.train.batch_size=2',
     '--config.train.num_steps=2', '--config.train.checkpoint_every=2',
     '--config.train.eval_every=2', '--config.eval.num_image_summaries=0',
-    '--config.diffusion.presets.perceptual.num_steps=2', '--config.diffusion.presets.sa.num_steps=2',
-    '--config.diffusion.presets.sa.num_samples=2', '--config.eval.lpips=False']
+    '--config.inference.presets.perceptual.num_steps=2', '--config.inference.presets.sa.num_steps=2',
+    '--config.inference.presets.sa.num_samples=2', '--config.eval.lpips=False']
 
 
 @pytest.fixture(scope='module')
 def diffusion_run(tmp_path_factory):
   """A trained tiny diffusion run, with a non-default residual scale that eval must reuse."""
   run = tmp_path_factory.mktemp('runs') / 'dvsr'
-  result = run_launch(*TINY_DIFFUSION, f'--workdir={run}', '--config.diffusion.residual_scale=3.0')
+  result = run_launch(*TINY_DIFFUSION, f'--workdir={run}',
+                      '--config.model.diffusion.residual_scale=3.0')
   assert result.returncode == 0, result.stderr[-3000:]
   return run
 
 
 def test_the_run_stores_its_resolved_config(diffusion_run):
   stored = json.loads((diffusion_run / 'config.json').read_text())
-  assert stored['diffusion']['residual_scale'] == 3.0 and stored['model']['name'] == 'dvsr'
+  assert stored['model']['diffusion']['residual_scale'] == 3.0 and stored['model']['name'] == 'dvsr'
   with checkpoint.Checkpointer(str(diffusion_run), run_config.load(str(diffusion_run)),
                                read_only=True) as ckpt:
-    assert ckpt.stored_config(2)['diffusion']['residual_scale'] == 3.0
+    assert ckpt.stored_config(2)['model']['diffusion']['residual_scale'] == 3.0
 
 
 def test_eval_and_deblur_without_config_use_the_stored_one(diffusion_run, tmp_path):
@@ -63,14 +64,15 @@ def test_eval_and_deblur_without_config_use_the_stored_one(diffusion_run, tmp_pa
   from xydiff import images
   images.write_png(str(photo), np.random.default_rng(0).integers(0, 255, (40, 40, 3), np.uint8))
   result = run_launch(f'--workdir={diffusion_run}', '--mode=deblur', f'--input={photo}',
-                      f'--output={tmp_path / "out"}', '--config.deblur.num_samples=2')
+                      f'--output={tmp_path / "out"}', '--config.inference.num_samples=2')
   assert result.returncode == 0, result.stderr[-3000:]
-  assert (tmp_path / 'out' / 'photo.png').exists() and (tmp_path / 'out' / 'photo_std.png').exists()
+  assert (tmp_path / 'out' / 'photo_deblurred.png').exists()
+  assert (tmp_path / 'out' / 'photo_deblurred_std.png').exists()
 
 
 @pytest.mark.parametrize('flags, fields', [
-    (['--config=demo:diffusion'], 'diffusion.residual_scale'),  # Trained with 3.0.
-    (['--config.diffusion.residual_scale=2.0'], 'diffusion.residual_scale'),
+    (['--config=demo:diffusion'], 'model.diffusion.residual_scale'),  # Trained with 3.0.
+    (['--config.model.diffusion.residual_scale=2.0'], 'model.diffusion.residual_scale'),
     (['--config.model.denoiser.base=8'], 'model.denoiser.base'),
 ])
 def test_a_config_that_changes_outputs_is_refused_naming_the_fields(diffusion_run, flags, fields):
@@ -82,18 +84,20 @@ def test_a_config_that_changes_outputs_is_refused_naming_the_fields(diffusion_ru
 
 def test_output_fields_leave_inference_settings_free(demo_config):
   other = run_config.from_plain(run_config.to_plain(demo_config))
-  other.deblur.tile, other.eval.presets, other.data.root, other.seed = 64, ('sa',), '/x', 7
+  other.inference.tile, other.eval.align, other.data.root, other.seed = 64, 'ecc', '/x', 7
   other.model.dtype, other.train.lr = 'bfloat16', 1.0
   assert run_config.differing_output_fields(demo_config, other) == []
-  other.model.xydeblur.num_res = 3
-  assert run_config.differing_output_fields(demo_config, other) == ['model.xydeblur.num_res']
+  other.model.num_res = 3
+  assert run_config.differing_output_fields(demo_config, other) == ['model.num_res']
   from xydiff.configs import demo
   dvsr = demo.get_config('diffusion')
   changed = run_config.from_plain(run_config.to_plain(dvsr))
-  changed.diffusion.residual_scale, changed.diffusion.beta_end = 3.0, 0.02
-  changed.diffusion.presets.sa.num_steps = 7  # A sampling preset: free.
+  changed.model.diffusion.residual_scale, changed.model.diffusion.beta_end = 3.0, 0.02
+  changed.inference.presets.sa.num_steps = 7  # A sampling preset: free.
+  changed.eval.presets = ('sa',)
+  changed.model.denoiser.upsample_impl = 'subpixel'  # Same weights, same function.
   assert run_config.differing_output_fields(dvsr, changed) == [
-      'diffusion.beta_end', 'diffusion.residual_scale']
+      'model.diffusion.beta_end', 'model.diffusion.residual_scale']
 
 
 def _truncate_data_files(step_dir):
@@ -116,7 +120,7 @@ def test_training_resumes_past_a_truncated_latest_checkpoint(demo_config, tmp_pa
       ckpt.restore(target)
   # Inference names it in one line and says how to pick another step.
   with pytest.raises(CheckpointReadError, match='checkpoint_step'):
-    inference.load_for_inference(demo_config, run)
+    checkpoint.load_params(demo_config, run)
   demo_config.train.num_steps = 6
   train.train_and_evaluate(demo_config, run)  # Resumes from step 2, sets step 4 aside.
   listing = sorted(os.listdir(os.path.join(run, 'checkpoints')))
@@ -162,17 +166,17 @@ def test_a_killed_run_leaves_no_stale_lock(tmp_path):
 def test_an_interrupted_sweep_resumes_where_it_stopped(diffusion_run, monkeypatch):
   from xydiff.evaluation import sweep
   config = run_config.load(str(diffusion_run))
-  config.sweep.schedules = ((2, 1e-4, 0.5), (3, 1e-4, 0.5))
-  config.sweep.num_samples = (1, 2)
+  config.eval.sweep.schedules = ((2, 1e-4, 0.5), (3, 1e-4, 0.5))
+  config.eval.sweep.num_samples = (1, 2)
   config.eval.lpips = True
   straight = sweep.run_sweep(config, str(diffusion_run))
   # LPIPS of the N-sample mean: averaging two samples moves it.
   assert all(0 < r['lpips'] < 2 for r in straight) and straight[0]['lpips'] != straight[1]['lpips']
   calls = []
-  real_sampler = inference.make_sampler
+  real_restore_fn = inference.restore_fn
 
-  def counting_sampler(*args, **kwargs):
-    fn = real_sampler(*args, **kwargs)
+  def counting_restore_fn(*args, **kwargs):
+    fn = real_restore_fn(*args, **kwargs)
 
     def run(*a):
       if len(calls) == 3:  # The fourth image of the grid (2 schedules x 2 images): stop.
@@ -181,7 +185,7 @@ def test_an_interrupted_sweep_resumes_where_it_stopped(diffusion_run, monkeypatc
       return fn(*a)
     return run
 
-  monkeypatch.setattr(inference, 'make_sampler', counting_sampler)
+  monkeypatch.setattr(inference, 'restore_fn', counting_restore_fn)
   with pytest.raises(KeyboardInterrupt):
     sweep.run_sweep(config, str(diffusion_run))
   progress = json.loads((diffusion_run / 'sweep' / 'step_2.progress.json').read_text())
