@@ -17,8 +17,8 @@ from xydiff.runs import checkpoint
 from xydiff.runs import state as state_lib
 
 # A tiny demo run; every process count and interruption below must end the same.
-TINY_ARGS = ['--config=xydiff/configs/demo.py', '--config.model.xydeblur.width=4',
-             '--config.model.xydeblur.num_res=1', '--config.data.crop=32',
+TINY_ARGS = ['--config=xydiff/configs/demo.py', '--config.model.width=4',
+             '--config.model.num_res=1', '--config.data.crop=32',
              '--config.train.batch_size=4', '--config.data.synthetic.photo_crop=64',
              '--config.data.synthetic.kernel_size=7',
              '--config.data.synthetic.kernel_length=(3.0,7.0)', '--config.train.eval_every=1000',

@@ -59,8 +59,8 @@ def test_microbatches_give_the_whole_batch_update():
 
 
 def test_lr_is_halved_at_the_configured_steps_after_warmup():
-  from xydiff.configs import default
-  cfg = default.get_config().train
+  from xydiff.configs import base
+  cfg = base.get_config().train
   cfg.lr, cfg.warmup_steps, cfg.lr_halve_steps = 1e-4, 10, (100, 200)
   lr = state_lib.make_lr_schedule(cfg)
   np.testing.assert_allclose([lr(0), lr(9), lr(99), lr(100), lr(250)],
@@ -121,8 +121,8 @@ def test_gopro_sample_trains_checkpoints_and_evaluates(tmp_path):
   workdir = tmp_path / 'gopro'
   result = run_launch(
       '--config=xydiff/configs/xydeblur_gopro.py', f'--workdir={workdir}',
-      f'--config.data.root={GOPRO_SAMPLE}', '--config.model.xydeblur.width=4',
-      '--config.model.xydeblur.num_res=1', '--config.data.crop=64', '--config.train.batch_size=2',
+      f'--config.data.root={GOPRO_SAMPLE}', '--config.model.width=4',
+      '--config.model.num_res=1', '--config.data.crop=64', '--config.train.batch_size=2',
       '--config.train.num_steps=2', '--config.train.checkpoint_every=2',
       '--config.train.eval_every=2', '--config.eval.num_image_summaries=1',
       '--config.eval.lpips=False')
@@ -142,8 +142,8 @@ def test_gopro_sample_trains_checkpoints_and_evaluates(tmp_path):
   assert (workdir / 'checkpoints' / '2').is_dir()
   # --mode=eval scores the same checkpoint again, with the same numbers.
   again = run_launch('--config=xydiff/configs/xydeblur_gopro.py', f'--workdir={workdir}', '--mode=eval',
-                     f'--config.data.root={GOPRO_SAMPLE}', '--config.model.xydeblur.width=4',
-                     '--config.model.xydeblur.num_res=1', '--config.eval.num_image_summaries=0',
+                     f'--config.data.root={GOPRO_SAMPLE}', '--config.model.width=4',
+                     '--config.model.num_res=1', '--config.eval.num_image_summaries=0',
                      '--config.eval.lpips=False')
   assert again.returncode == 0, again.stderr[-3000:]
   # Into its own folder (named by dataset and split), leaving training's eval/ alone.
@@ -191,7 +191,7 @@ def test_checkpoint_of_another_model_is_refused_by_name(demo_config, tmp_path):
   workdir = str(tmp_path / 'shape')
   demo_config.train.num_steps = 2
   train.train_and_evaluate(demo_config, workdir)
-  demo_config.model.xydeblur.width = 8
+  demo_config.model.width = 8
   with pytest.raises(CheckpointMismatchError, match='xydeblur'):
     train.train_and_evaluate(demo_config, workdir)
 
