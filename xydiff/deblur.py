@@ -7,11 +7,11 @@ The workdir's stored config is used (`--config` may be given, differing from
 it in inference fields only); the work is done by `inference.Restorer`, the
 same object Python users call.
 
-`--input` is an image file, a folder (its .png/.jpg/.jpeg files, not
-recursive) or a glob. Each image is written to `--output` as `<stem>.png` in
-the format it came in:
+`--input` is an image file, a folder (its .png/.jpg/.jpeg/.tif/.tiff files,
+not recursive) or a glob. Each image is written to `--output` as `<stem>.png`
+in the format it came in:
 
-- Bit depth: an 8-bit input gives an 8-bit PNG, a 16-bit PNG a 16-bit PNG.
+- Bit depth: an 8-bit input gives an 8-bit PNG, a 16-bit PNG or TIFF a 16-bit PNG.
 - Grayscale: the networks are trained on RGB, so the grey image is restored
   as three equal channels and the result (the mean of the three restored
   channels) is saved grey again, like the input.
@@ -31,7 +31,9 @@ on either side is restored in overlapping tiles (`config.deblur.tile_overlap`)
 blended with raised-cosine ramps, so memory stays bounded and no seam shows.
 An image too small for the network (e.g. 2x2 for XYDeblur) is reported as a
 failed file with the network's minimum size; upscaling it would restore an
-image the user never took.
+image the user never took. A file whose header says it has more pixels than
+`config.deblur.max_megapixels` (default 50; 0: no limit) is refused before it
+is decoded, naming the file, its width x height and the field.
 
 Diffusion models (models.is_diffusion, e.g. 'dvsr') sample with the preset
 `config.deblur.preset`, average `config.deblur.num_samples` samples (0: the
@@ -40,8 +42,10 @@ deviation over the samples (mean over RGB), scaled to its own maximum so the
 uncertain regions are visible; the maximum is logged for each image. A tiled
 image draws independent noise in each tile, so its overlaps blend two samples.
 
-A file that cannot be read or written is reported on stderr and the others go
-on; `run` then returns 1, so scripts can tell that something was skipped.
+A file that cannot be read or written, is over the pixel limit, is too small,
+or restores to NaN or infinite values (never saved as a black PNG) is reported
+on stderr, naming it, and the others go on; `run` then returns 1, so scripts
+can tell that something was skipped.
 """
 
 from __future__ import annotations
@@ -56,7 +60,7 @@ import numpy as np
 from absl import logging
 
 from xydiff import download, images, inference
-from xydiff.errors import DataError, ImageReadError
+from xydiff.errors import DataError, ImageReadError, ImageValueError, NonFiniteOutputError
 
 
 class _FileFailed(Exception):
@@ -154,20 +158,22 @@ def resolve_checkpoint(workdir: str, checkpoint: str | None) -> tuple[str, int |
 
 # ------------------------------------------------------------------ run
 
-def _restore_file(path: str, out_path: str, restore) -> dict:
+# The flag that sets the pixel limit of --mode=deblur, named when a file is refused.
+LIMIT_FLAG = '--config.deblur.max_megapixels'
+
+
+def _restore_file(path: str, out_path: str, restore, limit: images.PixelLimit) -> dict:
   """Reads, restores and writes one image; raises _FileFailed saying why it could not."""
   try:
-    stored = images.read_image(path, keep_channels=True)
-  except ImageReadError as e:
+    stored = images.read_image(path, keep_channels=True, limit=limit)
+  except ImageReadError as e:  # Damaged, not an image, or over the limit (by its header).
     raise _FileFailed(str(e)) from None
   channels = stored.shape[-1]
   bit_depth = 16 if stored.dtype == np.uint16 else 8
   rgb = stored[..., :1].repeat(3, axis=-1) if channels <= 2 else stored[..., :3]
   try:
     out = restore(images.to_float(rgb))
-  except ValueError as e:  # pad_to_multiple: below the network's minimum size.
-    if 'too small' not in str(e):
-      raise
+  except (ImageValueError, NonFiniteOutputError) as e:  # Too small, or a non-finite output.
     raise _FileFailed(f'{path}: {e}') from None
   restored = out['image']
   if channels <= 2:  # Saved grey, like the input.
@@ -210,6 +216,7 @@ def run(config, workdir: str, input: str, output: str,  # pylint: disable=redefi
   logging.info('deblur: %d images with the step-%d %s model (%s) into %s', len(files),
                restorer.step, restorer.config.model.name, restorer.description, output)
 
+  limit = images.PixelLimit(restorer.pixel_limit.megapixels, LIMIT_FLAG)
   base_key = jax.random.key(restorer.config.seed)
   failed = 0
   bar = tqdm(zip(files, out_paths), total=len(files), desc='deblur', unit='image',
@@ -218,7 +225,7 @@ def run(config, workdir: str, input: str, output: str,  # pylint: disable=redefi
     start = time.time()
     key = jax.random.fold_in(base_key, index)
     try:
-      info = _restore_file(path, out_path, lambda image: restorer.restore(image, key=key))
+      info = _restore_file(path, out_path, lambda image: restorer.restore(image, key=key), limit)
     except _FileFailed as e:
       failed += 1
       tqdm.write(f'error: {e}', file=sys.stderr)

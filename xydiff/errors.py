@@ -69,3 +69,16 @@ class ExportWriteError(WeightsError):
   """An export could not be written (a full disk, a read-only folder): the message names the
   file and the system's error; nothing was written under its name. A WeightsError, so it is
   one of USER_ERRORS."""
+
+
+class ImageTooLargeError(ImageReadError, ImageValueError):
+  """An image, a file or an array, has more pixels than max_megapixels allows: refused from
+  its header or shape before any decoding or restoring; the message names the file, its size
+  and the flag or field that sets the limit. Both an ImageReadError and an ImageValueError, so
+  a handler of either catches it (and both are USER_ERRORS)."""
+
+
+class NonFiniteOutputError(FloatingPointError):
+  """A model restored an image to NaN or infinite values (damaged or diverged weights, or an
+  activation dtype too narrow for them): reported, never saved as a black image. A
+  FloatingPointError, so it is one of USER_ERRORS."""

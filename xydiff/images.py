@@ -3,21 +3,62 @@
 Inside xydiff every image is float32 RGB in [0, 1], NHWC. Files hold integers
 (8- or 16-bit); the field's metrics are computed on images rounded to uint8.
 Everything that crosses between those worlds goes through this module.
+
+It is also the one home of the pixel limit (`PixelLimit`): `read_image` reads a
+file's header and refuses an image over the limit before decoding a pixel, in
+one line naming the file and the flag or field that sets the limit. Sizes are
+written width x height everywhere (as image viewers and `PIL.Image.size` do).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import struct
+import warnings
 import zlib
 
 import numpy as np
 
 from xydiff import files
-from xydiff.errors import ImageReadError, ImageValueError
+from xydiff.errors import ConfigError, ImageReadError, ImageTooLargeError, ImageValueError
 
 UINT8_PEAK = 255.0
 UINT16_PEAK = 65535.0
-IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg')
+IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.tif', '.tiff')
+# The default of config.deblur.max_megapixels and of `xydiff serve --max_megapixels`: a
+# 50 MP photo takes a few GB to restore on a CPU; a 631-byte file can claim 4,000 MP.
+DEFAULT_MAX_MEGAPIXELS = 50.0
+
+
+def size_text(width: int, height: int) -> str:
+  """'WxH = N MP': how every refusal writes an image's size (width first, as the page does)."""
+  mp = width * height / 1e6
+  return f'{width}x{height} = {mp:.1f} MP' if mp >= 1 else f'{width}x{height} = {mp:.2g} MP'
+
+
+@dataclasses.dataclass(frozen=True)
+class PixelLimit:
+  """At most `megapixels` million pixels per image (0: no limit), set by `source`, the flag
+  or field that every refusal names (e.g. '--max_megapixels').
+
+  Checked on a file's header (read_image) or an array's shape (inference.Restorer),
+  before anything is decoded or restored.
+  """
+  megapixels: float
+  source: str
+
+  def __post_init__(self):
+    value = self.megapixels
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+      raise ConfigError(f'{self.source}={value!r}: must be a number of megapixels >= 0 '
+                        '(0: no limit)')
+
+  def check(self, what: str, width: int, height: int) -> None:
+    """Raises ImageTooLargeError when `what` (a file, or 'the image') of width x height
+    pixels is over the limit."""
+    if self.megapixels and width * height > self.megapixels * 1e6:
+      raise ImageTooLargeError(f'{what} is {size_text(width, height)}, over the limit of '
+                               f'{self.megapixels:g} MP ({self.source})')
 
 
 def to_float(image: np.ndarray) -> np.ndarray:
@@ -143,31 +184,47 @@ def _png_orientation(data: bytes) -> int:
   return 1
 
 
-def _decode_png16(path: str, colour_type: int) -> np.ndarray:
-  """A 16-bit PNG as HxW grey, HxWx2 grey + alpha, HxWx3 RGB or HxWx4 RGBA uint16, upright.
+def _decode_opencv(path: str, data: np.ndarray) -> np.ndarray:
+  """OpenCV's IMREAD_UNCHANGED decode of a file's bytes: HxW, or HxWxC in BGR / BGRA order.
 
-  OpenCV, because Pillow decodes 16-bit colour as 8-bit. The bytes go through
-  np.fromfile + imdecode so that any path the OS accepts works. OpenCV returns
-  BGR / BGRA (grey + alpha expanded to BGRA), and None rather than raising on
-  a damaged file; IMREAD_UNCHANGED ignores EXIF, so the orientation of the
-  file's eXIf chunk is applied here, as Pillow applies it to every other file.
+  The bytes go through np.fromfile + imdecode so that any path the OS accepts
+  works. OpenCV returns None rather than raising on a damaged file: both become
+  ImageReadError naming it.
   """
-  import cv2  # Local: only 16-bit PNGs need it.
-  data = np.fromfile(path, np.uint8)
+  import cv2  # Local: only 16-bit PNGs and TIFFs need it.
   try:
     array = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
   except cv2.error as e:
     raise ImageReadError(f'cannot read image {path}: {str(e).strip().splitlines()[-1]}') from None
-  if array is None or array.dtype != np.uint16:
+  if array is None:
+    raise ImageReadError(f'cannot read image {path}: not decodable (damaged or truncated?)')
+  return array
+
+
+def _to_rgb_order(array: np.ndarray) -> np.ndarray:
+  """OpenCV's BGR / BGRA channel order as RGB / RGBA."""
+  if array.ndim == 3 and array.shape[-1] == 3:
+    return array[..., ::-1]
+  if array.ndim == 3 and array.shape[-1] == 4:
+    return array[..., [2, 1, 0, 3]]
+  return array
+
+
+def _decode_png16(path: str, colour_type: int) -> np.ndarray:
+  """A 16-bit PNG as HxW grey, HxWx2 grey + alpha, HxWx3 RGB or HxWx4 RGBA uint16, upright.
+
+  OpenCV, because Pillow decodes 16-bit colour as 8-bit. OpenCV expands grey +
+  alpha to BGRA; IMREAD_UNCHANGED ignores a PNG's EXIF, so the orientation of
+  the file's eXIf chunk is applied here, as Pillow applies it to every other file.
+  """
+  data = np.fromfile(path, np.uint8)
+  array = _decode_opencv(path, data)
+  if array.dtype != np.uint16:
     raise ImageReadError(f'cannot read image {path}: not a decodable 16-bit PNG '
                          '(damaged or truncated?)')
-  if array.ndim == 3:
-    if colour_type == PNG_GREY_ALPHA and array.shape[-1] == 4:
-      array = array[..., [0, 3]]
-    elif array.shape[-1] == 3:
-      array = array[..., ::-1]
-    elif array.shape[-1] == 4:
-      array = array[..., [2, 1, 0, 3]]
+  if array.ndim == 3 and colour_type == PNG_GREY_ALPHA and array.shape[-1] == 4:
+    array = array[..., [0, 3]]
+  array = _to_rgb_order(array)
   try:
     orientation = _png_orientation(data.tobytes())
   except (struct.error, ValueError, SyntaxError) as e:  # A damaged EXIF block.
@@ -175,6 +232,57 @@ def _decode_png16(path: str, colour_type: int) -> np.ndarray:
   if orientation != 1:
     array = _UPRIGHT[orientation](array)
   return np.ascontiguousarray(array)
+
+
+# TIFF tags (TIFF 6.0 specification) that decide how a TIFF is decoded.
+_TIFF_PHOTOMETRIC, _TIFF_BITS, _TIFF_SAMPLES, _TIFF_PLANAR, _TIFF_SAMPLE_FORMAT = (
+    262, 258, 277, 284, 339)
+_TIFF_MINISBLACK, _TIFF_RGB = 1, 2
+
+
+def _tiff_layout(img) -> tuple[int, int, int, int, int]:
+  """(bits per sample, samples per pixel, photometric, planar configuration, orientation) of
+  a TIFF that Pillow has opened (its header only); bits 0 when the samples differ in depth
+  or are not unsigned integers."""
+  tags = img.tag_v2
+  bits = set(np.atleast_1d(tags.get(_TIFF_BITS, 1)).tolist())
+  formats = set(np.atleast_1d(tags.get(_TIFF_SAMPLE_FORMAT, 1)).tolist())
+  depth = bits.pop() if len(bits) == 1 and formats == {1} else 0
+  return (depth, tags.get(_TIFF_SAMPLES, 1), tags.get(_TIFF_PHOTOMETRIC, -1),
+          tags.get(_TIFF_PLANAR, 1), tags.get(_EXIF_ORIENTATION, 1))
+
+
+def _decode_tiff(path: str, img):
+  """A TIFF as HxW(xC) uint8 or uint16, upright; None when Pillow should decode it.
+
+  OpenCV decodes grey and RGB at 8 and 16 bits and RGBA at 16, upright by the
+  orientation tag: Pillow decodes 16-bit colour as 8-bit, and turns 8-bit grey
+  and RGBA wrongly for orientations 5-8 (tests/test_images.py checks every
+  layout and orientation of both). Other 8-bit layouts (palette, CMYK, RGBA,
+  grey + alpha) go to Pillow where it turns them right; what neither decodes
+  right is refused by name rather than decoded wrongly.
+  """
+  bits, samples, photometric, planar, orientation = _tiff_layout(img)
+  by_opencv = bits in (8, 16) and (
+      (samples == 1 and photometric == _TIFF_MINISBLACK) or
+      (photometric == _TIFF_RGB and (samples == 3 or (samples == 4 and bits == 16)) and
+       (planar == 1 or bits == 8)))
+  if not by_opencv:
+    if bits == 8 and orientation in (1, 2, 3, 4):
+      return None
+    layout = (f'{samples} {bits}-bit samples' if bits else f'{samples} samples of mixed depth '
+              'or float values')
+    turned = f', orientation {orientation}' if bits == 8 else ''
+    raise ImageReadError(
+        f'cannot read image {path}: a TIFF of {layout} (photometric {photometric}, planar '
+        f'{planar}{turned}), a layout xydiff cannot decode faithfully; xydiff reads 8- and '
+        '16-bit grey and RGB TIFFs and 16-bit RGBA ones: save it as a PNG')
+  array = _decode_opencv(path, np.fromfile(path, np.uint8))
+  channels = 1 if array.ndim == 2 else array.shape[-1]
+  if array.dtype != (np.uint8 if bits == 8 else np.uint16) or channels != samples:
+    raise ImageReadError(f'cannot read image {path}: its header says {samples} {bits}-bit '
+                         f'samples, OpenCV decoded {channels} of {array.dtype}')
+  return np.ascontiguousarray(_to_rgb_order(array))
 
 
 def _upright(img):
@@ -185,48 +293,87 @@ def _upright(img):
   return ImageOps.exif_transpose(img)
 
 
-def _decode_pillow(path: str) -> np.ndarray:
-  """8-bit PNG, JPEG and anything else Pillow reads, upright, as its stored channels."""
+def _decode_pillow(path: str, limit: PixelLimit | None) -> np.ndarray:
+  """8-bit PNG, JPEG, TIFF and anything else Pillow reads, upright, as its stored channels.
+
+  Pillow reads the header first; `limit` is checked on its size before any
+  pixel is decoded.
+  """
   from PIL import Image  # Local: this module is imported by code that reads no images.
-  with Image.open(path) as img:
-    img.load()
-    img = _upright(img)
-    mode = img.mode
-    if mode in ('I;16', 'I;16B', 'I;16L', 'I'):
-      return (np.asarray(img, dtype=np.uint16) if mode != 'I' else
-              np.asarray(img).astype(np.uint16))[..., None]
-    if mode in ('1', 'L', 'LA', 'RGB', 'RGBA'):
-      return np.asarray(img.convert('L') if mode == '1' else img)
-    if mode in ('La', 'PA') or (mode == 'P' and 'transparency' in img.info):
-      return np.asarray(img.convert('LA' if mode == 'La' else 'RGBA'))
-    # Palette, CMYK, YCbCr, premultiplied RGBa, ...
-    return np.asarray(img.convert('RGBA' if mode == 'RGBa' else 'RGB'))
+  with warnings.catch_warnings():
+    # Pillow warns beyond half its own limit; the caller's limit is the one that applies here.
+    warnings.simplefilter('ignore', Image.DecompressionBombWarning)
+    with Image.open(path) as img:
+      if limit is not None:
+        limit.check(path, *img.size)
+      if img.format == 'TIFF':
+        array = _decode_tiff(path, img)
+        if array is not None:
+          return array
+      img.load()
+      return _stored_channels(_upright(img))
 
 
-def read_image(path: str, *, keep_channels: bool = False) -> np.ndarray:
-  """Reads a PNG or JPEG as an HxWx3 uint8 or uint16 RGB array.
+def _stored_channels(img) -> np.ndarray:
+  """A decoded Pillow image as HxW(xC) uint8 or uint16, its channels as stored."""
+  mode = img.mode
+  if mode in ('I;16', 'I;16B', 'I;16L', 'I'):
+    return (np.asarray(img, dtype=np.uint16) if mode != 'I' else
+            np.asarray(img).astype(np.uint16))[..., None]
+  if mode in ('1', 'L', 'LA', 'RGB', 'RGBA'):
+    return np.asarray(img.convert('L') if mode == '1' else img)
+  if mode in ('La', 'PA') or (mode == 'P' and 'transparency' in img.info):
+    return np.asarray(img.convert('LA' if mode == 'La' else 'RGBA'))
+  # Palette, CMYK, YCbCr, premultiplied RGBa, ...
+  return np.asarray(img.convert('RGBA' if mode == 'RGBa' else 'RGB'))
+
+
+def _beyond_pillow(path: str, limit: PixelLimit | None) -> str:
+  """The refusal of a file whose header claims more pixels than Pillow opens at all."""
+  from PIL import Image
+  ceiling = 2 * Image.MAX_IMAGE_PIXELS  # Pillow raises DecompressionBombError beyond this.
+  over = f'{path} is larger than {ceiling / 1e6:.1f} MP (its header says so)'
+  if limit is not None and limit.megapixels and limit.megapixels * 1e6 < ceiling:
+    return f'{over}, over the limit of {limit.megapixels:g} MP ({limit.source})'
+  return f'{over}, more than Pillow opens (PIL.Image.MAX_IMAGE_PIXELS)'
+
+
+def read_image(path: str, *, keep_channels: bool = False,
+               limit: PixelLimit | None = None) -> np.ndarray:
+  """Reads a PNG, JPEG or TIFF as an HxWx3 uint8 or uint16 RGB array.
 
   Grayscale is repeated to three channels and alpha is dropped, so every image
-  a user hands xydiff is RGB. 16-bit PNGs, grey or colour, come back as uint16
-  at full precision (decoded by OpenCV: Pillow would silently decode 16-bit
-  colour as 8-bit); everything else is decoded by Pillow. A photo carrying an
-  EXIF Orientation tag (as phones write them) comes back upright, as viewers
-  show it.
+  a user hands xydiff is RGB. 16-bit PNGs and TIFFs, grey or colour, come back
+  as uint16 at full precision (decoded by OpenCV: Pillow would silently decode
+  16-bit colour as 8-bit); everything else is decoded by Pillow. A photo
+  carrying an EXIF Orientation tag (as phones write them) comes back upright,
+  as viewers show it.
 
   With `keep_channels` the channels are returned as stored, HxWx1 grey, HxWx2
   grey + alpha, HxWx3 RGB or HxWx4 RGBA (palette images become RGB, or RGBA
   when they carry transparency), so that a tool can write its result back in
   the format it was given. A file that cannot be opened or decoded raises
-  ImageReadError naming it.
+  ImageReadError naming it. With `limit`, a file whose header says it has more
+  pixels raises ImageTooLargeError (an ImageReadError) before any decoding;
+  without one, Pillow's own decompression-bomb limit (about 179 MP) still
+  refuses larger 8-bit files, in the same one line.
   """
+  from PIL import Image  # Local: this module is imported by code that reads no images.
   try:
     header = png_header(path)
+    if header is not None and limit is not None:
+      limit.check(path, header[0], header[1])
     if header is not None and header[2] == 16:
       array = _decode_png16(path, header[3])
     else:
-      array = _decode_pillow(path)
+      array = _decode_pillow(path, limit)
   except ImageReadError:
     raise
+  except Image.DecompressionBombError:  # Not an OSError: it would escape as a traceback.
+    raise ImageTooLargeError(_beyond_pillow(path, limit)) from None
+  except Image.UnidentifiedImageError:
+    raise ImageReadError(f'cannot read image {path}: not a PNG, JPEG or TIFF that xydiff '
+                         'reads, or damaged') from None
   except (OSError, SyntaxError, ValueError) as e:  # PIL reports truncation as OSError.
     raise ImageReadError(f'cannot read image {path}: {e}') from None
   if array.ndim == 2:

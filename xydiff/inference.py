@@ -25,8 +25,7 @@ from flax import nnx
 
 from xydiff import checkpoint, config_check, diffusion, images, models, run_config
 from xydiff import state as state_lib
-from xydiff.errors import ConfigError
-from xydiff.models.layers import pad_to_multiple
+from xydiff.errors import ConfigError, ImageValueError, NonFiniteOutputError
 
 
 # ------------------------------------------------------------------ weights
@@ -177,8 +176,15 @@ def restore_image(fn, params, image: np.ndarray, key: jax.Array, *, align: int,
   if ensemble != 1:
     return ensembled(lambda view: restore_image(fn, params, view, key, align=align, tile=tile,
                                                 overlap=overlap, bucket=bucket), image, ensemble)
-  padded, (h, w) = pad_to_multiple(jnp.asarray(image, jnp.float32)[None], align)
-  padded = np.asarray(padded)
+  image = np.asarray(image, np.float32)
+  h, w = image.shape[:2]
+  ph, pw = (-h) % align, (-w) % align
+  if (ph or pw) and (ph >= h or pw >= w):
+    raise ValueError(f'image of {w}x{h} pixels is too small: the network needs at least '
+                     f'{align // 2 + 1}x{align // 2 + 1}')
+  # numpy's reflect, which jnp.pad (layers.pad_to_multiple) copies: an eager jax op would
+  # compile, and keep for good, an executable for every image shape.
+  padded = np.pad(image, ((0, ph), (0, pw), (0, 0)), mode='reflect')[None]
   height, width = padded.shape[1:3]
   if bucket > 0:
     extra_h, extra_w = bucketed(height, align, bucket) - height, bucketed(width, align, bucket) - width
@@ -190,9 +196,11 @@ def restore_image(fn, params, image: np.ndarray, key: jax.Array, *, align: int,
   tile_w = min(tile, width) if tile > 0 else width
   if (tile_h, tile_w) == (height, width):
     out = fn(params, jnp.asarray(padded), key)
-    result = {name: np.asarray(out[name][0, :h, :w]) for name in ('image', 'std') if name in out}
+    # Cropped on the host: a jax slice would compile per shape too.
+    result = {name: np.ascontiguousarray(np.asarray(out[name])[0, :h, :w])
+              for name in ('image', 'std') if name in out}
     if 'samples' in out:
-      result['samples'] = np.asarray(out['samples'][:, 0, :h, :w])
+      result['samples'] = np.ascontiguousarray(np.asarray(out['samples'])[:, 0, :h, :w])
     return result
 
   ys, xs = tile_starts(height, tile_h, overlap, align), tile_starts(width, tile_w, overlap, align)
@@ -207,7 +215,7 @@ def restore_image(fn, params, image: np.ndarray, key: jax.Array, *, align: int,
       total[y0:y0 + tile_h, x0:x0 + tile_w] += weight
       for name in _OUTPUTS:
         if name in out:
-          value = np.asarray(out[name][:, 0] if name == 'samples' else out[name][0])
+          value = np.asarray(out[name])[:, 0] if name == 'samples' else np.asarray(out[name])[0]
           acc = sums.setdefault(name, np.zeros(value.shape[:-3] + (height, width, 3), np.float32))
           acc[..., y0:y0 + tile_h, x0:x0 + tile_w, :] += weight * value
   return {name: (acc / total)[..., :h, :w, :] for name, acc in sums.items()}
@@ -305,7 +313,26 @@ class Restorer:
   sampled with `config.deblur.preset` and `config.deblur.num_samples`; large
   images go in tiles (`config.deblur.tile`); `config.deblur.ensemble` 8 averages
   the x8 self-ensemble around all of it.
+
+  'image' and 'samples' are the network's float32 output, not clipped: within
+  [0, 1] almost everywhere, but a network that sharpens overshoots at strong
+  edges (real photos: about -0.4 to 1.5). They are the values the evaluator
+  scores and `xydiff export`'s functions compute, to the last bit;
+  images.to_uint8 / to_uint16 / write_image clip them to [0, 1] when saving,
+  and np.clip(out['image'], 0, 1) does for display.
+
+  An image larger than `config.deblur.max_megapixels` (`pixel_limit`, default
+  50 MP, 0: none) is refused by its shape before any work. Each image shape
+  compiles the network once; when a Restorer meets one shape more than
+  `max_compiled_shapes`, JAX's caches are cleared (jax.clear_caches: every
+  compiled shape, this process's other jitted functions' too), and shapes
+  compile again as they come (with `deblur.compilation_cache()` on, from disk).
   """
+
+  # JAX keeps an executable and the traces of every inner function for each input shape,
+  # for good (about 7 MB a shape even for a tiny model): a folder of photos of many sizes
+  # would otherwise keep them all.
+  MAX_COMPILED_SHAPES = 8
 
   def __init__(self, config, graphdef, params, step: int):
     config_check.validate_model(config)
@@ -314,6 +341,12 @@ class Restorer:
     self.params = params
     tile, overlap, self.bucket, self.num_samples = check_deblur_settings(config)
     self.ensemble = config.deblur.get('ensemble', 1)
+    # Stored configs of runs older than the field have none: the default, as a new run has.
+    self.pixel_limit = images.PixelLimit(
+        config.deblur.get('max_megapixels', images.DEFAULT_MAX_MEGAPIXELS),
+        'config.deblur.max_megapixels')
+    self.max_compiled_shapes = self.MAX_COMPILED_SHAPES
+    self._compiled_shapes = {}  # id(jitted fn) -> the input shapes it has compiled.
     self.align = models.size_multiple(config.model)
     self.tile, self.overlap = aligned_tiling(tile, overlap, self.align)
     self._fn = self._restore_fn(graphdef)
@@ -377,14 +410,58 @@ class Restorer:
     """Restores one HxWx3 image (uint8, uint16, or float in [0, 1]); see the class docstring.
 
     Diffusion samples draw their noise from `key` (default: jax.random.key(config.seed)).
-    Another dtype, a NaN or infinite value, or floats outside [0, 1] (0-255
-    levels, say) raise ImageValueError naming the problem.
+    Raises ImageValueError, in one line, before any work for: another shape or
+    dtype, a NaN or infinite value, floats outside [0, 1] (0-255 levels, say),
+    an empty image or one below the network's minimum size, and (its subclass
+    ImageTooLargeError) more pixels than `pixel_limit`. An output holding NaN or
+    infinity raises NonFiniteOutputError rather than being returned.
     """
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[-1] != 3:
-      raise ValueError(f'restore takes one HxWx3 RGB image, got shape {image.shape}')
+      raise ImageValueError(f'restore takes one HxWx3 RGB image, got shape {image.shape}')
+    height, width = image.shape[:2]
+    self.pixel_limit.check('the image', width, height)
+    # restore_image reflect-pads to a multiple of `align`, which needs more than half of it.
+    minimum = self.align // 2 + 1
+    if height < minimum or width < minimum:
+      raise ImageValueError(f'image of {width}x{height} pixels is too small: '
+                            f'{self.config.model.name} needs at least {minimum}x{minimum}')
     image = images.to_unit_float(image)  # uint8, uint16 or finite float in [0, 1]; else one line.
     key = jax.random.key(self.config.seed) if key is None else key
-    fn = self._tiled_fn if self.tiles(*image.shape[:2]) else self._fn
-    return restore_image(fn, self.params, image, key, align=self.align, tile=self.tile,
-                         overlap=self.overlap, bucket=self.bucket, ensemble=self.ensemble)
+    fn = self._tiled_fn if self.tiles(height, width) else self._fn
+    out = restore_image(self._bounded(fn), self.params, image, key, align=self.align,
+                        tile=self.tile, overlap=self.overlap, bucket=self.bucket,
+                        ensemble=self.ensemble)
+    for name, value in out.items():
+      finite = np.isfinite(value)
+      if not finite.all():
+        bad = value.size - int(finite.sum())
+        raise NonFiniteOutputError(
+            f"the restored {name} holds {bad} NaN or infinite value{'s' * (bad > 1)} (of "
+            f'{value.size}): the {self.config.model.name} weights of step {self.step} give '
+            f'non-finite outputs (damaged or diverged weights, or model.dtype='
+            f'{self.config.model.dtype} too narrow)')
+    return out
+
+  def _bounded(self, fn):
+    """`fn`, clearing every compiled shape when it meets one beyond max_compiled_shapes.
+
+    JAX cannot drop one shape, and `fn.clear_cache()` keeps the traces of the
+    functions it calls (a third of the memory, measured): jax.clear_caches.
+    """
+    seen = self._compiled_shapes.setdefault(id(fn), set())
+
+    def call(params, blur, key):
+      shape = tuple(blur.shape)
+      if shape not in seen and len(seen) >= self.max_compiled_shapes:
+        self.clear_compiled()
+      seen.add(shape)
+      return fn(params, blur, key)
+    return call
+
+  def clear_compiled(self) -> None:
+    """Frees every compiled shape (jax.clear_caches: the process's other jitted functions'
+    too); a later restore compiles again."""
+    jax.clear_caches()
+    for seen in self._compiled_shapes.values():
+      seen.clear()

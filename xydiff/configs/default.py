@@ -146,4 +146,7 @@ def get_config() -> ml_collections.ConfigDict:
   # Test-time ensemble: 1 (off) or 8, the x8 self-ensemble of KAIR and MAXIM
   # (each flip x rot90 restored, turned back and averaged): 8x the compute.
   db.ensemble = 1
+  # Images with more pixels than this (millions) are refused, from the file's
+  # header or the array's shape, before any decoding or work; 0: no limit.
+  db.max_megapixels = 50.0
   return config
