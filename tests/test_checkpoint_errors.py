@@ -76,6 +76,17 @@ def _truncate(step_dir):
       f.truncate(os.path.getsize(path) // 3)
 
 
+def as_legacy(step_dir):
+  """Makes a step look written before checksums: no checksums file, no record of one."""
+  os.remove(os.path.join(step_dir, checkpoint.CHECKSUMS_FILE))
+  path = os.path.join(step_dir, '_CHECKPOINT_METADATA')
+  with open(path) as f:
+    metadata = json.load(f)
+  del metadata['custom_metadata']['xydiff_checksums']
+  with open(path, 'w') as f:
+    json.dump(metadata, f)
+
+
 def test_damage_is_told_from_files_that_cannot_be_reached():
   damage = [ValueError('DATA_LOSS: Error decoding manifest: Length in header (116) ...'),
             ValueError('OUT_OF_RANGE: Requested byte range [0, 5709) is not valid ...'),
@@ -189,13 +200,19 @@ def test_a_step_the_process_may_not_read_stops_training_and_is_not_renamed(two_s
     shutil.rmtree(shared)
 
 
-def test_when_no_step_restores_the_run_stops_and_renames_nothing(run):
+@pytest.mark.parametrize('legacy', [False, True])
+def test_when_no_step_restores_the_run_stops_and_renames_nothing(run, legacy):
+  """Truncation fails the checksums' sizes; without checksums (older steps), tensorstore's
+  reads run out of bytes."""
   for step in ('2', '4'):
+    if legacy:
+      as_legacy(run / 'checkpoints' / step)
     _truncate(run / 'checkpoints' / step)
+  why = (r'OUT_OF_RANGE: .*' if legacy else
+         r'DATA_LOSS: state/d/\w+ holds \d+ bytes, its checksums say \d+')
   with checkpoint.Checkpointer(str(run), _config()) as ckpt:
     with pytest.raises(CheckpointDamagedError, match=rf'^no checkpoint in {run}/checkpoints '
-                       r'restores \(step 4: OUT_OF_RANGE: .*; step 2: OUT_OF_RANGE: .*\); nothing '
-                       'was renamed'):
+                       rf'restores \(step 4: {why}; step 2: {why}\); nothing was renamed'):
       ckpt.restore_newest_readable(_target())
   assert _listing(run) == ['2', '4']
 
@@ -229,7 +246,7 @@ def test_a_damaged_step_costs_one_warning_line_and_no_traceback(run):
   assert result.stdout.strip().splitlines()[-1] == 'resumed at 2'
   lines = [line for line in result.stderr.splitlines() if line.strip()]
   damaged = [line for line in lines if 'is damaged' in line]
-  assert len(damaged) == 1 and f'{run}/checkpoints/4 is damaged (OUT_OF_RANGE: ' in damaged[0]
+  assert len(damaged) == 1 and f'{run}/checkpoints/4 is damaged (DATA_LOSS: ' in damaged[0]
   assert 'resuming from step 2' in damaged[0]
   assert not [line for line in lines if 'Traceback' in line or 'Event loop is closed' in line
               or 'never retrieved' in line], result.stderr[-3000:]
@@ -241,10 +258,10 @@ def test_the_echoes_of_a_failed_restore_are_dropped_and_nothing_else(monkeypatch
   restore's late callbacks fire after its loop closed is a race."""
   seen = []
   monkeypatch.setattr(sys, 'unraisablehook', seen.append)
-  monkeypatch.setattr(checkpoint._QuietFailedRestore, 'installed', False)  # pylint: disable=protected-access
+  monkeypatch.setattr(checkpoint._QuietFailedIO, 'installed', False)  # pylint: disable=protected-access
   asyncio_log = logging.getLogger('asyncio')
   monkeypatch.setattr(asyncio_log, 'filters', list(asyncio_log.filters))
-  checkpoint._QuietFailedRestore.install()  # pylint: disable=protected-access
+  checkpoint._QuietFailedIO.install()  # pylint: disable=protected-access
   loop = asyncio.new_event_loop()
   loop.close()
 
@@ -271,7 +288,8 @@ def test_the_echoes_of_a_failed_restore_are_dropped_and_nothing_else(monkeypatch
 
 
 def test_a_checkpoint_without_a_stored_config_is_refused_unless_the_user_gives_one(run):
-  for step in ('2', '4'):
+  for step in ('2', '4'):  # Written by code that stored none (and no checksums yet).
+    as_legacy(run / 'checkpoints' / step)
     shutil.rmtree(run / 'checkpoints' / step / 'config')
   with checkpoint.Checkpointer(str(run), _config(), read_only=True) as ckpt:
     with pytest.raises(CheckpointMismatchError, match=rf'^checkpoint {run}/checkpoints/4 stores '
@@ -284,6 +302,7 @@ def test_a_checkpoint_without_a_stored_config_is_refused_unless_the_user_gives_o
 
 def test_fields_a_stored_config_lacks_compare_as_their_defaults(run):
   """A run stored before a field existed was trained with what the field's default keeps."""
+  as_legacy(run / 'checkpoints' / '4')  # Stored by older code, without checksums.
   path = run / 'checkpoints' / '4' / 'config' / 'metadata'
   stored = json.loads(path.read_text())
   del stored['model']['xydeblur']['decoders']  # As if stored before XY decoupling was a field.

@@ -11,12 +11,8 @@ import pytest
 from PIL import Image
 
 from conftest import GOPRO_SAMPLE, run_launch, tiny
-from xydiff import images
-from xydiff.runs import checkpoint
-from xydiff.inference import photos as deblur
-from xydiff.inference import restorer as inference
-from xydiff import config as run_config
-from xydiff.runs import state as state_lib
+from test_images import _jpeg_bytes, claim_size
+from xydiff import checkpoint, deblur, images, inference, run_config, state as state_lib
 from xydiff.errors import DataError
 
 FRAME = GOPRO_SAMPLE / 'test' / 'GOPR0869_11_00' / 'blur' / '000020.png'
@@ -59,6 +55,11 @@ def xydeblur_run(tmp_path_factory, frame):
   images.write_png(str(inputs / 'tiny.png'), crop[:2, :2])
   data = (inputs / 'odd.png').read_bytes()
   (inputs / 'broken.png').write_bytes(data[:len(data) // 2])
+  # Headers that claim what would take minutes and gigabytes to decode (the audit's files).
+  (inputs / 'bomb.jpg').write_bytes(claim_size(_jpeg_bytes(), 65000, 65000))
+  (inputs / 'vast.png').write_bytes(claim_size((inputs / 'deep.png').read_bytes(), 12000, 12000))
+  import tifffile  # pylint: disable=import-outside-toplevel  # scikit-image's TIFF library.
+  tifffile.imwrite(inputs / 'scan.tif', deep, photometric='rgb')
   (inputs / 'notes.txt').write_text('not an image: skipped by the folder listing')
   stderr = io.StringIO()
   with contextlib.redirect_stderr(stderr):
@@ -76,12 +77,27 @@ def _read(path):
 def test_a_corrupt_and_a_too_small_file_fail_alone(xydeblur_run):
   assert xydeblur_run['status'] == 1
   written = sorted(os.listdir(xydeblur_run['out']))
-  assert written == ['deep.png', 'deep_gray.png', 'gray.png', 'odd.png', 'photo.png', 'rgba.png']
+  assert written == ['deep.png', 'deep_gray.png', 'gray.png', 'odd.png', 'photo.png', 'rgba.png',
+                     'scan.png']
   lines = xydeblur_run['stderr'].splitlines()
   assert any(line.startswith('error: cannot read image') and 'broken.png' in line
              for line in lines)
-  assert any('tiny.png: image of 2x2 pixels is too small' in line for line in lines)
-  assert len(lines) == 2  # The folder's notes.txt is not an image: not listed, not an error.
+  assert any('tiny.png: image of 2x2 pixels is too small: xydeblur needs at least 3x3' in line
+             for line in lines)
+  inputs = xydeblur_run['inputs']
+  assert f"error: {inputs / 'bomb.jpg'} is larger than 179.0 MP (its header says so), over the " \
+         'limit of 50 MP (--config.deblur.max_megapixels)' in lines
+  assert f"error: {inputs / 'vast.png'} is 12000x12000 = 144.0 MP, over the limit of 50 MP " \
+         '(--config.deblur.max_megapixels)' in lines
+  assert len(lines) == 4  # The folder's notes.txt is not an image: not listed, not an error.
+
+
+def test_a_16_bit_tiff_is_restored_into_a_16_bit_png(xydeblur_run):
+  source = _read(xydeblur_run['inputs'] / 'scan.tif')
+  assert source.dtype == np.uint16
+  np.testing.assert_array_equal(source, _read(xydeblur_run['inputs'] / 'deep.png'))
+  np.testing.assert_array_equal(_read(xydeblur_run['out'] / 'scan.png'),
+                                _read(xydeblur_run['out'] / 'deep.png'))
 
 
 def test_odd_sizes_restore_exactly_as_the_network_on_the_whole_image(xydeblur_run):
@@ -184,8 +200,8 @@ def test_run_refuses_bad_paths_with_one_line_errors(tmp_path, xydeblur_run):
     deblur.run(config, str(workdir), str(inputs), out, checkpoint=str(tmp_path / 'nope' / '7'))
   with pytest.raises(FileNotFoundError, match=f'no checkpoint in {tmp_path}'):
     deblur.run(config, str(tmp_path), str(inputs), out)
-  with pytest.raises(FileNotFoundError, match='matches no .png/.jpg/.jpeg images'):
-    deblur.run(config, str(workdir), str(inputs / '*.tif'), out)
+  with pytest.raises(FileNotFoundError, match='matches no .png/.jpg/.jpeg/.tif/.tiff images'):
+    deblur.run(config, str(workdir), str(inputs / '*.bmp'), out)
   (tmp_path / 'a.png').write_bytes(b'')
   (tmp_path / 'a.jpg').write_bytes(b'')
   with pytest.raises(DataError, match='share a name'):
@@ -203,12 +219,14 @@ def test_launch_deblur_exits_non_zero_after_restoring_the_readable_files(tmp_pat
   (tmp_path / 'in').mkdir()
   images.write_png(str(tmp_path / 'in' / 'good.png'), frame[:64, :64])
   (tmp_path / 'in' / 'bad.png').write_bytes(b'\x89PNG\r\n\x1a\n broken')
+  (tmp_path / 'in' / 'bomb.jpg').write_bytes(claim_size(_jpeg_bytes(), 65000, 65000))
   result = run_launch('--config=xydiff/configs/demo.py', f'--workdir={tmp_path / "run"}',
                       '--mode=deblur', f'--input={tmp_path / "in"}',
                       f'--output={tmp_path / "out"}', '--config.model.xydeblur.width=4',
                       '--config.model.xydeblur.num_res=1', timeout=300)
   assert result.returncode == 1, result.stderr[-2000:]
   assert 'error: cannot read image' in result.stderr and 'bad.png' in result.stderr
+  assert 'bomb.jpg is larger than 179.0 MP' in result.stderr  # Pillow's bomb, as one line.
   assert os.listdir(tmp_path / 'out') == ['good.png']
   assert 'Traceback' not in result.stderr
 
@@ -219,7 +237,7 @@ def test_a_crop_the_network_takes_as_it_is_is_restored_as_the_official_network_d
   padded to 256x384 and came out up to 5 levels off near its right edge."""
   torch = pytest.importorskip('torch')
   from torch_refs.xydeblur import OfficialXYDeblur
-  from xydiff.interop import official as weights
+  from xydiff import weights
   torch.manual_seed(0)
   net = OfficialXYDeblur(width=8, num_res=2).eval()
   torch.save({'model': net.state_dict()}, tmp_path / 'official.pkl')
@@ -278,7 +296,7 @@ def test_the_overwrite_guard_sees_through_symlinked_folders(tmp_path, xydeblur_r
 
 _CACHED_DEBLUR = '''
 import sys
-from xydiff.inference import photos as deblur
+from xydiff import deblur
 sys.exit(deblur.run(None, sys.argv[1], sys.argv[2], sys.argv[3]))
 '''
 
@@ -297,3 +315,19 @@ def test_deblur_keeps_its_compiled_networks_in_the_users_cache(tmp_path, xydeblu
   assert result.returncode == 0, result.stderr[-3000:]
   assert os.listdir(tmp_path / 'out') == ['odd.png']
   assert len(os.listdir(cache / 'jax')) >= 1  # The compiled network, for the next run.
+
+
+def test_a_non_finite_output_fails_its_file_in_one_line_and_writes_nothing(tmp_path, xydeblur_run):
+  config = xydeblur_run['config']
+  graphdef, state = state_lib.init_state(config)
+  broken = jax.tree.map(lambda p: p.at[(0,) * p.ndim].set(jnp.inf) if p.ndim == 4 else p,
+                        state['params'])
+  restorer = inference.Restorer(config, graphdef, broken, 0)
+  path, out_path = xydeblur_run['inputs'] / 'odd.png', tmp_path / 'odd.png'
+  # pylint: disable=protected-access
+  with pytest.raises(deblur._FileFailed) as e:
+    deblur._restore_file(str(path), str(out_path), restorer.restore,
+                         images.PixelLimit(50, deblur.LIMIT_FLAG))
+  assert str(e.value).startswith(f'{path}: the restored image holds ')
+  assert 'NaN or infinite values' in str(e.value) and '\n' not in str(e.value)
+  assert not out_path.exists()  # Never a black PNG.

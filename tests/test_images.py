@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import os
+import struct
 import subprocess
 import sys
 import textwrap
@@ -13,7 +15,7 @@ from PIL import Image
 
 from conftest import REPO
 from xydiff import images
-from xydiff.errors import ImageReadError, ImageValueError
+from xydiff.errors import ConfigError, ImageReadError, ImageTooLargeError, ImageValueError
 
 H, W = 9, 13
 
@@ -216,4 +218,156 @@ def test_image_arrays_are_uint8_uint16_or_floats_in_0_1():
   ):
     with pytest.raises(ImageValueError, match=message) as e:
       images.to_unit_float(array)
+    assert '\n' not in str(e.value)
+
+
+# ------------------------------------------------------------------ the pixel limit
+
+def claim_size(data: bytes, width: int, height: int) -> bytes:
+  """A PNG's or baseline JPEG's bytes with a header claiming width x height: the
+  few-hundred-byte file that asks a decoder for gigabytes."""
+  if data.startswith(images.PNG_SIGNATURE):
+    return data[:16] + struct.pack('>II', width, height) + data[24:]
+  sof = data.index(b'\xff\xc0')  # SOF0: length (2), precision (1), height, width (2 each).
+  return data[:sof + 5] + struct.pack('>HH', height, width) + data[sof + 9:]
+
+
+def _jpeg_bytes() -> bytes:
+  buffer = io.BytesIO()
+  Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(buffer, 'JPEG', quality=50)
+  return buffer.getvalue()
+
+
+@pytest.fixture
+def no_decoding(monkeypatch):
+  """Makes every pixel decoder fail the test: what is refused must be refused from its header."""
+  import cv2
+  from PIL import ImageFile
+
+  def decoded(*args, **kwargs):
+    raise AssertionError('pixels were decoded')
+  monkeypatch.setattr(cv2, 'imdecode', decoded)
+  monkeypatch.setattr(ImageFile.ImageFile, 'load', decoded)
+
+
+@pytest.mark.parametrize('kind', ['png8', 'png16', 'jpeg', 'tiff8', 'tiff16'])
+def test_every_format_is_refused_over_the_limit_from_its_header(tmp_path, kind, no_decoding):
+  tifffile = pytest.importorskip('tifffile')
+  path = str(tmp_path / f'photo.{kind[:4]}')
+  deep = _deep(3)
+  if kind.startswith('png'):
+    images.write_png(path, deep if kind == 'png16' else (deep >> 8).astype(np.uint8))
+  elif kind == 'jpeg':
+    Image.fromarray((deep >> 8).astype(np.uint8)).save(path, quality=90)
+  else:
+    tifffile.imwrite(path, deep if kind == 'tiff16' else (deep >> 8).astype(np.uint8),
+                     photometric='rgb')
+  limit = images.PixelLimit(1e-4, '--max_megapixels')  # 100 pixels; the image has 9 x 13.
+  with pytest.raises(ImageTooLargeError) as e:
+    images.read_image(path, limit=limit)
+  assert str(e.value) == (f'{path} is 13x9 = 0.00012 MP, over the limit of 0.0001 MP '
+                          '(--max_megapixels)')
+  assert isinstance(e.value, ImageReadError) and isinstance(e.value, ImageValueError)
+
+
+def test_a_631_byte_jpeg_claiming_65000_squared_is_one_line_not_a_pillow_bomb(tmp_path,
+                                                                             no_decoding):
+  """The audit: PIL's DecompressionBombError is no OSError, and escaped read_image."""
+  bomb = tmp_path / 'bomb.jpg'
+  bomb.write_bytes(claim_size(_jpeg_bytes(), 65000, 65000))
+  assert bomb.stat().st_size < 1000
+  with pytest.raises(ImageTooLargeError, match=r'bomb\.jpg is larger than 179\.0 MP \(its header '
+                     r'says so\), over the limit of 50 MP \(--config\.deblur\.max_megapixels\)$'):
+    images.read_image(str(bomb), limit=images.PixelLimit(50, '--config.deblur.max_megapixels'))
+  # Without a limit of xydiff's (the data readers, score), Pillow's own still holds, in one line.
+  with pytest.raises(ImageTooLargeError, match=r'more than Pillow opens \(PIL\.Image\.MAX_IMAGE'):
+    images.read_image(str(bomb))
+
+
+def test_jpegs_and_16_bit_pngs_claiming_too_much_are_refused_with_their_size(tmp_path,
+                                                                            no_decoding):
+  big = tmp_path / 'big.jpg'
+  big.write_bytes(claim_size(_jpeg_bytes(), 9000, 9000))  # 81 MP: once 374 s and 5.9 GB.
+  limit = images.PixelLimit(50, '--config.deblur.max_megapixels')
+  with pytest.raises(ImageTooLargeError) as e:
+    images.read_image(str(big), limit=limit)
+  assert str(e.value) == (f'{big} is 9000x9000 = 81.0 MP, over the limit of 50 MP '
+                          '(--config.deblur.max_megapixels)')
+  deep = tmp_path / 'deep.png'
+  images.write_png(str(deep), _deep(3))
+  deep.write_bytes(claim_size(deep.read_bytes(), 12000, 12000))  # OpenCV's path: once 1.7 GB.
+  with pytest.raises(ImageTooLargeError, match=r'deep\.png is 12000x12000 = 144\.0 MP, over the '
+                     r'limit of 50 MP'):
+    images.read_image(str(deep), limit=limit)
+
+
+def test_a_limit_is_a_number_of_megapixels_and_0_turns_it_off(tmp_path):
+  path = str(tmp_path / 'photo.png')
+  images.write_png(path, _deep(3))
+  for megapixels in (0, 0.0, H * W / 1e6):  # Off, off, and exactly the image's pixels.
+    np.testing.assert_array_equal(
+        images.read_image(path, limit=images.PixelLimit(megapixels, '--m')), _deep(3))
+  for bad in (-1, float('nan'), '50', True):
+    with pytest.raises(ConfigError, match=r'^--max_megapixels=.*: must be a number of megapixels'
+                       r' >= 0 \(0: no limit\)$'):
+      images.PixelLimit(bad, '--max_megapixels')
+
+
+# ------------------------------------------------------------------ TIFF
+
+# (samples, bits, planar) of the TIFF layouts read_image decodes, and how the file's
+# stored pixels must come back for each EXIF orientation (the turns Pillow makes for JPEGs).
+TIFF_LAYOUTS = [(1, 8, 'contig'), (1, 16, 'contig'), (3, 8, 'contig'), (3, 16, 'contig'),
+                (3, 8, 'separate'), (4, 16, 'contig')]
+TURNS = {1: lambda a: a, 2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1],
+         4: lambda a: a[::-1], 5: lambda a: a.swapaxes(0, 1), 6: lambda a: np.rot90(a, -1),
+         7: lambda a: np.rot90(a, -1)[::-1], 8: lambda a: np.rot90(a, 1)}
+
+
+def _write_tiff(tifffile, path, image, planar='contig', orientation=1):
+  samples = image.shape[-1]
+  stored = image.transpose(2, 0, 1) if planar == 'separate' else image
+  tifffile.imwrite(path, stored[..., 0] if samples == 1 else stored,
+                   photometric='minisblack' if samples <= 2 else 'rgb',
+                   planarconfig=planar if samples > 1 else None,
+                   extrasamples=['unassalpha'] if samples in (2, 4) else None,
+                   extratags=[(0x0112, 'H', 1, orientation, True)])
+
+
+@pytest.mark.parametrize('orientation', range(1, 9))
+@pytest.mark.parametrize('samples,bits,planar', TIFF_LAYOUTS)
+def test_tiffs_are_read_at_full_depth_and_upright(tmp_path, samples, bits, planar, orientation):
+  tifffile = pytest.importorskip('tifffile')
+  rng = np.random.default_rng(orientation)
+  image = rng.integers(0, 2 ** bits, (H, W, samples), dtype=np.uint8 if bits == 8 else np.uint16)
+  path = str(tmp_path / 'photo.tif')
+  _write_tiff(tifffile, path, image, planar, orientation)
+  stored = images.read_image(path, keep_channels=True)
+  want = TURNS[orientation](image)
+  assert stored.dtype == image.dtype and stored.shape == want.shape
+  np.testing.assert_array_equal(stored, want)
+  rgb = images.read_image(path)
+  np.testing.assert_array_equal(rgb, np.repeat(want, 3, -1) if samples == 1 else want[..., :3])
+
+
+def test_8_bit_rgba_tiffs_go_to_pillow_and_layouts_read_wrongly_are_refused(tmp_path):
+  tifffile = pytest.importorskip('tifffile')
+  rgba = np.random.default_rng(7).integers(0, 256, (H, W, 4), dtype=np.uint8)
+  for orientation in (1, 3):
+    _write_tiff(tifffile, str(tmp_path / 'rgba.tif'), rgba, orientation=orientation)
+    np.testing.assert_array_equal(images.read_image(str(tmp_path / 'rgba.tif'),
+                                                    keep_channels=True), TURNS[orientation](rgba))
+  _write_tiff(tifffile, str(tmp_path / 'rgba.tif'), rgba, orientation=6)
+  deep = _deep(3)
+  _write_tiff(tifffile, str(tmp_path / 'planar16.tif'), deep, planar='separate')
+  tifffile.imwrite(tmp_path / 'float.tif', deep / np.float32(65535), photometric='rgb')
+  _write_tiff(tifffile, str(tmp_path / 'grey_alpha16.tif'), deep[..., :2])
+  for name, message in (
+      ('rgba.tif', r'a TIFF of 4 8-bit samples \(photometric 2, planar 1, orientation 6\), a '
+       'layout xydiff cannot decode faithfully; .* save it as a PNG'),
+      ('planar16.tif', r'a TIFF of 3 16-bit samples \(photometric 2, planar 2\)'),
+      ('float.tif', 'not a PNG, JPEG or TIFF that xydiff reads, or damaged'),
+      ('grey_alpha16.tif', 'not a PNG, JPEG or TIFF that xydiff reads, or damaged')):
+    with pytest.raises(ImageReadError, match=f'cannot read image .*{name}: {message}') as e:
+      images.read_image(str(tmp_path / name))
     assert '\n' not in str(e.value)

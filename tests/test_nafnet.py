@@ -11,9 +11,7 @@ import pytest
 from flax import nnx, traverse_util
 
 from conftest import GOPRO_SAMPLE
-from xydiff import images, models
-from xydiff.inference import restorer as inference
-from xydiff.interop import official as weights
+from xydiff import complexity, images, inference, models, weights
 from xydiff.configs import nafnet_gopro
 from xydiff.errors import CheckpointImportError, ConfigError
 from xydiff.models import nafnet
@@ -228,6 +226,35 @@ def test_rotated_decoders_equal_the_decoder_on_rotated_features():
     np.testing.assert_allclose(out['residuals'][i], feature_form[i], atol=1e-5, err_msg=str(i))
   assert np.abs(out['residuals'][1] - out['residuals'][0]).max() > 1e-2
   np.testing.assert_allclose(out['restored'], x + sum(out['residuals']), atol=1e-5)
+
+
+# ------------------------------------------------------------------ CPU forms
+
+# Two levels; TLC at train size 42 gives windows of 66, 33 and 16 feature pixels.
+SMALL = dict(width=4, enc_blocks=(1, 1), middle_blocks=1, dec_blocks=(1, 1), tlc_train_size=42)
+SMALL_IMAGE = (76, 72)
+
+
+def test_the_registry_builds_auto_forms_and_complexity_counts_the_reference_forms():
+  """upsample_impl='reference' (what xydiff.complexity sets) asks for the official forms;
+  'auto' leaves them to the backend. The CPU forms count fewer MACs (the depthwise products
+  are elementwise, the TLC 1x1 convs run on the valid positions only)."""
+  config = _model_config(**SMALL)
+  block = nnx.eval_shape(lambda: models.build_model(config)).encoder.encoders[0][0]
+  assert (block.conv2.impl, block.conv1.impl, block.tlc_impl) == ('auto',) * 3
+  config.upsample_impl = 'reference'
+  block = nnx.eval_shape(lambda: models.build_model(config)).encoder.encoders[0][0]
+  assert (block.conv2.impl, block.conv1.impl, block.tlc_impl) == ('reference',) * 3
+
+  def macs(conv, tlc):
+    graphdef, params = nnx.split(nnx.eval_shape(lambda: nafnet.NAFNet(
+        **SMALL, conv_impl=conv, tlc_impl=tlc, rngs=_ShapeOnlyKeys())), nnx.Param)
+    jaxpr = jax.make_jaxpr(lambda p, x: nnx.merge(graphdef, p)(x)['restored'])(
+        params, jax.ShapeDtypeStruct((1, *SMALL_IMAGE, 3), jnp.float32))
+    return complexity.jaxpr_macs(jaxpr.jaxpr)
+  counted = complexity.gmacs(_model_config(**SMALL), size=SMALL_IMAGE) * 1e9
+  assert counted == pytest.approx(macs('reference', 'reference'), abs=1)
+  assert macs('xla_cpu', 'separable') < macs('reference', 'reference')
 
 
 # ------------------------------------------------------------------ tiles

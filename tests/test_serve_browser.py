@@ -240,9 +240,11 @@ def test_bad_files_are_reported_in_the_page_and_the_next_photo_restores(page, ru
   page.upload(photos['notes'], photos['truncated'], photos['huge'])
   status = page.deblur(1)
   assert '0 of 3 restored' in status, status
-  assert 'notes.png is not an image' in status, status
+  assert ('cannot read image notes.png: not a PNG, JPEG or TIFF that xydiff reads, or damaged'
+          in status), status
   assert 'cannot read image truncated.png' in status, status
-  assert "huge.png is 1200x900 = 1.1 MP, over this server's limit of 1 MP" in status, status
+  assert 'huge.png is 1200x900 = 1.1 MP, over the limit of 1 MP (--max_megapixels)' in status, \
+      status
   assert '/tmp' not in status  # Names, not the server's temporary paths.
   page.clear_photos()
   page.upload(photos['crop'])

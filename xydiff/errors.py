@@ -88,3 +88,12 @@ class NonFiniteOutputError(FloatingPointError):
   """A model restored an image to NaN or infinite values (damaged or diverged weights, or an
   activation dtype too narrow for them): reported, never saved as a black image. A
   FloatingPointError, so it is one of USER_ERRORS."""
+
+
+class CheckpointWriteError(OSError):
+  """A checkpoint step could not be saved (a full disk, a folder that refuses writes); the
+  message names the step, the checkpoints folder and the system's error, and nothing of the
+  step is left that a later restore could take for a good one."""
+
+
+USER_ERRORS += (CheckpointWriteError,)

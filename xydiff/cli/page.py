@@ -2,14 +2,25 @@
 
   xydiff serve --workdir=runs/xydeblur [--workdir=runs/dvsr ...] [--pretrained=xydeblur_gopro]
                [--host=127.0.0.1] [--port=7860] [--share] [--max_megapixels=50]
+               [--keep_minutes=60] [--auth_file=PATH]
 
 Built on Gradio (pip install -e '.[app]'). Every model named is loaded once at
 start-up; the page picks one. Each model runs through `inference.Restorer`,
 the object `--mode=deblur` and Python users call, so a photo restored here is
 the Restorer's output bit for bit: EXIF orientation applied, large photos
 tiled as the CLI tiles them, a 16-bit PNG restored and saved at 16 bits.
-Requests wait in one queue and run one at a time on the device; a Restorer
-is compiled once per setting (and image shape) and kept.
+Requests wait in one queue and run one at a time on the device. Memory stays
+bounded: a model keeps the Restorers of its last KEPT_SETTINGS settings
+besides its stored one, and a Restorer clears JAX's compiled shapes once it
+has met more than Restorer.MAX_COMPILED_SHAPES image shapes.
+
+Disk stays bounded too: uploads, Gradio's cache and the restored PNGs all live
+in one temporary folder (`xydiff-serve-*`); files older than --keep_minutes
+are deleted as the server runs (Gradio's delete_cache), the requests beyond the
+last KEPT_REQUESTS at once, and the whole folder when the server stops,
+SIGTERM and Ctrl-C included. A --host other than a loopback address (or
+--share) logs a warning at start; --auth / --auth_file make the page ask for a
+login.
 
 The page: upload one or many photos (drag and drop, or paste one), then a
 before/after slider of each, the full-resolution PNGs to download, and per
@@ -19,15 +30,23 @@ Diffusion models add the perception-distortion control (preset, steps,
 samples, seed; changing the preset restores again), the per-pixel std map
 and a gallery of the samples. A file that is not an image, is damaged, or is
 larger than --max_megapixels is reported in the page, and the others are
-restored; the server stays up.
+restored; the server stays up. Photos and sharp targets alike are checked
+against --max_megapixels from their headers, before a pixel is decoded.
+Sizes are written width x height, in the table and in every message.
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import dataclasses
+import ipaddress
 import os
 import shutil
+import signal
+import socket
 import tempfile
+import threading
 import time
 
 import jax
@@ -39,10 +58,16 @@ from xydiff.inference import restorer as inference
 from xydiff import config as run_config
 from xydiff.evaluation import scoring
 from xydiff.runs import state as state_lib
-from xydiff.errors import USER_ERRORS, ImageReadError
+from xydiff.errors import USER_ERRORS, ConfigError, ImageReadError
 
 # Request folders of restored PNGs kept on disk; older ones are removed.
 KEPT_REQUESTS = 32
+# Settings (preset, steps, samples, ensemble) a model keeps compiled besides its stored
+# one: each is a Restorer with networks compiled of its own, and the page's sliders
+# reach thousands of settings.
+KEPT_SETTINGS = 4
+# The flag that sets the page's pixel limit, named when a photo or target is refused.
+LIMIT_FLAG = '--max_megapixels'
 
 
 # ------------------------------------------------------------------ models
@@ -58,17 +83,26 @@ class Settings:
 
 
 class ServedModel:
-  """One model of the page: its weights, loaded once, and a Restorer per setting."""
+  """One model of the page: its weights, loaded once, and a Restorer per setting.
 
-  def __init__(self, name: str, restorer: inference.Restorer):
+  `limit` (the page's --max_megapixels) replaces each Restorer's own
+  config.deblur.max_megapixels, so that the page has one limit.
+  """
+
+  def __init__(self, name: str, restorer: inference.Restorer, *,
+               limit: images.PixelLimit | None = None):
     self.name = name
     self.base = restorer
     self.config = restorer.config
     self.diffusion = restorer.num_samples is not None
+    self.limit = limit
+    if limit is not None:
+      restorer.pixel_limit = limit
     self._graphdef = None
-    # The stored settings are the base Restorer itself: the page's default
-    # output is Restorer.from_workdir(...).restore(photo), nothing rebuilt.
-    self._restorers = {self._compiled_part(self.defaults()): restorer}
+    # The stored settings are the base Restorer itself, always kept: the page's
+    # default output is Restorer.from_workdir(...).restore(photo), nothing rebuilt.
+    self._stored = self._compiled_part(self.defaults())
+    self._restorers = collections.OrderedDict()  # Other settings, least recently used first.
 
   def defaults(self) -> Settings:
     db, seed, ensemble = self.config.deblur, self.config.seed, self.base.ensemble
@@ -96,26 +130,38 @@ class ServedModel:
     return dataclasses.replace(settings, seed=0)  # The seed is an input, not a compile.
 
   def restorer(self, settings: Settings) -> inference.Restorer:
+    """The Restorer of `settings`: the stored one, a kept one, or a new one (and the least
+    recently used beyond KEPT_SETTINGS forgotten, its compiled networks freed)."""
     part = self._compiled_part(settings)
-    if part not in self._restorers:
-      config = run_config.from_plain(run_config.to_plain(self.config))
-      config.deblur.ensemble = settings.ensemble
-      if self.diffusion:
-        config.deblur.preset = settings.preset
-        config.deblur.num_samples = settings.num_samples
-        config.diffusion.presets[settings.preset].num_steps = settings.num_steps
-      if self._graphdef is None:
-        self._graphdef = state_lib.abstract_state(self.config)[0]
-      self._restorers[part] = inference.Restorer(config, self._graphdef, self.base.params,
-                                                 self.base.step)
-    return self._restorers[part]
+    if part == self._stored:
+      return self.base
+    if part in self._restorers:
+      self._restorers.move_to_end(part)
+      return self._restorers[part]
+    config = run_config.from_plain(run_config.to_plain(self.config))
+    config.deblur.ensemble = settings.ensemble
+    if self.diffusion:
+      config.deblur.preset = settings.preset
+      config.deblur.num_samples = settings.num_samples
+      config.diffusion.presets[settings.preset].num_steps = settings.num_steps
+    if self._graphdef is None:
+      self._graphdef = state_lib.abstract_state(self.config)[0]
+    restorer = inference.Restorer(config, self._graphdef, self.base.params, self.base.step)
+    if self.limit is not None:
+      restorer.pixel_limit = self.limit
+    self._restorers[part] = restorer
+    while len(self._restorers) > KEPT_SETTINGS:
+      self._restorers.popitem(last=False)[1].clear_compiled()
+    return restorer
 
   def restore(self, image: np.ndarray, settings: Settings) -> dict[str, np.ndarray]:
     return self.restorer(settings).restore(image, key=jax.random.key(settings.seed))
 
 
-def load_models(workdirs=(), pretrained=()) -> dict[str, ServedModel]:
-  """{name in the page: ServedModel} of the runs and pretrained names (or .safetensors files)."""
+def load_models(workdirs=(), pretrained=(), *,
+                limit: images.PixelLimit | None = None) -> dict[str, ServedModel]:
+  """{name in the page: ServedModel} of the runs and pretrained names (or .safetensors files),
+  each held to the page's pixel `limit` (None: each run's config.deblur.max_megapixels)."""
   loaded = {}
   sources = [(os.path.basename(os.path.normpath(w)) or w, inference.Restorer.from_workdir, w)
              for w in workdirs]
@@ -126,7 +172,7 @@ def load_models(workdirs=(), pretrained=()) -> dict[str, ServedModel]:
       count += 1
       unique = f'{name} ({count})'
     logging.info('serve: loading %s', where)
-    loaded[unique] = ServedModel(unique, load(where))
+    loaded[unique] = ServedModel(unique, load(where), limit=limit)
   return loaded
 
 
@@ -148,23 +194,6 @@ class Result:
   samples: list = dataclasses.field(default_factory=list)
 
 
-def check_size(path: str, max_pixels: int) -> None:
-  """Refuses a file that is not an image, or larger than `max_pixels`, before decoding it."""
-  from PIL import Image  # pylint: disable=import-outside-toplevel
-  name = os.path.basename(path)
-  try:
-    with Image.open(path) as img:  # Reads the header only.
-      width, height = img.size
-  except Image.DecompressionBombError:
-    raise ImageReadError(f'{name} is too large to open safely') from None
-  except (OSError, SyntaxError, ValueError):
-    raise ImageReadError(f'{name} is not an image (PNG or JPEG), or is damaged') from None
-  if max_pixels and width * height > max_pixels:
-    raise ImageReadError(
-        f'{name} is {width}x{height} = {width * height / 1e6:.1f} MP, over this server\'s '
-        f'limit of {max_pixels / 1e6:g} MP (--max_megapixels)')
-
-
 def _short(message: str, *paths) -> str:
   """A message without the server's temporary folders: the file's name says which."""
   for path in paths:
@@ -174,16 +203,32 @@ def _short(message: str, *paths) -> str:
 
 
 def restore_file(model: ServedModel, path: str, settings: Settings, out_dir: str, *,
-                 max_pixels: int, target: str | None = None, scorer=None) -> Result:
-  """Restores one uploaded file into `out_dir`; errors become Result.error, never raised."""
+                 limit: images.PixelLimit, target: str | None = None, scorer=None) -> Result:
+  """Restores one uploaded file into `out_dir`; errors become Result.error, never raised.
+
+  The photo and its sharp `target` are both refused from their headers when over
+  `limit`, and the target is read before any work is spent on the photo.
+  """
   name = os.path.basename(path)
   result = Result(name)
   start = time.time()
   try:
-    check_size(path, max_pixels)
-    photo = images.read_image(path)  # Upright by EXIF; uint8 or uint16 RGB.
+    for upload in (path, target):
+      if upload is not None and not os.path.exists(upload):
+        raise ImageReadError(f'{os.path.basename(upload)} is no longer on the server: uploads '
+                             'are deleted after --keep_minutes; upload it again')
+    photo = images.read_image(path, limit=limit)  # Upright by EXIF; uint8 or uint16 RGB.
     bits = 16 if photo.dtype == np.uint16 else 8
     result.size = f'{photo.shape[1]}x{photo.shape[0]}, {bits}-bit'
+    sharp = None
+    if target is not None:
+      try:
+        sharp = images.read_image(target, limit=limit)
+      except ImageReadError as e:
+        raise ImageReadError(f'the sharp target: {e}') from None
+      if sharp.shape != photo.shape:
+        raise ImageReadError(f'target {os.path.basename(target)} is {sharp.shape[1]}x'
+                             f'{sharp.shape[0]}, the photo {photo.shape[1]}x{photo.shape[0]}')
     out = model.restore(photo, settings)
     restored = out['image']
     stem = os.path.splitext(name)[0]
@@ -203,13 +248,9 @@ def restore_file(model: ServedModel, path: str, settings: Settings, out_dir: str
       for i, sample in enumerate(out['samples']):
         result.samples.append(os.path.join(out_dir, f'{stem}_sample{i}.png'))
         images.write_png(result.samples[-1], images.to_uint8(sample))
-    if target is not None:
-      sharp = images.read_image(target)
-      if sharp.shape != photo.shape:
-        raise ImageReadError(f'target {os.path.basename(target)} is {sharp.shape[1]}x'
-                             f'{sharp.shape[0]}, the photo {photo.shape[1]}x{photo.shape[0]}')
+    if sharp is not None:
       result.scores = scorer(restored, images.to_float(sharp))
-  except (ValueError, *USER_ERRORS) as e:  # ImageReadError, 'too small', bad values.
+  except (ValueError, *USER_ERRORS) as e:  # Unreadable, too large or small, non-finite.
     result.error = _short(str(e), path, target)
   except Exception as e:  # pylint: disable=broad-except
     # The server outlives any one photo: the page says what failed, the log has the rest.
@@ -234,7 +275,7 @@ def status_table(run: int, model: ServedModel, settings: Settings, results: list
     what.append(f'x{settings.ensemble} self-ensemble')
   done = sum(not r.error for r in results)
   what.append(f'{done} of {len(results)} restored')
-  rows = ['| photo | size | time | result |', '|---|---|---|---|']
+  rows = ['| photo | size (width x height) | time | result |', '|---|---|---|---|']
   for r in results:
     if r.error:
       outcome = f'error: {r.error}'
@@ -263,24 +304,70 @@ def pair_targets(photos: list[str], targets: list[str]) -> dict[str, str]:
 # ------------------------------------------------------------------ the page
 
 class Outputs:
-  """Where each request writes its PNGs: one folder per request, the oldest removed."""
+  """Every file of the page, in one temporary folder `root` (`xydiff-serve-*`).
 
-  def __init__(self):
-    self.root = tempfile.mkdtemp(prefix='xydiff-serve-')
+  Gradio keeps its uploads and cache in `root` (serve sets GRADIO_TEMP_DIR to
+  it), and each request writes its PNGs in a folder of `root/requests/`, the
+  oldest beyond KEPT_REQUESTS removed; inside Gradio's cache, they are served
+  without Gradio copying them. `parent` is where `root` is made (default: the
+  system's temporary folder, TMPDIR). `remove()` deletes it all.
+  """
+
+  def __init__(self, parent: str | None = None):
+    self.root = tempfile.mkdtemp(prefix='xydiff-serve-', dir=parent)
+    self.requests = os.path.join(self.root, 'requests')
+    os.mkdir(self.requests)
     self._count = 0
 
   def new(self) -> str:
     self._count += 1
-    folder = os.path.join(self.root, f'{self._count:06d}')
-    os.makedirs(folder)
-    stale = sorted(os.listdir(self.root))[:-KEPT_REQUESTS]
-    for old in stale:
-      shutil.rmtree(os.path.join(self.root, old), ignore_errors=True)
+    folder = os.path.join(self.requests, f'{self._count:06d}')
+    os.mkdir(folder)  # Not makedirs: a request racing remove() must not make root again.
+    for old in sorted(os.listdir(self.requests))[:-KEPT_REQUESTS]:
+      shutil.rmtree(os.path.join(self.requests, old), ignore_errors=True)
     return folder
 
+  def sweep(self, age_s: float) -> None:
+    """Deletes the files directly in `root` older than `age_s`.
 
-def build_app(served: dict[str, ServedModel], *, max_pixels: int, outputs: Outputs):
-  """The Gradio Blocks of the page (not launched)."""
+    These are Gradio's upload temporaries that it never removes itself: an
+    upload refused over --max_upload_mb or cut off leaves its partial file,
+    and its delete_cache only knows the uploads that completed.
+    """
+    now = time.time()
+    try:
+      entries = list(os.scandir(self.root))
+    except FileNotFoundError:  # Removed as the server stops.
+      return
+    for entry in entries:
+      try:
+        if (entry.is_file(follow_symlinks=False) and
+            now - entry.stat(follow_symlinks=False).st_mtime > age_s):
+          os.unlink(entry.path)
+      except FileNotFoundError:
+        pass
+
+  def remove(self) -> None:
+    shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _sweep_until(stop: threading.Event, outputs: Outputs, frequency: int, age: int) -> None:
+  while not stop.wait(frequency):
+    outputs.sweep(age)
+
+
+def cache_schedule(keep_minutes: float) -> tuple[int, int]:
+  """Gradio's delete_cache (every `frequency` s, files older than `age` s) for --keep_minutes."""
+  if isinstance(keep_minutes, bool) or not keep_minutes > 0:
+    raise ConfigError(f'--keep_minutes={keep_minutes!r}: must be a number of minutes > 0')
+  age = max(1, round(keep_minutes * 60))
+  return min(max(1, age // 4), 300), age
+
+
+def build_app(served: dict[str, ServedModel], *, limit: images.PixelLimit, outputs: Outputs,
+              keep_minutes: float = 60.0):
+  """The Gradio Blocks of the page (not launched); build it with GRADIO_TEMP_DIR set to
+  `outputs.root`, where its components keep their files."""
   import gradio as gr  # pylint: disable=import-outside-toplevel
 
   names = list(served)
@@ -325,7 +412,7 @@ def build_app(served: dict[str, ServedModel], *, max_pixels: int, outputs: Outpu
     results = []
     for index, path in enumerate(photos):
       progress((index, len(photos)), desc=f'{os.path.basename(path)}')
-      results.append(restore_file(model, path, settings, folder, max_pixels=max_pixels,
+      results.append(restore_file(model, path, settings, folder, limit=limit,
                                   target=paired.get(path), scorer=scorer))
     good = [dataclasses.asdict(r) for r in results if not r.error]
     for r in results:
@@ -337,9 +424,10 @@ def build_app(served: dict[str, ServedModel], *, max_pixels: int, outputs: Outpu
     return (slider, gr.update(choices=[r['name'] for r in good], value=first_name),
             [r['png'] for r in good] or None, status, std, samples, good, run_number)
 
-  with gr.Blocks(title='xydiff: deblur', analytics_enabled=False) as page:
-    gr.Markdown('# xydiff: deblur your photos\nDrop photos (PNG 8/16-bit, JPEG), or paste '
-                'one, then **Deblur**. Everything runs on this machine.')
+  with gr.Blocks(title='xydiff: deblur', analytics_enabled=False,
+                 delete_cache=cache_schedule(keep_minutes)) as page:
+    gr.Markdown('# xydiff: deblur your photos\nDrop photos (PNG or TIFF 8/16-bit, JPEG), or '
+                'paste one, then **Deblur**. Everything runs on this machine.')
     with gr.Row():
       model_choice = gr.Dropdown(names, value=names[0], label='Model', elem_id='xydiff-model',
                                  interactive=len(names) > 1)
@@ -394,15 +482,106 @@ def build_app(served: dict[str, ServedModel], *, max_pixels: int, outputs: Outpu
   return page
 
 
-def serve(served: dict[str, ServedModel], *, host: str = '127.0.0.1', port: int = 7860,
-          share: bool = False, max_pixels: int = 50_000_000, max_upload_mb: int = 500) -> None:
-  """Builds and launches the page; blocks until the server stops."""
-  outputs = Outputs()
-  page = build_app(served, max_pixels=max_pixels, outputs=outputs)
-  # One request at a time on the device; the others wait in Gradio's queue.
-  page.queue(default_concurrency_limit=1)
+def is_loopback(host: str) -> bool:
+  """Whether `host` (an address or a name) reaches this machine only, every address it has."""
   try:
-    page.launch(server_name=host, server_port=port, share=share, ssr_mode=False,
-                allowed_paths=[outputs.root], max_file_size=f'{max_upload_mb}mb')
+    addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+  except (OSError, UnicodeError):
+    return False
+  return bool(addresses) and all(
+      ipaddress.ip_address(a.split('%')[0]).is_loopback for a in addresses)
+
+
+def exposure(host: str, share: bool, auth) -> str | None:
+  """The start-up warning of a page that other machines can reach; None on loopback only."""
+  reach = []
+  if not is_loopback(host):
+    reach.append(f'--host={host} serves it to every machine that can reach this one')
+  if share:
+    reach.append("--share gives it a public link through Gradio's servers")
+  if not reach:
+    return None
+  login = ('it asks for a login (--auth/--auth_file), sent over plain HTTP' if auth else
+           'with no login: anyone there can run models on this machine (give --auth_file=PATH)')
+  return f"serve: the page is not private: {'; '.join(reach)}; {login}"
+
+
+def read_auth(pairs=(), auth_file: str | None = None) -> list[tuple[str, str]]:
+  """Gradio's auth, [(user, password)], from --auth USER:PASSWORD values and the lines of
+  --auth_file (blank lines and # comments skipped). Errors name the flag, file and line,
+  never a password."""
+  entries = [('--auth', value) for value in pairs]
+  if auth_file:
+    try:
+      with open(auth_file, encoding='utf-8') as f:
+        lines = f.read().splitlines()
+    except OSError as e:
+      raise FileNotFoundError(f'--auth_file {auth_file}: {e.strerror}') from None
+    entries += [(f'--auth_file {auth_file} line {n}', line.strip())
+                for n, line in enumerate(lines, 1) if line.strip() and
+                not line.strip().startswith('#')]
+    if not any(where.startswith('--auth_file') for where, _ in entries):
+      raise ConfigError(f'--auth_file {auth_file} holds no user:password line')
+  users = []
+  for where, entry in entries:
+    user, colon, password = entry.partition(':')
+    if not (user and colon and password):
+      raise ConfigError(f'{where}: expected user:password, both non-empty')
+    users.append((user, password))
+  return users
+
+
+def _interrupt(signum, frame):  # pylint: disable=unused-argument
+  # Python's default for SIGTERM ends the process at once, skipping every `finally`.
+  raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+@contextlib.contextmanager
+def page_files():
+  """Outputs holding every file of the page, all removed on exit, SIGTERM and Ctrl-C included.
+
+  GRADIO_TEMP_DIR points into it while the context lasts, so Gradio keeps its
+  uploads and cache there; enter it before Gradio is imported, which fixes
+  some of its folders then. A GRADIO_TEMP_DIR the user set is where the
+  folder is made.
+  """
+  main = threading.current_thread() is threading.main_thread()
+  previous = signal.signal(signal.SIGTERM, _interrupt) if main else None
+  user_temp = os.environ.get('GRADIO_TEMP_DIR')
+  outputs = Outputs(user_temp)
+  os.environ['GRADIO_TEMP_DIR'] = outputs.root
+  try:
+    yield outputs
   finally:
-    shutil.rmtree(outputs.root, ignore_errors=True)
+    outputs.remove()
+    if user_temp is None:
+      os.environ.pop('GRADIO_TEMP_DIR', None)
+    else:
+      os.environ['GRADIO_TEMP_DIR'] = user_temp
+    if main:
+      signal.signal(signal.SIGTERM, previous)
+
+
+def serve(served: dict[str, ServedModel], *, host: str = '127.0.0.1', port: int = 7860,
+          share: bool = False, limit: images.PixelLimit | None = None,
+          max_upload_mb: int = 500, keep_minutes: float = 60.0, auth=None,
+          outputs: Outputs | None = None) -> None:
+  """Builds and launches the page; blocks until the server stops (SIGTERM and Ctrl-C stop it
+  cleanly). Its files go in `outputs` (from page_files), or in a page_files() of its own."""
+  limit = limit or images.PixelLimit(images.DEFAULT_MAX_MEGAPIXELS, LIMIT_FLAG)
+  cache_schedule(keep_minutes)  # A bad value is refused before anything is made.
+  warning = exposure(host, share, auth)
+  if warning:
+    logging.warning('%s', warning)
+  with contextlib.ExitStack() as stack:
+    if outputs is None:
+      outputs = stack.enter_context(page_files())
+    page = build_app(served, limit=limit, outputs=outputs, keep_minutes=keep_minutes)
+    # One request at a time on the device; the others wait in Gradio's queue.
+    page.queue(default_concurrency_limit=1)
+    stop = threading.Event()
+    stack.callback(stop.set)
+    threading.Thread(target=_sweep_until, args=(stop, outputs, *cache_schedule(keep_minutes)),
+                     daemon=True, name='xydiff-sweep').start()
+    page.launch(server_name=host, server_port=port, share=share, ssr_mode=False,
+                max_file_size=f'{max_upload_mb}mb', auth=auth or None)

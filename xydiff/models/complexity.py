@@ -113,13 +113,13 @@ def _forward(graphdef, section):
 
 
 def _counting_section(section):
-  """`section` in float32 with every up-convolution in its reference form (thop's view)."""
+  """`section` in float32 with every layer in its reference form (thop's view)."""
   counted = copy.deepcopy(section)
   counted.dtype = 'float32'
 
   def reference(node):
     for key, value in node.items():
-      if key == 'upsample_impl':
+      if key in ('upsample_impl', 'layer_impl'):
         node[key] = 'reference'
       elif hasattr(value, 'items'):
         reference(value)

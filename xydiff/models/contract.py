@@ -37,7 +37,7 @@ from xydiff.models.layers import UPSAMPLE_IMPLS
 
 # Fields every model section may hold that choose how, not what, it computes:
 # the same weights give the same function whatever their values.
-IMPLEMENTATION_FIELDS = ('dtype', 'upsample_impl')
+IMPLEMENTATION_FIELDS = ('dtype', 'upsample_impl', 'layer_impl')
 DTYPES = ('float32', 'bfloat16', 'float16')
 
 

@@ -62,15 +62,19 @@ class Conv(nnx.Module):
   layers such as NAFNet's 2x2 stride-2 down-convolution (padding 0).
   `groups` splits the channels as PyTorch's `groups` does (groups=in_features
   is a depthwise convolution); the kernel is then [k, k, in/groups, out].
+  `impl` (CONV_IMPLS) picks the form of depthwise (groups = in = out
+  features) and 1x1 convolutions.
   """
 
   def __init__(self, in_features: int, out_features: int, kernel_size: int = 3,
                *, stride: int = 1, use_bias: bool = True,
                dtype=jnp.float32, zero_init: bool = False, groups: int = 1,
-               padding: int | None = None, rngs: nnx.Rngs):
+               padding: int | None = None, impl: str = 'auto', rngs: nnx.Rngs):
     if in_features % groups or out_features % groups:
       raise ValueError(f'groups={groups} must divide in_features={in_features} and '
                        f'out_features={out_features}')
+    if impl not in CONV_IMPLS:
+      raise ValueError(f'impl must be one of {CONV_IMPLS}, got {impl!r}')
     shape = (kernel_size, kernel_size, in_features // groups, out_features)
     # PyTorch's fan_in of a grouped convolution: in/groups * k * k.
     fan_in = in_features // groups * kernel_size * kernel_size
@@ -84,20 +88,76 @@ class Conv(nnx.Module):
     self.stride = stride
     self.pad = kernel_size // 2 if padding is None else padding
     self.groups = groups
+    self.depthwise = 1 < groups == in_features == out_features
+    self.pointwise = kernel_size == 1 and stride == 1 and self.pad == 0 and groups == 1
+    self.impl = impl
     self.dtype = dtype
 
   def __call__(self, x: jax.Array, rotation: int = 0) -> jax.Array:
     kernel = self.kernel[...]
     if rotation:
       kernel = rotate_kernel(kernel, rotation)
-    y = jax.lax.conv_general_dilated(
-        x.astype(self.dtype), kernel.astype(self.dtype),
-        window_strides=(self.stride, self.stride),
-        padding=((self.pad, self.pad), (self.pad, self.pad)),
-        dimension_numbers=('NHWC', 'HWIO', 'NHWC'), feature_group_count=self.groups)
+    x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+    cpu_form = resolve_conv_impl(self.impl) == 'xla_cpu'
+    if cpu_form and self.depthwise:
+      y = depthwise_conv_shifted(x, kernel, self.stride, self.pad)
+    elif cpu_form and self.pointwise:
+      y = jax.lax.dot_general(x, kernel[0, 0], (((3,), (0,)), ((), ())))
+    else:
+      y = jax.lax.conv_general_dilated(
+          x, kernel, window_strides=(self.stride, self.stride),
+          padding=((self.pad, self.pad), (self.pad, self.pad)),
+          dimension_numbers=('NHWC', 'HWIO', 'NHWC'), feature_group_count=self.groups)
     if self.bias is not None:
       y = _add_bias(y, self.bias[...], self.dtype)
     return y
+
+
+# How depthwise and 1x1 convolutions are computed; the same parameters and the
+# same function either way (tests/test_cpu_forms.py), a different speed.
+#   'reference': `conv_general_dilated` (feature_group_count = channels for a
+#     depthwise one), what GPU/TPU convolution libraries are built for (kept
+#     there: the other forms were not measured on a GPU).
+#   'xla_cpu': a depthwise convolution as k x k shifted multiply-adds of the
+#     zero-padded input, one fused loop (XLA:CPU's grouped convolution runs
+#     5-50x slower, forward and backward); a 1x1 convolution as a matmul
+#     (dot_general), the same products, ~12% less time in NAFNet-64
+#     (benchmarks/depthwise_ops.py, benchmarks/zoo_forward.py).
+#   'auto': 'xla_cpu' on CPU, 'reference' elsewhere, decided when traced.
+# Other convolutions have one form.
+CONV_IMPLS = ('auto', 'reference', 'xla_cpu')
+
+
+def resolve_conv_impl(impl: str) -> str:
+  if impl not in CONV_IMPLS:
+    raise ValueError(f'impl must be one of {CONV_IMPLS}, got {impl!r}')
+  if impl == 'auto':
+    return 'xla_cpu' if jax.default_backend() == 'cpu' else 'reference'
+  return impl
+
+
+def depthwise_conv_shifted(x: jax.Array, kernel: jax.Array, stride: int = 1,
+                           pad: int = 0) -> jax.Array:
+  """NHWC depthwise convolution by a [k, k, 1, C] kernel as k x k shifted products.
+
+  What `conv_general_dilated(..., feature_group_count=C)` computes, with
+  `pad` zeros on every side: each tap's products over the strided window,
+  summed tap by tap. In float32 whatever x's dtype, cast back once: summed in
+  bfloat16, the k x k terms (and their gradients) would round at every step.
+  """
+  n, h, w, c = x.shape
+  kh, kw = kernel.shape[:2]
+  padded = jnp.pad(x.astype(jnp.float32), ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  kernel = kernel.astype(jnp.float32)
+  out_h, out_w = (h + 2 * pad - kh) // stride + 1, (w + 2 * pad - kw) // stride + 1
+  total = None
+  for i in range(kh):
+    for j in range(kw):
+      window = jax.lax.slice(
+          padded, (0, i, j, 0), (n, i + stride * (out_h - 1) + 1, j + stride * (out_w - 1) + 1, c),
+          (1, stride, stride, 1))
+      total = window * kernel[i, j, 0] if total is None else total + window * kernel[i, j, 0]
+  return total.astype(x.dtype)
 
 
 def _add_bias(y: jax.Array, bias: jax.Array, dtype) -> jax.Array:

@@ -32,14 +32,20 @@ are `middle_blks`, which the official code keeps apart from `decoders`, so
 they stay shared.)
 Each decoder returns a residual; restored = padded input + the residuals.
 Rotated decoders turn every 3x3 kernel (the depthwise convs, `ending`); the
-1x1 convs are unchanged by turning; the pixel shuffle and the TLC box mean
-(asymmetric replicate padding) run in the feature-rotation form
-(layers.rotated_call); the global mean is rotation-invariant. NAFNet is not
-in XYDeblur's Table 2, so no compute target fixes the cut; the decoder is
-light (one block per level against the encoder's 31). At 1280x720, width 64,
-xydiff.complexity.gmacs counts 886.6 GMACs for the baseline with global
-pooling (1027.3 with TLC at 256, whose channel-attention 1x1 convs then run
-at every pixel), 1.14x that with 2 decoders and 1.42x with 4.
+1x1 convs are unchanged by turning; the pixel shuffle runs in the
+feature-rotation form (layers.rotated_call), and so does the TLC box mean
+(asymmetric replicate padding) in its reference form, while its CPU form pads
+the corner the turned features would (`edge_pad`); the global mean is
+rotation-invariant. NAFNet is not in XYDeblur's Table 2, so no compute target
+fixes the cut; the decoder is light (one block per level against the
+encoder's 31). At 1280x720, width 64, xydiff.complexity.gmacs counts 886.6
+GMACs for the baseline with global pooling (1027.3 with TLC at 256, whose
+channel-attention 1x1 convs the official code runs at every pixel), 1.14x
+that with 2 decoders and 1.42x with 4.
+
+On CPU the depthwise and 1x1 convs and the TLC pooling run in faster forms
+of the same function (layers.CONV_IMPLS, TLC_IMPLS; benchmarks/depthwise_ops.py
+and benchmarks/zoo_forward.py measure them).
 """
 
 from __future__ import annotations
@@ -97,6 +103,89 @@ def local_mean(x: jax.Array, window: int | None) -> jax.Array:
                  mode='edge')
 
 
+# How the TLC box means and the channel attention's 1x1 conv after them are
+# computed; the same function either way (tests/test_cpu_forms.py), a different speed.
+#   'reference': the official form: a summed-area table (two cumulative sums
+#     over the whole map; `local_mean`) edge-padded back to the map's size, the
+#     1x1 conv then at every pixel. What xydiff.complexity counts.
+#   'separable': the window sums one axis at a time (`window_means`), the 1x1
+#     conv on the valid positions only (a 1x1 conv commutes with edge padding),
+#     then the padding (`edge_pad`), a broadcast where the window spans an axis.
+#     XLA:CPU's cumulative sums and sums over H run several times slower than
+#     a product with a ones vector or a band matrix (benchmarks/depthwise_ops.py).
+#   'auto': 'separable' on CPU, 'reference' elsewhere, decided when traced
+#     (not measured on a GPU).
+TLC_IMPLS = ('auto', 'reference', 'separable')
+
+
+def resolve_tlc_impl(impl: str) -> str:
+  if impl not in TLC_IMPLS:
+    raise ValueError(f'tlc_impl must be one of {TLC_IMPLS}, got {impl!r}')
+  if impl == 'auto':
+    return 'separable' if jax.default_backend() == 'cpu' else 'reference'
+  return impl
+
+
+# A window sum along an axis of n positions with m = n - k + 1 outputs is a
+# product with an m x n band matrix (m * n multiply-adds a line) while m is
+# small or the lines few; else differences of prefix sums, a scan down the
+# axis (a few operations per element, and a loop step per position).
+_BAND_MAX_OUTPUTS = 32
+_BAND_MAX_MACS = 1 << 17  # Per position of the axis, over all lines.
+
+
+def _window_sums(x: jax.Array, k: int, axis: int) -> jax.Array:
+  """Sums of x over every k consecutive positions along `axis` ('valid': n - k + 1 of them)."""
+  n = x.shape[axis]
+  outputs = n - k + 1
+  lines = x.size // n
+  if outputs <= _BAND_MAX_OUTPUTS or outputs * lines <= _BAND_MAX_MACS:
+    start = jnp.arange(outputs)[:, None]
+    position = jnp.arange(n)[None, :]
+    band = ((position >= start) & (position < start + k)).astype(x.dtype)
+    sums = jnp.tensordot(band, x, axes=((1,), (axis,)), precision=jax.lax.Precision.HIGHEST)
+    return jnp.moveaxis(sums, 0, axis)
+  rows = jnp.moveaxis(x, axis, 0)
+  _, prefix = jax.lax.scan(lambda total, row: (total + row, total + row),
+                           jnp.zeros_like(rows[0]), rows)
+  prefix = jnp.concatenate([jnp.zeros_like(prefix[:1]), prefix])
+  return jnp.moveaxis(prefix[k:] - prefix[:outputs], 0, axis)
+
+
+def window_means(x: jax.Array, window: int) -> jax.Array:
+  """NHWC float32 means over min(h, window) x min(w, window) boxes at their 'valid' positions.
+
+  The values of local_mean before its edge padding, each axis summed apart
+  (the one with fewer outputs first): no table of sums over the whole map,
+  whose differences cancel large partial sums.
+  """
+  x = x.astype(jnp.float32)
+  sizes = {1: min(x.shape[1], window), 2: min(x.shape[2], window)}
+  for axis in sorted(sizes, key=lambda a: x.shape[a] - sizes[a]):
+    x = _window_sums(x, sizes[axis], axis)
+  return x / (sizes[1] * sizes[2])
+
+
+def edge_pad(values: jax.Array, h: int, w: int, quarter_turns: int = 0) -> jax.Array:
+  """Valid positions edge-padded to h x w as AvgPool2d's auto_pad, on features turned k times.
+
+  AvgPool2d puts the odd pixel of the padding at the bottom and the right of
+  the features it is given; of features turned counter-clockwise by k
+  quarter turns (layers.rotated_call), that is in the unturned frame the
+  bottom-right (k = 0), bottom-left (1), top-left (2) or top-right (3). An
+  axis with one valid position stays one: a broadcast in the product.
+  """
+  k = int(quarter_turns) % 4
+  odd_pixel_last = {1: k in (0, 1), 2: k in (0, 3)}
+  pads = [(0, 0)] * 4
+  for axis, size in ((1, h), (2, w)):
+    if values.shape[axis] > 1:
+      missing = size - values.shape[axis]
+      first, last = missing // 2, (missing + 1) // 2
+      pads[axis] = (first, last) if odd_pixel_last[axis] else (last, first)
+  return jnp.pad(values, pads, mode='edge')
+
+
 def pixel_shuffle(x: jax.Array, factor: int = 2) -> jax.Array:
   """torch.nn.PixelShuffle on NHWC: channel c*f*f + i*f + j goes to (f*y + i, f*x + j)."""
   n, h, w, c = x.shape
@@ -133,42 +222,53 @@ class NAFBlock(nnx.Module):
 
   `pool_window`: the simplified channel attention's pooling (local_mean).
   beta and gamma start at zero, as in the official code: a fresh block is
-  the identity.
+  the identity. `conv_impl` (layers.CONV_IMPLS) and `tlc_impl`
+  (TLC_IMPLS) pick how the depthwise and 1x1 convs and the windowed pooling run.
   """
 
-  def __init__(self, channels: int, *, pool_window: int | None, dtype, rngs: nnx.Rngs):
+  def __init__(self, channels: int, *, pool_window: int | None, dtype,
+               conv_impl: str = 'auto', tlc_impl: str = 'auto', rngs: nnx.Rngs):
+    if tlc_impl not in TLC_IMPLS:
+      raise ValueError(f'tlc_impl must be one of {TLC_IMPLS}, got {tlc_impl!r}')
     hidden = 2 * channels  # dw_channel and ffn_channel.
+    conv = functools.partial(Conv, dtype=dtype, impl=conv_impl, rngs=rngs)
     self.norm1 = LayerNorm2d(channels, dtype=dtype)
-    self.conv1 = Conv(channels, hidden, 1, dtype=dtype, rngs=rngs)
-    self.conv2 = Conv(hidden, hidden, 3, groups=hidden, dtype=dtype, rngs=rngs)
-    self.sca = Conv(hidden // 2, hidden // 2, 1, dtype=dtype, rngs=rngs)
-    self.conv3 = Conv(hidden // 2, channels, 1, dtype=dtype, rngs=rngs)
+    self.conv1 = conv(channels, hidden, 1)
+    self.conv2 = conv(hidden, hidden, 3, groups=hidden)
+    self.sca = conv(hidden // 2, hidden // 2, 1)
+    self.conv3 = conv(hidden // 2, channels, 1)
     self.norm2 = LayerNorm2d(channels, dtype=dtype)
-    self.conv4 = Conv(channels, hidden, 1, dtype=dtype, rngs=rngs)
-    self.conv5 = Conv(hidden // 2, channels, 1, dtype=dtype, rngs=rngs)
+    self.conv4 = conv(channels, hidden, 1)
+    self.conv5 = conv(hidden // 2, channels, 1)
     self.beta = nnx.Param(jnp.zeros((channels,)))
     self.gamma = nnx.Param(jnp.zeros((channels,)))
     self.pool_window = pool_window
+    self.tlc_impl = tlc_impl
     self.dtype = dtype
 
-  def _pool(self, x, rotation):
-    pool = lambda t: local_mean(t, self.pool_window).astype(self.dtype)
-    if self.pool_window is None:  # A global mean is the same for turned features.
-      return pool(x)
-    return rotated_call(pool, x, rotation)
+  def _attention(self, x, rotation):
+    """sca(pool(x)): [N, 1, 1, C] for a global pool, else as x or broadcastable to it."""
+    window, (h, w) = self.pool_window, x.shape[1:3]
+    if window is None or (window >= h and window >= w):  # Global: the same for turned features.
+      return self.sca(local_mean(x, None).astype(self.dtype), rotation)
+    if resolve_tlc_impl(self.tlc_impl) == 'reference':
+      pool = lambda t: local_mean(t, window).astype(self.dtype)
+      return self.sca(rotated_call(pool, x, rotation), rotation)
+    means = window_means(x, window).astype(self.dtype)
+    return edge_pad(self.sca(means, rotation), h, w, rotation)
 
   def __call__(self, inp, rotation: int = 0):
     x = self.conv1(self.norm1(inp), rotation)
     x = simple_gate(self.conv2(x, rotation))
-    x = x * self.sca(self._pool(x, rotation), rotation)
+    x = x * self._attention(x, rotation)
     x = self.conv3(x, rotation)
     y = inp + x * self.beta[...].astype(self.dtype)
     x = self.conv5(simple_gate(self.conv4(self.norm2(y), rotation)), rotation)
     return y + x * self.gamma[...].astype(self.dtype)
 
 
-def _blocks(count, channels, window, dtype, rngs):
-  return nnx.List([NAFBlock(channels, pool_window=window, dtype=dtype, rngs=rngs)
+def _blocks(count, channels, window, dtype, impls, rngs):
+  return nnx.List([NAFBlock(channels, pool_window=window, dtype=dtype, **impls, rngs=rngs)
                    for _ in range(count)])
 
 
@@ -176,15 +276,15 @@ class Encoder(nnx.Module):
   """intro, then per level its blocks (kept as the skip) and a 2x2 stride-2 conv; the middle blocks."""
 
   def __init__(self, channels: int, width: int, enc_blocks, middle_blocks: int, windows, *,
-               dtype, rngs: nnx.Rngs):
+               dtype, impls, rngs: nnx.Rngs):
     self.intro = Conv(channels, width, 3, dtype=dtype, rngs=rngs)
     self.encoders, self.downs = nnx.List(), nnx.List()
     chan = width
     for level, count in enumerate(enc_blocks):
-      self.encoders.append(_blocks(count, chan, windows[level], dtype, rngs))
+      self.encoders.append(_blocks(count, chan, windows[level], dtype, impls, rngs))
       self.downs.append(Conv(chan, 2 * chan, 2, stride=2, padding=0, dtype=dtype, rngs=rngs))
       chan *= 2
-    self.middle_blks = _blocks(middle_blocks, chan, windows[len(enc_blocks)], dtype, rngs)
+    self.middle_blks = _blocks(middle_blocks, chan, windows[len(enc_blocks)], dtype, impls, rngs)
 
   def __call__(self, x):
     x = self.intro(x)
@@ -202,14 +302,16 @@ class Encoder(nnx.Module):
 class Decoder(nnx.Module):
   """Per level from the coarsest: 1x1 conv + pixel shuffle, + the skip, the level's blocks; `ending`."""
 
-  def __init__(self, channels: int, width: int, dec_blocks, windows, *, dtype, rngs: nnx.Rngs):
+  def __init__(self, channels: int, width: int, dec_blocks, windows, *, dtype, impls,
+               rngs: nnx.Rngs):
     self.ups, self.decoders = nnx.List(), nnx.List()
     levels = len(dec_blocks)
     chan = width * 2 ** levels
     for i, count in enumerate(dec_blocks):
-      self.ups.append(Conv(chan, 2 * chan, 1, use_bias=False, dtype=dtype, rngs=rngs))
+      self.ups.append(Conv(chan, 2 * chan, 1, use_bias=False, dtype=dtype,
+                           impl=impls['conv_impl'], rngs=rngs))
       chan //= 2
-      self.decoders.append(_blocks(count, chan, windows[levels - 1 - i], dtype, rngs))
+      self.decoders.append(_blocks(count, chan, windows[levels - 1 - i], dtype, impls, rngs))
     self.ending = Conv(width, channels, 3, dtype=dtype, rngs=rngs)
 
   def __call__(self, x, skips, rotation: int = 0):
@@ -225,20 +327,24 @@ class NAFNet(nnx.Module):
   """Restores `x` (NHWC in [0, 1]) as the padded input + the decoders' residuals, cropped.
 
   Returns {'restored', 'residuals': one [N, H, W, 3] array per decoder}.
+  `conv_impl` and `tlc_impl` pick the forms of the depthwise and 1x1 convs
+  and of the TLC pooling (NAFBlock); the parameters are the same either way.
   """
 
   def __init__(self, *, width: int = 64, enc_blocks=(1, 1, 1, 28), middle_blocks: int = 1,
                dec_blocks=(1, 1, 1, 1), channels: int = 3, tlc_train_size: int = 0,
-               decoders: int = 1, share: str = 'rotate', dtype=jnp.float32, rngs: nnx.Rngs):
+               decoders: int = 1, share: str = 'rotate', dtype=jnp.float32,
+               conv_impl: str = 'auto', tlc_impl: str = 'auto', rngs: nnx.Rngs):
     if len(enc_blocks) != len(dec_blocks):
       raise ValueError(f'enc_blocks {enc_blocks} and dec_blocks {dec_blocks} need one entry '
                        'per level each')
     levels = len(enc_blocks)
     windows = tlc_windows(tlc_train_size, levels)
+    impls = dict(conv_impl=conv_impl, tlc_impl=tlc_impl)
     self.encoder = Encoder(channels, width, enc_blocks, middle_blocks, windows, dtype=dtype,
-                           rngs=rngs)
+                           impls=impls, rngs=rngs)
     self.decoder = xy.make_decoders(
-        lambda r: Decoder(channels, width, dec_blocks, windows, dtype=dtype, rngs=r),
+        lambda r: Decoder(channels, width, dec_blocks, windows, dtype=dtype, impls=impls, rngs=r),
         decoders, share, rngs)
     self.decoders = decoders
     self.size_multiple = 2 ** levels  # The official padder_size.
@@ -289,6 +395,10 @@ class NAFNetFamily(contract.Family):
         tlc_train_size=AUTHORS_TRAIN_SIZE,
         decoders=1,  # XY transform (xy.py): 1 plain, 2 XY, 4 four rotations.
         share='rotate',  # 'rotate': one decoder's weights turned; 'none': U-Net^2D.
+        # 'auto': depthwise and 1x1 convs and the TLC mean in the backend's fastest
+        # form (shifted multiply-adds on CPU); 'reference': conv_general_dilated and
+        # the official pooling everywhere (what models.complexity counts).
+        layer_impl='auto',
     )
 
   def validate(self, section, prefix):
@@ -305,6 +415,8 @@ class NAFNetFamily(contract.Family):
     require(_is_count(section.tlc_train_size, 0), f'{prefix}.tlc_train_size',
             "must be an integer >= 0 (0: global pooling; 256: the authors' NAFNetLocal)",
             section.tlc_train_size)
+    require(section.layer_impl in LAYER_IMPLS, f'{prefix}.layer_impl',
+            f'must be one of {LAYER_IMPLS}', section.layer_impl)
     xy.check_section(section, prefix)
 
   def output_fields(self, section):
@@ -318,7 +430,8 @@ class NAFNetFamily(contract.Family):
     return NAFNet(width=section.width, enc_blocks=tuple(section.enc_blocks),
                   middle_blocks=section.middle_blocks, dec_blocks=tuple(section.dec_blocks),
                   tlc_train_size=section.tlc_train_size, decoders=section.decoders,
-                  share=section.share, dtype=dtype, rngs=rngs)
+                  share=section.share, dtype=dtype, conv_impl=section.layer_impl,
+                  tlc_impl=section.layer_impl, rngs=rngs)
 
   def size_multiple(self, section):
     return 2 ** len(section.enc_blocks)
@@ -335,6 +448,9 @@ class NAFNetFamily(contract.Family):
     if not tiled.tlc_train_size:
       tiled.tlc_train_size = AUTHORS_TRAIN_SIZE
     return tiled
+
+
+LAYER_IMPLS = ('auto', 'reference')
 
 
 def _is_count(value, minimum: int) -> bool:

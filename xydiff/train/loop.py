@@ -229,6 +229,10 @@ def _check_finite(metrics, step: int, ckpt) -> None:
   if bad:
     ckpt.wait()
     what = ', '.join(f'{k} {v}' for k, v in bad.items())
+    # Not the latest step on disk: the newest one this run restored with its checks
+    # passed or saved itself, so the step named is one known to be good.
+    good = ckpt.last_good_step()
     raise NonFiniteLossError(
-        f'training became non-finite at step {step} ({what}); stopped without saving it. '
-        f'The last good checkpoint is step {ckpt.latest_step()} in {ckpt.directory}')
+        f'training became non-finite at step {step} ({what}); stopped without saving it. ' +
+        (f'The last good checkpoint is step {good} in {ckpt.directory}' if good is not None else
+         f'No checkpoint in {ckpt.directory} is known good: this run restored and saved none'))

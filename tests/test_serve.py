@@ -1,0 +1,269 @@
+"""`xydiff serve` without a browser: limits, memory and disk bounds, login, clean stops.
+
+The page in a real browser is tests/test_serve_browser.py; here its pieces are
+called directly, and one server runs as a subprocess, driven through Gradio's
+own client, to check what only a running server shows: the warning and login
+of a page other machines can reach, files pruned while it runs, and nothing
+left behind after SIGTERM.
+"""
+
+import glob
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+
+import numpy as np
+import pytest
+
+from conftest import REPO, tiny
+from test_ensemble import random_state, save_run
+from test_images import claim_size
+from xydiff import images, inference, serve
+from xydiff.errors import ConfigError
+
+pytest.importorskip('gradio')
+
+
+def _served(variant=''):
+  from xydiff.configs import demo
+  config = tiny(demo.get_config(variant))
+  config.deblur.size_bucket = 0
+  graphdef, state = random_state(config)
+  return serve.ServedModel('tiny', inference.Restorer(config, graphdef, state['params'], 0),
+                           limit=images.PixelLimit(50, serve.LIMIT_FLAG))
+
+
+def test_a_model_keeps_its_stored_settings_and_the_last_few_others():
+  model = _served('diffusion')
+  defaults = model.defaults()
+  assert model.restorer(defaults) is model.base
+  # One sample each: never the stored settings (the tiny 'sa' preset's 2 steps, 2 samples).
+  settings = [serve.Settings('sa', steps, 1, 0, 1) for steps in range(1, serve.KEPT_SETTINGS + 3)]
+  first = model.restorer(settings[0])
+  assert first.pixel_limit.source == '--max_megapixels'  # The page's one limit.
+  first.restore(np.zeros((8, 8, 3), np.uint8))
+  assert first._fn._cache_size() == 1  # pylint: disable=protected-access
+  second = model.restorer(settings[1])
+  for setting in settings[2:]:
+    model.restorer(setting)
+    assert model.restorer(settings[1]) is second  # Used again: kept, as the most recent.
+  kept = model._restorers  # pylint: disable=protected-access
+  assert list(kept) == [settings[3], settings[4], settings[5], settings[1]]
+  assert len(kept) == serve.KEPT_SETTINGS
+  assert first._fn._cache_size() == 0  # pylint: disable=protected-access  # Its compiles freed.
+  assert model.restorer(defaults) is model.base  # The stored settings are never forgotten.
+  assert model.restorer(serve.Settings('sa', 1, 1, 7, 1)) is not first  # Made again, fresh.
+
+
+@pytest.fixture(scope='module')
+def xydeblur():
+  return _served()
+
+
+def test_a_target_over_the_limit_is_refused_from_its_header_before_any_work(
+    tmp_path, xydeblur, monkeypatch):
+  import cv2
+  photo, target = tmp_path / 'shot.png', tmp_path / 'sharp.png'
+  images.write_png(str(photo), np.zeros((16, 16, 3), np.uint8))
+  images.write_png(str(target), np.zeros((16, 16, 3), np.uint16))
+  target.write_bytes(claim_size(target.read_bytes(), 12000, 12000))  # 861 KB took 1.7 GB.
+
+  def refused(*args, **kwargs):
+    raise AssertionError('work was done on a request that had to be refused')
+  monkeypatch.setattr(cv2, 'imdecode', refused)
+  monkeypatch.setattr(xydeblur, 'restore', refused)
+  result = serve.restore_file(xydeblur, str(photo), xydeblur.defaults(), str(tmp_path),
+                              limit=images.PixelLimit(50, serve.LIMIT_FLAG), target=str(target))
+  assert result.error == ('the sharp target: sharp.png is 12000x12000 = 144.0 MP, over the limit '
+                          'of 50 MP (--max_megapixels)')
+  assert result.png is None
+
+
+def test_an_upload_pruned_before_its_rerun_is_one_clear_line(tmp_path, xydeblur):
+  images.write_png(str(tmp_path / 'sharp.png'), np.zeros((8, 8, 3), np.uint8))
+  limit = images.PixelLimit(50, serve.LIMIT_FLAG)
+  for photo, target in ((tmp_path / 'gone.png', None),
+                        (tmp_path / 'sharp.png', tmp_path / 'x.png')):
+    result = serve.restore_file(xydeblur, str(photo), xydeblur.defaults(), str(tmp_path),
+                                limit=limit, target=target and str(target))
+    name = (target or photo).name
+    assert result.error == (f'{name} is no longer on the server: uploads are deleted after '
+                            '--keep_minutes; upload it again')
+
+
+def test_sizes_read_width_x_height_in_the_table_and_in_errors(tmp_path, xydeblur):
+  images.write_png(str(tmp_path / 'strip.png'), np.zeros((1, 56, 3), np.uint8))  # 56 wide.
+  images.write_png(str(tmp_path / 'wide.png'), np.zeros((5, 9, 3), np.uint8))
+  limit = images.PixelLimit(50, serve.LIMIT_FLAG)
+  results = [serve.restore_file(xydeblur, str(tmp_path / name), xydeblur.defaults(),
+                                str(tmp_path), limit=limit) for name in ('strip.png', 'wide.png')]
+  assert results[0].size == '56x1, 8-bit' and results[1].size == '9x5, 8-bit'
+  assert results[0].error == 'image of 56x1 pixels is too small: xydeblur needs at least 3x3'
+  table = serve.status_table(1, xydeblur, xydeblur.defaults(), results, {})
+  assert '| photo | size (width x height) |' in table
+  assert '| strip.png | 56x1, 8-bit |' in table and 'error: image of 56x1 pixels' in table
+  assert '| wide.png | 9x5, 8-bit |' in table
+
+
+def test_logins_come_from_flags_and_files_and_errors_never_show_a_password(tmp_path):
+  users = tmp_path / 'users'
+  users.write_text('# who may log in\nana:s3cret:with:colons\n\n  bo:pw  \n')
+  assert serve.read_auth(['cy:x'], str(users)) == [('cy', 'x'), ('ana', 's3cret:with:colons'),
+                                                    ('bo', 'pw')]
+  assert serve.read_auth() == []
+  users.write_text('ana:s3cret\nbo-without-password\n')
+  with pytest.raises(ConfigError, match=rf'^--auth_file {users} line 2: expected user:password'):
+    serve.read_auth(auth_file=str(users))
+  with pytest.raises(ConfigError) as e:
+    serve.read_auth([':hunter2'])
+  assert str(e.value) == '--auth: expected user:password, both non-empty'
+  users.write_text('# nobody\n')
+  with pytest.raises(ConfigError, match='holds no user:password line'):
+    serve.read_auth(auth_file=str(users))
+  with pytest.raises(FileNotFoundError, match=rf'--auth_file {tmp_path}/nope: No such file'):
+    serve.read_auth(auth_file=str(tmp_path / 'nope'))
+
+
+def test_only_a_page_other_machines_can_reach_is_warned_about():
+  for host in ('127.0.0.1', 'localhost', '::1', '127.0.0.2'):
+    assert serve.exposure(host, False, None) is None, host
+  assert serve.exposure('0.0.0.0', False, None) == (
+      'serve: the page is not private: --host=0.0.0.0 serves it to every machine that can reach '
+      'this one; with no login: anyone there can run models on this machine (give '
+      '--auth_file=PATH)')
+  assert serve.exposure('0.0.0.0', False, [('a', 'b')]).endswith(
+      'it asks for a login (--auth/--auth_file), sent over plain HTTP')
+  assert "--share gives it a public link" in serve.exposure('127.0.0.1', True, None)
+
+
+def test_request_folders_live_in_one_folder_that_goes_as_a_whole(tmp_path, monkeypatch):
+  monkeypatch.setattr(serve, 'KEPT_REQUESTS', 2)
+  outputs = serve.Outputs(str(tmp_path))
+  folders = [outputs.new() for _ in range(4)]
+  assert all(f.startswith(os.path.join(outputs.root, 'requests')) for f in folders)
+  assert sorted(os.listdir(outputs.requests)) == ['000003', '000004']
+  stale, fresh = os.path.join(outputs.root, 'tmpold'), os.path.join(outputs.root, 'tmpnew')
+  for path in (stale, fresh):
+    open(path, 'wb').close()
+  os.utime(stale, (time.time() - 60, time.time() - 60))  # An upload Gradio refused a minute ago.
+  outputs.sweep(30)
+  assert sorted(os.listdir(outputs.root)) == ['requests', 'tmpnew']
+  assert sorted(os.listdir(outputs.requests)) == ['000003', '000004']
+  outputs.remove()
+  assert os.listdir(tmp_path) == []
+  assert serve.cache_schedule(60) == (300, 3600)
+  assert serve.cache_schedule(0.05) == (1, 3)
+  with pytest.raises(ConfigError, match=r'--keep_minutes=0: must be a number of minutes > 0'):
+    serve.cache_schedule(0)
+
+
+# ------------------------------------------------------------------ a running server
+
+STARTUP_S = 300
+
+
+@pytest.fixture(scope='module')
+def running(tmp_path_factory):
+  """`xydiff serve` on every interface, with a login, files kept 15 s, in a TMPDIR of its own."""
+  from xydiff.configs import demo
+  root = tmp_path_factory.mktemp('running')
+  config = tiny(demo.get_config())
+  config.deblur.size_bucket = 0
+  run = save_run(root / 'run', config, random_state(config)[1])
+  (root / 'users').write_text('ana:hunter2\n')
+  (root / 'tmp').mkdir()
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    port = s.getsockname()[1]
+  log_path = root / 'server.log'
+  log = open(log_path, 'w')
+  env = dict(os.environ, TMPDIR=str(root / 'tmp'), GRADIO_ANALYTICS_ENABLED='False')
+  env.pop('GRADIO_TEMP_DIR', None)
+  process = subprocess.Popen(
+      [sys.executable, '-m', 'xydiff.tools.serve', f'--workdir={run}', '--host=0.0.0.0',
+       f'--port={port}', f'--auth_file={root / "users"}', '--keep_minutes=0.25',
+       '--max_upload_mb=1'],
+      cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
+  url = f'http://127.0.0.1:{port}/'
+  deadline = time.time() + STARTUP_S
+  try:
+    while True:
+      if process.poll() is not None:
+        pytest.fail(f'xydiff serve exited with {process.returncode}:\n{log_path.read_text()}')
+      try:
+        with urllib.request.urlopen(url, timeout=5):
+          break
+      except urllib.error.HTTPError:
+        break  # Up, and asking for a login.
+      except OSError:
+        pass
+      if time.time() > deadline:
+        pytest.fail(f'xydiff serve did not answer at {url}:\n{log_path.read_text()[-3000:]}')
+      time.sleep(1)
+    yield dict(url=url, process=process, log=log_path, tmp=root / 'tmp', root=root,
+               name=os.path.basename(run))
+  finally:
+    if process.poll() is None:
+      process.kill()
+      process.wait()
+    log.close()
+
+
+def _files(folder) -> list[str]:
+  return sorted(os.path.relpath(os.path.join(d, f), folder)
+                for d, _, names in os.walk(folder) for f in names)
+
+
+def test_a_server_on_every_interface_warns_asks_for_a_login_prunes_and_cleans_up(running,
+                                                                                 tmp_path):
+  from gradio_client import Client, handle_file
+  log = running['log'].read_text()
+  assert ('serve: the page is not private: --host=0.0.0.0 serves it to every machine that can '
+          'reach this one; it asks for a login (--auth/--auth_file), sent over plain HTTP') in log
+  with pytest.raises(urllib.error.HTTPError) as e:  # No login, no page's API.
+    urllib.request.urlopen(running['url'] + 'config', timeout=10)
+  assert e.value.code == 401
+
+  (served_root,) = glob.glob(str(running['tmp'] / 'xydiff-serve-*'))
+  assert os.listdir(running['tmp']) == [os.path.basename(served_root)]  # Gradio's files inside.
+  images.write_png(str(tmp_path / 'shot.png'), np.random.default_rng(0).integers(
+      0, 256, (24, 32, 3), np.uint8))
+  client = Client(running['url'], auth=('ana', 'hunter2'), verbose=False,
+                  download_files=str(tmp_path / 'downloads'))
+  outputs = client.predict(running['name'], [handle_file(str(tmp_path / 'shot.png'))], None, None,
+                           None, 1, 1, 0, False, api_name='/deblur')
+  status = outputs[3]
+  assert '1 of 1 restored' in status and '| shot.png | 32x24, 8-bit |' in status, status
+  kept = _files(served_root)
+  assert any(f.endswith('shot.png') and not f.startswith('requests') for f in kept), kept
+  assert 'requests/000001/shot_deblurred.png' in kept, kept
+  # An upload over --max_upload_mb=1, sent as a browser does (Gradio's client refuses it
+  # before sending): Gradio answers 413; it leaves upload temporaries in its folder.
+  browser = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())
+  browser.open(running['url'] + 'login', urllib.parse.urlencode(
+      {'username': 'ana', 'password': 'hunter2'}).encode(), timeout=30)
+  boundary = 'xydiff-test-boundary'
+  body = (f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="large.png"'
+          '\r\nContent-Type: image/png\r\n\r\n').encode() + os.urandom(3_000_000) + \
+      f'\r\n--{boundary}--\r\n'.encode()
+  with pytest.raises(urllib.error.HTTPError) as e:
+    browser.open(urllib.request.Request(
+        running['url'] + 'gradio_api/upload', body,
+        {'Content-Type': f'multipart/form-data; boundary={boundary}'}), timeout=60)
+  assert e.value.code == 413
+  assert any(os.sep not in f for f in _files(served_root)), _files(served_root)  # Its leftover.
+  deadline = time.time() + 90  # Files older than --keep_minutes (15 s) go within 3 s more.
+  while _files(served_root) and time.time() < deadline:
+    time.sleep(0.5)
+  assert _files(served_root) == []
+
+  running['process'].send_signal(signal.SIGTERM)
+  assert running['process'].wait(timeout=60) == 0
+  assert os.listdir(running['tmp']) == []  # Neither xydiff-serve-* nor Gradio's cache is left.
+  assert 'hunter2' not in running['log'].read_text()
