@@ -46,12 +46,13 @@ def measure(config, *, size: int, num_samples: int, steps: tuple[int, int], repe
   import jax
   import jax.numpy as jnp
   from flax import nnx
-  from xydiff import diffusion, samplers, state as state_lib
+  from xydiff.diffusion import samplers, schedules
+  from xydiff.runs import state as state_lib
 
   graphdef, state = initial_state(config)
   params = jax.device_put(state_lib.eval_params(state))
   blur = jax.random.uniform(jax.random.key(0), (1, size, size, 3))
-  keys = diffusion.sample_keys(jax.random.key(1), num_samples)
+  keys = samplers.sample_keys(jax.random.key(1), num_samples)
   stacked = jnp.tile(blur, (num_samples, 1, 1, 1))
   level = jnp.full((num_samples,), 0.5)
 
@@ -60,10 +61,10 @@ def measure(config, *, size: int, num_samples: int, steps: tuple[int, int], repe
 
   def sampler_fn(name, num_steps):
     # The schedule's values do not change the work; its length does.
-    schedule = diffusion.sampling_schedule(num_steps, 1e-4, min(0.9, 10.0 / num_steps))
+    schedule = schedules.sampling_schedule(num_steps, 1e-4, min(0.9, 10.0 / num_steps))
     run = jax.jit(lambda p, y, k: samplers.sample(
         lambda x: x, nnx.merge(graphdef, p).denoise, y, k, schedule=schedule,
-        residual_scale=config.diffusion.residual_scale, sampler=name)['samples'])
+        residual_scale=config.model.diffusion.residual_scale, sampler=name)['samples'])
     return lambda: run(params, blur, keys)
 
   def denoiser_loop(num_steps):
@@ -72,7 +73,7 @@ def measure(config, *, size: int, num_samples: int, steps: tuple[int, int], repe
     return lambda: run(params, stacked, level)
 
   def noise_loop(num_steps):
-    draw = diffusion.per_sample_noise(keys, blur.shape)
+    draw = samplers.per_sample_noise(keys, blur.shape)
     run = jax.jit(lambda y: jax.lax.fori_loop(0, num_steps, lambda i, z: z + draw(i), y))
     return lambda: run(stacked)
 

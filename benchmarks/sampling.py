@@ -45,14 +45,14 @@ def measure(config, *, height: int, width: int, num_steps: int, num_samples: int
   """Seconds of one `num_steps`-step sample (the first call, compiling included, and one
   more); given measure_calls' `calls`, also per step and the loop's overhead."""
   import jax
-  from xydiff import diffusion
+  from xydiff.diffusion import schedules
   from xydiff.inference import restorer as inference
   from xydiff.runs import state as state_lib
 
   graphdef, state = initial_state(config)
   params = jax.device_put(state_lib.eval_params(state))
   # The schedule's values do not change the work; its length does.
-  schedule = diffusion.linear_schedule(num_steps, 1e-4, min(0.9, 10.0 / num_steps))
+  schedule = schedules.linear_schedule(num_steps, 1e-4, min(0.9, 10.0 / num_steps))
   sampler = inference.make_sampler(graphdef, schedule, num_samples,
                                    config.diffusion.residual_scale)
   blur = jax.random.uniform(jax.random.key(0), (1, height, width, 3))

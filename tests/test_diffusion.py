@@ -6,13 +6,13 @@ import numpy as np
 import optax
 from flax import nnx
 
-from xydiff import diffusion
+from xydiff.diffusion import losses, samplers, schedules
 from xydiff.models.dvsr import DvSR
 from xydiff.models.unet import UNet
 
 
 def test_schedule_matches_sr3_defaults():
-  s = diffusion.linear_schedule(2000, 1e-6, 1e-2)
+  s = schedules.linear_schedule(2000, 1e-6, 1e-2)
   assert s.num_steps == 2000
   assert s.alpha_bars[0] == 1.0
   np.testing.assert_allclose(s.alpha_bars[1:], np.cumprod(1 - np.linspace(1e-6, 1e-2, 2000)))
@@ -21,7 +21,7 @@ def test_schedule_matches_sr3_defaults():
 
 
 def test_posterior_matches_the_closed_form():
-  s = diffusion.linear_schedule(50, 1e-4, 0.2)
+  s = schedules.linear_schedule(50, 1e-4, 0.2)
   rng = np.random.default_rng(0)
   x_t, x0 = rng.normal(size=(4, 3)), rng.normal(size=(4, 3))
   for t in (1, 2, 17, 50):
@@ -31,18 +31,18 @@ def test_posterior_matches_the_closed_form():
     mean_ref = (np.sqrt(ab_prev) * (1 - a[t - 1]) / (1 - ab_t) * x0
                 + np.sqrt(a[t - 1]) * (1 - ab_prev) / (1 - ab_t) * x_t)
     var_ref = (1 - ab_prev) / (1 - ab_t) * (1 - a[t - 1])
-    mean, var = diffusion.posterior(s, t, jnp.asarray(x_t, jnp.float32),
+    mean, var = schedules.posterior(s, t, jnp.asarray(x_t, jnp.float32),
                                     jnp.asarray(x0, jnp.float32))
     np.testing.assert_allclose(mean, mean_ref, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(var, var_ref, rtol=1e-4, atol=1e-8)
   # At t = 1 the posterior is x0 exactly, with no variance.
-  mean, var = diffusion.posterior(s, 1, jnp.asarray(x_t, jnp.float32), jnp.asarray(x0, jnp.float32))
+  mean, var = schedules.posterior(s, 1, jnp.asarray(x_t, jnp.float32), jnp.asarray(x0, jnp.float32))
   np.testing.assert_allclose(mean, x0, atol=1e-6)
   assert float(var) == 0.0
 
 
 def test_marginal_equals_composed_single_steps():
-  s = diffusion.linear_schedule(20, 1e-3, 0.1)
+  s = schedules.linear_schedule(20, 1e-3, 0.1)
   t = 12
   x0 = jnp.asarray([-0.8, 0.1, 0.6])
   n = 200_000
@@ -54,7 +54,7 @@ def test_marginal_equals_composed_single_steps():
     a = float(s.alphas[k])
     x = np.sqrt(a) * x + np.sqrt(1 - a) * jax.random.normal(sub, x.shape)
   level = jnp.full((n,), np.sqrt(s.alpha_bars[t]))
-  direct = diffusion.q_sample(jnp.broadcast_to(x0, (n, 3)), level,
+  direct = schedules.q_sample(jnp.broadcast_to(x0, (n, 3)), level,
                               jax.random.normal(jax.random.key(1), (n, 3)))
   expected_mean = np.sqrt(s.alpha_bars[t]) * np.asarray(x0)
   expected_std = np.sqrt(1 - s.alpha_bars[t])
@@ -64,8 +64,8 @@ def test_marginal_equals_composed_single_steps():
 
 
 def test_continuous_levels_fall_between_adjacent_steps():
-  s = diffusion.linear_schedule(10, 1e-3, 0.3)
-  levels = np.asarray(diffusion.sample_noise_level(jax.random.key(0), s, 10_000))
+  s = schedules.linear_schedule(10, 1e-3, 0.3)
+  levels = np.asarray(schedules.sample_noise_level(jax.random.key(0), s, 10_000))
   sqrt_ab = np.sqrt(s.alpha_bars)
   assert levels.min() >= sqrt_ab[-1] - 1e-6 and levels.max() <= 1.0
   # Continuous, not the 11 grid values: almost every draw is off the grid.
@@ -92,9 +92,9 @@ def test_sampler_with_an_oracle_denoiser_returns_x0():
   predict = lambda y: 0.5 * y + 0.2  # Any deterministic g.
   scale = 2.0
   r0 = (sharp - predict(blur)) * scale
-  for schedule in (diffusion.linear_schedule(10, 1e-4, 0.8),
-                   diffusion.linear_schedule(100, 1e-6, 0.2)):
-    out = diffusion.sample(predict, _oracle(r0, blur), blur, jax.random.split(key, 3),
+  for schedule in (schedules.linear_schedule(10, 1e-4, 0.8),
+                   schedules.linear_schedule(100, 1e-6, 0.2)):
+    out = samplers.ancestral(predict, _oracle(r0, blur), blur, jax.random.split(key, 3),
                            schedule=schedule, residual_scale=scale)
     assert out['samples'].shape == (3, 2, 8, 8, 3)
     np.testing.assert_allclose(out['mean'], sharp, atol=1e-4)
@@ -118,9 +118,9 @@ def test_sample_averaging_is_the_mean_of_single_samples_with_the_same_keys():
   model = _tiny_model()
   blur = jax.random.uniform(jax.random.key(2), (1, 16, 16, 3))
   keys = jax.random.split(jax.random.key(7), 4)
-  schedule = diffusion.linear_schedule(5, 1e-4, 0.6)
+  schedule = schedules.linear_schedule(5, 1e-4, 0.6)
   predict = lambda y: model.predict(y)['restored']
-  run = lambda ks: diffusion.sample(predict, model.denoise, blur, ks, schedule=schedule,
+  run = lambda ks: samplers.ancestral(predict, model.denoise, blur, ks, schedule=schedule,
                                     residual_scale=2.0)
   together = run(keys)
   singles = [run(keys[i:i + 1])['samples'][0] for i in range(4)]
@@ -136,11 +136,11 @@ def test_sampler_is_one_jitted_loop_whatever_the_number_of_steps():
   blur = jnp.zeros((1, 8, 8, 3))
 
   def count_denoiser_calls(num_steps):
-    schedule = diffusion.linear_schedule(num_steps, 1e-4, 0.5)
+    schedule = schedules.linear_schedule(num_steps, 1e-4, 0.5)
 
     def run(p, y):
       m = nnx.merge(graphdef, p)
-      return diffusion.sample(lambda x: m.predict(x)['restored'], m.denoise, y,
+      return samplers.ancestral(lambda x: m.predict(x)['restored'], m.denoise, y,
                               jax.random.split(jax.random.key(0), 2), schedule=schedule,
                               residual_scale=2.0)['mean']
     # The traced program holds the denoiser once, inside one while loop. An unrolled
@@ -160,21 +160,21 @@ def test_loss_falls_on_a_fixed_batch():
   graphdef, params = nnx.split(model, nnx.Param)
   blur = jax.random.uniform(jax.random.key(0), (4, 16, 16, 3))
   sharp = jnp.clip(blur + 0.1 * jax.random.normal(jax.random.key(1), blur.shape), 0, 1)
-  schedule = diffusion.linear_schedule(100, 1e-4, 0.1)
+  schedule = schedules.linear_schedule(100, 1e-4, 0.1)
   tx = optax.adam(3e-3)
   opt_state = tx.init(params)
 
   @jax.jit
   def step(params, opt_state, key):
     def loss_of(p):
-      return diffusion.loss(nnx.merge(graphdef, p), {'blur': blur, 'sharp': sharp}, key,
+      return losses.loss(nnx.merge(graphdef, p), {'blur': blur, 'sharp': sharp}, key,
                             schedule=schedule, residual_scale=2.0)[0]
     loss, grads = jax.value_and_grad(loss_of)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss
 
   eval_keys = jax.random.split(jax.random.key(99), 16)
-  eval_loss = lambda p: np.mean([diffusion.loss(nnx.merge(graphdef, p), {'blur': blur, 'sharp': sharp},
+  eval_loss = lambda p: np.mean([losses.loss(nnx.merge(graphdef, p), {'blur': blur, 'sharp': sharp},
                                                 k, schedule=schedule, residual_scale=2.0)[0]
                                  for k in eval_keys])
   before = eval_loss(params)
@@ -189,8 +189,8 @@ def test_the_loss_trains_the_predictor_through_the_denoiser():
   graphdef, params = nnx.split(model, nnx.Param)
   batch = {'blur': jax.random.uniform(jax.random.key(0), (2, 16, 16, 3)),
            'sharp': jax.random.uniform(jax.random.key(1), (2, 16, 16, 3))}
-  schedule = diffusion.linear_schedule(100, 1e-4, 0.1)
-  grads = jax.grad(lambda p: diffusion.loss(nnx.merge(graphdef, p), batch, jax.random.key(3),
+  schedule = schedules.linear_schedule(100, 1e-4, 0.1)
+  grads = jax.grad(lambda p: losses.loss(nnx.merge(graphdef, p), batch, jax.random.key(3),
                                             schedule=schedule, residual_scale=2.0)[0])(params)
   g_norm = optax.tree.norm(grads['predictor'])
   assert g_norm > 0  # predictor_weight is 0: this gradient came through f.
@@ -243,9 +243,9 @@ def test_sampler_matches_a_float64_reference_loop_step_for_step():
   predict = lambda y: 0.5 * y + 0.2
   scale = 2.0
   # beta_1 = 0.05: the last step keeps much of what the earlier steps drew.
-  schedule = diffusion.linear_schedule(10, 0.05, 0.5)
+  schedule = schedules.linear_schedule(10, 0.05, 0.5)
   noise = _step_noise(keys, range(1, schedule.num_steps + 2), blur.shape)
-  out = diffusion.sample(predict, _linear_denoiser, blur, keys, schedule=schedule,
+  out = samplers.ancestral(predict, _linear_denoiser, blur, keys, schedule=schedule,
                          residual_scale=scale)
   ref = _reference_sample(predict, _linear_denoiser, blur, noise, schedule, scale)
   # Float32 against float64 over ten steps: round-off stays far below 1e-4, while
@@ -258,12 +258,12 @@ def test_sampler_matches_a_float64_reference_loop_step_for_step():
 def test_a_single_step_returns_x0_hat_in_closed_form():
   # With T = 1 the posterior at t = 1 is x0_hat with no noise, so the output is
   # g(y) + x0_hat / scale; alpha_bar_1 = 0.4 tells sqrt(alpha_bar) from alpha_bar.
-  schedule = diffusion.linear_schedule(1, 0.6, 0.6)
+  schedule = schedules.linear_schedule(1, 0.6, 0.6)
   blur = jax.random.uniform(jax.random.key(5), (2, 4, 4, 3))
   keys = jax.random.split(jax.random.key(6), 2)
   predict = lambda y: 0.5 * y + 0.2
   scale = 2.0
-  out = diffusion.sample(predict, _linear_denoiser, blur, keys, schedule=schedule,
+  out = samplers.ancestral(predict, _linear_denoiser, blur, keys, schedule=schedule,
                          residual_scale=scale)
   ab = 0.4
   z = _step_noise(keys, [2], blur.shape)[2]  # z_T is drawn with t = T + 1.
@@ -287,11 +287,11 @@ def test_samples_from_gaussian_data_have_its_mean_and_std():
     l2 = level.reshape(-1, 1, 1, 1) ** 2
     return jnp.sqrt(1 - l2) * (z - jnp.sqrt(l2) * mu) / (l2 * s ** 2 + 1 - l2)
 
-  schedule = diffusion.linear_schedule(2000, 1e-6, 1e-2)  # SR3's training schedule.
+  schedule = schedules.linear_schedule(2000, 1e-6, 1e-2)  # SR3's training schedule.
   blur = jax.random.uniform(jax.random.key(8), (1, 32, 32, 3))
   predict = lambda y: 0.5 * y + 0.2
-  keys = diffusion.sample_keys(jax.random.key(9), 8)
-  out = diffusion.sample(predict, exact_denoiser, blur, keys, schedule=schedule,
+  keys = samplers.sample_keys(jax.random.key(9), 8)
+  out = samplers.ancestral(predict, exact_denoiser, blur, keys, schedule=schedule,
                          residual_scale=scale)
   # Every pixel of every sample is an independent draw (elementwise denoiser, iid noise).
   r0 = np.asarray((out['samples'] - out['predictor'][None]) * scale, np.float64).ravel()

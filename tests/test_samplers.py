@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from xydiff import diffusion, samplers
+from xydiff.diffusion import samplers, schedules
 from test_diffusion import _linear_denoiser, _tiny_model
 
 # Per-element data mean and variance of the analytic denoiser: not uniform, so a
@@ -98,10 +98,10 @@ def _start_and_noise(num_steps, seed=0):
 # over a wide range, where the first levels are almost pure noise; and enough steps
 # that most of the DPM-Solver++ steps are second order.
 _SCHEDULES = {
-    'linear_beta_6': diffusion.sampling_schedule(6, 1e-3, 0.6),
-    'logsnr_6': diffusion.sampling_schedule(6, 1e-3, 0.6, spacing='logsnr'),
-    'logsnr_wide_12': diffusion.logsnr_schedule(12, 1 - 1e-5, 4e-5),
-    'linear_beta_25': diffusion.sampling_schedule(25, 1e-4, 0.2),
+    'linear_beta_6': schedules.sampling_schedule(6, 1e-3, 0.6),
+    'logsnr_6': schedules.sampling_schedule(6, 1e-3, 0.6, spacing='logsnr'),
+    'logsnr_wide_12': schedules.logsnr_schedule(12, 1 - 1e-5, 4e-5),
+    'linear_beta_25': schedules.sampling_schedule(25, 1e-4, 0.2),
 }
 # Float32 against a float32 reference of other arithmetic: states of order one agree
 # to a few ulps times the steps taken; a wrong coefficient, level or order moves them
@@ -135,7 +135,7 @@ def test_dpm_solver_pp_matches_diffusers_step_for_step(name, sampler, algorithm)
                                                ('dpmpp_2m_sde', 'sde-dpmsolver++')])
 def test_dpm_solver_pp_edge_lengths_match_diffusers(num_steps, sampler, algorithm):
   # One step is first order only; two are a first step and a last; three have one 2M step.
-  schedule = diffusion.sampling_schedule(num_steps, 0.05, 0.7)
+  schedule = schedules.sampling_schedule(num_steps, 0.05, 0.7)
   z_T, noise = _start_and_noise(num_steps, seed=num_steps)
   np.testing.assert_allclose(_states(sampler, schedule, z_T, noise),
                              _diffusers_dpm_states(schedule, z_T, noise, algorithm),
@@ -149,7 +149,7 @@ def _ode_error(sampler, num_steps):
   fixed. z_1, not z_0: the last step (to alpha_bar = 1) returns the data
   prediction D_1, whose error is set by alpha_bar_1 alone, whatever the steps.
   """
-  schedule = diffusion.logsnr_schedule(num_steps, 0.999, 1e-3)
+  schedule = schedules.logsnr_schedule(num_steps, 0.999, 1e-3)
   z_T, noise = _start_and_noise(num_steps)
   level = lambda ab: (np.sqrt(ab), np.sqrt(ab * _V + 1 - ab))
   (a_T, std_T), (a_1, std_1) = level(schedule.alpha_bars[-1]), level(schedule.alpha_bars[1])
@@ -169,16 +169,16 @@ def _jitted_sample(schedule, sampler, eta=0.0, sample=samplers.sample):
   """jitted (blur, keys) -> samples dict, with g(y) = 0.5 y + 0.2 and the linear denoiser."""
   return jax.jit(lambda blur, keys: sample(lambda y: 0.5 * y + 0.2, _linear_denoiser, blur, keys,
                                            schedule=schedule, residual_scale=2.0,
-                                           **({} if sample is diffusion.sample else
+                                           **({} if sample is samplers.ancestral else
                                               dict(sampler=sampler, eta=eta))))
 
 
 def test_ddim_with_eta_one_is_the_ancestral_sampler():
-  # The same levels and the same draws: DDIM(eta = 1) is Algorithm 1 (diffusion.sample).
+  # The same levels and the same draws: DDIM(eta = 1) is Algorithm 1 (samplers.ancestral).
   blur = jax.random.uniform(jax.random.key(3), (2, 4, 4, 3))
   keys = jax.random.split(jax.random.key(4), 3)
-  schedule = diffusion.linear_schedule(10, 0.05, 0.5)
-  ancestral = _jitted_sample(schedule, None, sample=diffusion.sample)(blur, keys)
+  schedule = schedules.linear_schedule(10, 0.05, 0.5)
+  ancestral = _jitted_sample(schedule, None, sample=samplers.ancestral)(blur, keys)
   ddim = _jitted_sample(schedule, 'ddim', 1.0)(blur, keys)
   np.testing.assert_allclose(ddim['samples'], ancestral['samples'], atol=1e-5, rtol=0)
   # The same start, no noise after it: a different sample.
@@ -188,11 +188,11 @@ def test_ddim_with_eta_one_is_the_ancestral_sampler():
 
 def test_ancestral_is_diffusion_sample_bit_for_bit():
   blur = jax.random.uniform(jax.random.key(2), (1, 4, 4, 3))
-  keys = diffusion.sample_keys(jax.random.key(7), 2)
+  keys = samplers.sample_keys(jax.random.key(7), 2)
   # Today's 'sa' preset's levels, through the preset route and the old one.
-  ours = _jitted_sample(diffusion.sampling_schedule(10, 1e-4, 0.8), 'ancestral')(blur, keys)
-  reference = _jitted_sample(diffusion.linear_schedule(10, 1e-4, 0.8), None,
-                             sample=diffusion.sample)(blur, keys)
+  ours = _jitted_sample(schedules.sampling_schedule(10, 1e-4, 0.8), 'ancestral')(blur, keys)
+  reference = _jitted_sample(schedules.linear_schedule(10, 1e-4, 0.8), None,
+                             sample=samplers.ancestral)(blur, keys)
   assert ours.keys() == reference.keys()
   for name in reference:
     np.testing.assert_array_equal(ours[name], reference[name])
@@ -203,7 +203,7 @@ def test_ancestral_is_diffusion_sample_bit_for_bit():
 def test_a_sample_depends_on_its_own_key_alone(sampler, eta):
   blur = jax.random.uniform(jax.random.key(2), (2, 4, 4, 3))
   keys = jax.random.split(jax.random.key(7), 3)
-  run = _jitted_sample(diffusion.sampling_schedule(5, 1e-3, 0.6), sampler, eta)
+  run = _jitted_sample(schedules.sampling_schedule(5, 1e-3, 0.6), sampler, eta)
   together = run(blur, keys)
   assert together['samples'].shape == (3, 2, 4, 4, 3)
   singles = np.stack([run(blur, keys[i:i + 1])['samples'][0] for i in range(3)])
@@ -221,7 +221,7 @@ def test_each_sampler_is_one_loop_with_one_denoiser_call_whatever_the_steps(samp
   blur = jnp.zeros((1, 8, 8, 3))
 
   def count(num_steps, name):
-    schedule = diffusion.sampling_schedule(num_steps, 1e-4, 0.5)
+    schedule = schedules.sampling_schedule(num_steps, 1e-4, 0.5)
 
     def run(p, y):
       m = nnx.merge(graphdef, p)
@@ -246,19 +246,19 @@ def test_deterministic_samplers_draw_no_noise_after_the_start():
   for sampler in ('ddim', 'dpmpp_2m'):
     calls = []
     samplers.solve(lambda z, level: z, jnp.ones((1, 2)), lambda t: calls.append(t),
-                   sampler=sampler, schedule=diffusion.sampling_schedule(4, 1e-3, 0.5))
+                   sampler=sampler, schedule=schedules.sampling_schedule(4, 1e-3, 0.5))
     assert not calls, sampler
   for sampler, eta in (('ddim', 0.5), ('dpmpp_2m_sde', 0.0)):
-    coeffs = samplers.coefficients(sampler, diffusion.sampling_schedule(4, 1e-3, 0.5), eta)
+    coeffs = samplers.coefficients(sampler, schedules.sampling_schedule(4, 1e-3, 0.5), eta)
     assert np.all(coeffs.c_n[:-1] > 0) and coeffs.c_n[-1] == 0, sampler  # The last step is clean.
 
 
 def test_dpm_solver_pp_weights_are_the_step_ratios():
   # w = h_i / (2 h_{i-1}) on interior steps, 0 on the first and the last; equal steps
   # in lambda (logSNR spacing) give w = 1/2 throughout the interior.
-  coeffs = samplers.coefficients('dpmpp_2m', diffusion.logsnr_schedule(6, 0.99, 0.01))
+  coeffs = samplers.coefficients('dpmpp_2m', schedules.logsnr_schedule(6, 0.99, 0.01))
   np.testing.assert_allclose(coeffs.w, [0, 0.5, 0.5, 0.5, 0.5, 0], atol=1e-12)
-  assert not samplers.coefficients('ddim', diffusion.logsnr_schedule(6, 0.99, 0.01)).multistep
+  assert not samplers.coefficients('ddim', schedules.logsnr_schedule(6, 0.99, 0.01)).multistep
 
 
 def test_logsnr_schedule_is_diffusers_lu_lambdas():
@@ -269,28 +269,28 @@ def test_logsnr_schedule_is_diffusers_lu_lambdas():
       num_train_timesteps=300, beta_start=1e-4, beta_end=2e-2, use_lu_lambdas=True)
   scheduler.set_timesteps(7)
   ac = scheduler.alphas_cumprod.numpy().astype(np.float64)
-  ours = diffusion.logsnr_schedule(7, ac[0], ac[-1]).alpha_bars[::-1]  # Noisiest first, then 1.
+  ours = schedules.logsnr_schedule(7, ac[0], ac[-1]).alpha_bars[::-1]  # Noisiest first, then 1.
   np.testing.assert_allclose(scheduler.sigmas.numpy(), np.sqrt((1 - ours) / ours), rtol=5e-6)
 
 
 def test_spacings_keep_a_presets_ends_and_count():
-  linear = diffusion.sampling_schedule(10, 1e-4, 0.8)
-  np.testing.assert_array_equal(linear.betas, diffusion.linear_schedule(10, 1e-4, 0.8).betas)
-  logsnr = diffusion.sampling_schedule(10, 1e-4, 0.8, spacing='logsnr')
+  linear = schedules.sampling_schedule(10, 1e-4, 0.8)
+  np.testing.assert_array_equal(linear.betas, schedules.linear_schedule(10, 1e-4, 0.8).betas)
+  logsnr = schedules.sampling_schedule(10, 1e-4, 0.8, spacing='logsnr')
   assert logsnr.num_steps == 10
   np.testing.assert_allclose(logsnr.alpha_bars[[1, -1]], linear.alpha_bars[[1, -1]], rtol=1e-12)
-  lam = diffusion.log_snr(logsnr.alpha_bars[1:])
+  lam = schedules.log_snr(logsnr.alpha_bars[1:])
   np.testing.assert_allclose(np.diff(lam), np.diff(lam)[0], rtol=1e-9)  # Uniform in logSNR.
   assert np.diff(lam)[0] < 0  # Level t is noisier than level t - 1.
   # One step starts from the noisiest end, where z_T ~ N(0, I) belongs.
-  np.testing.assert_allclose(diffusion.logsnr_schedule(1, 0.99, 0.01).alpha_bars, [1, 0.01])
+  np.testing.assert_allclose(schedules.logsnr_schedule(1, 0.99, 0.01).alpha_bars, [1, 0.01])
   # A schedule is its alpha_bars: rebuilding one from them gives the same levels.
-  np.testing.assert_allclose(diffusion.schedule_from_alpha_bars(linear.alpha_bars[1:]).alpha_bars,
+  np.testing.assert_allclose(schedules.schedule_from_alpha_bars(linear.alpha_bars[1:]).alpha_bars,
                              linear.alpha_bars, rtol=1e-13)
 
 
 def test_bad_arguments_are_refused():
-  schedule = diffusion.sampling_schedule(3, 1e-3, 0.5)
+  schedule = schedules.sampling_schedule(3, 1e-3, 0.5)
   with pytest.raises(ValueError, match='sampler must be one of'):
     samplers.coefficients('heun', schedule)
   with pytest.raises(ValueError, match='0 <= eta <= 1'):
@@ -298,8 +298,8 @@ def test_bad_arguments_are_refused():
   with pytest.raises(ValueError, match="eta is DDIM's"):
     samplers.check('dpmpp_2m', eta=0.5)
   with pytest.raises(ValueError, match='spacing must be one of'):
-    diffusion.sampling_schedule(3, 1e-3, 0.5, spacing='karras')
+    schedules.sampling_schedule(3, 1e-3, 0.5, spacing='karras')
   with pytest.raises(ValueError, match='decrease strictly'):
-    diffusion.schedule_from_alpha_bars([0.5, 0.6])
+    schedules.schedule_from_alpha_bars([0.5, 0.6])
   with pytest.raises(ValueError, match='alpha_bar_min'):
-    diffusion.logsnr_schedule(4, 0.5, 0.5)
+    schedules.logsnr_schedule(4, 0.5, 0.5)

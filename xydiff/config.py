@@ -141,7 +141,15 @@ def with_defaults(stored: dict) -> dict:
     if not isinstance(default, dict) or not isinstance(value, dict):
       return value
     return {**default, **{k: merge(default.get(k), v) for k, v in value.items()}}
-  return merge(defaults, values)
+  merged = merge(defaults, values)
+  # Entries of a table (a preset of the user's own) take the fields an entry defaults to.
+  for table, entry_defaults in models.family(name).settings_entry_defaults().items():
+    section_name, field = table.split('.')
+    entries = merged.get(section_name, {}).get(field, {})
+    if isinstance(entries, dict):
+      for key, entry in entries.items():
+        entries[key] = merge(entry_defaults, entry)
+  return merged
 
 
 def load(workdir: str) -> ml_collections.ConfigDict:

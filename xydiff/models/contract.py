@@ -165,6 +165,11 @@ class Family:
     """{section name: {field: default}} this family adds to config sections besides model."""
     return {}
 
+  def settings_entry_defaults(self) -> dict:
+    """{dotted table: {field: default}} for tables of named entries among those fields
+    (DvSR's inference.presets): an entry stored without a field took its default."""
+    return {}
+
   def validate_settings(self, config) -> None:
     """Checks the fields `settings_defaults` added (the config holds them)."""
     del config

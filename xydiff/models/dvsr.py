@@ -18,7 +18,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from xydiff import diffusion, models
+from xydiff import models
+from xydiff.diffusion import losses, samplers, schedules
 from xydiff.errors import ConfigError, require
 from xydiff.models import contract, unet
 
@@ -47,6 +48,12 @@ class Sampling:
   """How `restore` samples: a preset with its overrides applied, and the residual scale.
 
   `num_steps` 0 means no sampling at all: g(y) alone (the 'predictor' output).
+  `num_steps` is the number of denoiser calls (NFE). The preset's
+  (preset_steps, beta_start, beta_end, spacing) fix its levels; when a
+  steps override differs from preset_steps, the ancestral chain on linear
+  betas keeps its betas' ends (the paper's protocol: a schedule is (T, beta
+  range)), and every other sampler keeps the preset's first and last level and
+  spreads the steps evenly in logSNR between them (DPM-Solver's spacing).
   """
   preset: str
   num_steps: int
@@ -54,10 +61,28 @@ class Sampling:
   beta_end: float = 0.0
   num_samples: int = 1
   residual_scale: float = 1.0
+  sampler: str = 'ancestral'
+  eta: float = 0.0
+  spacing: str = 'linear_beta'
+  preset_steps: int = 0  # 0: num_steps.
 
   @property
-  def schedule(self) -> diffusion.Schedule:
-    return diffusion.linear_schedule(self.num_steps, self.beta_start, self.beta_end)
+  def schedule(self) -> schedules.Schedule:
+    preset_steps = self.preset_steps or self.num_steps
+    own = schedules.sampling_schedule(preset_steps, self.beta_start, self.beta_end, self.spacing)
+    if self.num_steps == preset_steps:
+      return own
+    if self.sampler == 'ancestral' and self.spacing == 'linear_beta':
+      return schedules.linear_schedule(self.num_steps, self.beta_start, self.beta_end)
+    return schedules.logsnr_schedule(self.num_steps, float(own.alpha_bars[1]),
+                                     float(own.alpha_bars[-1]))
+
+
+def _preset(num_steps, beta_start, beta_end, num_samples, sampler='ancestral', eta=0.0,
+            spacing='linear_beta'):
+  """One inference preset's fields (see DvSRFamily.settings_defaults)."""
+  return dict(num_steps=num_steps, beta_start=beta_start, beta_end=beta_end,
+              num_samples=num_samples, sampler=sampler, eta=eta, spacing=spacing)
 
 
 def predictor_families() -> tuple[str, ...]:
@@ -147,10 +172,10 @@ class DvSRFamily(contract.Family):
 
   def loss(self, section):
     d = section.diffusion
-    schedule = diffusion.linear_schedule(d.num_steps, d.beta_start, d.beta_end)
+    schedule = schedules.linear_schedule(d.num_steps, d.beta_start, d.beta_end)
 
     def loss_fn(model, batch, key):
-      return diffusion.loss(model, batch, key, schedule=schedule,
+      return losses.loss(model, batch, key, schedule=schedule,
                             residual_scale=d.residual_scale,
                             predictor_weight=d.predictor_loss_weight)
     return loss_fn
@@ -166,22 +191,30 @@ class DvSRFamily(contract.Family):
       raise ConfigError(f'preset={preset!r}: must be one of '
                         f'{(PREDICTOR,) + tuple(inference.presets)}')
     values = inference.presets[preset]
-    if sampler is not None and sampler != 'ancestral':
-      raise ConfigError(f"sampler={sampler!r}: must be 'ancestral'")
+    if sampler is not None and sampler not in samplers.SAMPLERS:
+      raise ConfigError(f'sampler={sampler!r}: must be one of {samplers.SAMPLERS}')
     for name, value in (('steps', steps), ('samples', samples)):
-      if value is not None and not (isinstance(value, int) and value > 0):
+      if value is not None and not (isinstance(value, int) and not isinstance(value, bool)
+                                    and value > 0):
         raise ConfigError(f'{name}={value!r}: must be a positive integer')
     num_samples = samples or inference.num_samples or values.num_samples
+    chosen = sampler or values.sampler
+    # eta is DDIM's alone: another sampler chosen over a DDIM preset drops it.
+    eta = values.eta if chosen == 'ddim' == values.sampler else 0.0
+    if chosen == 'ddim' and values.sampler != 'ddim':
+      eta = 1.0  # DDIM with eta = 1 is the ancestral step: the closest to a preset's own chain.
     return Sampling(preset, steps or values.num_steps, values.beta_start, values.beta_end,
-                    num_samples, config.model.diffusion.residual_scale)
+                    num_samples, config.model.diffusion.residual_scale, chosen, eta,
+                    values.spacing, values.num_steps)
 
   def restore(self, model, blur, key, settings):
     prediction = model.predict(blur)['restored']
     if settings.num_steps == 0:
       return {'image': prediction}
-    out = diffusion.sample(lambda y: prediction, model.denoise, blur,
-                           diffusion.sample_keys(key, settings.num_samples),
-                           schedule=settings.schedule, residual_scale=settings.residual_scale)
+    out = samplers.sample(lambda y: prediction, model.denoise, blur,
+                          samplers.sample_keys(key, settings.num_samples),
+                          schedule=settings.schedule, residual_scale=settings.residual_scale,
+                          sampler=settings.sampler, eta=settings.eta)
     return {'image': out['mean'], 'std': out['std'], 'samples': out['samples']}
 
   def outputs(self, config):
@@ -191,8 +224,9 @@ class DvSRFamily(contract.Family):
   def describe(self, settings):
     if settings.num_steps == 0:
       return 'g(y) alone, no sampling'
-    return (f"preset '{settings.preset}', {settings.num_steps} steps, mean of "
-            f'{settings.num_samples} sample{"s" * (settings.num_samples > 1)}')
+    sampler = settings.sampler + (f' eta={settings.eta:g}' if settings.sampler == 'ddim' else '')
+    return (f"preset '{settings.preset}', {sampler}, {settings.num_steps} denoiser calls, "
+            f'mean of {settings.num_samples} sample{"s" * (settings.num_samples > 1)}')
 
   def components(self, model):
     return [
@@ -224,9 +258,14 @@ class DvSRFamily(contract.Family):
             num_samples=0,  # Samples averaged; 0 takes the preset's.
             # Same weights, different schedules. 'perceptual' is the paper's "Ours"
             # (many steps), 'sa' its "Ours-SA" (few steps, mean of N samples).
+            # Each preset: its levels (num_steps of linear betas from beta_start to
+            # beta_end, or as many spread evenly in logSNR between the same ends:
+            # spacing='logsnr'), the sampler that walks them (diffusion.samplers.SAMPLERS;
+            # eta is DDIM's noise, 0 deterministic, 1 ancestral) and the samples averaged.
             presets=dict(
-                perceptual=dict(num_steps=500, beta_start=1e-6, beta_end=4e-2, num_samples=1),
-                sa=dict(num_steps=10, beta_start=1e-4, beta_end=0.8, num_samples=8),
+                perceptual=_preset(num_steps=500, beta_start=1e-6, beta_end=4e-2,
+                                   num_samples=1),
+                sa=_preset(num_steps=10, beta_start=1e-4, beta_end=0.8, num_samples=8),
             ),
         ),
         'eval': dict(
@@ -239,14 +278,27 @@ class DvSRFamily(contract.Family):
         ),
     }
 
+  def settings_entry_defaults(self):
+    return {'inference.presets': _preset(0, 0.0, 0.0, 0)}
+
   def validate_settings(self, config):
     inference = config.inference
     require(inference.preset in (PREDICTOR,) + tuple(inference.presets), 'inference.preset',
             f'must be one of {(PREDICTOR,) + tuple(inference.presets)}', inference.preset)
     contract.check_count(inference.num_samples, 'inference.num_samples')
     for name, preset in inference.presets.items():
+      missing = sorted(set(_preset(0, 0.0, 0.0, 0)) - set(preset))
+      require(not missing, f'inference.presets.{name}', f'lacks the fields {missing}',
+              dict(preset))
       for field in ('num_steps', 'num_samples'):
         contract.check_positive_int(preset[field], f'inference.presets.{name}.{field}')
+      require(preset.sampler in samplers.SAMPLERS, f'inference.presets.{name}.sampler',
+              f'must be one of {samplers.SAMPLERS}', preset.sampler)
+      require(preset.spacing in schedules.SPACINGS, f'inference.presets.{name}.spacing',
+              f'must be one of {schedules.SPACINGS}', preset.spacing)
+      eta_ok = (0.0 <= preset.eta <= 1.0) if preset.sampler == 'ddim' else preset.eta == 0.0
+      require(eta_ok, f'inference.presets.{name}.eta',
+              "is DDIM's noise, in [0, 1]; other samplers take 0", preset.eta)
       require(0 < preset.beta_start <= preset.beta_end < 1,
               f'inference.presets.{name}.beta_start/beta_end',
               'need 0 < beta_start <= beta_end < 1', (preset.beta_start, preset.beta_end))

@@ -1,32 +1,18 @@
-"""DvSR's predict-and-refine conditional diffusion: schedules, loss, ancestral sampler.
-
-The diffusion models the residual r0 = x0 - g(y) of a deterministic predictor
-g, in units of `residual_scale` (2 puts [0, 1] images on the usual [-1, 1]
-diffusion scale). The denoiser f(z, level, y) is conditioned on the
-continuous noise level sqrt(alpha_bar) (WaveGrad / SR3), so the sampling
-schedule is chosen at inference without retraining.
-
-Notation follows DvSR (Whang et al., CVPR 2022) and SR3: alpha_t per step,
-alpha_bar_t their cumulative product, posterior q(x_{t-1} | x_t, x_0) =
-N(mu_t, beta_t I).
+"""Noise schedules: the levels a diffusion is trained on and the levels a sampler walks.
 
 A `Schedule` is also the discretisation every sampler walks: its alpha_bars,
 from alpha_bar_T down to alpha_bar_0 = 1, are the levels visited.
-`sampling_schedule` makes one from an inference preset; the few-step
-samplers (DDIM, DPM-Solver++) that walk them live in xydiff/samplers.py.
+`sampling_schedule` makes one from an inference preset.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-
-# ---------------------------------------------------------------- schedules
 
 @dataclasses.dataclass(frozen=True)
 class Schedule:
@@ -146,88 +132,3 @@ def posterior(schedule: Schedule, t: int | jax.Array, x_t: jax.Array, x0: jax.Ar
           + jnp.sqrt(a) * (1.0 - ab_prev) / (1.0 - ab_t) * x_t)
   variance = (1.0 - ab_prev) / (1.0 - ab_t) * (1.0 - a)
   return mean, variance
-
-
-# ---------------------------------------------------------------- loss
-
-def loss(model, batch: dict[str, jax.Array], key: jax.Array, *, schedule: Schedule,
-         residual_scale: float, predictor_weight: float = 0.0):
-  """L = E |eps - f(sqrt(ab) r0 + sqrt(1 - ab) eps, sqrt(ab), y)|_1, r0 = x0 - g(y).
-
-  g is trained through f: the gradient of the eps-loss reaches g via r0. An
-  optional L1 on g(y) itself (weight 0 in the paper) can speed up g early on.
-  """
-  blur, sharp = batch['blur'], batch['sharp']
-  level_key, noise_key = jax.random.split(key)
-  prediction = model.predict(blur)['restored']
-  r0 = (sharp - prediction) * residual_scale
-  level = sample_noise_level(level_key, schedule, blur.shape[0])
-  noise = jax.random.normal(noise_key, r0.shape)
-  eps_hat = model.denoise(q_sample(r0, level, noise), level, blur)
-  eps_loss = jnp.mean(jnp.abs(noise - eps_hat))
-  predictor_l1 = jnp.mean(jnp.abs(prediction - sharp))
-  total = eps_loss + predictor_weight * predictor_l1
-  return total, {'eps_l1': eps_loss, 'predictor_l1': predictor_l1}
-
-
-# ---------------------------------------------------------------- sampling
-
-def sample_keys(key: jax.Array, num_samples: int) -> jax.Array:
-  """[N] keys, key i = fold_in(key, i): the first N of N_max keys are the N-sample keys."""
-  return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(num_samples))
-
-
-def per_sample_noise(sample_keys: jax.Array, batch_shape: tuple[int, ...]) -> Callable:
-  """t -> [N * B, ...] standard normals: sample i's block from fold_in(sample_keys[i], t) alone.
-
-  So a sample's draws do not depend on the batch it is drawn in, and step t's
-  draw is the same whichever sampler asks for it.
-  """
-  def draw(t):
-    draws = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, t), batch_shape))
-    return draws(sample_keys).reshape((-1,) + tuple(batch_shape[1:]))
-  return draw
-
-
-def sample_outputs(prediction: jax.Array, z: jax.Array, num_samples: int,
-                   residual_scale: float) -> dict[str, jax.Array]:
-  """{'samples': g(y) + z_0 / scale as [N, B, H, W, C], 'mean', 'std' over N, 'predictor'}."""
-  residual = z.reshape((num_samples,) + prediction.shape) / residual_scale
-  samples = prediction[None] + residual
-  return {'samples': samples, 'mean': samples.mean(axis=0), 'std': samples.std(axis=0),
-          'predictor': prediction}
-
-
-def sample(predict: Callable, denoise: Callable, blur: jax.Array, sample_keys: jax.Array,
-           *, schedule: Schedule, residual_scale: float) -> dict[str, jax.Array]:
-  """Algorithm 1 for N samples at once; returns samples, mean, std and g(y).
-
-  The paper's ancestral sampler, and the reference the other samplers
-  (xydiff/samplers.py) are checked against: DDIM with eta = 1 on the same
-  schedule is this sampler.
-
-  `sample_keys` holds one key per sample ([N] keys). Sample i's noise comes
-  from its key alone, so the mean over N samples equals the mean of N single
-  runs with the same keys: sample averaging changes batching, not the draws.
-  g runs once; the denoiser runs once per step on the N x B stacked batch,
-  inside a `lax.fori_loop`, so cost is T denoiser calls plus one g call.
-
-  Returns {'samples': [N, B, H, W, C], 'mean', 'std' (per pixel over N, in
-  image units), 'predictor': g(y)}.
-  """
-  num_samples = sample_keys.shape[0]
-  prediction = predict(blur)
-  stacked_blur = jnp.tile(blur, (num_samples, 1, 1, 1))
-  ab = jnp.asarray(schedule.alpha_bars, jnp.float32)
-  noise_for = per_sample_noise(sample_keys, blur.shape)
-
-  def step(i, z):
-    t = schedule.num_steps - i
-    level = jnp.full((z.shape[0],), jnp.sqrt(ab[t]))
-    eps_hat = denoise(z, level, stacked_blur)
-    x0_hat = (z - jnp.sqrt(1.0 - ab[t]) * eps_hat) / jnp.sqrt(ab[t])
-    mean, variance = posterior(schedule, t, z, x0_hat)
-    return mean + jnp.where(t > 1, jnp.sqrt(variance), 0.0) * noise_for(t)
-
-  z = jax.lax.fori_loop(0, schedule.num_steps, step, noise_for(schedule.num_steps + 1))
-  return sample_outputs(prediction, z, num_samples, residual_scale)

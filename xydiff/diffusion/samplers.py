@@ -2,7 +2,7 @@
 
 The denoiser f(z, a, y) is conditioned on a = sqrt(alpha_bar) itself
 (WaveGrad / SR3), so any decreasing sequence of levels can be walked with the
-same weights. The levels are a `diffusion.Schedule` (`diffusion.sampling_schedule`
+same weights. The levels are a `schedules.Schedule` (`schedules.sampling_schedule`
 makes one from a preset): a sampler starts from z_T ~ N(0, I) at alpha_bar_T
 and steps to alpha_bar_{T-1}, ..., alpha_bar_1 and finally alpha_bar_0 = 1,
 where z is the residual itself. One denoiser call per step, T in all.
@@ -11,7 +11,7 @@ Notation (METHOD.md section 8): a_t = sqrt(alpha_bar_t), s_t = sqrt(1 - alpha_ba
 z_t = a_t r0 + s_t eps; the denoiser predicts eps, and the data prediction is
 D_t = (z_t - s_t eps_hat) / a_t. The samplers:
 
-- 'ancestral': the paper's Algorithm 1, `diffusion.sample` itself (the reference).
+- 'ancestral': the paper's Algorithm 1, `ancestral` below (the reference).
 - 'ddim': DDIM (Song et al. 2021, eq. 12) with noise eta in [0, 1]; eta = 0
   is deterministic, eta = 1 is the ancestral step on the same levels.
 - 'dpmpp_2m': DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2), deterministic,
@@ -43,9 +43,70 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from xydiff import diffusion
+from xydiff.diffusion.schedules import Schedule, log_snr, posterior
 
 SAMPLERS = ('ancestral', 'ddim', 'dpmpp_2m', 'dpmpp_2m_sde')
+
+
+def sample_keys(key: jax.Array, num_samples: int) -> jax.Array:
+  """[N] keys, key i = fold_in(key, i): the first N of N_max keys are the N-sample keys."""
+  return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(num_samples))
+
+
+def per_sample_noise(sample_keys: jax.Array, batch_shape: tuple[int, ...]) -> Callable:
+  """t -> [N * B, ...] standard normals: sample i's block from fold_in(sample_keys[i], t) alone.
+
+  So a sample's draws do not depend on the batch it is drawn in, and step t's
+  draw is the same whichever sampler asks for it.
+  """
+  def draw(t):
+    draws = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, t), batch_shape))
+    return draws(sample_keys).reshape((-1,) + tuple(batch_shape[1:]))
+  return draw
+
+
+def sample_outputs(prediction: jax.Array, z: jax.Array, num_samples: int,
+                   residual_scale: float) -> dict[str, jax.Array]:
+  """{'samples': g(y) + z_0 / scale as [N, B, H, W, C], 'mean', 'std' over N, 'predictor'}."""
+  residual = z.reshape((num_samples,) + prediction.shape) / residual_scale
+  samples = prediction[None] + residual
+  return {'samples': samples, 'mean': samples.mean(axis=0), 'std': samples.std(axis=0),
+          'predictor': prediction}
+
+
+def ancestral(predict: Callable, denoise: Callable, blur: jax.Array, sample_keys: jax.Array,
+           *, schedule: Schedule, residual_scale: float) -> dict[str, jax.Array]:
+  """Algorithm 1 for N samples at once; returns samples, mean, std and g(y).
+
+  The paper's ancestral sampler, and the reference the other samplers
+  (below) are checked against: DDIM with eta = 1 on the same
+  schedule is this sampler.
+
+  `sample_keys` holds one key per sample ([N] keys). Sample i's noise comes
+  from its key alone, so the mean over N samples equals the mean of N single
+  runs with the same keys: sample averaging changes batching, not the draws.
+  g runs once; the denoiser runs once per step on the N x B stacked batch,
+  inside a `lax.fori_loop`, so cost is T denoiser calls plus one g call.
+
+  Returns {'samples': [N, B, H, W, C], 'mean', 'std' (per pixel over N, in
+  image units), 'predictor': g(y)}.
+  """
+  num_samples = sample_keys.shape[0]
+  prediction = predict(blur)
+  stacked_blur = jnp.tile(blur, (num_samples, 1, 1, 1))
+  ab = jnp.asarray(schedule.alpha_bars, jnp.float32)
+  noise_for = per_sample_noise(sample_keys, blur.shape)
+
+  def step(i, z):
+    t = schedule.num_steps - i
+    level = jnp.full((z.shape[0],), jnp.sqrt(ab[t]))
+    eps_hat = denoise(z, level, stacked_blur)
+    x0_hat = (z - jnp.sqrt(1.0 - ab[t]) * eps_hat) / jnp.sqrt(ab[t])
+    mean, variance = posterior(schedule, t, z, x0_hat)
+    return mean + jnp.where(t > 1, jnp.sqrt(variance), 0.0) * noise_for(t)
+
+  z = jax.lax.fori_loop(0, schedule.num_steps, step, noise_for(schedule.num_steps + 1))
+  return sample_outputs(prediction, z, num_samples, residual_scale)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,11 +145,11 @@ def check(sampler: str, eta: float = 0.0) -> None:
     raise ValueError(f'eta is DDIM\'s; {sampler!r} takes none, got eta={eta}')
 
 
-def coefficients(sampler: str, schedule: diffusion.Schedule, eta: float = 0.0) -> StepCoefficients:
+def coefficients(sampler: str, schedule: Schedule, eta: float = 0.0) -> StepCoefficients:
   """The per-step scalars of `sampler` ('ddim', 'dpmpp_2m' or 'dpmpp_2m_sde') on `schedule`."""
   check(sampler, eta)
   if sampler == 'ancestral':
-    raise ValueError("'ancestral' is diffusion.sample (Algorithm 1 verbatim), not a table")
+    raise ValueError("'ancestral' is samplers.ancestral (Algorithm 1 verbatim), not a table")
   ab = np.asarray(schedule.alpha_bars, np.float64)  # [T + 1], ab[0] = 1.
   t = np.arange(schedule.num_steps, 0, -1)  # The level each step starts from.
   ab_t, ab_u = ab[t], ab[t - 1]  # From level t to level u = t - 1.
@@ -115,7 +176,7 @@ def coefficients(sampler: str, schedule: diffusion.Schedule, eta: float = 0.0) -
       c_n = s_u * np.sqrt(1.0 - decay ** 2)
     # Second order (Algorithm 2): D = (1 + 1/(2r)) D_t - 1/(2r) D_{t+1}, r = h_prev / h,
     # so w = h / (2 h_prev). The first step has no D_{t+1}; the last has h infinite: both first order.
-    lam = diffusion.log_snr(ab[1:])  # lambda at levels 1..T.
+    lam = log_snr(ab[1:])  # lambda at levels 1..T.
     if schedule.num_steps > 2:
       h = lam[t[1:-1] - 2] - lam[t[1:-1] - 1]  # Steps 2..T-1 (i = 1..T-2), from t to t - 1 >= 1.
       h_prev = lam[t[1:-1] - 1] - lam[t[1:-1]]
@@ -124,7 +185,7 @@ def coefficients(sampler: str, schedule: diffusion.Schedule, eta: float = 0.0) -
 
 
 def solve(denoise: Callable, z: jax.Array, noise_for: Callable, *, sampler: str,
-          schedule: diffusion.Schedule, eta: float = 0.0, trajectory: bool = False):
+          schedule: Schedule, eta: float = 0.0, trajectory: bool = False):
   """Walks `schedule` from z = z_T to z_0 with `sampler`: one `lax.scan`, one denoise per step.
 
   `denoise(z, level)` -> eps_hat, level the scalar a_t; `noise_for(t)` -> xi_t
@@ -159,24 +220,24 @@ def solve(denoise: Callable, z: jax.Array, noise_for: Callable, *, sampler: str,
 
 
 def sample(predict: Callable, denoise: Callable, blur: jax.Array, sample_keys: jax.Array,
-           *, schedule: diffusion.Schedule, residual_scale: float, sampler: str = 'ancestral',
+           *, schedule: Schedule, residual_scale: float, sampler: str = 'ancestral',
            eta: float = 0.0) -> dict[str, jax.Array]:
-  """N samples of x = g(y) + r0 by `sampler` on `schedule`; the same contract as diffusion.sample.
+  """N samples of x = g(y) + r0 by `sampler` on `schedule`; the same contract as `ancestral`.
 
-  'ancestral' is `diffusion.sample` itself, bit for bit. The others run
+  'ancestral' is `ancestral` itself, bit for bit. The others run
   `solve` on the N x B stacked batch, starting from the same z_T draw, so for a
   given key every sampler starts from the same point. Returns {'samples':
   [N, B, H, W, C], 'mean', 'std' (over N, image units), 'predictor': g(y)}.
   """
   check(sampler, eta)
   if sampler == 'ancestral':
-    return diffusion.sample(predict, denoise, blur, sample_keys, schedule=schedule,
-                            residual_scale=residual_scale)
+    return ancestral(predict, denoise, blur, sample_keys, schedule=schedule,
+                     residual_scale=residual_scale)
   num_samples = sample_keys.shape[0]
   prediction = predict(blur)
   stacked_blur = jnp.tile(blur, (num_samples, 1, 1, 1))
-  noise_for = diffusion.per_sample_noise(sample_keys, blur.shape)
+  noise_for = per_sample_noise(sample_keys, blur.shape)
   z = solve(lambda z, level: denoise(z, jnp.full((z.shape[0],), level), stacked_blur),
             noise_for(schedule.num_steps + 1), noise_for, sampler=sampler, schedule=schedule,
             eta=eta)
-  return diffusion.sample_outputs(prediction, z, num_samples, residual_scale)
+  return sample_outputs(prediction, z, num_samples, residual_scale)
