@@ -38,7 +38,8 @@ def main():
 
   import jax
   import numpy as np
-  from xydiff import checkpoint, state as state_lib
+  from xydiff.runs import checkpoint
+  from xydiff.runs import state as state_lib
 
   config = load_config(args.config)
   start = time.perf_counter()

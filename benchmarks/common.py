@@ -1,6 +1,5 @@
 """Shared by the benchmark scripts and the checks: configs, initial states, honest timing."""
 
-import importlib
 import json
 import os
 import sys
@@ -10,30 +9,40 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.join(REPO, 'tests'))  # The PyTorch reference networks (torch_refs).
 
-# --tiny: every network at seconds-on-a-CPU size (the sections the packaged
-# configs of xydeblur and DvSR use), batches of 2 crops of 64².
+# --tiny: every network at seconds-on-a-CPU size, by family (DvSR shrinks its
+# predictor by the predictor's family and its denoiser by 'denoiser'), batches
+# of 2 crops of 64². Families not listed keep their size.
 TINY_SECTIONS = {
     'xydeblur': dict(width=4, num_res=1),
-    'predictor': dict(base=4, num_res=1, multipliers=(1, 2)),
+    'unet': dict(base=4, num_res=1, multipliers=(1, 2)),
     'denoiser': dict(base=4, num_res=1, multipliers=(1, 2)),
 }
 TINY_BATCH, TINY_CROP = 2, 64
 
 
+def _shrink(section) -> None:
+  """One model section (config.model, or DvSR's predictor) at --tiny size, in place."""
+  if section.name == 'dvsr':
+    _shrink(section.predictor)
+    section.denoiser.update(TINY_SECTIONS['denoiser'])
+  elif section.name in TINY_SECTIONS:
+    section.update(TINY_SECTIONS[section.name])
+
+
 def load_config(path: str, *, dtype: str | None = None, tiny: bool = False):
-  """'xydiff/configs/gopro.py', 'gopro' or 'demo:diffusion' -> ConfigDict (the packaged configs).
+  """'xydiff/configs/gopro.py', 'gopro', 'demo:diffusion' or a model name such as
+  'nafnet32_gopro' -> ConfigDict (the packaged configs, xydiff.configs.get_config).
 
   `dtype` overrides config.model.dtype; `tiny` shrinks the networks, the batch and the crop.
   """
+  from xydiff import configs
   path, _, arg = path.partition(':')
   name = os.path.splitext(os.path.basename(path))[0]
-  module = importlib.import_module(f'xydiff.configs.{name}')
-  config = module.get_config(arg) if arg else module.get_config()
+  config = configs.get_config(f'{name}:{arg}' if arg else name)
   if dtype:
     config.model.dtype = dtype
   if tiny:
-    for section, values in TINY_SECTIONS.items():
-      config.model[section].update(values)
+    _shrink(config.model)
     config.train.batch_size, config.data.crop = TINY_BATCH, TINY_CROP
   return config
 

@@ -23,7 +23,10 @@ import numpy as np
 import pytest
 
 from conftest import REPO, assert_same_state, tiny
-from xydiff import checkpoint, inference, run_config, state as state_lib, train
+from xydiff import config as run_config
+from xydiff.runs import checkpoint
+from xydiff.runs import state as state_lib
+from xydiff.train import loop as train
 from xydiff.errors import (CheckpointDamagedError, CheckpointWriteError, NonFiniteLossError,
                            USER_ERRORS)
 
@@ -171,7 +174,7 @@ def test_a_zero_filled_data_file_is_set_aside_and_inference_names_the_step(run):
       r'state/ocdbt.process_0/d/\w+ fails its checksum \(bytes from 0\)\); other steps: \[2\], '
       r'picked with --config.eval.checkpoint_step=N \(eval, sweep\), --checkpoint=<dir>/N '
       r'\(deblur\) or --step=N \(export\)$')):
-    inference.load_for_inference(_config(), str(run))  # deblur, eval, serve, export: all.
+    checkpoint.load_params(_config(), str(run))  # deblur, eval, serve, export: all.
   with checkpoint.Checkpointer(str(run), _config()) as ckpt:
     state = ckpt.restore_newest_readable(_target())
     assert int(state['step']) == 2 and ckpt.last_good_step() == 2
@@ -269,7 +272,8 @@ _FULL_DISK = textwrap.dedent('''
     from absl import logging
     from conftest import tiny
     from xydiff.configs import demo
-    from xydiff import checkpoint, state as state_lib
+    from xydiff.runs import checkpoint
+    from xydiff.runs import state as state_lib
     logging.use_absl_handler()
     config = tiny(demo.get_config())
     state = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), state_lib.abstract_state(config)[1])
@@ -342,7 +346,7 @@ def test_orbaxs_logs_of_a_storage_error_are_dropped_and_nothing_else():
   assert not keep(record(orbax, OSError(errno.ENOSPC, 'No space left on device')))
   assert keep(record(orbax, TypeError('a bug in orbax')))
   assert keep(record(orbax, None))
-  assert keep(record(f'{os.sep}xydiff{os.sep}train.py', full))
+  assert keep(record(f'{os.sep}xydiff{os.sep}train{os.sep}loop.py', full))
   assert keep(record(orbax, full, logging.WARNING))
 
 
@@ -353,8 +357,8 @@ def test_steps_written_before_checksums_still_restore_and_are_not_written_to(nam
   before = {f: os.path.getmtime(workdir / f) for f in _files(workdir)}
   step_dir = workdir / 'checkpoints' / '0' if 'import' in name else workdir / 'checkpoints' / '2'
   assert not checkpoint.verify_checksums(str(step_dir))
-  config = inference.config_for_workdir(str(workdir))
-  _, params, step = inference.load_for_inference(config, str(workdir))
+  config = run_config.load(str(workdir))
+  _, params, step = checkpoint.load_params(config, str(workdir))
   assert step == int(step_dir.name) and not checkpoint.non_finite_leaves(params)
   assert {f: os.path.getmtime(workdir / f) for f in _files(workdir)} == before
 
@@ -369,4 +373,4 @@ def test_a_zero_filled_step_written_before_checksums_is_damage_not_permissions(t
   with pytest.raises(CheckpointDamagedError, match=(
       rf'^checkpoint {workdir}/checkpoints/2 cannot be read \(damaged or truncated: '
       r'FAILED_PRECONDITION: .*ZSTD_decompress')):
-    inference.load_for_inference(inference.config_for_workdir(str(workdir)), str(workdir))
+    checkpoint.load_params(run_config.load(str(workdir)), str(workdir))

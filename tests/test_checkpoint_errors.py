@@ -305,26 +305,30 @@ def test_fields_a_stored_config_lacks_compare_as_their_defaults(run):
   as_legacy(run / 'checkpoints' / '4')  # Stored by older code, without checksums.
   path = run / 'checkpoints' / '4' / 'config' / 'metadata'
   stored = json.loads(path.read_text())
-  del stored['model']['xydeblur']['decoders']  # As if stored before XY decoupling was a field.
-  del stored['deblur']
+  del stored['model']['decoders']  # As if stored before XY decoupling was a field.
+  del stored['inference']
   path.write_text(json.dumps(stored))
   config = _config()
-  assert config.model.xydeblur.decoders == 2  # The default: what the older code did.
+  assert config.model.decoders == 2  # The default: what the older code did.
   with checkpoint.Checkpointer(str(run), config, read_only=True) as ckpt:
     assert int(ckpt.restore(_target(), 4)['step']) == 4
-    config.model.xydeblur.decoders = 1  # Not what the stored (default) value says.
+    config.model.decoders = 1  # Not what the stored (default) value says.
     other = checkpoint.Checkpointer(str(run), config, read_only=True)
-    with pytest.raises(CheckpointMismatchError, match='model.xydeblur.decoders'):
+    with pytest.raises(CheckpointMismatchError, match='model.decoders'):
       other.restore(_target(), 4)
     other.close()
+  filled = run_config.with_defaults({'version': 2, 'model': {'name': 'xydeblur', 'width': 4}})
+  assert filled['model'] == dict(_default_xydeblur(), width=4)
+  assert filled['inference']['size_bucket'] == 0
+  # Layout 1 (every family's section under config.model, config.deblur): migrated, then filled.
   filled = run_config.with_defaults({'model': {'xydeblur': {'width': 4}}})
-  assert filled['model']['xydeblur'] == dict(_default_xydeblur(), width=4)
-  assert filled['deblur']['size_bucket'] == 0
+  assert filled['model'] == dict(_default_xydeblur(), width=4)
+  assert filled['inference']['size_bucket'] == 0
 
 
 def _default_xydeblur():
-  from xydiff.configs import default
-  return dict(default.get_config().model.xydeblur)
+  from xydiff.configs import base
+  return run_config.to_plain(base.get_config('xydeblur').model)
 
 
 def test_restored_weights_are_the_steps_own(two_steps):
