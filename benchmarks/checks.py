@@ -142,7 +142,7 @@ def upsample_reference_vs_subpixel(tiny: bool) -> dict:
   from flax import nnx
   from xydiff.models.xydeblur import XYDeblur
 
-  section = load_config('xydeblur_gopro', tiny=tiny).model.xydeblur
+  section = load_config('xydeblur_gopro', tiny=tiny).model
   build = lambda impl: XYDeblur(width=section.width, num_res=section.num_res,
                                 upsample_impl=impl, rngs=nnx.Rngs(0))
   _, params = nnx.split(build('reference'))

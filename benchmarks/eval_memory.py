@@ -28,7 +28,7 @@ def _child(mode, workdir, root):
   config = run_config.load(workdir)
   config.data.update(dict(name='folder', root=root, eval_max_images=0))
   config.eval.update(dict(num_image_summaries=0, lpips=True))
-  config.sweep.update(dict(schedules=((5, 1e-4, 0.5),), num_samples=(1, 2)))
+  config.eval.sweep.update(dict(schedules=((5, 1e-4, 0.5),), num_samples=(1, 2)))
   if mode == 'eval':
     evaluate.evaluate_checkpoint(config, workdir)
   else:
@@ -54,8 +54,8 @@ def main():
   from xydiff.configs import demo
 
   config = demo.get_config('diffusion')
-  config.diffusion.presets.perceptual.num_steps = 5
-  config.diffusion.presets.sa.update(dict(num_steps=5, num_samples=2))
+  config.inference.presets.perceptual.num_steps = 5
+  config.inference.presets.sa.update(dict(num_steps=5, num_samples=2))
   rng = np.random.default_rng(0)
   with tempfile.TemporaryDirectory() as tmp:
     run = os.path.join(tmp, 'run')

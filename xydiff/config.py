@@ -97,7 +97,8 @@ def _from_layout1(values: dict) -> dict:
   out = {**values, 'version': 2, 'model': model}
   inference = {k: v for k, v in deblur.items() if k not in ('preset', 'num_samples')}
   evaluation = dict(values.get('eval', {}))
-  if model['name'] == 'dvsr':
+  # Layout 1 kept these fields for every model; layout 2 has them where the family adds them.
+  if 'inference' in models.family(model['name']).settings_defaults():
     inference.update({k: deblur[k] for k in ('preset', 'num_samples') if k in deblur})
     if 'presets' in diffusion:
       inference['presets'] = diffusion['presets']

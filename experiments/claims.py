@@ -1,6 +1,6 @@
 """The papers' claims at CPU scale, written up as a markdown report with plots.
 
-  python benchmarks/claims.py --workdir=/tmp/xydiff_claims [--steps=600] [--diffusion_steps=800]
+  python experiments/claims.py --workdir=/tmp/xydiff_claims [--steps=600] [--diffusion_steps=800]
 
 (a) XYDeblur's decoupling. Trains a small XYDeblur on scikit-image's
     photographs blurred with straight kernels that are either purely
@@ -9,7 +9,7 @@
     (1/M)||r||^2 of each decoder's residual. The paper: the horizontal decoder
     dominates on x-blur and the vertical one on y-blur.
 (b) DvSR's perception-distortion trade-off. Trains the diffusion demo
-    (xydiff/configs/demo.py:diffusion, xydiff at small scale) and runs --mode=sweep's
+    (xydiff/configs/demo.py:diffusion, xydiff at small scale) and runs `xydiff sweep`'s
     grid on 512^2 held-out crops: PSNR of the N-sample mean, its LPIPS and
     NIQE (and FID/KID with --inception_weights) against the number of steps T
     and of averaged samples N. The paper: many steps and one sample give the
@@ -27,7 +27,7 @@
     blurred ColorChecker; the neutral patches' CIELAB chroma shift.
 (g) Figure 4's decoupling for every backbone's XY variant.
 
-  python benchmarks/claims.py --workdir=DIR --parts=xy --backbones=xydeblur,dmphn,deepdeblur
+  python experiments/claims.py --workdir=DIR --parts=xy --backbones=xydeblur,dmphn,deepdeblur
 
 Writes <workdir>/claims.md and its PNGs (each file written whole, then
 renamed) and prints one JSON object per claim. Every training run keeps its
@@ -35,14 +35,22 @@ result in a JSON file of its own, so an interrupted run resumes.
 """
 
 import argparse
+import json
 import os
+import sys
 
-from common import emit
-from xydiff import files
+# Run as a script from anywhere: the working tree's xydiff, not an installed one.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from xydiff import files  # pylint: disable=wrong-import-position
 
-# --mode=sweep grid for (b): (T, beta_start, beta_end) and sample counts N.
+# `xydiff sweep`'s grid for (b): (T, beta_start, beta_end) and sample counts N.
 SCHEDULES = ((5, 1e-3, 0.9), (10, 1e-4, 0.8), (20, 1e-5, 0.5), (50, 1e-6, 0.2), (100, 1e-6, 0.2))
 SAMPLE_COUNTS = (1, 2, 4, 8)
+
+
+def emit(record: dict) -> None:
+  """One JSON line per claim, as the benchmarks print theirs."""
+  print(json.dumps(record), flush=True)
 
 
 def decoupling(workdir: str, steps: int) -> tuple[dict, dict]:
@@ -51,7 +59,7 @@ def decoupling(workdir: str, steps: int) -> tuple[dict, dict]:
   from flax import nnx
   from xydiff.configs import demo
   from xydiff import images
-  from xydiff.inference import restorer as inference
+  from xydiff.runs import checkpoint
   from xydiff.train import loop as train
   from xydiff.data import synthetic
 
@@ -61,7 +69,7 @@ def decoupling(workdir: str, steps: int) -> tuple[dict, dict]:
                            lr_halve_steps=(int(steps * 0.75),)))
   train.train_and_evaluate(config, workdir)
 
-  graphdef, params, _ = inference.load_for_inference(config, workdir)
+  graphdef, params, _ = checkpoint.load_params(config, workdir)
   model = nnx.merge(graphdef, params)
   forward = jax.jit(lambda y: model(y))
   photos = sorted(synthetic.skimage_photos())[-config.data.synthetic.num_eval:]
@@ -77,7 +85,7 @@ def decoupling(workdir: str, steps: int) -> tuple[dict, dict]:
       for name, r in zip(power, residuals):
         power[name].append(float(np.mean(np.square(r))))
     rows[axis] = {k: float(np.mean(v)) for k, v in power.items()}
-  setup = {'width': config.model.xydeblur.width, 'num_res': config.model.xydeblur.num_res,
+  setup = {'width': config.model.width, 'num_res': config.model.num_res,
            'steps': steps, 'num_photos': len(photos)}
   return rows, setup
 
@@ -98,8 +106,8 @@ def perception_distortion(workdir: str, steps: int, inception_weights: str = '',
   config.eval.inception_weights = inception_weights
   rows = []
   for schedules, sample_counts in grids:
-    config.sweep.schedules = schedules
-    config.sweep.num_samples = sample_counts
+    config.eval.sweep.schedules = schedules
+    config.eval.sweep.num_samples = sample_counts
     rows += sweep.run_sweep(config, workdir)
   setup = {'steps': steps, 'num_photos': config.data.synthetic.num_eval, 'crop': 512}
   return rows, setup
@@ -119,7 +127,6 @@ def training_length(workdir: str, lengths: list[int]) -> list[dict]:
   Returns one row per length: PSNR / LPIPS / NIQE of a single 100-step chain
   (the paper's "Ours") and of the mean of 8 ten-step samples ("Ours-SA").
   """
-  import json
   results = []
   for length in lengths:
     path = os.path.join(workdir, f'length_{length}.json')
@@ -180,12 +187,14 @@ def plot_perception_distortion(rows, path):
 
 # ------------------------------------------------------------------ XYDeblur's Table 2, Figures 3 and 5
 
-# Backbones for (d)-(g): each family's tiny section (CPU scale) and the crop it trains on.
+# Backbones for (d)-(g): each family's tiny section (CPU scale), and the fields
+# (width, depth) that Table 2's Channel and Layer rows widen and deepen.
 BACKBONES = {
     'xydeblur': {'width': 8, 'num_res': 1},
     'dmphn': {'levels': 4, 'width': 8, 'num_res': 1},  # Table 2's 1-2-4-8, narrow.
     'deepdeblur': {'width': 8, 'num_res': 4},  # MSCNN: 3 scales, 4 ResBlocks (XY: the last 2).
 }
+WIDTH_AND_DEPTH = {family: ('width', 'num_res') for family in BACKBONES}
 # Table 2's rows for its backbones; 4 decoders for Figure 5 on the first of
 # them; Figure 3 (XY against U-Net^2D, each decoder alone) on XYDeblur's own
 # network. (What a 2-core CPU trains in an hour.)
@@ -200,18 +209,18 @@ def backbone_config(family: str, variant: str, steps: int, seed: int):
   """The demo's data and schedule with `family`'s tiny network as `variant`.
 
   baseline / xy / unet2d / decoders4 set the XY transform (decoders, share);
-  channel and layer widen or deepen the baseline (the spec's width_field /
-  depth_field) to the smallest size whose MACs reach the XY variant's, as
-  XYDeblur's Table 2 sizes them ("about the XY variant's compute").
+  channel and layer widen or deepen the baseline (WIDTH_AND_DEPTH) to the
+  smallest size whose MACs reach the XY variant's, as XYDeblur's Table 2
+  sizes them ("about the XY variant's compute").
   """
+  import ml_collections
   from xydiff import models
   from xydiff.models import complexity
   from xydiff.configs import demo
-  spec = models.family(family)
   config = demo.get_config()
   config.seed = seed
-  config.model.name = family
-  section = config.model[spec.xy_section]
+  config.model = ml_collections.ConfigDict(models.section_defaults(family))
+  section = models.family(family).xy_section(config.model)
   section.update(dict(BACKBONES[family], decoders=1, share='rotate'))
   config.train.update(dict(num_steps=steps, eval_every=steps, checkpoint_every=steps,
                            lr_halve_steps=(int(steps * 0.625), int(steps * 0.875))))
@@ -225,7 +234,8 @@ def backbone_config(family: str, variant: str, steps: int, seed: int):
   section.decoders = 2
   target = complexity.gmacs(config.model, MEASURE_SIZE)
   section.decoders = 1
-  field = spec.width_field if variant == 'channel' else spec.depth_field
+  width, depth = WIDTH_AND_DEPTH[family]
+  field = width if variant == 'channel' else depth
   while complexity.gmacs(config.model, MEASURE_SIZE) < target:
     section[field] += 1
   return config
@@ -233,7 +243,7 @@ def backbone_config(family: str, variant: str, steps: int, seed: int):
 
 def train_backbone(workdir: str, family: str, variant: str, steps: int, seed: int) -> dict:
   """Trains (or reads back) one backbone variant; returns its scores and cost."""
-  import json
+  from xydiff import models
   from xydiff.models import complexity
   from xydiff.train import loop as train
   path = os.path.join(workdir, f'{family}_{variant}_seed{seed}_steps{steps}.json')
@@ -243,7 +253,7 @@ def train_backbone(workdir: str, family: str, variant: str, steps: int, seed: in
   config = backbone_config(family, variant, steps, seed)
   run_dir = os.path.join(workdir, f'{family}_{variant}_seed{seed}_steps{steps}')
   summary = train.train_and_evaluate(config, run_dir)
-  section = config.model[__import__('xydiff.models', fromlist=['family']).family(family).xy_section]
+  section = models.family(family).xy_section(config.model)
   row = {'family': family, 'variant': variant, 'seed': seed, 'steps': steps,
          'section': {k: v for k, v in section.items()},
          'psnr': summary['outputs']['restored']['psnr'],
@@ -330,9 +340,9 @@ def figure3(rows, num_kernels: int = 4) -> list[dict]:
   import jax
   import numpy as np
   from flax import nnx
-  from xydiff.inference import restorer as inference
   from xydiff import config as run_config
   from xydiff.data import synthetic
+  from xydiff.runs import checkpoint
   chart = colorchecker()
   sharp_chroma = np.asarray(neutral_chroma(chart))
   rng = np.random.default_rng(11)
@@ -342,7 +352,7 @@ def figure3(rows, num_kernels: int = 4) -> list[dict]:
     if row['variant'] not in ('xy', 'unet2d'):
       continue
     config = run_config.load(row['workdir'])
-    graphdef, params, _ = inference.load_for_inference(config, row['workdir'])
+    graphdef, params, _ = checkpoint.load_params(config, row['workdir'])
     forward = jax.jit(lambda y: nnx.merge(graphdef, params)(y))
     shifts = [[], []]
     for image in blurred:
@@ -365,15 +375,15 @@ def decoupling_of(rows, num_photos_kernels: int = 4) -> list[dict]:
   import numpy as np
   from flax import nnx
   from xydiff import images
-  from xydiff.inference import restorer as inference
   from xydiff import config as run_config
   from xydiff.data import synthetic
+  from xydiff.runs import checkpoint
   out = []
   for row in rows:
     if row['variant'] != 'xy':
       continue
     config = run_config.load(row['workdir'])
-    graphdef, params, _ = inference.load_for_inference(config, row['workdir'])
+    graphdef, params, _ = checkpoint.load_params(config, row['workdir'])
     forward = jax.jit(lambda y: nnx.merge(graphdef, params)(y)['residuals'])
     photos = sorted(synthetic.skimage_photos())[-config.data.synthetic.num_eval:]
     powers = {}
@@ -458,7 +468,7 @@ def report(decoupling_result, pd_result) -> str:
 def xy_report(summary_rows, fig3_rows, decoupling_rows, steps, seeds) -> str:
   """Markdown for (d)-(g): Table 2's direction, Figure 5, Figure 3, decoupling per backbone."""
   lines = ['## (d) XYDeblur Table 2 at CPU scale: baseline vs XY vs Channel vs Layer', '',
-           f'Each backbone tiny (benchmarks/claims.py BACKBONES), trained {steps} steps on the '
+           f'Each backbone tiny (experiments/claims.py BACKBONES), trained {steps} steps on the '
            f'demo\'s camera shake, seeds {list(seeds)}; PSNR/SSIM on the demo\'s held-out '
            'photographs (uint8 protocol), mean ± std over seeds. Channel and Layer are the '
            'baseline widened / deepened to the XY variant\'s MACs, as in the paper.', '',
