@@ -8,7 +8,7 @@ from flax import nnx
 
 from xydiff.diffusion import losses, samplers, schedules
 from xydiff.models.dvsr import DvSR
-from xydiff.models.unet import UNet
+from xydiff.models.unet import UNet, UNetDeblur
 
 
 def test_schedule_matches_sr3_defaults():
@@ -103,7 +103,7 @@ def test_sampler_with_an_oracle_denoiser_returns_x0():
 
 
 def _tiny_model():
-  g = UNet(base=4, multipliers=(1, 2), num_res=1, rngs=nnx.Rngs(0))
+  g = UNetDeblur(base=4, multipliers=(1, 2), num_res=1, rngs=nnx.Rngs(0))
   f = UNet(in_channels=6, base=4, multipliers=(1, 2), num_res=1, noise_conditioned=True,
            rngs=nnx.Rngs(1))
   model = DvSR(g, f)

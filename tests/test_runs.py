@@ -18,7 +18,7 @@ from xydiff import config as run_config
 from xydiff.runs import state as state_lib
 from xydiff.train import loop as train
 from xydiff.runs import workdir
-from xydiff.errors import CheckpointReadError, WorkdirInUseError
+from xydiff.errors import CheckpointReadError, ConfigError, WorkdirInUseError
 
 # Flags shrinking the diffusion demo to seconds (see conftest.tiny).
 TINY_DIFFUSION = [
@@ -197,3 +197,23 @@ def test_an_interrupted_sweep_resumes_where_it_stopped(diffusion_run, monkeypatc
   assert not (diffusion_run / 'sweep' / 'step_2.progress.json').exists()
   assert {p.name for p in (diffusion_run / 'sweep').iterdir()} == {
       'step_2.json', 'step_2.csv', 'step_2.png'}
+
+
+def test_the_sweep_runs_every_sampler_on_the_same_schedules(diffusion_run):
+  from xydiff.evaluation import sweep
+  config = run_config.load(str(diffusion_run))
+  config.eval.sweep.schedules = ((2, 1e-4, 0.5), (3, 1e-4, 0.5))
+  config.eval.sweep.num_samples = (1, 2)
+  config.eval.lpips = True
+  config.eval.sweep.samplers = ('ancestral',)
+  alone = sweep.run_sweep(config, str(diffusion_run))
+  config.eval.sweep.samplers = ('ancestral', 'ddim', 'dpmpp_2m')
+  rows = sweep.run_sweep(config, str(diffusion_run))
+  assert [r['sampler'] for r in rows] == ['ancestral'] * 4 + ['ddim'] * 4 + ['dpmpp_2m'] * 4
+  assert rows[:4] == alone  # Another sampler beside it changes nothing of the ancestral rows.
+  assert [r['num_steps'] for r in rows[4:8]] == [2, 2, 3, 3]
+  assert rows[4]['psnr'] != pytest.approx(rows[0]['psnr'], abs=1e-4)
+  assert (diffusion_run / 'sweep' / 'step_2_samplers.png').stat().st_size > 1000
+  config.eval.sweep.samplers = ('ancestral', 'heun')
+  with pytest.raises(ConfigError, match=r"config.eval.sweep.samplers=\('ancestral', 'heun'\)"):
+    sweep.run_sweep(config, str(diffusion_run))

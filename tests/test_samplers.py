@@ -303,3 +303,34 @@ def test_bad_arguments_are_refused():
     schedules.schedule_from_alpha_bars([0.5, 0.6])
   with pytest.raises(ValueError, match='alpha_bar_min'):
     schedules.logsnr_schedule(4, 0.5, 0.5)
+
+
+@pytest.mark.parametrize('sampler', samplers.SAMPLERS)
+def test_every_sampler_moves_the_open_progress_bar_once_per_step(sampler, monkeypatch):
+  import io
+  from xydiff import progress
+
+  class Terminal(io.StringIO):
+    def isatty(self):
+      return True
+
+  seen = []
+  monkeypatch.setattr(progress.Task, 'substep',
+                      lambda self, done, total, what='step': seen.append((int(done), total, what)))
+  schedule = schedules.linear_schedule(3, 1e-4, 0.6)
+  denoise = lambda z, level, y: _gaussian_eps(z, level[0]).astype(jnp.float32)
+  blur = jnp.zeros(_SHAPE[1:])[None]
+  run = lambda: samplers.sample(lambda y: y, denoise, blur,
+                                samplers.sample_keys(jax.random.key(0), 2), schedule=schedule,
+                                residual_scale=2.0, sampler=sampler)['mean'].block_until_ready()
+  run()  # No bar open: the loop reports nothing.
+  jax.effects_barrier()
+  assert seen == []
+  progress.show(True, Terminal())
+  try:
+    with progress.task('deblur', total=1):
+      run()
+      jax.effects_barrier()
+  finally:
+    progress.show(False)
+  assert seen == [(1, 3, 'step'), (2, 3, 'step'), (3, 3, 'step')]

@@ -1,6 +1,6 @@
 """xydiff: XYDeblur and DvSR deblurring, and both at once, in JAX/Flax.
 
-The public API is `Restorer` (xydiff.inference): restore arrays with a
+The public API is `Restorer` (xydiff.inference.restorer): restore arrays with a
 trained, imported or fetched model. It is imported on first use, so that
 `import xydiff.data.synthetic` (numpy and scipy only) does not pull in JAX.
 """

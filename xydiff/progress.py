@@ -61,6 +61,7 @@ class Task:
   def __init__(self, bar: tqdm):
     self.bar = bar
     self._sub: tqdm | None = None
+    self._sub_what = ''
 
   def update(self, n: int = 1) -> None:
     self.bar.update(n)
@@ -75,12 +76,15 @@ class Task:
       return
     done, total = int(done), int(total)
     sub = self._sub
+    if sub is not None and self._sub_what != what:
+      return  # One sub-bar at a time: a tiled image's tiles, not each tile's sampling steps.
     if sub is None or sub.total != total or done < sub.n:
       if sub is not None:
         sub.close()
       # Drawn at every update: each is a tile or a sampling step, never a busy loop's.
       sub = self._sub = tqdm(total=total, desc=f'  {what}', unit=what, leave=False,
                              file=self.bar.fp, mininterval=0, dynamic_ncols=True)
+      self._sub_what = what
     sub.update(done - sub.n)
     if done >= total:
       sub.close()

@@ -76,15 +76,24 @@ def evaluate(ctx, workdir, coordinator_address, num_processes, process_id, quiet
     'sweep', "Sweep a diffusion run's sampling schedules (perception-distortion).",
     config=True, config_default=_WORKDIR_CONFIG,
     examples=('xydiff sweep --workdir=runs/dvsr',
-              "xydiff sweep --workdir=runs/dvsr --config.eval.sweep.num_samples='(1,4)'"))
+              "xydiff sweep --workdir=runs/dvsr --config.eval.sweep.num_samples='(1,4)'",
+              'xydiff sweep --workdir=runs/dvsr --samplers=ancestral,ddim,dpmpp_2m'))
 @_run_options('The diffusion run to sweep; results go to sweep/ in it.')
+@click.option('--samplers', default=None, metavar='NAMES',
+              help='Comma-separated samplers, each run on every schedule of the grid '
+                   '(ancestral, ddim, dpmpp_2m, dpmpp_2m_sde); with two or more, '
+                   'sweep/step_N_samplers.png plots LPIPS against PSNR per sampler. '
+                   'Default: config.eval.sweep.samplers.')
 @click.pass_context
-def sweep(ctx, workdir, coordinator_address, num_processes, process_id, quiet):
-  """Runs config.eval.sweep's grid of sampling schedules x sample counts on the evaluation
-  split and writes the perception-distortion table and plot; an interrupted sweep resumes.
+def sweep(ctx, workdir, samplers, coordinator_address, num_processes, process_id, quiet):
+  """Runs config.eval.sweep's grid of samplers x sampling schedules x sample counts on the
+  evaluation split and writes the perception-distortion table and plots; an interrupted
+  sweep resumes.
   """
   common.start(ctx, quiet=quiet)
   config, given = _config(ctx, workdir)
+  if samplers is not None and 'sweep' in config.eval:
+    config.eval.sweep.samplers = tuple(name.strip() for name in samplers.split(',') if name.strip())
   common.initialize_processes(coordinator_address, num_processes, process_id)
   from xydiff.evaluation import sweep as sweep_lib  # pylint: disable=import-outside-toplevel
   sweep_lib.run_sweep(config, workdir, config_from_user=given)

@@ -13,6 +13,7 @@ value fails in the first second with a message naming it.
 import ml_collections
 
 from xydiff import models
+from xydiff.models import dvsr
 
 # The shape of the configs this release writes; config.py migrates older ones on read.
 VERSION = 2
@@ -149,9 +150,14 @@ def variant(variants: dict, name: str, config_name: str) -> dict:
   return dict(variants[name])
 
 
+def gopro_crops(config, *, crop: int = 256, flip: bool = True, rot90: bool = False) -> None:
+  """Trains on random `crop`² crops of the GoPro pairs in a folder (config.data.root), with
+  the authors' flips and quarter turns."""
+  config.data.update(name='folder', crop=crop, flip=flip, rot90=rot90)
+
+
 def predictor(name: str) -> dict:
   """DvSR's predictor section for the family `name`, with that family's defaults."""
-  from xydiff.models import dvsr  # pylint: disable=import-outside-toplevel
   families = dvsr.predictor_families()
   if name not in families:
     raise ValueError(f'no predictor family {name!r}; one of {", ".join(families)}')

@@ -34,21 +34,14 @@ VARIANTS = {'': {}, 'xy': {'decoders': 2}, 'channel': {'width': 101}, 'layer': {
 def get_config(variant: str = ''):
   config = base.get_config('deepdeblur')
   config.model.update(base.variant(VARIANTS, variant, __name__))
-  config.data.name = 'folder'
-  config.data.crop = 256
-  config.data.flip = True
-  config.data.rot90 = True
+  base.gopro_crops(config, rot90=True)
   config.train.batch_size = BATCH
   config.train.num_steps = 1000 * STEPS_PER_EPOCH  # 131,000
   config.train.lr = 1e-4
   config.train.lr_schedule = 'step'
   config.train.lr_halve_steps = tuple(e * STEPS_PER_EPOCH for e in (500, 750, 900))
-  config.train.optimizer = 'adam'
-  config.train.adam_betas = (0.9, 0.999)
-  config.train.weight_decay = 0.0
-  config.train.warmup_steps = 0
-  config.train.grad_clip = 0.0
-  config.train.ema_rate = 0.0
+  # The authors' plain Adam (betas 0.9, 0.999), no weight decay, warm-up, clipping or
+  # EMA: base.get_config's defaults.
   # The authors save every 10 epochs and test on GoPro every 10; testing the
   # 1111 full frames that often costs more than training here, so every 100.
   config.train.checkpoint_every = 10 * STEPS_PER_EPOCH

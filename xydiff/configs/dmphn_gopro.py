@@ -45,10 +45,7 @@ def get_config(variant: str = ''):
   levels = config.model.levels
   epochs = EPOCHS.get(levels, EPOCHS[4])
 
-  config.data.name = 'folder'
-  config.data.crop = 256
-  config.data.flip = False
-  config.data.rot90 = False
+  base.gopro_crops(config, flip=False)
   config.train.batch_size = BATCH
   config.train.num_steps = epochs * STEPS_PER_EPOCH  # 2,524,800 (1-2-4); 4,208,000 (1-2-4-8).
   config.train.lr = 1e-4
@@ -56,12 +53,8 @@ def get_config(variant: str = ''):
   config.train.lr_halve_steps = tuple(
       e * STEPS_PER_EPOCH for e in range(DECAY_EVERY_EPOCHS, epochs, DECAY_EVERY_EPOCHS))
   config.train.lr_decay_factor = 0.1
-  config.train.optimizer = 'adam'
-  config.train.adam_betas = (0.9, 0.999)
-  config.train.weight_decay = 0.0
-  config.train.warmup_steps = 0
-  config.train.grad_clip = 0.0
-  config.train.ema_rate = 0.0
+  # The authors' plain Adam (betas 0.9, 0.999), no weight decay, warm-up, clipping or
+  # EMA: base.get_config's defaults.
   # The authors overwrite their checkpoint every epoch; every 10 here.
   config.train.checkpoint_every = 10 * STEPS_PER_EPOCH
   config.train.eval_every = TEST_EVERY_EPOCHS.get(levels, TEST_EVERY_EPOCHS[4]) * STEPS_PER_EPOCH

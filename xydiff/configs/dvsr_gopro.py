@@ -14,8 +14,7 @@ from xydiff.configs import base
 def get_config(predictor: str = ''):
   config = base.get_config('dvsr')
   config.model.predictor = base.predictor(predictor or 'unet')
-  config.data.name = 'folder'
-  config.data.crop = 128
+  base.gopro_crops(config, crop=128)
   config.train.batch_size = 32
   config.train.num_steps = 1_000_000
   config.train.lr = 1e-4

@@ -28,21 +28,14 @@ VARIANTS = {'': {}, 'plus': PLUS, 'xy': XY, 'plus_xy': {**PLUS, **XY}}
 def get_config(variant: str = ''):
   config = base.get_config('mimo_unet')
   config.model.update(base.variant(VARIANTS, variant, __name__))
-  config.data.name = 'folder'
-  config.data.crop = 256
-  config.data.flip = True
-  config.data.rot90 = False
+  base.gopro_crops(config)
   t = config.train
   t.batch_size = BATCH
   t.num_steps = 3000 * STEPS_PER_EPOCH  # 1,578,000
   t.lr = 1e-4
   t.lr_schedule = 'step'
   t.lr_halve_steps = tuple(e * STEPS_PER_EPOCH for e in (500, 1000, 1500, 2000, 2500))
-  t.optimizer = 'adam'
-  t.adam_betas = (0.9, 0.999)
-  t.weight_decay = 0.0
-  t.warmup_steps = 0
-  t.grad_clip = 0.0
-  t.ema_rate = 0.0
+  # The authors' plain Adam (betas 0.9, 0.999), no weight decay, warm-up, clipping or
+  # EMA: base.get_config's defaults.
   t.eval_every = 100 * STEPS_PER_EPOCH  # valid_freq = 100 epochs.
   return config

@@ -36,10 +36,7 @@ def get_config(variant: str = ''):
   config = base.get_config('nafnet')
   config.model.update(base.variant(VARIANTS, variant, __name__))
   batch, steps, weight_decay = RECIPES[config.model.width]
-  config.data.name = 'folder'
-  config.data.crop = 256
-  config.data.flip = True
-  config.data.rot90 = True
+  base.gopro_crops(config, rot90=True)
   config.train.batch_size = batch
   config.train.num_steps = steps
   config.train.lr = 1e-3

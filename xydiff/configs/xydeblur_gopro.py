@@ -12,7 +12,6 @@ from xydiff.configs import base
 
 def get_config():
   config = base.get_config('xydeblur')
-  config.data.name = 'folder'
-  config.data.crop = 256
+  base.gopro_crops(config)
   config.train.batch_size = 4
   return config

@@ -7,7 +7,7 @@ makes one from a preset): a sampler starts from z_T ~ N(0, I) at alpha_bar_T
 and steps to alpha_bar_{T-1}, ..., alpha_bar_1 and finally alpha_bar_0 = 1,
 where z is the residual itself. One denoiser call per step, T in all.
 
-Notation (METHOD.md section 8): a_t = sqrt(alpha_bar_t), s_t = sqrt(1 - alpha_bar_t),
+Notation: a_t = sqrt(alpha_bar_t), s_t = sqrt(1 - alpha_bar_t),
 z_t = a_t r0 + s_t eps; the denoiser predicts eps, and the data prediction is
 D_t = (z_t - s_t eps_hat) / a_t. The samplers:
 
@@ -37,15 +37,28 @@ alone, and DDIM with eta = 1 draws exactly what the ancestral sampler draws.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from xydiff import progress
 from xydiff.diffusion.schedules import Schedule, log_snr, posterior
 
 SAMPLERS = ('ancestral', 'ddim', 'dpmpp_2m', 'dpmpp_2m_sde')
+
+
+def _step_reporter(num_steps: int) -> Callable:
+  """done -> None: shows `done` of `num_steps` on the open progress bar, from inside the loop.
+
+  Decided at trace time: with no bar showing, nothing is added to the loop.
+  """
+  if progress.current() is None:
+    return lambda done: None
+  report = functools.partial(progress.substep, total=num_steps, what='step')
+  return lambda done: jax.debug.callback(report, done)
 
 
 def sample_keys(key: jax.Array, num_samples: int) -> jax.Array:
@@ -96,6 +109,7 @@ def ancestral(predict: Callable, denoise: Callable, blur: jax.Array, sample_keys
   stacked_blur = jnp.tile(blur, (num_samples, 1, 1, 1))
   ab = jnp.asarray(schedule.alpha_bars, jnp.float32)
   noise_for = per_sample_noise(sample_keys, blur.shape)
+  report = _step_reporter(schedule.num_steps)
 
   def step(i, z):
     t = schedule.num_steps - i
@@ -103,6 +117,7 @@ def ancestral(predict: Callable, denoise: Callable, blur: jax.Array, sample_keys
     eps_hat = denoise(z, level, stacked_blur)
     x0_hat = (z - jnp.sqrt(1.0 - ab[t]) * eps_hat) / jnp.sqrt(ab[t])
     mean, variance = posterior(schedule, t, z, x0_hat)
+    report(i + 1)
     return mean + jnp.where(t > 1, jnp.sqrt(variance), 0.0) * noise_for(t)
 
   z = jax.lax.fori_loop(0, schedule.num_steps, step, noise_for(schedule.num_steps + 1))
@@ -199,6 +214,7 @@ def solve(denoise: Callable, z: jax.Array, noise_for: Callable, *, sampler: str,
         's': f32(coeffs.s), 'c_z': f32(coeffs.c_z), 'c_d': f32(coeffs.c_d), 'w': f32(coeffs.w),
         'c_n': f32(coeffs.c_n)}
   multistep, stochastic = coeffs.multistep, coeffs.stochastic
+  report = _step_reporter(schedule.num_steps)
 
   def step(carry, x):
     z, d_prev = carry if multistep else (carry, None)
@@ -211,6 +227,7 @@ def solve(denoise: Callable, z: jax.Array, noise_for: Callable, *, sampler: str,
     if stochastic:
       z_next = z_next + x['c_n'] * noise_for(x['t'])
     carry = (z_next, d_next) if multistep else z_next
+    report(schedule.num_steps - x['t'] + 1)
     return carry, (z_next if trajectory else None)
 
   init = (z, jnp.zeros_like(z)) if multistep else z

@@ -1,6 +1,9 @@
 """`xydiff sweep`: DvSR's inference grid, one checkpoint, the perception-distortion curve.
 
-Each sampling schedule (T, beta range) is run once with the largest number of
+The grid is config.eval.sweep: samplers x schedules (T, beta range) x sample
+counts N. Every sampler walks the same levels of a schedule, so T is its
+number of denoiser calls (NFE) and the sampler is the only difference.
+Each (sampler, schedule) is run once with the largest number of
 samples N_max; because sample i's noise depends only on its own key, the
 first N of those samples are exactly what an N-sample run draws, so every N
 of the grid comes from the same batch. Each grid point reports PSNR and SSIM
@@ -14,7 +17,9 @@ the N-sample means against the sharp images.
 Images stream one at a time, so memory does not grow with the split. Every
 finished (schedule, image) is recorded in `sweep/step_<N>.progress.json`
 (written atomically), and a re-run with the same grid resumes after the last
-one recorded. The results go to `<workdir>/sweep/step_<N>.{json,csv,png}`.
+one recorded. The results go to `<workdir>/sweep/step_<N>.{json,csv,png}`, and
+with more than one sampler `step_<N>_samplers.png`: LPIPS against PSNR, one
+curve per sampler, points labelled by NFE.
 """
 
 from __future__ import annotations
@@ -80,12 +85,16 @@ def _score_samples(samples, sharp, counts, with_lpips: bool, set_scores, feature
 
 
 def schedule_settings(config, num_steps: int, beta_start: float, beta_end: float,
-                      num_samples: int):
-  """The family's restore settings for one schedule of the grid, as an extra preset."""
+                      num_samples: int, sampler: str = 'ancestral'):
+  """The family's restore settings for one schedule of the grid, as an extra preset.
+
+  DDIM runs with eta = 0 (deterministic): with eta = 1 it is the ancestral chain.
+  """
   swept = config.copy_and_resolve_references()
   with swept.unlocked():
     swept.inference.presets[SWEPT] = dict(num_steps=num_steps, beta_start=beta_start,
-                                          beta_end=beta_end, num_samples=num_samples)
+                                          beta_end=beta_end, num_samples=num_samples,
+                                          sampler=sampler, eta=0.0, spacing='linear_beta')
   return models.family(config.model.name).settings(swept, preset=SWEPT)
 
 
@@ -107,7 +116,9 @@ def run_sweep(config, workdir: str, *, config_from_user: bool = False) -> list[d
   max_images = config.data.eval_max_images
   num_images = data.eval_count(source, max_images)
   counts = sorted(set(int(n) for n in config.eval.sweep.num_samples))
-  schedules = [(int(t), float(b0), float(b1)) for t, b0, b1 in config.eval.sweep.schedules]
+  schedules = [(str(sampler), int(t), float(b0), float(b1))
+               for sampler in config.eval.sweep.samplers
+               for t, b0, b1 in config.eval.sweep.schedules]
   base_key = jax.random.key(config.seed + 1)
   is_chief = jax.process_index() == 0
 
@@ -127,13 +138,13 @@ def run_sweep(config, workdir: str, *, config_from_user: bool = False) -> list[d
 
   finished = sum(len(v) for v in done.values())
   with Progress(f'sweep step {step}', len(schedules) * num_images, done=finished) as progress:
-    for s_index, (num_steps, beta_start, beta_end) in enumerate(schedules):
-      key = f'{num_steps},{beta_start!r},{beta_end!r}'
+    for s_index, (sampler, num_steps, beta_start, beta_end) in enumerate(schedules):
+      key = f'{sampler},{num_steps},{beta_start!r},{beta_end!r}'
       results = done.setdefault(key, [])
       if len(results) >= num_images:
         continue
       sample = restorer.restore_fn(config, graphdef, schedule_settings(
-          config, num_steps, beta_start, beta_end, counts[-1]))
+          config, num_steps, beta_start, beta_end, counts[-1], sampler))
       for index, (name, blur, sharp) in enumerate(data.eval_pairs(source, max_images)):
         if index < len(results):
           continue  # Recorded by an earlier run.
@@ -148,12 +159,12 @@ def run_sweep(config, workdir: str, *, config_from_user: bool = False) -> list[d
         progress(finished)
 
   rows = []
-  for s_index, (num_steps, beta_start, beta_end) in enumerate(schedules):
-    results = done[f'{num_steps},{beta_start!r},{beta_end!r}']
+  for s_index, (sampler, num_steps, beta_start, beta_end) in enumerate(schedules):
+    results = done[f'{sampler},{num_steps},{beta_start!r},{beta_end!r}']
     set_results = _set_scores_of(set_scores, features_dir, s_index, num_images, counts)
     for n in counts:
-      row = {'num_steps': num_steps, 'beta_start': beta_start, 'beta_end': beta_end,
-             'num_samples': n}
+      row = {'sampler': sampler, 'num_steps': num_steps, 'beta_start': beta_start,
+             'beta_end': beta_end, 'num_samples': n}
       for metric in METRIC_LABELS:
         row[metric] = float(np.mean([r['scores'][str(n)][metric] for r in results]))
       row.update(set_results.get(f'N={n}', {}))
@@ -161,7 +172,7 @@ def run_sweep(config, workdir: str, *, config_from_user: bool = False) -> list[d
         if not np.isfinite(row[metric]):
           row[metric] = None  # JSON null: too small for NIQE's two blocks, or LPIPS off.
       rows.append(row)
-      logging.info('sweep T=%d N=%d: %.2f dB / %.4f, spread %.4f, detail %.3f',
+      logging.info('sweep %s T=%d N=%d: %.2f dB / %.4f, spread %.4f, detail %.3f', sampler,
                    num_steps, n, row['psnr'], row['ssim'], row['spread'], row['detail'])
   if is_chief:
     labels = {**METRIC_LABELS, **set_scores.labels}
@@ -221,11 +232,14 @@ def _write(rows, stem, step, config, num_images, labels):
                         ('fid', 'FID (lower is closer)'), ('kid', 'KID (unscaled)')):
     if all(r.get(metric) is not None for r in rows):
       panels.append((metric, label))
+  samplers = list(dict.fromkeys(r['sampler'] for r in rows))
   fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.5), sharey=True)
   for ax, (x_key, x_label) in zip(axes, panels):
-    for n in sorted({r['num_samples'] for r in rows}):
-      pts = [r for r in rows if r['num_samples'] == n]
-      ax.plot([r[x_key] for r in pts], [r['psnr'] for r in pts], 'o-', label=f'N = {n}')
+    for sampler in samplers:
+      for n in sorted({r['num_samples'] for r in rows}):
+        pts = [r for r in rows if r['num_samples'] == n and r['sampler'] == sampler]
+        label = f'N = {n}' if len(samplers) == 1 else f'{sampler}, N = {n}'
+        ax.plot([r[x_key] for r in pts], [r['psnr'] for r in pts], 'o-', label=label)
       for r in pts:
         ax.annotate(f'T={r["num_steps"]}', (r[x_key], r['psnr']), fontsize=7,
                     textcoords='offset points', xytext=(3, 3))
@@ -236,5 +250,31 @@ def _write(rows, stem, step, config, num_images, labels):
   fig.suptitle(f'Perception-distortion sweep, step {step}, {num_images} images')
   fig.tight_layout()
   with files.atomic_path(f'{stem}.png') as tmp:
+    fig.savefig(tmp, dpi=120, format='png')
+  plt.close(fig)
+  if len(samplers) > 1 and all(r.get('lpips') is not None for r in rows):
+    _plot_samplers(plt, rows, samplers, f'{stem}_samplers.png', step, num_images)
+
+
+def _plot_samplers(plt, rows, samplers, path, step, num_images):
+  """LPIPS against PSNR, one curve per sampler (and sample count), points labelled by NFE."""
+  counts = sorted({r['num_samples'] for r in rows})
+  fig, axes = plt.subplots(1, len(counts), figsize=(5.5 * len(counts), 4.5), squeeze=False)
+  for ax, n in zip(axes[0], counts):
+    for sampler in samplers:
+      pts = sorted((r for r in rows if r['sampler'] == sampler and r['num_samples'] == n),
+                   key=lambda r: r['num_steps'])
+      ax.plot([r['lpips'] for r in pts], [r['psnr'] for r in pts], 'o-', label=sampler)
+      for r in pts:
+        ax.annotate(str(r['num_steps']), (r['lpips'], r['psnr']), fontsize=7,
+                    textcoords='offset points', xytext=(3, 3))
+    ax.set_title(f'mean of {n} sample{"s" * (n > 1)}')
+    ax.set_xlabel('LPIPS (lower is closer)')
+    ax.grid(alpha=0.3)
+  axes[0][0].set_ylabel('PSNR (dB, uint8)')
+  axes[0][-1].legend(title='sampler (labels: NFE)')
+  fig.suptitle(f'Samplers on the same weights, step {step}, {num_images} images')
+  fig.tight_layout()
+  with files.atomic_path(path) as tmp:
     fig.savefig(tmp, dpi=120, format='png')
   plt.close(fig)

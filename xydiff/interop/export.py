@@ -426,7 +426,7 @@ def _check_fixed_size(config, size) -> None:
     # jax2onnx mis-sizes some families' internal padding otherwise.
     raise ConfigError(f'--size={size[0]}x{size[1]}: height and width must be multiples of '
                       f'{multiple} for {config.model.name}; reflect-pad images to it '
-                      '(xydiff.export.pad_for_graph) and crop the output')
+                      '(xydiff.interop.export.pad_for_graph) and crop the output')
 
 
 @contextlib.contextmanager

@@ -154,7 +154,7 @@ def fetch_files(name: str, *, url: str | None = None, blob_sha1: str | None = No
   """Downloads the files of the weights `name` (once); returns what their importer reads:
   the file of a one-file set, the folder of a set of several.
 
-  They go to `<cache>/weights/<name>-<id>/` (cache: xydiff.download.cache_dir()),
+  They go to `<cache>/weights/<name>-<id>/` (cache: xydiff.interop.download.cache_dir()),
   where <id> comes from the files' pins: another pinned version is another folder.
   """
   name = canonical(name)
@@ -196,7 +196,7 @@ def fetch_weights(name: str, workdir: str, *, url: str | None = None,
 def pretrained_workdir(name: str, workdir: str | None = None) -> str:
   """A run folder holding the weights `name`, imported by the first call and reused after.
 
-  `workdir` defaults to <cache>/runs/<name> (xydiff.download.cache_dir()).
+  `workdir` defaults to <cache>/runs/<name> (xydiff.interop.download.cache_dir()).
   Concurrent first calls both import, into temporary folders; one rename
   wins and every caller gets the winner's run.
   """

@@ -35,7 +35,7 @@ random subsets of rows (torch-fidelity's `kid_features_to_metric`, clean-fid's
 x10^3 or x10^2, so a reported KID must say its scale.
 
 DvSR (Whang et al., CVPR 2022) reports FID and KID on the GoPro test set,
-but what this project has of the paper (shared/METHOD.md) states no protocol
+but the paper states no protocol
 for them: whole frames or patches, which Inception port, the resizing, KID's
 scale and subset size are unknown. Numbers from this module are comparable
 with pytorch-fid run on whole saved frames, and with the paper's only if it

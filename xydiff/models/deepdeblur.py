@@ -33,7 +33,7 @@ Table 2. Each scale's "decoder" is the last num_res // 2 of its ResBlocks plus
 its output conv; the head conv and the first num_res - num_res // 2 ResBlocks
 are its "encoder". With 19 blocks that is 9 blocks + the output conv, 47.3% of
 a scale's MACs, so the XY network (decoders=2) costs 1.4732 x the baseline:
-4724.2 -> 6959.5 GMACs at 1280x720 (xydiff.complexity), Table 2's
+4724.2 -> 6959.5 GMACs at 1280x720 (xydiff.models.complexity), Table 2's
 4728.69 -> 6966.13 (also 1.4732 x; no other whole-block cut comes near). Every
 scale is transformed, each with its own decoder(s); the decoders' outputs are
 summed into that scale's output, and the up-conv to the next scale takes the

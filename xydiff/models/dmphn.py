@@ -60,7 +60,7 @@ from flax import nnx
 
 from xydiff.errors import require
 from xydiff.models import contract, xy
-from xydiff.models.layers import Conv, ConvTranspose, ResStack
+from xydiff.models.layers import Conv, ConvTranspose, ResStack, ThreeScaleEncoder
 
 # The axis (1: H, 2: W of NHWC) on which level k+1's patches are cut from
 # level k's, for k = 1, 2, 3 (DMPHN_1_2_4_8.py: H/2, then W/2, then H/4).
@@ -68,26 +68,6 @@ SPLIT_AXES = (1, 2, 1)
 MAX_LEVELS = len(SPLIT_AXES) + 1
 # The encoder halves H and W twice; every patch must survive that exactly.
 _ENCODER_STRIDE = 4
-
-
-class Encoder(nnx.Module):
-  """models.Encoder: conv, ResBlocks, stride-2 conv, ResBlocks, stride-2 conv, ResBlocks.
-
-  No activation outside the ResBlocks (the official stem and down convs have none).
-  """
-
-  def __init__(self, width: int, num_res: int, *, dtype, rngs: nnx.Rngs):
-    self.stem = Conv(3, width, 3, dtype=dtype, rngs=rngs)
-    self.res1 = ResStack(width, num_res, dtype=dtype, rngs=rngs)
-    self.down2 = Conv(width, 2 * width, 3, stride=2, dtype=dtype, rngs=rngs)
-    self.res2 = ResStack(2 * width, num_res, dtype=dtype, rngs=rngs)
-    self.down3 = Conv(2 * width, 4 * width, 3, stride=2, dtype=dtype, rngs=rngs)
-    self.res3 = ResStack(4 * width, num_res, dtype=dtype, rngs=rngs)
-
-  def __call__(self, x):
-    x = self.res1(self.stem(x))
-    x = self.res2(self.down2(x))
-    return self.res3(self.down3(x))
 
 
 class Decoder(nnx.Module):
@@ -115,7 +95,9 @@ class Level(nnx.Module):
 
   def __init__(self, width: int, num_res: int, decoders: int, share: str, *, dtype,
                upsample_impl: str, rngs: nnx.Rngs):
-    self.encoder = Encoder(width, num_res, dtype=dtype, rngs=rngs)
+    # models.Encoder: no activation outside the ResBlocks (the official stem and
+    # down convs have none).
+    self.encoder = ThreeScaleEncoder(3, width, num_res, relu=False, dtype=dtype, rngs=rngs)
     self.decoder = xy.make_decoders(
         lambda r: Decoder(width, num_res, dtype=dtype, upsample_impl=upsample_impl, rngs=r),
         decoders, share, rngs)
@@ -198,7 +180,7 @@ class DMPHN(nnx.Module):
     for k in reversed(range(len(self.levels))):
       level = self.levels[k]
       inputs = patches[k] if residual is None else patches[k] + residual
-      features = level.encoder(inputs)
+      features = level.encoder(inputs)[0]
       if k > 0:  # Decoded on the patches of level k-1 (official torch.cat of pairs).
         features = _join(features, SPLIT_AXES[k - 1], batch)
       if coarser is not None:

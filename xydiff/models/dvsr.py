@@ -274,7 +274,9 @@ class DvSRFamily(contract.Family):
             # of averaged samples, scored on the eval split: the perception-distortion curve.
             sweep=dict(schedules=((10, 1e-4, 0.8), (20, 1e-5, 0.5), (50, 1e-6, 0.2),
                                   (100, 1e-6, 0.1), (500, 1e-6, 0.04)),
-                       num_samples=(1, 2, 4, 8)),
+                       num_samples=(1, 2, 4, 8),
+                       # Each walks every schedule (its T is the NFE): `xydiff sweep --samplers`.
+                       samplers=('ancestral',)),
         ),
     }
 
@@ -309,6 +311,10 @@ class DvSRFamily(contract.Family):
       ok = (len(schedule) == 3 and int(schedule[0]) > 0 and 0 < schedule[1] <= schedule[2] < 1)
       require(ok, f'eval.sweep.schedules[{i}]', 'must be (num_steps, beta_start, beta_end) '
               'with 0 < beta_start <= beta_end < 1', tuple(schedule))
+    swept = config.eval.sweep.samplers
+    require(len(swept) > 0 and all(name in samplers.SAMPLERS for name in swept)
+            and len(set(swept)) == len(swept), 'eval.sweep.samplers',
+            f'must name distinct samplers of {samplers.SAMPLERS}', tuple(swept))
     counts = config.eval.sweep.num_samples
     require(len(counts) > 0 and all(isinstance(n, int) and n > 0 for n in counts),
             'eval.sweep.num_samples', 'must be positive integers', tuple(counts))

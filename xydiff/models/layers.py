@@ -301,3 +301,29 @@ def sinusoidal_embedding(level: jax.Array, dim: int, scale: float) -> jax.Array:
   freqs = jnp.exp(-math.log(10000.0) * jnp.arange(half, dtype=jnp.float32) / half)
   args = scale * level.astype(jnp.float32)[:, None] * freqs[None, :]
   return jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
+
+
+class ThreeScaleEncoder(nnx.Module):
+  """Conv, ResBlocks, stride-2 conv, ResBlocks, stride-2 conv, ResBlocks: features at full,
+  1/2 and 1/4 resolution, returned coarsest first (z, e2, e1).
+
+  The encoder of XYDeblur (Encoder1..3 of its official code; `relu` after each
+  conv) and of DMPHN's levels (models.Encoder; no activation outside the ResBlocks).
+  """
+
+  def __init__(self, in_channels: int, width: int, num_res: int, *, relu: bool, dtype,
+               rngs: nnx.Rngs):
+    self.stem = Conv(in_channels, width, 3, dtype=dtype, rngs=rngs)
+    self.res1 = ResStack(width, num_res, dtype=dtype, rngs=rngs)
+    self.down2 = Conv(width, 2 * width, 3, stride=2, dtype=dtype, rngs=rngs)
+    self.res2 = ResStack(2 * width, num_res, dtype=dtype, rngs=rngs)
+    self.down3 = Conv(2 * width, 4 * width, 3, stride=2, dtype=dtype, rngs=rngs)
+    self.res3 = ResStack(4 * width, num_res, dtype=dtype, rngs=rngs)
+    self.relu = relu
+
+  def __call__(self, x):
+    act = jax.nn.relu if self.relu else (lambda h: h)
+    e1 = self.res1(act(self.stem(x)))
+    e2 = self.res2(act(self.down2(e1)))
+    return self.res3(act(self.down3(e2))), e2, e1
+

@@ -31,9 +31,9 @@ transposed convolution, all of which turn exactly by turning their kernels.
 The AFFs stay in the encoder: they read only encoder features and run once.
 Each decoder emits residuals at all three scales; the decoders' residuals of a
 scale are summed and added to the (nearest-neighbour) downscaled input.
-At 1280x720, by thop's rules (Table 2's convention: xydiff.complexity.gmacs),
+At 1280x720, by thop's rules (Table 2's convention: xydiff.models.complexity.gmacs),
 MIMO-UNet costs 944.6 GMACs, its XY form (2 decoders) 1419.2 (1.50x, the
-~1.5x of METHOD.md's Table 2) and 4 decoders 2368.6; MIMO-UNet+ 2171.4, XY
+~1.5x of XYDeblur's Table 2) and 4 decoders 2368.6; MIMO-UNet+ 2171.4, XY
 3259.4 (1.50x), 4 decoders 5435.5. Counting true multiply-accumulates of the
 convolutions only, MIMO-UNet is 896.2 GMACs, 428.0 of them in the decoder.
 """

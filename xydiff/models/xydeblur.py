@@ -16,25 +16,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from xydiff.models import contract, xy
-from xydiff.models.layers import Conv, ConvTranspose, ResStack, pad_to_multiple
-
-
-class Encoder(nnx.Module):
-  """Three scales: full, 1/2 and 1/4 resolution (Encoder1..3 in the official code)."""
-
-  def __init__(self, in_channels: int, width: int, num_res: int, *, dtype, rngs):
-    self.stem = Conv(in_channels, width, 3, dtype=dtype, rngs=rngs)
-    self.res1 = ResStack(width, num_res, dtype=dtype, rngs=rngs)
-    self.down2 = Conv(width, 2 * width, 3, stride=2, dtype=dtype, rngs=rngs)
-    self.res2 = ResStack(2 * width, num_res, dtype=dtype, rngs=rngs)
-    self.down3 = Conv(2 * width, 4 * width, 3, stride=2, dtype=dtype, rngs=rngs)
-    self.res3 = ResStack(4 * width, num_res, dtype=dtype, rngs=rngs)
-
-  def __call__(self, x):
-    e1 = self.res1(jax.nn.relu(self.stem(x)))
-    e2 = self.res2(jax.nn.relu(self.down2(e1)))
-    z = self.res3(jax.nn.relu(self.down3(e2)))
-    return z, e2, e1
+from xydiff.models.layers import (Conv, ConvTranspose, ResStack, ThreeScaleEncoder,
+                                  pad_to_multiple)
 
 
 class Decoder(nnx.Module):
@@ -73,7 +56,7 @@ class XYDeblur(nnx.Module):
   def __init__(self, *, width: int = 32, num_res: int = 6, channels: int = 3,
                decoders: int = 2, share: str = 'rotate', dtype=jnp.float32,
                upsample_impl: str = 'auto', rngs: nnx.Rngs):
-    self.encoder = Encoder(channels, width, num_res, dtype=dtype, rngs=rngs)
+    self.encoder = ThreeScaleEncoder(channels, width, num_res, relu=True, dtype=dtype, rngs=rngs)
     self.decoder = xy.make_decoders(
         lambda r: Decoder(width, num_res, channels, dtype=dtype, upsample_impl=upsample_impl,
                           rngs=r), decoders, share, rngs)
