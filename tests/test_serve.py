@@ -312,6 +312,21 @@ def test_a_request_reports_real_fractions_per_photo_and_tile_and_errors_once(
   assert progress.calls[2][1] == 'b.png (2 of 3): tile 1 of 4'
 
 
+def test_a_diffusion_request_reports_each_sampling_step_of_each_chain(app, tmp_path):
+  images.write_png(str(tmp_path / 'shot.png'),  # A shape no other test compiles.
+                   np.random.default_rng(2).integers(0, 256, (24, 24, 3), np.uint8))
+  page, _ = app
+  progress = Progress()
+  outputs = _request(page)('dvsr_run', [str(tmp_path / 'shot.png')], None, None, 'sa', 2, 2,
+                           'ancestral', 0, True, 0, progress=progress)
+  assert '1 of 1 restored' in outputs[3], outputs[3]
+  # x8 ensemble: 8 chains (one per view) of 2 steps each, in order; the bar never goes back.
+  expected = [(0, 'shot.png')]
+  expected += [((chain + step / 2) / 8, f'shot.png: step {step} of 2')
+               for chain in range(8) for step in (1, 2)]
+  assert progress.calls == expected + [(1.0, 'done')], progress.calls
+
+
 def page_model(page, key):
   """The ServedModel behind the page's model `key` (from the request function's closure)."""
   fn = _request(page)
@@ -455,13 +470,15 @@ def test_a_server_on_every_interface_warns_asks_for_a_login_prunes_and_cleans_up
   assert 'hunter2' not in running['log'].read_text()
 
 
-def test_serve_checks_its_flags_before_any_model_loads(tmp_path):
-  from conftest import run_xydiff
+def test_serve_checks_its_flags_before_any_model_loads(tmp_path, capsys):
+  from xydiff import cli
   for flags, message in (
       (['--keep-minutes=0'], 'error: --keep-minutes=0.0: must be a number of minutes > 0'),
       (['--auth=ana'], 'error: --auth: expected user:password, both non-empty'),
       ([f'--auth-file={tmp_path}/none'], f'error: --auth-file {tmp_path}/none: No such file'),
       (['--max-megapixels=-1'], 'error: --max-megapixels=-1.0: must be a number of megapixels')):
     # The run does not exist: a flag refused first never gets to read it.
-    result = run_xydiff('serve', f'--workdir={tmp_path}/no_run', *flags, timeout=120)
-    assert result.returncode == 1 and result.stderr.startswith(message), (flags, result.stderr)
+    with pytest.raises(SystemExit) as e:
+      cli.main(['serve', f'--workdir={tmp_path}/no_run', *flags])
+    assert e.value.code == 1
+    assert capsys.readouterr().err.startswith(message), flags

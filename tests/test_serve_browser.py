@@ -1,7 +1,10 @@
 """`xydiff serve` in a real browser: Debian's chromium, headless, driven by Selenium.
 
-One server (a tiny XYDeblur run and a tiny DvSR run, picked in the page) and
-one browser session serve every check here. Without chromium, chromedriver,
+One server (a tiny XYDeblur run and a tiny DvSR run, picked in the page by
+what they are) and one browser session serve every check here: outputs bit
+for bit the Restorer's, thumbnails of the uploads, errors once in their rows,
+the Blurry / Deblurred sides, and the presets and samplers of the diffusion
+model. Without chromium, chromedriver,
 Selenium or Gradio the checks are skipped on a developer's machine and fail
 under CI (CI=true), where .ci/run installs them.
 """
@@ -49,7 +52,7 @@ def runs(tmp_path_factory):
   made = {}
   for name, variant in (('xydeblur_run', ''), ('dvsr_run', 'diffusion')):
     config = tiny(demo.get_config(variant))
-    config.deblur.size_bucket = 0
+    config.inference.size_bucket = 0
     made[name] = save_run(tmp_path_factory.mktemp('serve') / name, config,
                           random_state(config)[1])
   return made
@@ -63,8 +66,9 @@ def server(runs, tmp_path_factory):
     port = s.getsockname()[1]
   log_path = tmp_path_factory.mktemp('serve_log') / 'server.log'
   log = open(log_path, 'w')
-  command = [sys.executable, '-m', 'xydiff.cli.serve', f'--workdir={runs["xydeblur_run"]}',
-             f'--workdir={runs["dvsr_run"]}', f'--port={port}', '--max_megapixels=1']
+  command = [sys.executable, '-c', 'from xydiff.cli import main; main()', 'serve',
+             f'--workdir={runs["xydeblur_run"]}', f'--workdir={runs["dvsr_run"]}',
+             f'--port={port}', '--max-megapixels=1']
   process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
                              env=dict(os.environ, GRADIO_ANALYTICS_ENABLED='False'))
   url = f'http://127.0.0.1:{port}/'
@@ -202,11 +206,11 @@ def photos(tmp_path_factory):
   return dict(paths, phone=str(folder / 'phone.jpg'))
 
 
-def _restorer(workdir, **deblur):
+def _restorer(workdir, **inference_fields):
   from xydiff.inference import restorer as inference
   from xydiff import config as run_config
   config = run_config.load(workdir)
-  config.deblur.update(deblur)
+  config.inference.update(inference_fields)
   return inference.Restorer.from_workdir(workdir, config=config)
 
 
@@ -216,10 +220,18 @@ def test_page_restores_photos_as_the_restorer_does_bit_for_bit(page, runs, photo
   assert 'Running on local URL:  http://127.0.0.1:' in server['log'].read_text()  # The default.
   page.open()
   page.upload(FRAME, photos['deep'], photos['phone'])
+  page.wait(lambda: len(page.find('#xydiff-thumbnails img')) == 3, 'the thumbnails')
   status = page.deblur(1)
   assert '3 of 3 restored' in status and '1280x720, 8-bit' in status and '16-bit' in status, status
   assert '64x96, 8-bit' in status  # The phone photo, turned upright by its EXIF tag.
   assert len(page.find('#xydiff-slider img')) >= 2  # Before and after.
+  assert page.find('#xydiff-slider-sides')[0].text.split() == ['◀', 'Blurry', 'Deblurred', '▶']
+  header = page.driver.execute_script(
+      "const s = getComputedStyle(document.querySelector('#xydiff-status th'));"
+      'return [s.whiteSpace, s.wordBreak];')
+  assert header == ['nowrap', 'keep-all']  # 'width' never broken into 'wid-th'.
+  model = page.find('#xydiff-model input')[0].get_attribute('value')
+  assert model == 'XYDeblur, trained on synthetic blur, step 0', model  # Not the folder.
   restorer = _restorer(runs['xydeblur_run'])
   frame_png = images.read_image(page.download('000020_deblurred.png'))
   expected = images.to_uint8(restorer.restore(images.read_image(str(FRAME)))['image'])
@@ -240,12 +252,17 @@ def test_bad_files_are_reported_in_the_page_and_the_next_photo_restores(page, ru
   page.upload(photos['notes'], photos['truncated'], photos['huge'])
   status = page.deblur(1)
   assert '0 of 3 restored' in status, status
-  assert ('cannot read image notes.png: not a PNG, JPEG or TIFF that xydiff reads, or damaged'
-          in status), status
-  assert 'cannot read image truncated.png' in status, status
-  assert 'huge.png is 1200x900 = 1.1 MP, over the limit of 1 MP (--max_megapixels)' in status, \
-      status
+  # Each error once, in its photo's row, which names the photo: no toast besides.
+  rows = {line.split(' ')[0]: line for line in status.splitlines()}
+  assert rows['notes.png'].endswith(
+      'error: cannot read the photo: not a PNG, JPEG or TIFF that xydiff reads, or damaged'), status
+  assert 'error: cannot read the photo' in rows['truncated.png'], status
+  assert rows['huge.png'].endswith(
+      'error: the photo is 1200x900 = 1.1 MP, over the limit of 1 MP (--max-megapixels)'), status
+  assert all(status.count(name) == 1 for name in ('notes.png', 'truncated.png', 'huge.png'))
   assert '/tmp' not in status  # Names, not the server's temporary paths.
+  assert not [toast.text for toast in page.find('.toast-body') if toast.text], 'a toast besides'
+  assert not page.find('#xydiff-thumbnails img')  # Nothing there to show.
   page.clear_photos()
   page.upload(photos['crop'])
   page.find('#xydiff-targets input[type=file]')[0].send_keys(photos['sharp'])
@@ -266,11 +283,15 @@ def test_the_preset_control_changes_the_diffusion_output(page, runs, photos, tmp
   """DvSR: the default preset gives the Restorer's samples; moving the preset restores again."""
   from xydiff import images
   page.open()
-  page.pick('#xydiff-model', os.path.basename(runs['dvsr_run']))
+  page.pick('#xydiff-model', 'DvSR, trained on synthetic blur, step 0')
   page.wait(lambda: page.find('#xydiff-preset input[value=perceptual]'), 'the preset control')
+  presets = page.find('#xydiff-preset')[0].text  # Explained in plain words.
+  assert 'sa: sharpest on average (mean of 2 chains of 2 steps)' in presets, presets
+  assert 'Steps (denoiser calls; time grows with steps)' in page.find('#xydiff-steps')[0].text
   page.upload(photos['crop'])
   status = page.deblur(1)
-  assert 'preset sa, 2 steps, 2 samples, seed 0' in status and 'std max' in status, status
+  assert ("preset 'sa', ancestral, 2 denoiser calls, mean of 2 samples, seed 0" in status
+          and 'std max' in status), status
   assert len(page.find('#xydiff-samples-gallery img')) >= 2
   assert page.find('#xydiff-std img')
   sa = images.read_image(page.download('crop_deblurred.png'))
@@ -280,11 +301,19 @@ def test_the_preset_control_changes_the_diffusion_output(page, runs, photos, tmp
 
   page.find('#xydiff-preset input[value=perceptual]')[0].click()
   status = page.wait_for_run(2)
-  assert 'preset perceptual, 3 steps, 1 samples' in status, status
+  assert "preset 'perceptual', ancestral, 3 denoiser calls, mean of 1 sample" in status, status
   perceptual = images.read_image(page.download('crop_deblurred.png'))
   assert np.abs(perceptual.astype(int) - sa.astype(int)).mean() > 1.0  # Really another output.
   np.testing.assert_array_equal(perceptual, images.to_uint8(_restorer(
       runs['dvsr_run'], preset='perceptual', num_samples=1).restore(crop)['image']))
+
+  page.find('#xydiff-sampler input[value=dpmpp_2m]')[0].click()  # Another sampler, same preset.
+  status = page.deblur(3)
+  assert "preset 'perceptual', dpmpp_2m, 3 denoiser calls" in status, status
+  np.testing.assert_array_equal(
+      images.read_image(page.download('crop_deblurred.png')),
+      images.to_uint8(_restorer(runs['dvsr_run'], preset='perceptual').restore(
+          crop, sampler='dpmpp_2m')['image']))
 
   shot = tmp_path / 'serve.png'
   page.driver.save_screenshot(str(shot))

@@ -33,7 +33,8 @@ control: presets explained in plain words, the sampler, steps (denoiser
 calls: the time a photo takes grows with them), samples and seed; changing
 the preset restores again. They also show the per-pixel std map and a
 gallery of the samples. The progress bar moves by real fractions: per
-photo, and per tile of a tiled photo (Restorer.restore's on_tile). A file
+photo, per tile of a tiled photo (Restorer.restore's on_tile) and per
+sampling step (the samplers' xydiff.progress reports). A file
 that is not an image, is damaged, or is larger than --max-megapixels is
 reported once, in its row of the table, and the others are restored; the
 server stays up. Photos and sharp targets alike are checked against
@@ -45,7 +46,9 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import contextvars
 import dataclasses
+import io
 import ipaddress
 import os
 import shutil
@@ -58,12 +61,14 @@ from typing import Callable
 
 import numpy as np
 from absl import logging
+from PIL import Image
+from tqdm import tqdm
 
-from xydiff import configs, images
+from xydiff import configs, images, progress
 from xydiff.diffusion import samplers
 from xydiff.errors import USER_ERRORS, ConfigError, ImageReadError
 from xydiff.evaluation import scoring
-from xydiff.inference import restorer as inference
+from xydiff.inference import restorer as inference, tiles
 
 # Request folders of restored PNGs (and of upload thumbnails) kept on disk; older ones go.
 KEPT_REQUESTS = 32
@@ -251,6 +256,17 @@ class ServedModel:
       self._restorers.popitem(last=False)[1].clear_compiled()
     return restorer
 
+  def chains(self, settings: Settings, width: int, height: int) -> int:
+    """How many times an image of this size runs the network (a sampler: its chain): once
+    per tile (Restorer.tiling) and per ensemble view."""
+    restorer, align = self.base, self.base.align
+    size, overlap = restorer.tiling()
+    if not restorer.tiles(height, width):
+      return settings.ensemble
+    aligned = lambda n: -(-n // align) * align
+    count = lambda n: len(tiles.tile_starts(aligned(n), min(size, aligned(n)), overlap, align))
+    return settings.ensemble * count(height) * count(width)
+
   def restore(self, image: np.ndarray, settings: Settings,
               on_tile: Callable[[int, int], None] | None = None) -> dict[str, np.ndarray]:
     return self.restorer(settings).restore(image, seed=settings.seed,
@@ -266,12 +282,11 @@ def load_models(workdirs=(), models=(), *,
   A key is the folder's or file's name, unique; the page shows each model's title,
   made unique by its key where two titles are the same.
   """
-  from xydiff.interop import pretrained  # pylint: disable=import-outside-toplevel  # Download code only for --model.
   loaded = {}
   sources = [(os.path.basename(os.path.normpath(w)) or w, inference.Restorer.from_workdir, w,
               '') for w in workdirs]
   for name in models:
-    known = configs.NAMES.get(pretrained.canonical(name))
+    known = configs.NAMES.get(configs.ALIASES.get(name, name))  # An alias names one too.
     sources.append((os.path.basename(name), inference.Restorer.from_pretrained, name,
                     known.about if known else ''))
   for name, load, where, about in sources:
@@ -325,13 +340,15 @@ def _about_photo(message: str, path: str) -> str:
 
 def restore_file(model: ServedModel, path: str, settings: Settings, out_dir: str, *,
                  limit: images.PixelLimit, target: str | None = None, scorer=None,
-                 on_tile: Callable[[int, int], None] | None = None) -> Result:
+                 on_tile: Callable[[int, int], None] | None = None,
+                 on_photo: Callable[[int, int], None] | None = None) -> Result:
   """Restores one uploaded file into `out_dir`; errors become Result.error, never raised.
 
   The photo and its sharp `target` are both refused from their headers when over
   `limit`, and the target is read before any work is spent on the photo.
   Result.error names the target, never the photo: the page's row names that.
-  `on_tile(done, total)` follows a tiled photo's tiles.
+  `on_tile(done, total)` follows a tiled photo's tiles; `on_photo(width, height)` is
+  called once the photo is read and checked, before it is restored.
   """
   name = os.path.basename(path)
   result = Result(name)
@@ -356,6 +373,8 @@ def restore_file(model: ServedModel, path: str, settings: Settings, out_dir: str
       if sharp.shape != photo.shape:
         raise ImageReadError(f'the sharp target {os.path.basename(target)} is {sharp.shape[1]}x'
                              f'{sharp.shape[0]}, the photo {photo.shape[1]}x{photo.shape[0]}')
+    if on_photo is not None:
+      on_photo(photo.shape[1], photo.shape[0])
     out = model.restore(photo, settings, on_tile=on_tile)
     restored = out['image']
     stem = os.path.splitext(name)[0]
@@ -387,25 +406,75 @@ def restore_file(model: ServedModel, path: str, settings: Settings, out_dir: str
   return result
 
 
+class _StepsTo(progress.Task):
+  """An open xydiff.progress task that draws nothing and hands each substep (a sampler's
+  step, reported from inside its compiled loop) to `report(done, total, what)`."""
+
+  def __init__(self, report: Callable[[int, int, str], None]):
+    # Not disabled, so that progress.current() names it and samplers report their steps.
+    super().__init__(tqdm(total=None, file=io.StringIO(), disable=False))
+    self._report = report
+
+  def substep(self, done: int, total: int, what: str = 'step') -> None:
+    self._report(int(done), int(total), what)
+
+
+@contextlib.contextmanager
+def _steps_to(report: Callable[[int, int, str], None]):
+  """Sampling steps go to `report` while the block runs.
+
+  xydiff.progress hands steps to the innermost open task, and opens one only
+  for a terminal's bars: the page's is put on its stack here. Samplers decide
+  at trace time whether to report, so every compile the page makes reports;
+  requests run one at a time, so the process-wide stack holds one of these.
+  """
+  task = _StepsTo(report)
+  with progress._lock:  # pylint: disable=protected-access
+    progress._tasks.append(task)  # pylint: disable=protected-access
+  try:
+    yield
+  finally:
+    with progress._lock:  # pylint: disable=protected-access
+      progress._tasks.remove(task)  # pylint: disable=protected-access
+    task.close()
+
+
 def restore_files(model: ServedModel, photos: list[str], settings: Settings, out_dir: str, *,
                   limit: images.PixelLimit, targets: dict[str, str] | None = None,
                   scorer=None, report: Callable[[float, str], None] | None = None
                   ) -> list[Result]:
   """Restores each of `photos`, reporting (fraction of the request done, what runs) before
-  each photo, after each tile of a tiled one, and (1.0, 'done') at the end."""
+  each photo, after each tile of a tiled one, at each sampling step of a diffusion model,
+  and (1.0, 'done') at the end. Steps may be reported from a thread of JAX's runtime."""
   report = report or (lambda fraction, what: None)
   targets = targets or {}
   results = []
   count = len(photos)
-  for index, path in enumerate(photos):
-    name = os.path.basename(path)
-    counted = f'{name} ({index + 1} of {count})' if count > 1 else name
+  # The photo that runs, and its sampling chains: one per tile and ensemble view, each
+  # walked step by step; `done` of them finished.
+  where = {'index': 0, 'counted': '', 'chains': 1, 'done': 0}
 
-    def on_tile(done, total, index=index, counted=counted):
-      report((index + done / total) / count, f'{counted}: tile {done} of {total}')
-    report(index / count, counted)
-    results.append(restore_file(model, path, settings, out_dir, limit=limit,
-                                target=targets.get(path), scorer=scorer, on_tile=on_tile))
+  def on_photo(width, height):
+    where.update(chains=model.chains(settings, width, height), done=0)
+
+  def on_tile(done, total):
+    report((where['index'] + done / total) / count, f"{where['counted']}: tile {done} of {total}")
+
+  def on_step(done, total, what):
+    part = min((where['done'] + done / total) / where['chains'], 1.0)
+    if done >= total:
+      where['done'] += 1
+    report((where['index'] + part) / count, f"{where['counted']}: {what} {done} of {total}")
+
+  with _steps_to(on_step):
+    for index, path in enumerate(photos):
+      name = os.path.basename(path)
+      counted = f'{name} ({index + 1} of {count})' if count > 1 else name
+      where.update(index=index, counted=counted, chains=1, done=0)
+      report(index / count, counted)
+      results.append(restore_file(model, path, settings, out_dir, limit=limit,
+                                  target=targets.get(path), scorer=scorer, on_tile=on_tile,
+                                  on_photo=on_photo))
   report(1.0, 'done')
   return results
 
@@ -454,7 +523,6 @@ def thumbnails(paths: list[str], out_dir: str, *,
                limit: images.PixelLimit) -> list[tuple[str, str]]:
   """(thumbnail PNG, caption) of each upload that reads as an image, upright, at most
   THUMBNAIL_SIZE on its longer side; the others are left out (Deblur reports them)."""
-  from PIL import Image  # pylint: disable=import-outside-toplevel  # Pillow is images' own lazy import.
   shown = []
   for index, path in enumerate(paths):
     try:
@@ -587,9 +655,16 @@ def build_app(served: dict[str, ServedModel], *, limit: images.PixelLimit, outpu
       settings = dataclasses.replace(settings, preset=preset, steps=int(steps),
                                      samples=int(samples), sampler=sampler)
     scorer = scoring.Scorer(scoring.uses_alignment(model.config), model.config.eval.lpips)
+    # Steps are reported from JAX's runtime threads: gr.Progress finds its request in
+    # context variables, so each report runs in this request's context, one at a time.
+    context, lock = contextvars.copy_context(), threading.Lock()
+
+    def report(fraction, what):
+      with lock:
+        context.run(progress, fraction, desc=what)
     results = restore_files(model, photos, settings, outputs.new(), limit=limit,
                             targets=pair_targets(photos, [t for t in (targets or []) if t]),
-                            scorer=scorer, report=lambda done, what: progress(done, desc=what))
+                            scorer=scorer, report=report)
     # Each error is said once, in its photo's row of the table: no toast besides.
     good = [dataclasses.asdict(r) for r in results if not r.error]
     status = status_table(run_number, model, settings, results, scorer.labels)
@@ -611,9 +686,9 @@ def build_app(served: dict[str, ServedModel], *, limit: images.PixelLimit, outpu
       with gr.Column():
         files = gr.File(file_count='multiple', file_types=['image'], label='Photos',
                         elem_id='xydiff-photos')
-        previews = gr.Gallery(label='Uploaded photos', columns=4, height=180,
-                              allow_preview=False, interactive=False, format='png',
-                              elem_id='xydiff-thumbnails')
+        previews = gr.Gallery(label='Uploaded photos', columns=6, fit_columns=False,
+                              object_fit='contain', height=140, allow_preview=False,
+                              interactive=False, format='png', elem_id='xydiff-thumbnails')
         pasted = gr.Image(sources=['clipboard', 'upload'], type='filepath', format='png',
                           label='...or paste one', elem_id='xydiff-paste', height=160)
         targets = gr.File(file_count='multiple', file_types=['image'],

@@ -60,6 +60,7 @@ def serve(ctx, workdirs, models, host, port, share, max_megapixels, max_upload_m
   if not workdirs and not models:
     common.fail('give --workdir=DIR (a run) or --model=NAME|FILE, at least one')
   os.environ.setdefault('GRADIO_ANALYTICS_ENABLED', 'False')  # Nothing leaves the machine.
+  # Imported here: the page brings JAX and the models, and `xydiff serve --help` stays quick.
   from absl import logging  # pylint: disable=import-outside-toplevel
   from xydiff import images  # pylint: disable=import-outside-toplevel
   from xydiff.cli import page  # pylint: disable=import-outside-toplevel
