@@ -18,7 +18,7 @@ from xydiff import images, models
 from xydiff.interop import export
 from xydiff.inference import restorer as inference
 from xydiff.configs import base, demo
-from xydiff.errors import ConfigError, WeightsError
+from xydiff.errors import ConfigError, ImageValueError, WeightsError
 from xydiff.cli import export as export_tool
 
 # Families whose graph depends on the image size, so that ONNX holds them only
@@ -197,6 +197,11 @@ def _check_onnx(family, config, graphdef, params, reference, tmp_path):
     padded, (h, w) = export.pad_for_graph(photo, export.input_multiple(paths[0]))
     out = session.run(None, {'blur': padded})[0][:, :h, :w]
     np.testing.assert_allclose(out, np.asarray(reference['restored'](photo)), atol=ATOL)
+    np.testing.assert_allclose(export.run_onnx(paths[0], photo),
+                               np.clip(np.asarray(reference['restored'](photo)), 0, 1), atol=ATOL)
+    with pytest.raises(ImageValueError, match=f'images of {h}x{w} .*multiples of {multiple} '
+                                              "\\(its metadata 'xydiff.size_multiple'\\)"):
+      export.run_onnx(paths[0], photo, pad=False)
 
 
 def test_onnx_export_of_a_run_holds_its_ema_weights(ema_run, tmp_path):

@@ -14,3 +14,7 @@ def __getattr__(name):
     from xydiff.inference.restorer import Restorer  # pylint: disable=import-outside-toplevel
     return Restorer
   raise AttributeError(f'module xydiff has no attribute {name!r}')
+
+
+def __dir__():
+  return sorted(set(globals()) | set(__all__))

@@ -29,6 +29,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 import click  # pylint: disable=wrong-import-position
 
 from xydiff.cli import common  # pylint: disable=wrong-import-position
+from xydiff.errors import USER_ERRORS  # pylint: disable=wrong-import-position
 
 VERB_MODULES = ('runs', 'deblur', 'score', 'serve', 'export', 'weights', 'summary')
 
@@ -61,7 +62,6 @@ class Xydiff(click.Group):
 
   def main(self, args=None, prog_name=None, **extra):  # pylint: disable=arguments-differ
     """Runs a verb; exits 0, the verb's status, or 1 with `error: <one line>` on stderr."""
-    from xydiff.errors import USER_ERRORS  # pylint: disable=import-outside-toplevel
     args = sys.argv[1:] if args is None else list(args)
     if not args:
       click.echo(self.get_help(click.Context(self, info_name=prog_name or 'xydiff',

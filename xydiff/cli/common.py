@@ -13,11 +13,15 @@ own flags stay click's.
 
 from __future__ import annotations
 
+import copy
+import importlib.util
 import os
 import re
 import sys
 
 import click
+
+from xydiff import progress
 
 # ml_collections raises these for an override naming a field that does not exist.
 OVERRIDE_ERRORS = (AttributeError, KeyError, TypeError, ValueError)
@@ -76,8 +80,7 @@ def config_given(ctx: click.Context) -> bool:
 
 def packaged_config(name: str) -> str | None:
   """`FILE[:variant]` of a packaged config, model name or alias (xydiff.configs), or None."""
-  import importlib.util  # pylint: disable=import-outside-toplevel
-  from xydiff import configs  # pylint: disable=import-outside-toplevel
+  from xydiff import configs  # Lazy: help and flag errors without loading JAX.
   resolved = configs.resolve(name)
   if resolved is None:
     return None
@@ -103,7 +106,7 @@ def load_config(ctx: click.Context, default=None, *, missing: str = ''):
   name = named[-1]
   if os.path.isfile(name.partition(':')[0]):
     return _from_file(name, overrides)
-  from xydiff import configs  # pylint: disable=import-outside-toplevel
+  from xydiff import configs  # Lazy: help and flag errors without loading JAX.
   if configs.resolve(name) is None:
     fail(f'--config={name}: no such file; {configs.unknown(name)}')
   try:
@@ -115,9 +118,8 @@ def load_config(ctx: click.Context, default=None, *, missing: str = ''):
 
 def _overridden(config, overrides: list[str]):
   """`config` with `overrides` applied by ml_collections (locked, as config_flags locks)."""
-  import copy  # pylint: disable=import-outside-toplevel
-  from absl import flags  # pylint: disable=import-outside-toplevel
-  from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
+  from absl import flags  # Lazy: help and flag errors without loading JAX.
+  from ml_collections import config_flags  # Lazy: help and flag errors without loading JAX.
   config = copy.deepcopy(config)  # config_flags overrides in place; the default stays as it was.
   argv = ['xydiff', *overrides]
   values = flags.FlagValues()
@@ -132,8 +134,8 @@ def _overridden(config, overrides: list[str]):
 
 def _from_file(name: str, overrides: list[str]):
   """The config file `name` (`FILE[:variant]`, ml_collections' own loader), overridden."""
-  from absl import flags  # pylint: disable=import-outside-toplevel
-  from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
+  from absl import flags  # Lazy: help and flag errors without loading JAX.
+  from ml_collections import config_flags  # Lazy: help and flag errors without loading JAX.
   argv = ['xydiff', f'--config={name}', *overrides]
   values = flags.FlagValues()
   try:
@@ -168,7 +170,7 @@ def override_message(overrides: list[str], error: BaseException) -> str:
 def stored_config(workdir: str, what: str = 'a run'):
   """A function giving the config stored in `workdir`, failing in one line if there is none."""
   def read():
-    from xydiff import config as config_lib  # pylint: disable=import-outside-toplevel
+    from xydiff import config as config_lib  # Lazy: help and flag errors without loading JAX.
     if not os.path.isfile(os.path.join(workdir, config_lib.CONFIG_FILE)):
       fail(f'--config is missing and {workdir} holds no stored config '
            f'({config_lib.CONFIG_FILE}); pass --config=NAME or FILE for {what}')
@@ -187,7 +189,7 @@ class _QuietLibraries:
   _NOISY = ('/orbax/', '/jax/_src/')
 
   def filter(self, record) -> bool:
-    from absl import logging  # pylint: disable=import-outside-toplevel
+    from absl import logging  # Lazy: help and flag errors without loading JAX.
     return record.levelno >= logging.converter.STANDARD_WARNING or not any(
         part in record.pathname for part in self._NOISY)
 
@@ -198,8 +200,7 @@ def start(ctx: click.Context, *, quiet: bool = False, logs: bool = True) -> bool
   `logs`: INFO lines (the research verbs' record); tools log warnings only.
   Returns whether the run is quiet (the verb's --quiet or xydiff's).
   """
-  from absl import flags, logging  # pylint: disable=import-outside-toplevel
-  from xydiff import progress  # pylint: disable=import-outside-toplevel
+  from absl import flags, logging  # Lazy: help and flag errors without loading JAX.
   quiet = quiet or bool(ctx.find_root().meta.get('xydiff.quiet'))
   progress.show(not quiet)
   if not flags.FLAGS.is_parsed():  # absl's own flags at their defaults; no warning line.
@@ -211,7 +212,7 @@ def start(ctx: click.Context, *, quiet: bool = False, logs: bool = True) -> bool
     if not any(isinstance(f, _QuietLibraries) for f in h.filters):
       h.addFilter(_QuietLibraries())
   if progress.enabled():  # Log lines print above the bars instead of through them.
-    from tqdm.contrib import DummyTqdmFile  # pylint: disable=import-outside-toplevel
+    from tqdm.contrib import DummyTqdmFile  # Lazy: help and flag errors without loading JAX.
     handler.python_handler.stream = DummyTqdmFile(progress.stream())
   return quiet
 
@@ -312,7 +313,7 @@ def multiprocess_options(fn):
 
 def initialize_processes(coordinator_address, num_processes, process_id) -> None:
   """Joins a multi-process run (xydiff.runs.distributed), a bad combination in one line."""
-  from xydiff.runs import distributed  # pylint: disable=import-outside-toplevel
+  from xydiff.runs import distributed  # Lazy: help and flag errors without loading JAX.
   try:
     distributed.initialize(coordinator_address, num_processes, process_id)
   except ValueError as e:

@@ -80,8 +80,8 @@ def deblur(ctx, inputs, output, workdir, model, step, preset, steps, samples, sa
   if step is not None and not workdir:
     common.fail('--step picks a checkpoint of --workdir; --model has one')
   restorer = _restorer(ctx, workdir, model, step)
-  from xydiff.errors import ConfigError  # pylint: disable=import-outside-toplevel
-  from xydiff.inference import photos  # pylint: disable=import-outside-toplevel
+  from xydiff.errors import ConfigError  # Lazy: help and flag errors without loading JAX.
+  from xydiff.inference import photos  # Lazy: help and flag errors without loading JAX.
   if tile is not None:
     try:
       restorer.tiling(tile)
@@ -106,8 +106,8 @@ def deblur(ctx, inputs, output, workdir, model, step, preset, steps, samples, sa
 
 def _restorer(ctx, workdir: str | None, model: str | None, step: int | None):
   """The Restorer of --workdir (at --step) or --model, with the config and its overrides."""
-  from xydiff.inference import photos  # pylint: disable=import-outside-toplevel
-  from xydiff.inference import restorer as inference  # pylint: disable=import-outside-toplevel
+  from xydiff.inference import photos  # Lazy: help and flag errors without loading JAX.
+  from xydiff.inference import restorer as inference  # Lazy: help and flag errors without loading JAX.
   tokens = common.config_tokens(ctx)
   given = common.config_given(ctx)
   if workdir:
@@ -116,8 +116,8 @@ def _restorer(ctx, workdir: str | None, model: str | None, step: int | None):
     return inference.Restorer.from_workdir(workdir, step=step, config=config,
                                            config_from_user=given)
   if model.endswith('.safetensors'):
-    from xydiff import config as config_lib  # pylint: disable=import-outside-toplevel
-    from xydiff.interop import export  # pylint: disable=import-outside-toplevel
+    from xydiff import config as config_lib  # Lazy: help and flag errors without loading JAX.
+    from xydiff.interop import export  # Lazy: help and flag errors without loading JAX.
     if given:
       common.fail(f'--config: {model} carries its own config; change its inference fields '
                   'with --config.FIELD=VALUE')
@@ -128,12 +128,12 @@ def _restorer(ctx, workdir: str | None, model: str | None, step: int | None):
       common.fail(f'--model={model}: its weights were made for the stored '
                   f'{", ".join(changed)}; override only other fields')
     return inference.Restorer(config, graphdef, params, file_step, source=model)
-  from xydiff import configs  # pylint: disable=import-outside-toplevel
+  from xydiff import configs  # Lazy: help and flag errors without loading JAX.
   if configs.resolve(model) is None:
     common.fail(f'--model={model}: {configs.unknown(model, "model")}')
   if not tokens:
     return inference.Restorer.from_pretrained(model)
-  from xydiff.interop import pretrained  # pylint: disable=import-outside-toplevel
+  from xydiff.interop import pretrained  # Lazy: help and flag errors without loading JAX.
   run = pretrained.pretrained_workdir(model)
   config = common.load_config(ctx, common.stored_config(run))
   return inference.Restorer.from_workdir(run, config=config, config_from_user=given)

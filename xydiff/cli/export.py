@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import click
 
+from xydiff import progress
 from xydiff.cli import common
 
 
@@ -28,10 +29,10 @@ def export_run(workdir: str, fmt: str, out: str, step: int | None = None,
   `size` (height, width): a fixed-size graph (onnx, stablehlo), for families whose graph
   depends on the size; None: any size that is a multiple of the network's.
   """
-  from xydiff import config as config_lib, progress  # pylint: disable=import-outside-toplevel
-  from xydiff.errors import ConfigError  # pylint: disable=import-outside-toplevel
-  from xydiff.interop import export  # pylint: disable=import-outside-toplevel
-  from xydiff.runs import checkpoint  # pylint: disable=import-outside-toplevel
+  from xydiff import config as config_lib  # Lazy: help and flag errors without loading JAX.
+  from xydiff.errors import ConfigError  # Lazy: help and flag errors without loading JAX.
+  from xydiff.interop import export  # Lazy: help and flag errors without loading JAX.
+  from xydiff.runs import checkpoint  # Lazy: help and flag errors without loading JAX.
   if fmt not in export.FORMATS:
     raise ConfigError(f'--format={fmt}: must be one of {", ".join(export.FORMATS)}')
   export.check_out_path(out)  # Before the checkpoint is read; the writers check again.

@@ -107,5 +107,5 @@ def verb_args(args: list[str]) -> list[str]:
 
 
 def main() -> None:
-  from xydiff import cli  # pylint: disable=import-outside-toplevel
+  from xydiff import cli  # Lazy: help and flag errors without loading JAX.
   cli.main(verb_args(sys.argv[1:]))

@@ -48,7 +48,7 @@ def train(ctx, workdir, coordinator_address, num_processes, process_id, quiet):
   common.start(ctx, quiet=quiet)
   config, _ = _config(ctx, workdir, 'a new run')
   common.initialize_processes(coordinator_address, num_processes, process_id)
-  from xydiff.train import loop  # pylint: disable=import-outside-toplevel
+  from xydiff.train import loop  # Lazy: help and flag errors without loading JAX.
   loop.train_and_evaluate(config, workdir)
 
 
@@ -68,7 +68,7 @@ def evaluate(ctx, workdir, coordinator_address, num_processes, process_id, quiet
   common.start(ctx, quiet=quiet)
   config, given = _config(ctx, workdir)
   common.initialize_processes(coordinator_address, num_processes, process_id)
-  from xydiff.evaluation import evaluator  # pylint: disable=import-outside-toplevel
+  from xydiff.evaluation import evaluator  # Lazy: help and flag errors without loading JAX.
   evaluator.evaluate_checkpoint(config, workdir, config_from_user=given)
 
 
@@ -95,5 +95,5 @@ def sweep(ctx, workdir, samplers, coordinator_address, num_processes, process_id
   if samplers is not None and 'sweep' in config.eval:
     config.eval.sweep.samplers = tuple(name.strip() for name in samplers.split(',') if name.strip())
   common.initialize_processes(coordinator_address, num_processes, process_id)
-  from xydiff.evaluation import sweep as sweep_lib  # pylint: disable=import-outside-toplevel
+  from xydiff.evaluation import sweep as sweep_lib  # Lazy: help and flag errors without loading JAX.
   sweep_lib.run_sweep(config, workdir, config_from_user=given)

@@ -42,8 +42,8 @@ def score(ctx, restored_dir, sharp_dir, output, align, lpips, inception_weights,
   quiet = common.start(ctx, quiet=quiet)
   if inception_weights not in ('', 'fetch') and not os.path.isfile(inception_weights):
     common.fail(f"--inception-weights={inception_weights}: no such file (or give 'fetch')")
-  from xydiff.configs import base  # pylint: disable=import-outside-toplevel
-  from xydiff.evaluation import folders  # pylint: disable=import-outside-toplevel
+  from xydiff.configs import base  # Lazy: help and flag errors without loading JAX.
+  from xydiff.evaluation import folders  # Lazy: help and flag errors without loading JAX.
   config = base.get_config()
   config.eval.update(dict(align=align, lpips=lpips, inception_weights=inception_weights))
   out = output or restored_dir

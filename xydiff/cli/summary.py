@@ -13,10 +13,12 @@ line each as it goes (a bar over the models on stderr); nothing is compiled.
 
 from __future__ import annotations
 
+import importlib
 import json
 
 import click
 
+from xydiff import progress
 from xydiff.cli import common
 
 # The summary's variants of each model, as XYDeblur's Table 2 and Figures 3/5 use them:
@@ -29,8 +31,7 @@ SIZED_VARIANTS = ('channel', 'layer')
 
 def variant_configs(name: str) -> dict:
   """{variant: config} of the named model `name` (xydiff.configs.NAMES)."""
-  import importlib  # pylint: disable=import-outside-toplevel
-  from xydiff import configs, models  # pylint: disable=import-outside-toplevel
+  from xydiff import configs, models  # Lazy: help and flag errors without loading JAX.
   module, _, variant = configs.resolve(name).partition(':')
   family = models.family(configs.get_config(name).model.name)
   out = {}
@@ -65,12 +66,11 @@ def summary(ctx, every, quiet):
   XLA's FLOP count of the compiled forward pass and the peak memory of one training step.
   """
   common.start(ctx, quiet=quiet, logs=False)
-  from xydiff import progress  # pylint: disable=import-outside-toplevel
-  from xydiff.models import complexity  # pylint: disable=import-outside-toplevel
+  from xydiff.models import complexity  # Lazy: help and flag errors without loading JAX.
   if every:
     if common.config_tokens(ctx):
       common.fail('--all summarises every named model: leave out --config')
-    from xydiff import configs  # pylint: disable=import-outside-toplevel
+    from xydiff import configs  # Lazy: help and flag errors without loading JAX.
     with progress.task('summary', total=len(configs.NAMES), unit='model') as bar:
       for model in configs.NAMES:
         bar.describe(model)
@@ -80,8 +80,8 @@ def summary(ctx, every, quiet):
                             'gmacs_720p': round(complexity.gmacs(config.model), 2)}), flush=True)
         bar.update()
     return
-  from xydiff import config as config_lib, configs  # pylint: disable=import-outside-toplevel
-  from xydiff.train import step as step_lib  # pylint: disable=import-outside-toplevel
+  from xydiff import config as config_lib, configs  # Lazy: help and flag errors without loading JAX.
+  from xydiff.train import step as step_lib  # Lazy: help and flag errors without loading JAX.
   config = common.load_config(ctx, lambda: configs.get_config('base'))
   config_lib.check(config)
   with progress.stage('summary: counting parameters and GMACs'):

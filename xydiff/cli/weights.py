@@ -18,7 +18,7 @@ from xydiff.cli import common
 
 
 def _check_name(name: str) -> None:
-  from xydiff import configs  # pylint: disable=import-outside-toplevel
+  from xydiff import configs  # Lazy: help and flag errors without loading JAX.
   if configs.resolve(name) is None:
     common.fail(f'NAME: {configs.unknown(name, "model")}')
 
@@ -48,7 +48,7 @@ def import_(ctx, name, file, workdir, max_bytes, quiet):
   """
   common.start(ctx, quiet=quiet, logs=False)
   _check_name(name)
-  from xydiff.interop import official  # pylint: disable=import-outside-toplevel
+  from xydiff.interop import official  # Lazy: help and flag errors without loading JAX.
   config = common.load_config(ctx, lambda: official.config_for(name))
   step_dir = official.import_official(name, file, workdir, config, max_bytes=max_bytes)
   print(f'imported {file} as {step_dir}')
@@ -78,7 +78,7 @@ def fetch(ctx, name, workdir, url, blob_sha1, quiet):
   """
   common.start(ctx, quiet=quiet, logs=False)
   _check_name(name)
-  from xydiff.interop import pretrained  # pylint: disable=import-outside-toplevel
+  from xydiff.interop import pretrained  # Lazy: help and flag errors without loading JAX.
   entry = pretrained.weights_entry(name)
   config = common.load_config(ctx, lambda: pretrained.config_for(name))
   print(f'{pretrained.canonical(name)}: {entry.about}\nlicence: {entry.licence}')

@@ -54,7 +54,8 @@ from flax import nnx
 from xydiff import config as config_lib
 from xydiff import files, models, progress
 from xydiff.configs import base
-from xydiff.errors import ConfigError, ExportWriteError, LinkedFileError, WeightsError
+from xydiff.errors import (ConfigError, ExportWriteError, ImageValueError, LinkedFileError,
+                           WeightsError)
 from xydiff.runs import state as state_lib
 
 FORMATS = ('safetensors', 'onnx', 'stablehlo')
@@ -466,6 +467,32 @@ def pad_for_graph(images: np.ndarray, multiple: int) -> tuple[np.ndarray, tuple[
   h, w = images.shape[1:3]
   pads = ((0, 0), (0, -h % multiple), (0, -w % multiple), (0, 0))
   return np.pad(images, pads, mode='reflect'), (h, w)
+
+
+def run_onnx(path: str, images: np.ndarray, *, pad: bool = True) -> np.ndarray:
+  """Restores NHWC float32 `images` in [0, 1] with an exported image graph under onnxruntime.
+
+  The graph takes heights and widths that are multiples of its size multiple
+  (metadata 'xydiff.size_multiple'; onnxruntime itself would fail inside the
+  graph with a shape error). With `pad`, images are reflect-padded to it and
+  the output cropped back; without, other sizes are refused with that rule.
+  The output is clipped to [0, 1], which the graph leaves to its caller.
+  """
+  import onnxruntime  # pylint: disable=import-outside-toplevel  # The optional `export` extra.
+  images = np.asarray(images, np.float32)
+  if images.ndim != 4 or images.shape[-1] != 3:
+    raise ImageValueError(f'{path}: takes NHWC RGB images, got shape {images.shape}')
+  multiple = input_multiple(path)
+  h, w = images.shape[1:3]
+  if not pad and (h % multiple or w % multiple):
+    raise ImageValueError(f'{path}: images of {h}x{w} (height x width): the graph takes '
+                          f'heights and widths that are multiples of {multiple} (its metadata '
+                          "'xydiff.size_multiple'); reflect-pad them to it "
+                          '(xydiff.interop.export.pad_for_graph) and crop the output')
+  padded, _ = pad_for_graph(images, multiple)
+  session = onnxruntime.InferenceSession(path, providers=['CPUExecutionProvider'])
+  out = session.run(None, {session.get_inputs()[0].name: padded})[0][:, :h, :w]
+  return np.clip(out, 0.0, 1.0)
 
 
 # ------------------------------------------------------------------ StableHLO

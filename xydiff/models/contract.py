@@ -33,6 +33,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from xydiff.errors import ConfigError, require
+from xydiff.models import xy
 from xydiff.models.layers import UPSAMPLE_IMPLS
 
 # Fields every model section may hold that choose how, not what, it computes:
@@ -180,9 +181,21 @@ def check_positive_int(value, field: str) -> None:
           'must be a positive integer', value)
 
 
+def check_positive_ints(section, prefix: str, *fields: str) -> None:
+  """check_positive_int for each of `fields` of `section`, named `<prefix>.<field>`."""
+  for field in fields:
+    check_positive_int(section[field], f'{prefix}.{field}')
+
+
 def check_count(value, field: str, minimum: int = 0) -> None:
   require(isinstance(value, int) and not isinstance(value, bool) and value >= minimum, field,
           f'must be an integer >= {minimum}', value)
+
+
+def check_decoders(section, prefix: str) -> None:
+  """The decoders' fields: the XY transform's (xy.py) and how up-convolutions run."""
+  xy.check_section(section, prefix)
+  check_upsample_impl(section, prefix)
 
 
 def check_upsample_impl(section, prefix: str) -> None:

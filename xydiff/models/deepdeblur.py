@@ -299,8 +299,7 @@ class DeepDeblurFamily(contract.Family):
     )
 
   def validate(self, section, prefix):
-    for field in ('width', 'num_res', 'kernel_size', 'scales'):
-      contract.check_positive_int(section[field], f'{prefix}.{field}')
+    contract.check_positive_ints(section, prefix, 'width', 'num_res', 'kernel_size', 'scales')
     require(section.kernel_size % 2 == 1, f'{prefix}.kernel_size',
             "must be odd (the authors' convolutions pad kernel_size // 2 on each side)",
             section.kernel_size)

@@ -234,10 +234,8 @@ class DMPHNFamily(contract.Family):
     require(isinstance(levels, int) and not isinstance(levels, bool) and
             1 <= levels <= MAX_LEVELS, f'{prefix}.levels',
             f'must be an integer in 1..{MAX_LEVELS} (3: DMPHN(1-2-4), 4: DMPHN(1-2-4-8))', levels)
-    for field in ('width', 'num_res'):
-      contract.check_positive_int(section[field], f'{prefix}.{field}')
-    xy.check_section(section, prefix)
-    contract.check_upsample_impl(section, prefix)
+    contract.check_positive_ints(section, prefix, 'width', 'num_res')
+    contract.check_decoders(section, prefix)
 
   def build(self, section, *, dtype, rngs):
     return DMPHN(levels=section.levels, width=section.width, num_res=section.num_res,

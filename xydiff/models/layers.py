@@ -26,6 +26,13 @@ from flax import nnx
 _KERNEL_INIT = nnx.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform')
 
 
+def turned_kernel(kernel: jax.Array, rotation: int, dtype) -> jax.Array:
+  """`kernel` turned by `rotation` quarter turns (the XY transform) and cast to `dtype`."""
+  if rotation:
+    kernel = rotate_kernel(kernel, rotation)
+  return kernel.astype(dtype)
+
+
 def rotate_kernel(kernel: jax.Array, quarter_turns: int = 1) -> jax.Array:
   """Turns an HWIO (or HW-OI) kernel clockwise by `quarter_turns` x 90 degrees in H and W.
 
@@ -94,10 +101,7 @@ class Conv(nnx.Module):
     self.dtype = dtype
 
   def __call__(self, x: jax.Array, rotation: int = 0) -> jax.Array:
-    kernel = self.kernel[...]
-    if rotation:
-      kernel = rotate_kernel(kernel, rotation)
-    x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+    x, kernel = x.astype(self.dtype), turned_kernel(self.kernel[...], rotation, self.dtype)
     cpu_form = resolve_conv_impl(self.impl) == 'xla_cpu'
     if cpu_form and self.depthwise:
       y = depthwise_conv_shifted(x, kernel, self.stride, self.pad)
@@ -128,12 +132,18 @@ class Conv(nnx.Module):
 CONV_IMPLS = ('auto', 'reference', 'xla_cpu')
 
 
-def resolve_conv_impl(impl: str) -> str:
-  if impl not in CONV_IMPLS:
-    raise ValueError(f'impl must be one of {CONV_IMPLS}, got {impl!r}')
+def resolve_impl(impl: str, impls: tuple[str, ...], on_cpu: str, name: str = 'impl') -> str:
+  """`impl`, one of `impls`; 'auto' is `on_cpu` on CPU and 'reference' elsewhere, decided
+  when traced (the CPU forms were measured against XLA:CPU; no GPU form beats the reference)."""
+  if impl not in impls:
+    raise ValueError(f'{name} must be one of {impls}, got {impl!r}')
   if impl == 'auto':
-    return 'xla_cpu' if jax.default_backend() == 'cpu' else 'reference'
+    return on_cpu if jax.default_backend() == 'cpu' else 'reference'
   return impl
+
+
+def resolve_conv_impl(impl: str) -> str:
+  return resolve_impl(impl, CONV_IMPLS, 'xla_cpu')
 
 
 def depthwise_conv_shifted(x: jax.Array, kernel: jax.Array, stride: int = 1,
@@ -229,10 +239,7 @@ class ConvTranspose(nnx.Module):
     self.impl = impl
 
   def __call__(self, x: jax.Array, rotation: int = 0) -> jax.Array:
-    kernel = self.kernel[...]
-    if rotation:
-      kernel = rotate_kernel(kernel, rotation)
-    x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+    x, kernel = x.astype(self.dtype), turned_kernel(self.kernel[...], rotation, self.dtype)
     if resolve_upsample_impl(self.impl) == 'subpixel':
       n, h, w, _ = x.shape
       out = kernel.shape[2]

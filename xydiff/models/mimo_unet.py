@@ -286,14 +286,12 @@ class MIMOUNetFamily(contract.Family):
     )
 
   def validate(self, section, prefix):
-    for field in ('width', 'num_res'):
-      contract.check_positive_int(section[field], f'{prefix}.{field}')
+    contract.check_positive_ints(section, prefix, 'width', 'num_res')
     # The SCM of the half scale has 2*width//4 and 2*width-3 channels.
     require(section.width >= 2, f'{prefix}.width', 'must be at least 2', section.width)
     require(isinstance(section.dropout, (int, float)) and 0 <= section.dropout < 1,
             f'{prefix}.dropout', 'must be in [0, 1)', section.dropout)
-    xy.check_section(section, prefix)
-    contract.check_upsample_impl(section, prefix)
+    contract.check_decoders(section, prefix)
 
   def build(self, section, *, dtype, rngs):
     return MIMOUNet(width=section.width, num_res=section.num_res, dropout=section.dropout,

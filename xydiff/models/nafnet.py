@@ -38,7 +38,7 @@ feature-rotation form (layers.rotated_call), and so does the TLC box mean
 the corner the turned features would (`edge_pad`); the global mean is
 rotation-invariant. NAFNet is not in XYDeblur's Table 2, so no compute target
 fixes the cut; the decoder is light (one block per level against the
-encoder's 31). At 1280x720, width 64, xydiff.complexity.gmacs counts 886.6
+encoder's 31). At 1280x720, width 64, xydiff.models.complexity.gmacs counts 886.6
 GMACs for the baseline with global pooling (1027.3 with TLC at 256, whose
 channel-attention 1x1 convs the official code runs at every pixel), 1.14x
 that with 2 decoders and 1.42x with 4.
@@ -50,6 +50,7 @@ and benchmarks/zoo_forward.py measure them).
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -57,7 +58,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from xydiff.errors import require
-from xydiff.models import contract, xy
+from xydiff.models import contract, layers, xy
 from xydiff.models.layers import Conv, rotated_call
 
 # The GoPro training crop (gt_size in options/train/GoPro/NAFNet-width*.yml):
@@ -107,7 +108,7 @@ def local_mean(x: jax.Array, window: int | None) -> jax.Array:
 # computed; the same function either way (tests/test_cpu_forms.py), a different speed.
 #   'reference': the official form: a summed-area table (two cumulative sums
 #     over the whole map; `local_mean`) edge-padded back to the map's size, the
-#     1x1 conv then at every pixel. What xydiff.complexity counts.
+#     1x1 conv then at every pixel. What xydiff.models.complexity counts.
 #   'separable': the window sums one axis at a time (`window_means`), the 1x1
 #     conv on the valid positions only (a 1x1 conv commutes with edge padding),
 #     then the padding (`edge_pad`), a broadcast where the window spans an axis.
@@ -119,11 +120,7 @@ TLC_IMPLS = ('auto', 'reference', 'separable')
 
 
 def resolve_tlc_impl(impl: str) -> str:
-  if impl not in TLC_IMPLS:
-    raise ValueError(f'tlc_impl must be one of {TLC_IMPLS}, got {impl!r}')
-  if impl == 'auto':
-    return 'separable' if jax.default_backend() == 'cpu' else 'reference'
-  return impl
+  return layers.resolve_impl(impl, TLC_IMPLS, 'separable', 'tlc_impl')
 
 
 # A window sum along an axis of n positions with m = n - k + 1 outputs is a

@@ -170,15 +170,13 @@ class UNetDeblur(UNet):
 
 def check_section(section, prefix: str) -> None:
   """Validates a U-Net section (the deblurrer's or DvSR's denoiser's)."""
-  for field in ('base', 'num_res'):
-    contract.check_positive_int(section[field], f'{prefix}.{field}')
+  contract.check_positive_ints(section, prefix, 'base', 'num_res')
   mults = section.multipliers
   require(
       isinstance(mults, (tuple, list)) and len(mults) >= 1 and
       all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in mults),
       f'{prefix}.multipliers', 'must be a non-empty tuple of positive integers', mults)
-  xy.check_section(section, prefix)
-  contract.check_upsample_impl(section, prefix)
+  contract.check_decoders(section, prefix)
 
 
 class UNetFamily(contract.Family):

@@ -89,10 +89,8 @@ class XYDeblurFamily(contract.Family):
     )
 
   def validate(self, section, prefix):
-    for field in ('width', 'num_res'):
-      contract.check_positive_int(section[field], f'{prefix}.{field}')
-    xy.check_section(section, prefix)
-    contract.check_upsample_impl(section, prefix)
+    contract.check_positive_ints(section, prefix, 'width', 'num_res')
+    contract.check_decoders(section, prefix)
 
   def build(self, section, *, dtype, rngs):
     return XYDeblur(width=section.width, num_res=section.num_res, decoders=section.decoders,
