@@ -25,7 +25,7 @@ from xydiff.errors import ConfigError, ImageReadError, ImageTooLargeError, Image
 UINT8_PEAK = 255.0
 UINT16_PEAK = 65535.0
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.tif', '.tiff')
-# The default of config.deblur.max_megapixels and of `xydiff serve --max_megapixels`: a
+# The default of config.inference.max_megapixels and of `xydiff serve --max-megapixels`: a
 # 50 MP photo takes a few GB to restore on a CPU; a 631-byte file can claim 4,000 MP.
 DEFAULT_MAX_MEGAPIXELS = 50.0
 
@@ -39,7 +39,7 @@ def size_text(width: int, height: int) -> str:
 @dataclasses.dataclass(frozen=True)
 class PixelLimit:
   """At most `megapixels` million pixels per image (0: no limit), set by `source`, the flag
-  or field that every refusal names (e.g. '--max_megapixels').
+  or field that every refusal names (e.g. '--max-megapixels').
 
   Checked on a file's header (read_image) or an array's shape (inference.Restorer),
   before anything is decoded or restored.

@@ -29,6 +29,7 @@ caller is not seen: the open tasks are one process-wide stack.
 from __future__ import annotations
 
 import contextlib
+import io
 import sys
 import threading
 
@@ -162,3 +163,35 @@ def stage(what: str):
 def write(text: str) -> None:
   """Prints a line on stderr above any bars (they are redrawn below it)."""
   tqdm.write(text, file=stream())
+
+
+class _Forwarding(Task):
+  """A task that draws nothing and hands each substep to `report(done, total, what)`."""
+
+  def __init__(self, report):
+    # Not disabled, so that current() names it and inner loops report to it.
+    super().__init__(tqdm(total=None, file=io.StringIO(), disable=False))
+    self._report = report
+
+  def substep(self, done: int, total: int, what: str = 'step') -> None:
+    self._report(int(done), int(total), what)
+
+
+@contextlib.contextmanager
+def forwarding(report):
+  """Inner loops' substeps (a sampler's steps) go to `report(done, total, what)` while the
+  block runs: a progress bar of another kind (a web page's) follows them.
+
+  Samplers decide at trace time whether to report, so only what is compiled
+  inside the block reports.
+  """
+  task = _Forwarding(report)
+  with _lock:
+    _tasks.append(task)
+  try:
+    yield task
+  finally:
+    with _lock:
+      _tasks.remove(task)
+    task.close()
+

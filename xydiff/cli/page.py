@@ -48,7 +48,6 @@ import collections
 import contextlib
 import contextvars
 import dataclasses
-import io
 import ipaddress
 import os
 import shutil
@@ -62,7 +61,6 @@ from typing import Callable
 import numpy as np
 from absl import logging
 from PIL import Image
-from tqdm import tqdm
 
 from xydiff import configs, images, progress
 from xydiff.diffusion import samplers
@@ -406,39 +404,6 @@ def restore_file(model: ServedModel, path: str, settings: Settings, out_dir: str
   return result
 
 
-class _StepsTo(progress.Task):
-  """An open xydiff.progress task that draws nothing and hands each substep (a sampler's
-  step, reported from inside its compiled loop) to `report(done, total, what)`."""
-
-  def __init__(self, report: Callable[[int, int, str], None]):
-    # Not disabled, so that progress.current() names it and samplers report their steps.
-    super().__init__(tqdm(total=None, file=io.StringIO(), disable=False))
-    self._report = report
-
-  def substep(self, done: int, total: int, what: str = 'step') -> None:
-    self._report(int(done), int(total), what)
-
-
-@contextlib.contextmanager
-def _steps_to(report: Callable[[int, int, str], None]):
-  """Sampling steps go to `report` while the block runs.
-
-  xydiff.progress hands steps to the innermost open task, and opens one only
-  for a terminal's bars: the page's is put on its stack here. Samplers decide
-  at trace time whether to report, so every compile the page makes reports;
-  requests run one at a time, so the process-wide stack holds one of these.
-  """
-  task = _StepsTo(report)
-  with progress._lock:  # pylint: disable=protected-access
-    progress._tasks.append(task)  # pylint: disable=protected-access
-  try:
-    yield
-  finally:
-    with progress._lock:  # pylint: disable=protected-access
-      progress._tasks.remove(task)  # pylint: disable=protected-access
-    task.close()
-
-
 def restore_files(model: ServedModel, photos: list[str], settings: Settings, out_dir: str, *,
                   limit: images.PixelLimit, targets: dict[str, str] | None = None,
                   scorer=None, report: Callable[[float, str], None] | None = None
@@ -466,7 +431,7 @@ def restore_files(model: ServedModel, photos: list[str], settings: Settings, out
       where['done'] += 1
     report((where['index'] + part) / count, f"{where['counted']}: {what} {done} of {total}")
 
-  with _steps_to(on_step):
+  with progress.forwarding(on_step):
     for index, path in enumerate(photos):
       name = os.path.basename(path)
       counted = f'{name} ({index + 1} of {count})' if count > 1 else name

@@ -100,7 +100,7 @@ def get_config(model: str = 'xydeblur') -> ml_collections.ConfigDict:
 
   # ------------------------------------------------------------------- eval
   config.eval = ev = ml_collections.ConfigDict()
-  ev.checkpoint_step = -1  # --mode=eval: -1 is the latest checkpoint.
+  ev.checkpoint_step = -1  # xydiff eval and sweep: -1 is the latest checkpoint.
   ev.num_image_summaries = 3  # Input/restored/sharp triples written to TensorBoard and PNG.
   # RealBlur's protocol: align each output to the ground truth (ECC homography)
   # before PSNR/SSIM. 'auto': on for realblur_j/realblur_r, off elsewhere.

@@ -133,7 +133,7 @@ class Evaluator:
 
 
 def eval_subdir(config) -> str:
-  """Where --mode=eval writes: one folder per dataset and split, e.g. eval_hide_test.
+  """Where `xydiff eval` writes: one folder per dataset and split, e.g. eval_hide_test.
 
   Training writes its own evaluations to eval/; scoring a checkpoint on another
   benchmark must not overwrite them, nor one benchmark another.

@@ -1,6 +1,6 @@
 """Model-free scoring: the metric table, per-image and per-set scores, reports.
 
-Evaluation (evaluate.py), the sampling sweep (sweep.py) and --mode=score
+Evaluation (evaluator.py), the sampling sweep (sweep.py) and `xydiff score`
 (score.py) all read `METRICS`: a new full-reference or no-reference metric is
 its module under xydiff/metrics/ and one row here. Each row names the
 function (NHWC float images in [0, 1] -> one value per image) and the label
@@ -41,7 +41,7 @@ class Metric:
   name: str
   fn: Callable  # (pred [N,H,W,3], target [N,H,W,3] or None) -> [N]
   label: str
-  # Which reports carry it: 'table' (evaluation and --mode=score, the
+  # Which reports carry it: 'table' (evaluation and `xydiff score`, the
   # GoPro/HIDE protocol) and/or 'sweep' (the sampling sweep).
   reports: tuple[str, ...] = ('table', 'sweep')
   # NIQE's block statistics do not trace: computed eagerly, image by image.

@@ -298,7 +298,7 @@ class _Budget:
     self.used += nbytes
 
   def message(self, what: str) -> str:
-    return (f'{what}, past max_bytes={self.limit:,} for this file (import_weights --max_bytes, '
+    return (f'{what}, past max_bytes={self.limit:,} for this file (xydiff import --max-bytes, '
             'or max_bytes=, raises the cap)')
 
 

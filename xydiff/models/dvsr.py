@@ -270,7 +270,7 @@ class DvSRFamily(contract.Family):
         ),
         'eval': dict(
             presets=('perceptual', 'sa'),  # Reported beside the predictor; the last is primary.
-            # --mode=sweep: each (num_steps, beta_start, beta_end) schedule x each number
+            # xydiff sweep: each (num_steps, beta_start, beta_end) schedule x each number
             # of averaged samples, scored on the eval split: the perception-distortion curve.
             sweep=dict(schedules=((10, 1e-4, 0.8), (20, 1e-5, 0.5), (50, 1e-6, 0.2),
                                   (100, 1e-6, 0.1), (500, 1e-6, 0.04)),
