@@ -14,6 +14,13 @@ import time
 from common import emit, initial_state, load_config, peak_bytes, random_pairs
 
 
+def upsampling_sections(model) -> list:
+  """The sections of config.model that choose an `upsample_impl`: the model's own, or
+  DvSR's predictor and denoiser; none for families without up-convolutions (NAFNet)."""
+  sections = [model, *(v for v in model.values() if hasattr(v, 'keys'))]
+  return [s for s in sections if 'upsample_impl' in s]
+
+
 def measure(config, *, steps: int) -> dict:
   """Throughput of `config`'s train step on config.train.batch_size crops of config.data.crop.
 
@@ -50,7 +57,8 @@ def measure(config, *, steps: int) -> dict:
     raise FloatingPointError(f'loss {loss} after {steps + 1} steps')
   return {'backend': jax.default_backend(), 'devices': jax.device_count(),
           'dtype': config.model.dtype,
-          'upsample_impl': layers.resolve_upsample_impl(config.model.upsample_impl),
+          'upsample_impl': ','.join(sorted({layers.resolve_upsample_impl(s.upsample_impl)
+                                            for s in upsampling_sections(config.model)})),
           'batch_size': batch_size, 'microbatches': config.train.microbatches, 'crop': crop,
           'compile_s': round(compile_s, 2), 'step_s': round(best, 5),
           'images_per_s': round(batch_size / best, 3), 'loss': round(loss, 5),
@@ -67,13 +75,15 @@ def main():
   parser.add_argument('--microbatches', type=int, default=1,
                       help='config.train.microbatches (gradient accumulation)')
   parser.add_argument('--upsample_impl', default=None,
-                      help='override config.model.upsample_impl (auto, reference, subpixel)')
+                      help='override the model\'s upsample_impl, every section that has one '
+                           '(auto, reference, subpixel)')
   args = parser.parse_args()
 
   config = load_config(args.config, dtype=args.dtype)
   config.train.batch_size, config.data.crop = args.batch_size, args.crop
   if args.upsample_impl:
-    config.model.upsample_impl = args.upsample_impl
+    for section in upsampling_sections(config.model):
+      section.upsample_impl = args.upsample_impl
   config.train.microbatches = args.microbatches
   config.train.steps_per_call = 1
   emit({'config': args.config, **measure(config, steps=args.steps)})

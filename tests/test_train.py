@@ -192,7 +192,7 @@ def test_checkpoint_of_another_model_is_refused_by_name(demo_config, tmp_path):
   demo_config.train.num_steps = 2
   train.train_and_evaluate(demo_config, workdir)
   demo_config.model.width = 8
-  with pytest.raises(CheckpointMismatchError, match='xydeblur'):
+  with pytest.raises(CheckpointMismatchError, match='model.width'):
     train.train_and_evaluate(demo_config, workdir)
 
 

@@ -10,11 +10,11 @@ TINY = ['--config.model.predictor.base=4', '--config.model.predictor.multipliers
         '--config.model.denoiser.multipliers=(1,2)', '--config.model.denoiser.num_res=1',
         '--config.data.crop=32', '--config.train.batch_size=2', '--config.train.num_steps=2',
         '--config.train.checkpoint_every=2', '--config.train.eval_every=2',
-        '--config.train.warmup_steps=1', '--config.diffusion.presets.perceptual.num_steps=3',
-        '--config.diffusion.presets.sa.num_steps=2', '--config.diffusion.presets.sa.num_samples=2',
+        '--config.train.warmup_steps=1', '--config.inference.presets.perceptual.num_steps=3',
+        '--config.inference.presets.sa.num_steps=2', '--config.inference.presets.sa.num_samples=2',
         '--config.data.eval_max_images=1', '--config.eval.num_image_summaries=1',
-        '--config.sweep.schedules=((2,0.0001,0.8),(3,0.0001,0.6))',
-        '--config.sweep.num_samples=(1,2)', '--config.eval.lpips=False']
+        '--config.eval.sweep.schedules=((2,0.0001,0.8),(3,0.0001,0.6))',
+        '--config.eval.sweep.num_samples=(1,2)', '--config.eval.lpips=False']
 
 
 def test_xydiff_trains_evaluates_presets_and_sweeps(tmp_path):
@@ -53,4 +53,6 @@ def test_sweep_refuses_a_deterministic_model(tmp_path):
   result = run_launch('--config=xydiff/configs/xydeblur_gopro.py', f'--workdir={tmp_path}',
                       f'--config.data.root={GOPRO_SAMPLE}', '--mode=sweep', timeout=120)
   assert result.returncode != 0
-  assert "needs a diffusion model" in result.stderr.strip().splitlines()[-1]
+  last = result.stderr.strip().splitlines()[-1]
+  assert "config.model.name='xydeblur': this model samples nothing to sweep" in last, last
+  assert 'Traceback' not in result.stderr
