@@ -1,11 +1,12 @@
 """Inference latency, multiply-accumulates and memory at full GoPro resolution.
 
-  python benchmarks/inference.py --config=xydiff/configs/gopro.py --height=720 --width=1280 --steps=10
+  python benchmarks/inference.py --config=gopro --height=720 --width=1280 --steps=10
 
-One JSON object per output of `xydiff.inference.make_restore_fns` (what
---mode=deblur runs): XYDeblur's `restored`; for a diffusion config the
-predictor g and each sampling preset (--steps sets every preset's T). GMACs
-are xydiff.complexity's count of the timed program's real multiply-accumulates
+One JSON object per output the family reports (`models.family(name).outputs(config)`,
+each run by `inference.restorer.restore_fn`, what the Restorer and `xydiff deblur`
+compile): XYDeblur's `restored`; for DvSR the predictor g and each preset of
+config.eval.presets (--steps sets their T, --sampler their sampler). GMACs
+are xydiff.models.complexity's count of the timed program's real multiply-accumulates
 (convention 'true', not the tables' thop rules: what the device computes, so
 a T-step loop counts T denoiser calls and CPU's sub-pixel up-convolutions
 their 9/4 MACs); `peak_fraction` divides the achieved 2 x MACs/s by a large
@@ -29,9 +30,16 @@ def matmul_gflops_per_s(n: int = 4096) -> float:
   return 2 * n ** 3 / seconds / 1e9
 
 
+def outputs(config) -> dict:
+  """{output name: restore settings} the family reports for `config` (evaluation's outputs)."""
+  from xydiff import models
+  return models.family(config.model.name).outputs(config)
+
+
 def measure(config, output: str, *, height: int, width: int, repeats: int = 3,
             matmul_gflops: float | None = None) -> dict:
-  """Latency of make_restore_fns(config)[output] on one height x width image, compile apart."""
+  """Latency of the family's restore with `outputs(config)[output]`'s settings on one
+  height x width image, compile apart."""
   import jax
   from xydiff.models import complexity
   from xydiff.inference import restorer as inference
@@ -39,7 +47,7 @@ def measure(config, output: str, *, height: int, width: int, repeats: int = 3,
 
   graphdef, state = initial_state(config)
   params = jax.device_put(state_lib.eval_params(state))
-  fn = inference.make_restore_fns(config, graphdef)[output]
+  fn = inference.restore_fn(config, graphdef, outputs(config)[output])
   blur = jax.random.uniform(jax.random.key(0), (1, height, width, 3))
   key = jax.random.key(1)
   start = time.perf_counter()
@@ -64,23 +72,36 @@ def measure(config, output: str, *, height: int, width: int, repeats: int = 3,
 def main():
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('--config', default='xydiff/configs/xydeblur_gopro.py')
+  parser.add_argument('--config', default='xydeblur_gopro')
   parser.add_argument('--height', type=int, default=720)
   parser.add_argument('--width', type=int, default=1280)
   parser.add_argument('--steps', type=int, default=0,
                       help="T of every sampling preset (0: each preset's own)")
+  parser.add_argument('--sampler', default=None,
+                      help="every sampling preset's sampler (diffusion.samplers.SAMPLERS; "
+                      "default: each preset's own)")
   parser.add_argument('--repeats', type=int, default=2, help='timed calls; the best is shown')
   parser.add_argument('--dtype', default=None, help='override config.model.dtype')
+  parser.add_argument('--tiny', action='store_true', help='tiny networks: the code runs, seconds')
+  parser.add_argument('--matmul_side', type=int, default=4096,
+                      help="side of the matmul that measures the device's FLOP/s")
   args = parser.parse_args()
 
-  from xydiff.inference import restorer as inference
-  config = load_config(args.config, dtype=args.dtype)
-  if args.steps:
-    for name in config.eval.presets:
-      config.diffusion.presets[name].num_steps = args.steps
-  graphdef, _ = initial_state(config)
-  matmul = matmul_gflops_per_s()
-  for output in inference.make_restore_fns(config, graphdef):
+  from xydiff import config as config_lib
+  from xydiff.errors import ConfigError
+  config = load_config(args.config, dtype=args.dtype, tiny=args.tiny)
+  for name, preset in config.inference.get('presets', {}).items():  # DvSR's alone.
+    if args.steps:
+      preset.num_steps = args.steps
+    if args.sampler:
+      preset.sampler = args.sampler
+      preset.eta = 0.0  # DDIM's noise; 0 for every sampler.
+  try:
+    config_lib.check(config)  # A bad --sampler or --steps named before any compile.
+  except ConfigError as e:
+    parser.error(str(e))
+  matmul = matmul_gflops_per_s(args.matmul_side)
+  for output in outputs(config):
     emit({'config': args.config, **measure(config, output, height=args.height, width=args.width,
                                             repeats=args.repeats, matmul_gflops=matmul)})
 

@@ -1,13 +1,14 @@
 """Time per DvSR sampling step, for several T: it must not grow with T.
 
-  python benchmarks/sampling.py --config=xydiff/configs/gopro.py --size=128 --steps=5,10,20
+  python benchmarks/sampling.py --config=gopro --size=128 --steps=5,10,20 [--sampler=ddim]
 
 Prints one JSON object with one bare predictor call and one bare denoiser
 call, then one per T: the first call (compiling included), the T-step sample
-(xydiff.inference.make_sampler, after compilation), the seconds per step
-(the sample minus its one predictor call, over T) and `loop_overhead`, the
-per-step time over the bare denoiser call, minus one (a one-sample call: at
---num_samples > 1 each step denoises N samples at once).
+(DvSR's restore with a T-step `dvsr.Sampling` of --sampler, as the Restorer
+compiles it, after compilation), the seconds per step (the sample minus its
+one predictor call, over T) and `loop_overhead`, the per-step time over the
+bare denoiser call, minus one (a one-sample call: at --num_samples > 1 each
+step denoises N samples at once).
 """
 
 import argparse
@@ -41,24 +42,26 @@ def measure_calls(config, *, height: int, width: int, repeats: int = 3,
 
 
 def measure(config, *, height: int, width: int, num_steps: int, num_samples: int = 1,
-            calls: dict | None = None) -> dict:
-  """Seconds of one `num_steps`-step sample (the first call, compiling included, and one
-  more); given measure_calls' `calls`, also per step and the loop's overhead."""
+            sampler: str = 'ancestral', calls: dict | None = None) -> dict:
+  """Seconds of one `num_steps`-step sample with `sampler` (the first call, compiling
+  included, and one more); given measure_calls' `calls`, also per step and the loop's
+  overhead."""
   import jax
-  from xydiff.diffusion import schedules
   from xydiff.inference import restorer as inference
+  from xydiff.models import dvsr
   from xydiff.runs import state as state_lib
 
   graphdef, state = initial_state(config)
   params = jax.device_put(state_lib.eval_params(state))
   # The schedule's values do not change the work; its length does.
-  schedule = schedules.linear_schedule(num_steps, 1e-4, min(0.9, 10.0 / num_steps))
-  sampler = inference.make_sampler(graphdef, schedule, num_samples,
-                                   config.diffusion.residual_scale)
+  settings = dvsr.Sampling('benchmark', num_steps, 1e-4, min(0.9, 10.0 / num_steps),
+                           num_samples, config.model.diffusion.residual_scale, sampler)
+  sample = inference.restore_fn(config, graphdef, settings)
   blur = jax.random.uniform(jax.random.key(0), (1, height, width, 3))
-  first, total = timed(sampler, params, blur, jax.random.key(1), repeats=1)
-  record = {'dtype': config.model.dtype, 'size': [height, width], 'num_samples': num_samples,
-            'num_steps': num_steps, 'first_call_s': round(first, 3), 'sample_s': round(total, 4)}
+  first, total = timed(sample, params, blur, jax.random.key(1), repeats=1)
+  record = {'dtype': config.model.dtype, 'size': [height, width], 'sampler': sampler,
+            'num_samples': num_samples, 'num_steps': num_steps, 'first_call_s': round(first, 3),
+            'sample_s': round(total, 4)}
   if calls:
     per_step = (total - calls['predictor_call_s']) / num_steps
     record.update({'per_step_s': round(per_step, 5),
@@ -70,21 +73,26 @@ def measure(config, *, height: int, width: int, num_steps: int, num_samples: int
 def main():
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('--config', default='xydiff/configs/gopro.py')
+  parser.add_argument('--config', default='gopro')
   parser.add_argument('--size', type=int, default=128, help='square image side')
   parser.add_argument('--steps', default='5,10,20', help='comma-separated T values')
   parser.add_argument('--num_samples', type=int, default=1)
+  parser.add_argument('--sampler', default='ancestral', help='diffusion.samplers.SAMPLERS')
+  parser.add_argument('--tiny', action='store_true', help='tiny networks: the code runs, seconds')
   parser.add_argument('--repeats', type=int, default=3, help='timed bare calls; the best is shown')
   parser.add_argument('--dtype', default=None, help='override config.model.dtype')
   args = parser.parse_args()
 
-  config = load_config(args.config, dtype=args.dtype)
+  from xydiff.diffusion import samplers
+  if args.sampler not in samplers.SAMPLERS:  # Refused before any compile.
+    parser.error(f'--sampler={args.sampler}: must be one of {", ".join(samplers.SAMPLERS)}')
+  config = load_config(args.config, dtype=args.dtype, tiny=args.tiny)
   calls = measure_calls(config, height=args.size, width=args.size, repeats=args.repeats)
   emit({'config': args.config, 'case': 'bare_calls', **calls})
   for num_steps in [int(t) for t in args.steps.split(',')]:
     emit({'config': args.config, 'case': f'T{num_steps}',
           **measure(config, height=args.size, width=args.size, num_steps=num_steps,
-                    num_samples=args.num_samples, calls=calls)})
+                    num_samples=args.num_samples, sampler=args.sampler, calls=calls)})
 
 
 if __name__ == '__main__':

@@ -277,8 +277,8 @@ def test_a_631_byte_jpeg_claiming_65000_squared_is_one_line_not_a_pillow_bomb(tm
   bomb.write_bytes(claim_size(_jpeg_bytes(), 65000, 65000))
   assert bomb.stat().st_size < 1000
   with pytest.raises(ImageTooLargeError, match=r'bomb\.jpg is larger than 179\.0 MP \(its header '
-                     r'says so\), over the limit of 50 MP \(--config\.deblur\.max_megapixels\)$'):
-    images.read_image(str(bomb), limit=images.PixelLimit(50, '--config.deblur.max_megapixels'))
+                     r'says so\), over the limit of 50 MP \(--config\.inference\.max_megapixels\)$'):
+    images.read_image(str(bomb), limit=images.PixelLimit(50, '--config.inference.max_megapixels'))
   # Without a limit of xydiff's (the data readers, score), Pillow's own still holds, in one line.
   with pytest.raises(ImageTooLargeError, match=r'more than Pillow opens \(PIL\.Image\.MAX_IMAGE'):
     images.read_image(str(bomb))
@@ -288,11 +288,11 @@ def test_jpegs_and_16_bit_pngs_claiming_too_much_are_refused_with_their_size(tmp
                                                                             no_decoding):
   big = tmp_path / 'big.jpg'
   big.write_bytes(claim_size(_jpeg_bytes(), 9000, 9000))  # 81 MP: once 374 s and 5.9 GB.
-  limit = images.PixelLimit(50, '--config.deblur.max_megapixels')
+  limit = images.PixelLimit(50, '--config.inference.max_megapixels')
   with pytest.raises(ImageTooLargeError) as e:
     images.read_image(str(big), limit=limit)
   assert str(e.value) == (f'{big} is 9000x9000 = 81.0 MP, over the limit of 50 MP '
-                          '(--config.deblur.max_megapixels)')
+                          '(--config.inference.max_megapixels)')
   deep = tmp_path / 'deep.png'
   images.write_png(str(deep), _deep(3))
   deep.write_bytes(claim_size(deep.read_bytes(), 12000, 12000))  # OpenCV's path: once 1.7 GB.

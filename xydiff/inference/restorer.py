@@ -205,8 +205,12 @@ class Restorer:
         steps, the most realistic), or 'predictor' for g(y) alone.
       steps: diffusion models: sampling steps instead of the preset's.
       samples: diffusion models: samples averaged instead of the preset's.
-      sampler: diffusion models: the sampler instead of the preset's.
-      seed: the noise seed (default config.seed); `key` gives a JAX key instead.
+      sampler: diffusion models: the sampler instead of the preset's, one of
+        diffusion.samplers.SAMPLERS ('ancestral', 'ddim', 'dpmpp_2m',
+        'dpmpp_2m_sde').
+      seed: the noise seed (default config.seed); image n of a batch draws
+        from fold_in(key(seed), n).
+      key: a JAX key to draw from instead of `seed`'s.
       tile: restore images larger than this in tiles (default
         config.inference.tile; 0 never tiles).
       ensemble: 8 averages the x8 self-ensemble (default config.inference.ensemble).
@@ -227,20 +231,29 @@ class Restorer:
       an image xydiff can restore: another dtype or shape, NaN or infinite
       values, floats outside [0, 1], an empty image or one below the
       network's minimum size, and (its subclass ImageTooLargeError) more
-      pixels than config.inference.max_megapixels. NonFiniteOutputError for
+      pixels than config.inference.max_megapixels. ImageReadError for a file
+      that cannot be read (ImageTooLargeError, from its header before
+      decoding, for one over the limit). NonFiniteOutputError for
       an output holding NaN or infinity. ConfigError for a setting the model
       does not have.
     """
     if isinstance(image, (str, os.PathLike)):
-      image = images.read_image(os.fspath(image))
+      # The limit read from the file's header: an oversized file is refused undecoded.
+      image = images.read_image(os.fspath(image), limit=self.pixel_limit)
     array = np.asarray(image)
     if array.ndim == 4:
+      if array.shape[-1] not in (1, 3):
+        raise ImageValueError(f'restore takes an HxW or HxWx3 image or an NxHxWx3 batch, got '
+                              f'shape {array.shape}')
+      if not len(array):  # Nothing to return an 'image' of.
+        raise ImageValueError(f'restore got an empty batch of shape {array.shape}: give at '
+                              'least one image')
       base = self._key(seed, key)  # Image n draws from fold_in(key, n), whatever the batch.
       outs = [self.restore(one, preset=preset, steps=steps, samples=samples, sampler=sampler,
                            key=jax.random.fold_in(base, n), tile=tile, ensemble=ensemble,
                            on_tile=on_tile)
               for n, one in enumerate(array)]
-      return {name: np.stack([o[name] for o in outs]) for name in outs[0]} if outs else {}
+      return {name: np.stack([o[name] for o in outs]) for name in outs[0]}
     grey = array.ndim == 2 or (array.ndim == 3 and array.shape[-1] == 1)
     if grey:
       array = np.repeat(array.reshape(array.shape[:2])[..., None], 3, axis=-1)
