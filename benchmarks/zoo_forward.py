@@ -9,7 +9,7 @@ networks (the tests/torch_refs transcriptions, with their checkpoint keys). For
 each model the worker builds the official network with seeded random weights
 (NAFNet's beta, gamma and norms randomised too: a fresh block is the identity),
 hands over its state dict, and xydiff loads it as an official checkpoint
-(the family's SPEC.official.key_map through xydiff.weights.convert). Both
+(xydiff.interop.keymaps.FORMATS[family].key_map through official.convert). Both
 restore the same image; the outputs must agree (--atol). Then `--rounds`
 rounds, each one forward pass on either side, one side at a time, the side
 that goes first alternating: both see the same load. A side's time is its
@@ -176,14 +176,18 @@ def _xydiff_forward(model: str, state_dict: dict, upsample_impl: str):
   """jit(params, x) -> restored of the registered `model`, and its params from the official state dict."""
   import jax
   from flax import nnx
-  from xydiff import models, weights
-  config = weights.config_for(model)
+  from xydiff import models
+  from xydiff.interop import keymaps, official
+  config = official.config_for(model)
   config.model.dtype = 'float32'
-  config.model.upsample_impl = upsample_impl
-  graphdef, target = nnx.split(nnx.eval_shape(lambda: models.build_model(config.model)),
-                               nnx.Param)
-  key_map = models.get(config.model).official.key_map(config.model)
-  params = weights.convert(state_dict, key_map, nnx.to_pure_dict(target))
+  # NAFNet's depthwise convs and TLC (layer_impl: 'auto' or 'reference') choose as the
+  # up-convolutions of the others do.
+  for field in ('upsample_impl', 'layer_impl'):
+    if field in config.model and (field == 'upsample_impl' or upsample_impl != 'subpixel'):
+      config.model[field] = upsample_impl
+  graphdef, target = nnx.split(nnx.eval_shape(lambda: models.build(config.model)), nnx.Param)
+  key_map = keymaps.FORMATS[config.model.name].key_map(config.model)
+  params = official.convert(state_dict, key_map, nnx.to_pure_dict(target))
   return jax.jit(lambda p, x: nnx.merge(graphdef, p)(x)['restored']), jax.device_put(params)
 
 
@@ -268,7 +272,8 @@ def main():
   parser.add_argument('--width', type=int, default=640)
   parser.add_argument('--rounds', type=int, default=5, help='timed forward passes a side')
   parser.add_argument('--upsample_impl', default='auto',
-                      help="xydiff's config.model.upsample_impl ('reference': the GPU/TPU forms)")
+                      help="xydiff's config.model.upsample_impl, and NAFNet's layer_impl "
+                           "('reference': the GPU/TPU forms)")
   parser.add_argument('--atol', type=float, default=1e-4,
                       help='largest allowed |xydiff - official| of the restored image')
   parser.add_argument('--worker', action='store_true', help=argparse.SUPPRESS)

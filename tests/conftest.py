@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from family_cases import CASES
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 # The suite's downloads and JAX's persistent compilation cache go to a folder
@@ -20,33 +22,33 @@ if os.environ.get('XYDIFF_CACHE', '') in ('', os.environ.get('XYDIFF_SUITE_CACHE
 GOPRO_SAMPLE = REPO / 'tests' / 'data' / 'gopro_sample'  # Real GoPro frames, CC BY 4.0.
 
 
-
-# Each family's fields at seconds-on-a-CPU size, by family name (tests only;
-# full sizes are checked by parameter count). DvSR's denoiser has its own.
-TINY_FIELDS = {
-    'xydeblur': dict(width=4, num_res=1),
-    'unet': dict(base=4, multipliers=(1, 2), num_res=1),
-    'dmphn': dict(width=4, num_res=1),
-    'deepdeblur': dict(width=4, num_res=2),
-    'mimo_unet': dict(width=4, num_res=1),
-    'nafnet': dict(width=4, enc_blocks=(1, 1), middle_blocks=1, dec_blocks=(1, 1)),
-}
-TINY_DENOISER = dict(base=4, multipliers=(1, 2), num_res=1)
+# Each family's fields at seconds-on-a-CPU size live in its case (family_cases.py, with
+# everything else the tests know about it); full sizes are checked by parameter count.
+TINY_FIELDS = {name: case.tiny for name, case in CASES.items()}
+TINY_DENOISER = CASES['dvsr'].tiny['denoiser']
 
 
 def tiny_section(section):
   """Shrinks one model section (config.model, or DvSR's predictor) in place; returns it.
 
-  A family without TINY_FIELDS gets widths 4 and depth 1 where its rules allow.
+  A family without a case gets widths 4 and depth 1 where its rules allow.
   """
-  if section.name == 'dvsr':
-    tiny_section(section.predictor)
-    section.denoiser.update(TINY_DENOISER)
-  elif section.name in TINY_FIELDS:
-    section.update(TINY_FIELDS[section.name])
-  else:
+  if section.name not in CASES:
     _shrink(section)
+    return section
+  _update(section, CASES[section.name].tiny)
+  for value in section.values():  # A nested model section (DvSR's predictor): its own case.
+    if hasattr(value, 'items') and 'name' in value:
+      tiny_section(value)
   return section
+
+
+def _update(section, fields):
+  for field, value in fields.items():
+    if isinstance(value, dict):
+      _update(section[field], value)
+    else:
+      section[field] = value
 
 
 def _shrink(section):

@@ -1,5 +1,8 @@
-"""MIMO-UNet / MIMO-UNet+: official sizes, equality with the authors' PyTorch network and
-training loss, checkpoint import, the XY transform.
+"""MIMO-UNet / MIMO-UNet+: equality with the authors' PyTorch network and training loss,
+checkpoint import, MIMO-UNet+'s dropout, the XY transform at the coarse scales.
+
+What every family must do (sizes of the packaged configs, the XY transform,
+key maps, bfloat16, validation) is the family contract's: tests/test_families.py.
 
 The PyTorch reference is tests/torch_refs/mimo_unet.py, transcribed from the
 authors' models/MIMOUNet.py, models/layers.py and train.py.
@@ -9,14 +12,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx, traverse_util
+from flax import nnx
 
 from conftest import GOPRO_SAMPLE
-from xydiff import config_check, images, models
-from xydiff.interop import official as weights
-from xydiff.errors import CheckpointImportError, ConfigError
+from xydiff import config as config_lib
+from xydiff import images, models
+from xydiff.interop import keymaps, official as weights
 from xydiff.models import mimo_unet
-from xydiff.models.mimo_unet import Decoder, MIMOUNet
+from xydiff.models.mimo_unet import MIMOUNet
 
 torch = pytest.importorskip('torch')
 import torch.nn.functional as F  # noqa: E402
@@ -24,15 +27,9 @@ from torch_refs import mimo_unet as ref  # noqa: E402
 
 FRAME = GOPRO_SAMPLE / 'test' / 'GOPR0869_11_00' / 'blur' / '000020.png'
 SHARP = GOPRO_SAMPLE / 'test' / 'GOPR0869_11_00' / 'sharp' / '000020.png'
-BASELINE, PLUS = 6_807_171, 16_107_651
-DECODER, PLUS_DECODER = 3_280_489, 7_930_729  # Decoder[0..2], ConvsOut, feat_extract[3..5], Convs.
 # One image shape for the tiny networks (width 4) throughout, so the
 # convolutions compile once for the whole file.
 IMAGE = (1, 16, 24, 3)
-
-
-def _num_params(module) -> int:
-  return sum(x.size for x in jax.tree.leaves(nnx.state(module, nnx.Param)))
 
 
 def _abstract(**kwargs):
@@ -64,7 +61,7 @@ def _tiny(seed=0, **kwargs):
 
 def _config(model, **section):
   config = weights.config_for(model)
-  config.model.mimo_unet.update(section)
+  config.model.update(section)
   return config
 
 
@@ -81,8 +78,8 @@ def _nhwc(t):
 
 
 def _imported_model(model_name, path, config):
-  graphdef, _ = nnx.split(jax.eval_shape(lambda: models.build_model(config.model)), nnx.Param)
-  return nnx.merge(graphdef, weights.official_params(model_name, str(path), config))
+  graphdef, _ = nnx.split(jax.eval_shape(lambda: models.build(config.model)), nnx.Param)
+  return nnx.merge(graphdef, weights.official_params(str(path), config, name=model_name))
 
 
 def _save_as_train_py(net, path, *, final):
@@ -96,77 +93,13 @@ def _save_as_train_py(net, path, *, final):
   torch.save(payload, str(path))
 
 
-# ------------------------------------------------------------------ sizes
-
-def test_official_parameter_counts():
-  # Built through the registry, as training builds them.
-  built = {name: jax.eval_shape(lambda n=name: models.build_model(weights.config_for(n).model))
-           for name in ('mimo_unet', 'mimo_unet_plus')}
-  assert _num_params(built['mimo_unet']) == BASELINE
-  assert _num_params(built['mimo_unet_plus']) == PLUS
-  assert _num_params(built['mimo_unet'].decoder) == DECODER
-  assert _num_params(built['mimo_unet_plus'].decoder) == PLUS_DECODER
-  # The authors' networks (MIMOUNet(), MIMOUNetPlus()) count the same.
-  assert sum(p.numel() for p in ref.MIMOUNet(num_res=8).parameters()) == BASELINE
-  assert sum(p.numel() for p in ref.MIMOUNet(num_res=20, dropout=True).parameters()) == PLUS
-
-
-def test_xy_transform_parameter_counts():
-  # A small width and depth: the counts follow from the structure alone (and
-  # building 4 full-size MIMO-UNet+ decoders, even abstractly, takes minutes).
-  size = dict(width=8, num_res=2)
-  baseline = _abstract(**size)
-  decoder = _num_params(baseline.decoder)
-  assert decoder > _num_params(baseline) // 3
-  for n in (2, 4):
-    assert _num_params(_abstract(**size, decoders=n, share='rotate')) == _num_params(baseline)
-    # U-Net^2D: the decoder copied n - 1 times.
-    assert _num_params(_abstract(**size, decoders=n, share='none')) == (
-        _num_params(baseline) + (n - 1) * decoder)
-
-
-def test_one_decoder_is_the_untransformed_network():
-  def tree(**kwargs):
-    model = _tiny(**kwargs)
-    return model, traverse_util.flatten_dict(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
-
-  default, default_tree = tree()
-  for share in ('rotate', 'none'):
-    model, params = tree(decoders=1, share=share)
-    assert params.keys() == default_tree.keys()
-    assert all(np.array_equal(params[k], default_tree[k]) for k in params)
-  # Every parameter has its place in the authors' checkpoint format.
-  config = _config('mimo_unet', width=4, num_res=1)
-  assert {path for path, _ in mimo_unet.official_keys(config.model).values()} == set(default_tree)
-  x = jax.random.uniform(jax.random.key(1), IMAGE)
-  np.testing.assert_array_equal(model(x)['restored'], default(x)['restored'])
-
-
-@pytest.mark.parametrize('upsample_impl', ['reference', 'subpixel'])
-def test_rotated_decoder_equals_feature_rotation(upsample_impl):
-  decoder = _with_random_weights(nnx.eval_shape(lambda: Decoder(
-      4, 1, dtype=jnp.float32, upsample_impl=upsample_impl, rngs=nnx.Rngs(0))))
-  keys = jax.random.split(jax.random.key(1), 3)
-  # z at 1/4 scale, the fused skips at 1/2 and full scale; non-square on purpose.
-  features = [jax.random.normal(k, (1, 4 * s, 6 * s, c))
-              for k, s, c in zip(keys, (1, 2, 4), (16, 8, 4))]
-  plain = decoder(*features)
-  for turns in (1, 2, 3):
-    rotated = decoder(*features, rotation=turns)
-    official = decoder(*[jnp.rot90(f, turns, axes=(1, 2)) for f in features])
-    for ours, theirs, unturned in zip(rotated, official, plain):
-      np.testing.assert_allclose(ours, jnp.rot90(theirs, -turns, axes=(1, 2)), atol=1e-5)
-      assert np.abs(np.asarray(ours - unturned)).max() > 1e-3
-
+# ------------------------------------------------------------------ the XY transform
 
 @pytest.mark.parametrize('share', ['rotate', 'none'])
-def test_xy_outputs_are_the_sum_of_the_decoders(share):
+def test_xy_outputs_at_every_scale_are_the_sum_of_the_decoders(share):
   model = _tiny(decoders=2, share=share)
   x = jax.random.uniform(jax.random.key(1), IMAGE)
   out = model(x)
-  first, second = out['residuals']
-  np.testing.assert_allclose(out['restored'], x + first + second, atol=1e-6)
-  assert np.abs(np.asarray(first - second)).max() > 1e-3
   # Every scale sums the decoders' residuals onto the (nearest) downscaled input.
   z, skip_half, skip_full = model.encoder(x, x[:, ::2, ::2], x[:, ::4, ::4])
   decoders = model.decoder if share == 'none' else [model.decoder, model.decoder]
@@ -208,46 +141,6 @@ def test_imported_checkpoints_restore_like_the_official_test(tmp_path, model_nam
   np.testing.assert_allclose(np.asarray(model(jnp.asarray(odd))['restored']), theirs, atol=1e-5)
 
 
-def test_full_size_key_map_covers_the_authors_checkpoint_with_its_shapes():
-  net = ref.MIMOUNet(num_res=20, dropout=True)  # MIMOUNetPlus()
-  state_dict = {k: v.numpy() for k, v in net.state_dict().items()}
-  config = weights.config_for('mimo_unet_plus')
-  key_map = mimo_unet.official_keys(config.model)
-  assert set(key_map) == set(state_dict)
-  target = nnx.to_pure_dict(nnx.state(jax.eval_shape(lambda: models.build_model(config.model)),
-                                      nnx.Param))
-  params = weights.convert(state_dict, key_map, target)
-  np.testing.assert_array_equal(  # ConvTranspose2d [in, out, kh, kw] -> HWOI.
-      params['decoder']['up_to_half']['kernel'],
-      state_dict['feat_extract.3.main.0.weight'].transpose(2, 3, 1, 0))
-  assert params['decoder']['up_to_half']['kernel'].shape == (4, 4, 64, 128)
-  # SCM1 is the quarter-scale module (128 features), SCM2 the half-scale one.
-  np.testing.assert_array_equal(params['encoder']['scm_quarter']['convs'][3]['kernel'],
-                                state_dict['SCM1.main.3.main.0.weight'].transpose(2, 3, 1, 0))
-  assert params['encoder']['scm_quarter']['convs'][3]['kernel'].shape == (1, 1, 64, 125)
-  np.testing.assert_array_equal(params['encoder']['res_half']['blocks'][19]['conv2']['bias'],
-                                state_dict['Encoder.1.layers.19.main.1.main.0.bias'])
-
-
-def test_every_missing_extra_and_misshaped_tensor_is_listed_in_one_error(tmp_path):
-  state_dict = dict(ref.MIMOUNet(num_res=1, base_channel=4).state_dict())
-  del state_dict['AFFs.1.conv.0.main.0.bias']
-  state_dict['Decoder.2.layers.1.main.0.main.0.weight'] = torch.zeros(4, 4, 3, 3)
-  state_dict['FAM2.merge.main.0.weight'] = torch.zeros(8, 8, 1, 1)
-  pkl = tmp_path / 'bad.pkl'
-  torch.save({'model': state_dict}, str(pkl))
-  config = _config('mimo_unet', width=4, num_res=1)
-  with pytest.raises(CheckpointImportError) as error:
-    weights.official_params('mimo_unet', str(pkl), config)
-  message = str(error.value)
-  assert 'missing: AFFs.1.conv.0.main.0.bias' in message
-  assert 'unexpected: Decoder.2.layers.1.main.0.main.0.weight' in message
-  assert 'wrong shape: FAM2.merge.main.0.weight (8, 8, 1, 1)' in message
-  with pytest.raises(CheckpointImportError, match="share='none'"):
-    weights.official_params('mimo_unet', str(pkl),
-                            _config('mimo_unet', width=4, num_res=1, decoders=2, share='none'))
-
-
 # ------------------------------------------------------------------ the training loss
 
 def test_target_downscaling_is_pytorchs_bilinear_interpolation():
@@ -263,13 +156,13 @@ def test_loss_is_the_official_training_loss():
   net = ref.MIMOUNet(num_res=1, base_channel=4).eval()
   state_dict = {k: v.numpy() for k, v in net.state_dict().items()}
   config = _config('mimo_unet', width=4, num_res=1)
-  graphdef, target = nnx.split(jax.eval_shape(lambda: models.build_model(config.model)),
+  graphdef, target = nnx.split(jax.eval_shape(lambda: models.build(config.model)),
                                nnx.Param)
-  params = weights.convert(state_dict, mimo_unet.official_keys(config.model),
+  params = weights.convert(state_dict, keymaps.mimo_unet_keys(config.model),
                            nnx.to_pure_dict(target))
   model = nnx.merge(graphdef, params)
   blur, sharp = _crop(FRAME, *IMAGE[1:3])[None], _crop(SHARP, *IMAGE[1:3])[None]
-  loss_fn = models.get(config.model).make_loss(config)
+  loss_fn = models.family('mimo_unet').loss(config.model)
   loss, metrics = loss_fn(model, {'blur': jnp.asarray(blur), 'sharp': jnp.asarray(sharp)},
                           jax.random.key(0))
   with torch.no_grad():
@@ -299,31 +192,13 @@ def test_plus_drops_whole_skip_channels_only_in_training():
 
 # ------------------------------------------------------------------ config
 
-def test_packaged_config_and_validation():
+def test_packaged_config_is_the_authors_recipe():
   from xydiff.configs import mimo_unet_gopro
   config = mimo_unet_gopro.get_config('plus')
-  assert dict(config.model.mimo_unet) == dict(width=32, num_res=20, dropout=0.1, decoders=1,
-                                              share='rotate')
+  assert {k: config.model[k] for k in ('width', 'num_res', 'dropout', 'decoders', 'share')} == (
+      dict(width=32, num_res=20, dropout=0.1, decoders=1, share='rotate'))
   assert config.train.num_steps == 3000 * 526
   assert config.train.lr_halve_steps == (263_000, 526_000, 789_000, 1_052_000, 1_315_000)
-  config.data.root = str(GOPRO_SAMPLE)
-  config_check.validate(config)
-  for field, value in (('width', 1), ('num_res', 0), ('dropout', 1.0), ('decoders', 3),
-                       ('share', 'copy')):
-    bad = mimo_unet_gopro.get_config()
-    with bad.model.mimo_unet.ignore_type():
-      bad.model.mimo_unet[field] = value
-    with pytest.raises(ConfigError, match=rf'config\.model\.mimo_unet\.{field}='):
-      models.get(bad.model).validate(bad.model)
-  with pytest.raises(ValueError, match='mimo_unet_plus_xy'):
+  config_lib.check(config)
+  with pytest.raises(ValueError, match="'plus_xy'"):
     mimo_unet_gopro.get_config('plus_plus')
-
-
-def test_bfloat16_activations_give_float32_outputs():
-  model = _tiny(dtype=jnp.bfloat16)
-  x = jax.random.uniform(jax.random.key(1), IMAGE)
-  out = model(x)
-  reference = _tiny()  # The same weights in float32.
-  assert all(out[k].dtype == jnp.float32 for k in ('restored', 'restored_half',
-                                                   'restored_quarter'))
-  np.testing.assert_allclose(out['restored'], reference(x)['restored'], atol=0.05)

@@ -1,20 +1,25 @@
-"""NAFNet: the authors' sizes, their PyTorch network (plain and TLC), checkpoints, XY, tiles."""
+"""NAFNet: its authors' PyTorch network (plain and TLC), checkpoints, XY with TLC, the CPU
+forms, tiles, the loss and the recipe.
+
+What every family must do (sizes of the packaged configs, the XY transform,
+key maps, bfloat16, validation) is the family contract's: tests/test_families.py.
+"""
 
 import functools
 import math
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
-from flax import nnx, traverse_util
+from flax import nnx
 
 from conftest import GOPRO_SAMPLE
-from xydiff import complexity, images, inference, models, weights
-from xydiff.configs import nafnet_gopro
-from xydiff.errors import CheckpointImportError, ConfigError
-from xydiff.models import nafnet
+from xydiff import configs, images, models
+from xydiff.configs import base, nafnet_gopro
+from xydiff.inference import tiles
+from xydiff.interop import keymaps, official as weights
+from xydiff.models import complexity, nafnet
 
 torch = pytest.importorskip('torch')
 from torch_refs import nafnet as ref  # noqa: E402
@@ -52,10 +57,9 @@ def _abstract(**section):
 
 
 def _model_config(**section):
-  full = dict(nafnet.SPEC.defaults()['nafnet'])
-  full.update(section)
-  return ml_collections.ConfigDict(dict(name='nafnet', dtype='float32', upsample_impl='auto',
-                                        nafnet=full))
+  config = base.get_config('nafnet').model
+  config.update(section)
+  return config
 
 
 def _torch_net(width, enc_blocks, middle_blocks, dec_blocks, tlc_train_size=0, seed=0):
@@ -86,40 +90,6 @@ def _crop(h, w, top=300, left=500):
   return images.to_float(images.read_image(str(FRAME)))[top:top + h, left:left + w]
 
 
-# ------------------------------------------------------------------ sizes
-
-def test_the_authors_gopro_models_have_their_parameter_counts():
-  # The paper's model (width 64) as the registry builds it from the packaged config.
-  config = nafnet_gopro.get_config()
-  model = nnx.eval_shape(lambda: models.get(config.model).build(config.model, _ShapeOnlyKeys()))
-  assert _num_params(nnx.state(model, nnx.Param)) == 67_888_835
-  assert _num_params(_abstract(width=32)[1]) == 17_111_907
-  # XY at full size (width 32): 'rotate' adds nothing, 'none' a decoder per extra run.
-  baseline, decoder = 17_111_907, _num_params(_abstract(width=32)[1]['decoder'])
-  assert decoder == 1_322_307
-  for decoders in (2, 4):
-    assert _num_params(_abstract(width=32, decoders=decoders)[1]) == baseline
-    assert _num_params(_abstract(width=32, decoders=decoders, share='none')[1]) == (
-        baseline + (decoders - 1) * decoder)
-
-
-def test_the_key_map_covers_every_tensor_of_the_full_size_checkpoint():
-  net = ref.NAFNet(width=32, middle_blk_num=1, enc_blk_nums=[1, 1, 1, 28],
-                   dec_blk_nums=[1, 1, 1, 1])
-  state_dict = _state_dict(net)
-  assert sum(v.size for v in state_dict.values()) == 17_111_907
-  _, target = _abstract(width=32)
-  params = weights.convert(state_dict, nafnet.official_keys(_model_config(width=32)), target)
-  ours, want = traverse_util.flatten_dict(params), traverse_util.flatten_dict(target)
-  assert ours.keys() == want.keys() and all(ours[k].shape == want[k].shape for k in want)
-  np.testing.assert_array_equal(  # Depthwise [C, 1, 3, 3] -> [3, 3, 1, C].
-      params['encoder']['encoders'][3][27]['conv2']['kernel'],
-      state_dict['encoders.3.27.conv2.weight'].transpose(2, 3, 1, 0))
-  assert params['encoder']['downs'][0]['kernel'].shape == (2, 2, 32, 64)
-  assert params['decoder']['ups'][0]['kernel'].shape == (1, 1, 512, 1024)
-  assert params['decoder']['decoders'][3][0]['beta'].shape == (32,)
-
-
 # ------------------------------------------------------------------ the official network
 
 @pytest.mark.parametrize('tlc_train_size', [0, 32], ids=['NAFNet', 'NAFNetLocal'])
@@ -135,8 +105,8 @@ def test_imported_checkpoint_restores_like_the_pytorch_network(tmp_path, tlc_tra
   path = tmp_path / 'net_g_latest.pth'
   ref.save_official(path, net)
   config = weights.config_for('nafnet32')
-  config.model.nafnet.update(dict(TINY, tlc_train_size=tlc_train_size))
-  params = weights.official_params('nafnet32', str(path), config)
+  config.model.update(dict(TINY, tlc_train_size=tlc_train_size))
+  params = weights.official_params(str(path), config)
   graphdef, _ = _abstract(**TINY, tlc_train_size=tlc_train_size)
   x = np.random.default_rng(0).uniform(size=(2, 61, 45, 3)).astype(np.float32)
   ours = np.asarray(_apply(graphdef)(params, x)['restored'])
@@ -154,7 +124,7 @@ def test_tlc_equals_the_plain_network_up_to_384_pixels():
   graphdef_plain, target = _abstract(**section)
   graphdef_local, _ = _abstract(**section, tlc_train_size=256)
   params = weights.convert(_state_dict(_torch_net(**section)),
-                           nafnet.official_keys(_model_config(**section)), target)
+                           keymaps.nafnet_keys(_model_config(**section)), target)
   both = jax.jit(lambda p, x: (nnx.merge(graphdef_local, p)(x)['restored'],
                                nnx.merge(graphdef_plain, p)(x)['restored']))
   rng = np.random.default_rng(1)
@@ -167,36 +137,19 @@ def test_tlc_equals_the_plain_network_up_to_384_pixels():
   assert nafnet.tlc_windows(0, 4) == (None,) * 5
 
 
-def test_a_checkpoint_that_does_not_fit_is_one_error_listing_every_key(tmp_path):
-  state_dict = dict(_torch_net(**TINY).state_dict())
-  del state_dict['decoders.2.0.sca.1.bias']
-  state_dict['encoders.0.1.beta'] = torch.zeros(1, 4, 1, 1)
-  state_dict['ups.1.0.weight'] = torch.zeros(16, 16, 3, 3)
-  path = tmp_path / 'bad.pth'
-  torch.save({'params': state_dict}, str(path))
-  config = weights.config_for('nafnet32')
-  config.model.nafnet.update(TINY)
-  with pytest.raises(CheckpointImportError) as error:
-    weights.official_params('nafnet32', str(path), config)
-  message = str(error.value)
-  assert 'missing: decoders.2.0.sca.1.bias' in message
-  assert 'unexpected: encoders.0.1.beta' in message
-  assert 'wrong shape: ups.1.0.weight (16, 16, 3, 3)' in message
+def test_a_basicsr_checkpoint_with_only_the_ema_weights_reads(tmp_path):
+  """(Every key at fault listed in one line: the family contract.)"""
+  path = tmp_path / 'net_g_latest.pth'
   # BasicSR checkpoints with an EMA hold 'params_ema' too; one with only that reads.
   torch.save({'params_ema': _torch_net(**TINY).state_dict()}, str(path))
-  assert set(nafnet.read_official(str(path))) == set(nafnet.official_keys(config.model))
+  config = weights.config_for('nafnet32')
+  config.model.update(TINY)
+  assert set(keymaps.FORMATS['nafnet'].read(str(path))) == set(
+      keymaps.nafnet_keys(config.model))
+  assert weights.official_params(str(path), config)
 
 
 # ------------------------------------------------------------------ XY transform
-
-def test_one_decoder_is_the_official_network_whatever_the_share():
-  trees = [traverse_util.flatten_dict(_abstract(width=32)[1]),
-           traverse_util.flatten_dict(_abstract(width=32, decoders=1, share='none')[1])]
-  assert trees[0].keys() == trees[1].keys()
-  assert all(trees[0][k].shape == trees[1][k].shape for k in trees[0])
-  key_map = nafnet.official_keys(_model_config(width=32))
-  assert {path for path, _ in key_map.values()} == set(trees[0])
-
 
 def test_rotated_decoders_equal_the_decoder_on_rotated_features():
   """Decoder i (kernels turned, pixel shuffle and TLC box means rotated) = rot90^-i D(rot90^i f).
@@ -208,7 +161,7 @@ def test_rotated_decoders_equal_the_decoder_on_rotated_features():
   graphdef, target = _abstract(**section, decoders=4)
   # One shared decoder has the plain network's tree: the torch weights fit as they are.
   params = weights.convert(_state_dict(_torch_net(**section)),
-                           nafnet.official_keys(_model_config(**section)), target)
+                           keymaps.nafnet_keys(_model_config(**section)), target)
   x = jnp.asarray(_crop(64, 96))[None]
   rot = lambda t, k: jnp.rot90(t, k, axes=(1, 2))
 
@@ -236,14 +189,14 @@ SMALL_IMAGE = (76, 72)
 
 
 def test_the_registry_builds_auto_forms_and_complexity_counts_the_reference_forms():
-  """upsample_impl='reference' (what xydiff.complexity sets) asks for the official forms;
+  """layer_impl='reference' (what xydiff.models.complexity sets) asks for the official forms;
   'auto' leaves them to the backend. The CPU forms count fewer MACs (the depthwise products
   are elementwise, the TLC 1x1 convs run on the valid positions only)."""
   config = _model_config(**SMALL)
-  block = nnx.eval_shape(lambda: models.build_model(config)).encoder.encoders[0][0]
+  block = nnx.eval_shape(lambda: models.build(config)).encoder.encoders[0][0]
   assert (block.conv2.impl, block.conv1.impl, block.tlc_impl) == ('auto',) * 3
-  config.upsample_impl = 'reference'
-  block = nnx.eval_shape(lambda: models.build_model(config)).encoder.encoders[0][0]
+  config.layer_impl = 'reference'
+  block = nnx.eval_shape(lambda: models.build(config)).encoder.encoders[0][0]
   assert (block.conv2.impl, block.conv1.impl, block.tlc_impl) == ('reference',) * 3
 
   def macs(conv, tlc):
@@ -277,20 +230,20 @@ def test_tlc_makes_tiles_agree_with_the_whole_image():
   differences = {}
   for tlc in (0, 32):
     graphdef, target = _abstract(**section, tlc_train_size=tlc)
-    params = weights.convert(state_dict, nafnet.official_keys(_model_config(**section)), target)
+    params = weights.convert(state_dict, keymaps.nafnet_keys(_model_config(**section)), target)
     fn = jax.jit(lambda p, blur, key, g=graphdef: {'image': nnx.merge(g, p)(blur)['restored']})
-    whole = inference.restore_image(fn, params, image, jax.random.key(0), align=4)['image']
-    tiled = inference.restore_image(fn, params, image, jax.random.key(0), align=4, tile=96,
+    whole = tiles.restore_image(fn, params, image, jax.random.key(0), align=4)['image']
+    tiled = tiles.restore_image(fn, params, image, jax.random.key(0), align=4, tile=96,
                                     overlap=48)['image']
     differences[tlc] = np.abs(tiled - whole)
   assert differences[32].mean() <= 2.5e-4 and differences[32].max() <= 4e-3
   assert differences[0].mean() >= 3 * differences[32].mean()
 
   plain, local = _model_config(tlc_train_size=0), _model_config()
-  assert not nafnet.SPEC.tile_safe(plain) and nafnet.SPEC.tile_safe(local)
-  tiled_config = nafnet.SPEC.for_tiles(plain)
-  assert tiled_config.nafnet.tlc_train_size == 256 and plain.nafnet.tlc_train_size == 0
-  assert nafnet.SPEC.for_tiles(_model_config(tlc_train_size=32)).nafnet.tlc_train_size == 32
+  assert not nafnet.FAMILY.tile_safe(plain) and nafnet.FAMILY.tile_safe(local)
+  tiled_config = nafnet.FAMILY.for_tiles(plain)
+  assert tiled_config.tlc_train_size == 256 and plain.tlc_train_size == 0
+  assert nafnet.FAMILY.for_tiles(_model_config(tlc_train_size=32)).tlc_train_size == 32
 
 
 # ------------------------------------------------------------------ loss and config
@@ -299,7 +252,7 @@ def test_the_loss_is_basicsr_psnr_loss():
   rng = np.random.default_rng(2)
   blur, sharp = (rng.uniform(size=(3, 8, 8, 3)).astype(np.float32) for _ in range(2))
   blur[2] = sharp[2]  # A perfect image: the 1e-8 keeps the log finite.
-  loss_fn = nafnet.SPEC.make_loss(nafnet_gopro.get_config())
+  loss_fn = nafnet.FAMILY.loss(nafnet_gopro.get_config().model)
   loss, metrics = loss_fn(lambda b: {'restored': b}, {'blur': blur, 'sharp': sharp}, None)
   # PSNRLoss: 10 / ln(10) * mean over images of ln(MSE + 1e-8), i.e. -mean PSNR.
   mse = ((blur - sharp) ** 2).mean(axis=(1, 2, 3))
@@ -309,34 +262,24 @@ def test_the_loss_is_basicsr_psnr_loss():
   assert float(loss) == pytest.approx(np.mean(10 * np.log10(mse + 1e-8)), rel=1e-5)
 
 
-def test_packaged_config_is_the_authors_recipe_and_bad_fields_are_named():
+def test_packaged_config_is_the_authors_recipe():
   for variant, width, batch, steps, decay in (('', 64, 64, 400_000, 1e-3),
                                               ('width64', 64, 64, 400_000, 1e-3),
                                               ('width32', 32, 32, 200_000, 0.0)):
     config = nafnet_gopro.get_config(variant)
     t = config.train
-    assert (config.model.name, config.model.nafnet.width) == ('nafnet', width)
+    assert (config.model.name, config.model.width) == ('nafnet', width)
     assert (t.batch_size, t.num_steps, t.weight_decay) == (batch, steps, decay)
     assert (t.optimizer, t.lr, t.lr_schedule, t.lr_min) == ('adamw', 1e-3, 'cosine', 1e-7)
     assert (tuple(t.adam_betas), t.grad_clip, config.data.crop) == ((0.9, 0.9), 0.01, 256)
     assert config.data.flip and config.data.rot90
-    assert config.model.nafnet.tlc_train_size == 256
-  with pytest.raises(ValueError, match='nafnet32'):
+    assert config.model.tlc_train_size == 256
+  with pytest.raises(ValueError, match="'width32'"):
     nafnet_gopro.get_config('width16')
-  assert models.variant('nafnet32').section == {'width': 32}
+  assert configs.get_config('nafnet32').model.width == 32
 
   model_config = nafnet_gopro.get_config().model
-  model_config.nafnet.dec_blocks = (1, 1, 1)
-  with pytest.raises(ConfigError, match=r'config\.model\.nafnet\.dec_blocks=.*one entry per level'):
-    nafnet.SPEC.validate(model_config)
-  model_config.nafnet.dec_blocks = (1, 1, 1, 1)
-  model_config.nafnet.tlc_train_size = -1
-  with pytest.raises(ConfigError, match=r'config\.model\.nafnet\.tlc_train_size=-1'):
-    nafnet.SPEC.validate(model_config)
-  model_config.nafnet.tlc_train_size = 0
-  model_config.nafnet.decoders = 3
-  with pytest.raises(ConfigError, match=r'config\.model\.nafnet\.decoders=3'):
-    nafnet.SPEC.validate(model_config)
-  assert nafnet.SPEC.size_multiple(model_config) == 16
+  assert nafnet.FAMILY.size_multiple(model_config) == 16
   # TLC is a test-time choice: the same weights run with it or without.
-  assert 'model.nafnet.tlc_train_size' not in nafnet.SPEC.output_fields(model_config)
+  assert 'tlc_train_size' not in models.output_fields(model_config)
+  assert 'width' in models.output_fields(model_config)
