@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import importlib
 
+import jax
 import jax.numpy as jnp
 from flax import nnx
 
@@ -49,6 +50,27 @@ def build(section, *, seed: int = 0) -> nnx.Module:
   """A freshly initialised network for a model section."""
   return family(section.name).build(section, dtype=jnp.dtype(section.dtype),
                                     rngs=nnx.Rngs(seed))
+
+
+class _ShapeOnlyKeys:
+  """Stands in for nnx.Rngs under eval_shape: one fixed key, no counter.
+
+  nnx.Rngs advances a counter per key, and under eval_shape each advance
+  builds a tracer error message: a full-size NAFNet traced 6x slower that way.
+  Shapes do not depend on the key.
+  """
+
+  def params(self):
+    return jax.random.key(0)
+
+  __call__ = params
+
+
+def abstract(section) -> tuple:
+  """(graphdef, abstract params) of a model section: shapes and dtypes, no weight made."""
+  model = nnx.eval_shape(lambda: family(section.name).build(
+      section, dtype=jnp.dtype(section.dtype), rngs=_ShapeOnlyKeys()))
+  return nnx.split(model, nnx.Param)
 
 
 def size_multiple(section) -> int:

@@ -30,9 +30,7 @@ from xydiff import models
 HD = (720, 1280)
 
 
-def _abstract(section):
-  """(graphdef, abstract params) of the model, built without materialising a weight."""
-  return nnx.split(nnx.eval_shape(lambda: models.build(section)), nnx.Param)
+_abstract = models.abstract
 
 
 def count_params(section) -> int:
