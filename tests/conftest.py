@@ -77,6 +77,8 @@ def tiny(config, *, steps=4):
   config.model.dtype = 'float32'
   if 'presets' in config.inference:  # DvSR's sampling presets.
     config.inference.presets.perceptual.num_steps = 3
+    if 'perceptual_ancestral' in config.inference.presets:
+      config.inference.presets.perceptual_ancestral.num_steps = 3
     config.inference.presets.sa.update(dict(num_steps=2, num_samples=2))
   config.data.crop = 32
   config.data.synthetic.update(dict(photo_crop=64, kernel_size=7, kernel_length=(3.0, 7.0)))

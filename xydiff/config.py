@@ -143,13 +143,16 @@ def with_defaults(stored: dict) -> dict:
       return value
     return {**default, **{k: merge(default.get(k), v) for k, v in value.items()}}
   merged = merge(defaults, values)
-  # Entries of a table (a preset of the user's own) take the fields an entry defaults to.
+  # A stored entry of a table (a sampling preset) keeps the meaning it had when stored:
+  # fields it lacks take the entry's neutral defaults, not those of today's entry of the
+  # same name; entries added since are there too.
   for table, entry_defaults in models.family(name).settings_entry_defaults().items():
     section_name, field = table.split('.')
-    entries = merged.get(section_name, {}).get(field, {})
-    if isinstance(entries, dict):
-      for key, entry in entries.items():
-        entries[key] = merge(entry_defaults, entry)
+    stored_entries = values.get(section_name, {}).get(field)
+    if isinstance(stored_entries, dict):
+      merged[section_name][field] = {
+          **defaults[section_name][field],
+          **{key: merge(entry_defaults, entry) for key, entry in stored_entries.items()}}
   return merged
 
 

@@ -102,6 +102,7 @@ DATA_WORDS = {'gopro': 'GoPro', 'hide': 'HIDE', 'realblur_j': 'RealBlur-J',
               'folder': 'photo pairs', 'prepared': 'prepared pairs'}
 # DvSR presets in plain words, by their usual names; others are shown by their numbers.
 PRESET_WORDS = {'sa': 'sharpest on average', 'perceptual': 'most realistic',
+                'perceptual_ancestral': "most realistic, the paper's long chain (slow)",
                 PREDICTOR: 'fastest (the first guess alone, no sampling)'}
 # The samplers (diffusion.samplers.SAMPLERS) as the page offers them.
 SAMPLER_WORDS = {

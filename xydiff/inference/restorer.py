@@ -201,8 +201,9 @@ class Restorer:
         orientation), an HxW grey or HxWx3 RGB array, or an NxHxWx3 batch;
         uint8, uint16 or float in [0, 1].
       preset: diffusion models: a name of config.inference.presets ('sa':
-        few steps, samples averaged, the highest PSNR; 'perceptual': many
-        steps, the most realistic), or 'predictor' for g(y) alone.
+        few steps, samples averaged, the highest PSNR; 'perceptual': the most
+        realistic, 20 DPM-Solver++ SDE steps; 'perceptual_ancestral': the
+        paper's 500-step chain), or 'predictor' for g(y) alone.
       steps: diffusion models: sampling steps instead of the preset's.
       samples: diffusion models: samples averaged instead of the preset's.
       sampler: diffusion models: the sampler instead of the preset's, one of
