@@ -334,3 +334,30 @@ def test_every_sampler_moves_the_open_progress_bar_once_per_step(sampler, monkey
   finally:
     progress.show(False)
   assert seen == [(1, 3, 'step'), (2, 3, 'step'), (3, 3, 'step')]
+
+
+def test_presets_walk_the_levels_they_name():
+  from xydiff import configs
+  from xydiff.models import dvsr
+  config = configs.get_config('dvsr_gopro')
+  paper = schedules.linear_schedule(500, 1e-6, 4e-2)
+  # perceptual: 20 levels even in logSNR between the first and last of the paper's 500.
+  fast = dvsr.FAMILY.settings(config, preset='perceptual')
+  assert (fast.sampler, fast.num_steps) == ('dpmpp_2m_sde', 20)
+  np.testing.assert_allclose(fast.schedule.alpha_bars[[1, -1]], paper.alpha_bars[[1, -1]],
+                             rtol=1e-12)
+  lam_1, lam_T = schedules.log_snr(paper.alpha_bars[[1, -1]])
+  np.testing.assert_allclose(np.diff(schedules.log_snr(fast.schedule.alpha_bars[1:])),
+                             np.full(19, (lam_T - lam_1) / 19), rtol=1e-8)
+  # perceptual_ancestral is the paper's chain; a steps override keeps its betas.
+  chain = dvsr.FAMILY.settings(config, preset='perceptual_ancestral')
+  np.testing.assert_array_equal(chain.schedule.betas, paper.betas)
+  shorter = dvsr.FAMILY.settings(config, preset='perceptual_ancestral', steps=50)
+  np.testing.assert_array_equal(shorter.schedule.betas,
+                                schedules.linear_schedule(50, 1e-6, 4e-2).betas)
+  # Any other sampler on it keeps its first and last level instead.
+  solver = dvsr.FAMILY.settings(config, preset='perceptual_ancestral', steps=50,
+                                sampler='ddim')
+  assert (solver.eta, solver.schedule.num_steps) == (1.0, 50)
+  np.testing.assert_allclose(solver.schedule.alpha_bars[[1, -1]], paper.alpha_bars[[1, -1]],
+                             rtol=1e-12)
