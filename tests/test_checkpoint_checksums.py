@@ -172,8 +172,8 @@ def test_a_zero_filled_data_file_is_set_aside_and_inference_names_the_step(run):
   with pytest.raises(CheckpointDamagedError, match=(
       rf'^checkpoint {run}/checkpoints/4 cannot be read \(damaged or truncated: DATA_LOSS: '
       r'state/ocdbt.process_0/d/\w+ fails its checksum \(bytes from 0\)\); other steps: \[2\], '
-      r'picked with --config.eval.checkpoint_step=N \(eval, sweep\), --checkpoint=<dir>/N '
-      r'\(deblur\) or --step=N \(export\)$')):
+      r'picked with --config.eval.checkpoint_step=N \(eval, sweep\) or --step=N '
+      r'\(deblur, export\)$')):
     checkpoint.load_params(_config(), str(run))  # deblur, eval, serve, export: all.
   with checkpoint.Checkpointer(str(run), _config()) as ckpt:
     state = ckpt.restore_newest_readable(_target())

@@ -375,7 +375,7 @@ def test_what_a_file_makes_is_capped(tmp_path, fmt):
   tracemalloc.start()
   try:
     with pytest.raises(WeightsError, match=r'cannot read .*takes 400,000,000 bytes, past '
-                       r'max_bytes=268,435,456 .*import_weights --max_bytes'):
+                       r'max_bytes=268,435,456 .*xydiff import --max-bytes'):
       torch_pickle.load(path)
     assert tracemalloc.get_traced_memory()[1] < 10 << 20  # Refused before allocating.
   finally:

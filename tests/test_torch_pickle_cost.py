@@ -356,7 +356,7 @@ def test_the_opcode_count_and_memo_are_capped_in_proportion_to_max_bytes(tmp_pat
   assert torch_pickle.load(path, max_bytes=cost + 10 * len(raw)) is None
   with pytest.raises(WeightsError, match=r'what the pickle makes and reads passes the cap by '
                      r'(EMPTY_DICT|MEMOIZE|POP) at byte [\d,]+ of archive/data.pkl, past '
-                     r'max_bytes=1,000,000 .*import_weights --max_bytes') as e:
+                     r'max_bytes=1,000,000 .*xydiff import --max-bytes') as e:
     torch_pickle.load(path, max_bytes=1_000_000)
   at = int(re.search(r'at byte ([\d,]+)', str(e.value)).group(1).replace(',', ''))
   # Refused after about max_bytes / _OPCODE_BYTES opcodes, each a byte here.

@@ -91,7 +91,11 @@ def verbs() -> list[click.Command]:
   """Every verb, in the order `xydiff --help` lists them."""
   for module in VERB_MODULES:  # Each adds its verbs to common.VERBS.
     importlib.import_module(f'xydiff.cli.{module}')
-  return common.VERBS
+  # By module, then as each module defines them, whichever module was imported first.
+  def place(command):
+    module = command.callback.__module__.rpartition('.')[2]
+    return VERB_MODULES.index(module), common.VERBS.index(command)
+  return sorted(common.VERBS, key=place)
 
 
 def build() -> Xydiff:
@@ -116,7 +120,7 @@ def build() -> Xydiff:
 # runs/checkpoint.py words its messages for every verb at once (how to pick another step,
 # what to do with --config); each verb gets the part that names its own flags.
 _PICK_STEP = re.compile(r', picked with --config\.eval\.checkpoint_step=N \(eval, sweep\) or '
-                        r'--checkpoint=<dir>/N \(deblur\)')
+                        r'--step=N \(deblur, export\)')
 PICK_STEP = {'eval': ', picked with --config.eval.checkpoint_step=N',
              'sweep': ', picked with --config.eval.checkpoint_step=N',
              'deblur': ', picked with --step=N', 'export': ', picked with --step=N'}

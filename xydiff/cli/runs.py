@@ -80,10 +80,10 @@ def evaluate(ctx, workdir, coordinator_address, num_processes, process_id, quiet
               'xydiff sweep --workdir=runs/dvsr --samplers=ancestral,ddim,dpmpp_2m'))
 @_run_options('The diffusion run to sweep; results go to sweep/ in it.')
 @click.option('--samplers', default=None, metavar='NAMES',
+              show_default='config.eval.sweep.samplers',
               help='Comma-separated samplers, each run on every schedule of the grid '
                    '(ancestral, ddim, dpmpp_2m, dpmpp_2m_sde); with two or more, '
-                   'sweep/step_N_samplers.png plots LPIPS against PSNR per sampler. '
-                   'Default: config.eval.sweep.samplers.')
+                   'sweep/step_N_samplers.png plots LPIPS against PSNR per sampler.')
 @click.pass_context
 def sweep(ctx, workdir, samplers, coordinator_address, num_processes, process_id, quiet):
   """Runs config.eval.sweep's grid of samplers x sampling schedules x sample counts on the

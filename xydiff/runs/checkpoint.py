@@ -498,7 +498,7 @@ class Checkpointer:
     error = storage_error(error) or error
     others = [s for s in self.all_steps() if s != step]
     pick = (f'other steps: {others or "none"}, picked with --config.eval.checkpoint_step=N '
-            '(eval, sweep), --checkpoint=<dir>/N (deblur) or --step=N (export)')
+            '(eval, sweep) or --step=N (deblur, export)')
     if is_damage(error):
       damaged = CheckpointDamagedError(
           f'checkpoint {self._step_dir(step)} cannot be read (damaged or truncated: '
