@@ -217,7 +217,7 @@ def test_models_are_named_by_what_they_are_and_presets_in_plain_words(xydeblur, 
       ('sa: sharpest on average (mean of 2 chains of 2 steps)', 'sa'),
       ('predictor: fastest (the first guess alone, no sampling)', 'predictor')]
   assert xydeblur.preset_choices() == []
-  assert dvsr.preset_defaults('perceptual') == (3, 1, 'dpmpp_2m_sde')
+  assert dvsr.preset_defaults('perceptual') == (3, 1, 'ancestral')  # The demo's long chain.
   # Two runs of one kind keep their titles apart by their keys; a lone title stays as it is.
   served = {'a': xydeblur, 'b': _served(name='b'), 'c': dvsr}
   assert serve.model_choices(served) == [

@@ -301,7 +301,7 @@ def test_the_preset_control_changes_the_diffusion_output(page, runs, photos, tmp
 
   page.find('#xydiff-preset input[value=perceptual]')[0].click()
   status = page.wait_for_run(2)
-  assert "preset 'perceptual', dpmpp_2m_sde, 3 denoiser calls, mean of 1 sample" in status, status
+  assert "preset 'perceptual', ancestral, 3 denoiser calls, mean of 1 sample" in status, status
   perceptual = images.read_image(page.download('crop_deblurred.png'))
   assert np.abs(perceptual.astype(int) - sa.astype(int)).mean() > 1.0  # Really another output.
   np.testing.assert_array_equal(perceptual, images.to_uint8(_restorer(

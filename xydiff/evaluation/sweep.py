@@ -94,7 +94,8 @@ def schedule_settings(config, num_steps: int, beta_start: float, beta_end: float
   with swept.unlocked():
     swept.inference.presets[SWEPT] = dict(num_steps=num_steps, beta_start=beta_start,
                                           beta_end=beta_end, num_samples=num_samples,
-                                          sampler=sampler, eta=0.0, spacing='linear_beta')
+                                          sampler=sampler, eta=0.0, spacing='linear_beta',
+                                          range_steps=0)
   return models.family(config.model.name).settings(swept, preset=SWEPT)
 
 
