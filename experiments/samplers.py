@@ -307,7 +307,8 @@ def markdown(result: dict, args) -> str:
               f'{timing["denoiser"]["wall_s"]:.2f} s '
               f'wall / {timing["denoiser"]["cpu_s"]:.2f} CPU-s, predictor '
               f'{timing["predictor"]["wall_s"]:.2f} s / {timing["predictor"]["cpu_s"]:.2f} CPU-s; '
-              'a sampling step\'s own overhead, about 30% per the issue, not counted).', '']
+              'a sampling step\'s own work beside the call not counted: '
+              'benchmarks/sampler_overhead.py finds it within the spread of a bare call).', '']
   head = (f'| sampler | NFE | PSNR | LPIPS | ΔLPIPS vs ref | NIQE | PSNR mean{n} | LPIPS mean{n} '
           f'| NIQE mean{n} | s/photo (wall) |')
   lines += [head, '|' + '|'.join(['---'] * (head.count('|') - 1)) + '|']
