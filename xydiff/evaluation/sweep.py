@@ -90,13 +90,15 @@ def schedule_settings(config, num_steps: int, beta_start: float, beta_end: float
 
   DDIM runs with eta = 0 (deterministic): with eta = 1 it is the ancestral chain.
   """
+  family = models.family(config.model.name)
   swept = config.copy_and_resolve_references()
   with swept.unlocked():
-    swept.inference.presets[SWEPT] = dict(num_steps=num_steps, beta_start=beta_start,
-                                          beta_end=beta_end, num_samples=num_samples,
-                                          sampler=sampler, eta=0.0, spacing='linear_beta',
-                                          range_steps=0)
-  return models.family(config.model.name).settings(swept, preset=SWEPT)
+    # A preset's neutral fields (eta 0, linear betas) come from the family: none goes missing.
+    swept.inference.presets[SWEPT] = {
+        **family.settings_entry_defaults()['inference.presets'], 'num_steps': num_steps,
+        'beta_start': beta_start, 'beta_end': beta_end, 'num_samples': num_samples,
+        'sampler': sampler}
+  return family.settings(swept, preset=SWEPT)
 
 
 # The name of the preset each schedule of the grid runs as.
